@@ -1,0 +1,1 @@
+"""Model definitions, data, training, evaluation, calibration and export for the leukemia models."""

@@ -1,0 +1,142 @@
+"""The model registry: the one source of truth for each model's architecture and I/O contract.
+
+Archiving, the TorchServe handler and the portal read input size, normalisation and class names
+from here (or from the model card written from here into each .mar), never from a second copy.
+
+Normalisation and the default input size come from the backbone's pretrained configuration in
+timm (``timm.get_pretrained_cfg``), so they match the ImageNet weights a user may load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "CLASS_NAMES",
+    "CLASS_DESCRIPTIONS",
+    "BENIGN_INDEX",
+    "SequenceStage",
+    "ModelSpec",
+    "REGISTRY",
+    "get_spec",
+    "model_names",
+]
+
+#: Output classes, in logit order. Short names are the folder names of the public data set.
+CLASS_NAMES: tuple[str, ...] = ("Benign", "Early", "Pre", "Pro")
+CLASS_DESCRIPTIONS: dict[str, str] = {
+    "Benign": "Benign (hematogones)",
+    "Early": "Early Pre-B ALL",
+    "Pre": "Pre-B ALL",
+    "Pro": "Pro-B ALL",
+}
+BENIGN_INDEX = CLASS_NAMES.index("Benign")
+
+SequenceKind = Literal["bigru", "lstm", "transformer"]
+
+
+@dataclass(frozen=True)
+class SequenceStage:
+    """The sequence model that reads the CNN's grid of spatial tokens."""
+
+    kind: SequenceKind
+    hidden_size: int = 256  # per direction for recurrent stages; model width for transformer
+    num_layers: int = 1
+    bidirectional: bool = False
+    num_heads: int = 4  # transformer only
+    mlp_ratio: float = 2.0  # transformer only
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build a model and to feed it correctly."""
+
+    name: str
+    backbone: str  # timm model name
+    pretrained_tag: str  # timm pretrained tag whose config gives normalisation
+    sequence: SequenceStage
+    input_size: int  # square side in pixels: the whole frame is resized (squashed) to this
+    version: str = "1.0"
+    classes: tuple[str, ...] = CLASS_NAMES
+    token_dim: int = 256  # CNN channels are projected to this width before the sequence stage
+    head_dropout: float = 0.2
+    stain_normalization: str | None = None  # None or "reinhard" (see training.stain)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def timm_name(self) -> str:
+        return f"{self.backbone}.{self.pretrained_tag}"
+
+    def data_config(self) -> dict[str, Any]:
+        """Input size, mean, std and interpolation, from the backbone's pretrained config."""
+        import timm
+
+        from training import compat  # noqa: F401  (before timm)
+
+        cfg = timm.get_pretrained_cfg(self.timm_name)
+        if cfg is None:
+            raise KeyError(f"timm has no pretrained config {self.timm_name!r}")
+        return {
+            "input_size": (3, self.input_size, self.input_size),
+            "mean": tuple(float(v) for v in cfg.mean),
+            "std": tuple(float(v) for v in cfg.std),
+            "interpolation": "bicubic" if cfg.interpolation == "bicubic" else "bilinear",
+            "crop_pct": 1.0,  # never centre-crop: training frames are squashed whole
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["classes"] = list(self.classes)
+        return d
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="xception_bigru",
+            backbone="legacy_xception",
+            pretrained_tag="tf_in1k",
+            sequence=SequenceStage(kind="bigru", hidden_size=256, bidirectional=True),
+            input_size=299,
+        ),
+        ModelSpec(
+            name="effnetb3_bigru",
+            backbone="efficientnet_b3",
+            pretrained_tag="ra2_in1k",
+            sequence=SequenceStage(kind="bigru", hidden_size=256, bidirectional=True),
+            input_size=224,
+        ),
+        ModelSpec(
+            name="effnetb3_vit",
+            backbone="efficientnet_b3",
+            pretrained_tag="ra2_in1k",
+            sequence=SequenceStage(kind="transformer", hidden_size=256, num_layers=2, num_heads=4),
+            input_size=224,
+        ),
+        ModelSpec(
+            name="mobilenetv3_lstm",
+            backbone="mobilenetv3_large_100",
+            pretrained_tag="ra_in1k",
+            sequence=SequenceStage(kind="lstm", hidden_size=256, bidirectional=False),
+            input_size=224,
+        ),
+    )
+}
+
+
+def model_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(REGISTRY)}") from None

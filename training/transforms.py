@@ -1,0 +1,58 @@
+"""Preprocessing shared by training, evaluation and the TorchServe handler (one definition).
+
+The training images are whole 4:3 microscope frames squashed to a square, so inference does the
+same: the whole frame is resized to the model's square input (no centre crop), then normalised
+with the backbone's mean/std from the registry. If the model uses stain normalisation it is
+applied first, by the same function in training and in serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.registry import ModelSpec
+
+__all__ = ["resize_frame", "to_normalized_tensor", "build_eval_transform"]
+
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def resize_frame(image: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
+    """Resize the whole RGB frame to ``size`` x ``size`` (aspect ratio not preserved)."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image.size == (size, size):
+        return image
+    return image.resize((size, size), resample=_RESAMPLE[interpolation], reducing_gap=None)
+
+
+def to_normalized_tensor(image: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """PIL RGB -> float tensor (3, H, W) in [0, 1], normalised per channel."""
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (t - m) / s
+
+
+def build_eval_transform(spec: ModelSpec) -> Callable[[Image.Image], torch.Tensor]:
+    """The deterministic transform used for validation, evaluation and serving."""
+    cfg = spec.data_config()
+    size, mean, std, interp = spec.input_size, cfg["mean"], cfg["std"], cfg["interpolation"]
+    stain = None
+    if spec.stain_normalization:
+        from training import stain as stain_module  # type: ignore[attr-defined]
+
+        stain = stain_module.get_normalizer(spec.stain_normalization)
+
+    def transform(image: Image.Image) -> torch.Tensor:
+        image = resize_frame(image, size, interp)
+        if stain is not None:
+            image = stain(image)
+        return to_normalized_tensor(image, mean, std)
+
+    return transform
