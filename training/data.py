@@ -193,7 +193,5 @@ def split_samples(samples: Sequence[Sample], val_fraction: float = 0.2, seed: in
     return Split(train=train, val=val, seed=seed, val_fraction=val_fraction)
 
 
-def load_split(
-    root: str | os.PathLike[str] | None = None, val_fraction: float = 0.2, seed: int = 0
-) -> Split:
+def load_split(root: str | os.PathLike[str] | None = None, val_fraction: float = 0.2, seed: int = 0) -> Split:
     return split_samples(load_samples(root), val_fraction=val_fraction, seed=seed)

@@ -29,6 +29,7 @@ __all__ = [
     "rgb_to_hed",
     "hed_to_rgb",
     "hed_jitter",
+    "to_luminance",
     "get_normalizer",
 ]
 
@@ -137,8 +138,20 @@ def hed_jitter(image: Image.Image, rng: np.random.Generator, sigma: float = 0.05
     return Image.fromarray(hed_to_rgb(hed * alpha + beta))
 
 
+def to_luminance(image: Image.Image) -> Image.Image:
+    """Colour removed: ITU-R 601 luminance replicated to three channels (the "grayscale" normaliser)."""
+    return image.convert("RGB").convert("L").convert("RGB")
+
+
+_NORMALIZERS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "reinhard": reinhard_normalize,
+    "grayscale": to_luminance,
+}
+
+
 def get_normalizer(name: str) -> Callable[[Image.Image], Image.Image]:
-    """The stain normaliser registered under ``name`` (``"reinhard"``)."""
-    if name == "reinhard":
-        return reinhard_normalize
-    raise KeyError(f"unknown stain normalisation {name!r}; known: reinhard")
+    """The stain normaliser registered under ``name`` (``"reinhard"`` or ``"grayscale"``)."""
+    try:
+        return _NORMALIZERS[name]
+    except KeyError:
+        raise KeyError(f"unknown stain normalisation {name!r}; known: {', '.join(_NORMALIZERS)}") from None
