@@ -130,7 +130,10 @@ REGISTRY: dict[str, ModelSpec] = {
             backbone="mobilenetv3_large_100",
             pretrained_tag="ra_in1k",
             sequence=SequenceStage(kind="lstm", hidden_size=256, bidirectional=False),
-            input_size=224,
+            # 128, not 224: trained from random initialisation on a shared 2-core CPU inside one session;
+            # at 224 it could not see enough epochs (cells stay 9-15 px across at 128).
+            input_size=128,
+            stain_normalization="grayscale",  # luminance only, as xception_bigru (colour confound)
         ),
     )
 }

@@ -181,14 +181,19 @@ def train_cached(
     total = steps_per_epoch * epochs
     ckpt = out_dir / "checkpoint.pt"
     start_epoch = 0
+    elapsed_before = 0.0
+    history: list[dict[str, Any]] = []
     if ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start_epoch = state["epoch"] + 1
+        history = list(state.get("history", []))
+        # checkpoints written before elapsed time was stored: the epochs' own times
+        elapsed_before = float(state.get("elapsed", sum(h.get("seconds", 0.0) for h in history)))
         log(f"resumed from {ckpt} at epoch {start_epoch}")
+    t_start = time.time()
     model.to(device)
-    history = []
     for epoch in range(start_epoch, epochs):
         model.train()
         model.backbone.eval()
@@ -225,8 +230,9 @@ def train_cached(
             rec[f"val_{v}_acc"], rec[f"val_{v}_macro_f1"] = round(acc, 4), round(f1, 4)
         history.append(rec)
         log(json.dumps(rec))
-        _checkpoint_save(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch})
-    return {"views": used_views, "history": history}
+        state = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "history": history}
+        _checkpoint_save(ckpt, state | {"elapsed": elapsed_before + time.time() - t_start})
+    return {"views": used_views, "history": history, "elapsed": elapsed_before + time.time() - t_start}
 
 
 # -- end-to-end recipe --------------------------------------------------------------------------
@@ -312,8 +318,15 @@ def train_end2end(
         t0, tot, seen = time.time(), 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", mininterval=20, file=sys.stdout)
         for step, (x, y, soft) in enumerate(bar):
+            global_step = epoch * steps_per_epoch + step
+            warmup = min(steps_per_epoch, 50)
+            factor = _cosine(global_step, total, warmup)
+            if max_minutes is not None and global_step >= warmup:
+                # with a time box the schedule anneals by whichever ends first: steps or time
+                done = max(global_step / total, (elapsed_before + time.time() - t_start) / (60 * max_minutes))
+                factor = 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
             for group in opt.param_groups:
-                group["lr"] = lr * _cosine(epoch * steps_per_epoch + step, total, min(steps_per_epoch, 50))
+                group["lr"] = lr * factor
             logits = model(x.to(device))
             loss = F.cross_entropy(logits, y.to(device))
             if teacher_soft is not None and soft.numel():
@@ -359,7 +372,7 @@ def train_end2end(
         )
         if stop:
             break
-    return {"history": history, "step_losses": losses}
+    return {"history": history, "step_losses": losses, "elapsed": elapsed_before + time.time() - t_start}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -379,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-minutes", type=float, default=None, help="end2end: time box")
     p.add_argument("--teacher", default=None, help="end2end: teacher artifacts dir with teacher_train.npy")
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--note", default=None, help="free text recorded in train_info.json and the model card")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
@@ -468,10 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         soft = torch.softmax(cached_logits(model, maps) / 2.0, dim=1).numpy().astype(np.float32)
         np.save(out_dir / "teacher_train.npy", soft)
     save_model(model, out_dir / "model", dtype=torch.float16)
-    prev = {}
     info_path = out_dir / "train_info.json"
-    if info_path.exists():
-        prev = json.loads(info_path.read_text())
     info = {
         "model": args.model,
         "recipe": recipe_text,
@@ -483,11 +494,13 @@ def main(argv: list[str] | None = None) -> int:
         "n_train": len(split.train),
         "n_val": len(split.val),
         "history": result["history"],
-        "wall_time_s": round(wall + float(prev.get("wall_time_s", 0.0)) * (1 if prev.get("resumed") else 0), 1),
+        "wall_time_s": round(float(result.get("elapsed", wall)), 1),
         "cache_time_s": round(cache_seconds, 1),
         "hardware": hardware_info(args.device),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if args.note:
+        info["notes"] = args.note
     info_path.write_text(json.dumps(info, indent=2))
     log(f"saved {out_dir / 'model'} (fp16); wall {wall:.0f}s")
     return 0

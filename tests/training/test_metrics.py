@@ -70,3 +70,15 @@ def test_abstention_threshold() -> None:
     assert r["threshold"] == pytest.approx(0.7)  # 5/6 correct overall
     none = abstention_threshold(np.array([[0.9, 0.1]]), np.array([1]), 0.98)
     assert none["coverage"] == 0.0
+
+
+def test_histogram_baseline_features() -> None:
+    from PIL import Image
+
+    from training.evaluate import histogram_features
+
+    im = Image.new("RGB", (8, 8), (0, 128, 255))
+    h = histogram_features(im)
+    assert h.shape == (48,)
+    assert h.reshape(3, 16).sum(axis=1) == pytest.approx([1.0, 1.0, 1.0])
+    assert h[0] == 1.0 and h[16 + 8] == 1.0 and h[32 + 15] == 1.0
