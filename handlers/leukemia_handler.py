@@ -16,6 +16,7 @@ Torch intra-op threads: ``LEUKEMIA_TORCH_THREADS`` (environment of the TorchServ
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -91,8 +92,10 @@ class LeukemiaHandler:
             context.set_response_content_type(i, "application/json")
             if isinstance(result, RequestError):
                 context.set_response_status(result.status, result.phrase, i)
-                out.append(result.to_dict())
+                body = result.to_dict()
             else:
                 context.set_response_status(200, "OK", i)
-                out.append(result)
+                body = result
+            # Compact JSON (TorchServe would pretty-print a dict with indent=2).
+            out.append(json.dumps(body, separators=(",", ":")))
         return out
