@@ -5,14 +5,16 @@ For each model (one TorchServe started per model, so its cold start is measured 
 - in-process ("the limit"): the same :class:`handlers.runtime.ModelRuntime` code on the weights from
   the same .mar, fed by ``c`` closed-loop client threads through an in-process dynamic batcher with
   the same batch size TorchServe uses (no HTTP, no IPC); torch intra-op threads = ``--threads``;
-- TorchServe: ``c`` closed-loop HTTP clients (requests.Session each) against ``/predictions``,
+- TorchServe: ``c`` closed-loop HTTP clients (one keep-alive ``http.client`` connection each) against
+  ``/predictions``,
   worker with ``LEUKEMIA_TORCH_THREADS = --threads``, batch size / delay from config.properties;
 - a batch-size sweep of the forward pass alone (images/s at batch 1, 2, 4, 8) that chose the
   ``batchSize`` values in config.properties;
 - cold start to ready (handlers.serve.start for that model alone, and for all models together),
   worker and frontend (JVM) resident memory after the run.
 
-Concurrency levels 1, 8, 32; images are real smear frames (224x224 JPEG) from ../shared/data.
+Concurrency levels 1, 8, 32, each measured on both sides back to back (in-process, then TorchServe)
+so that changes in background load hit both alike; images are real smear frames (224x224 JPEG) from ../shared/data.
 Writes ``<out>.json`` (all numbers, conditions, the command) and ``<out>_latency.png``.
 
     python -m bench.serving --model-store model_store --out docs/benchmarks
@@ -21,6 +23,7 @@ Writes ``<out>.json`` (all numbers, conditions, the command) and ``<out>_latency
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -46,8 +49,9 @@ from training.registry import CLASS_NAMES, model_names
 __all__ = [
     "percentiles",
     "run_closed_loop",
-    "bench_in_process",
-    "bench_torchserve",
+    "InProcess",
+    "torchserve_client",
+    "bench_model",
     "targets",
     "render_markdown",
     "choose_batch",
@@ -163,26 +167,105 @@ def forward_sweep(runtime: ModelRuntime, images: Sequence[bytes], sizes: Sequenc
     return out
 
 
-def bench_in_process(model_dir: Path, images: Sequence[bytes], batch_size: int, threads: int, scale: float) -> dict:
-    configure_threads(threads)
-    rss0 = psutil.Process().memory_info().rss
-    t0 = time.perf_counter()
-    runtime = ModelRuntime(model_dir)
-    load_s = time.perf_counter() - t0
-    for raw in images[:2]:
-        runtime.predict([{"body": raw}])  # warm-up
-    result: dict[str, Any] = {"load_s": round(load_s, 2), "forward_sweep": forward_sweep(runtime, images)}
-    single = []
-    for raw in images[:16]:
-        t1 = time.perf_counter()
-        runtime.predict([{"body": raw}])
-        single.append((time.perf_counter() - t1) * 1000)
-    result["single_request_ms"] = percentiles(single)
-    batcher = InProcessBatcher(runtime, batch_size)
-    result["levels"] = [run_closed_loop(batcher, images, c, _requests_for(c, scale)) for c in LEVELS]
-    batcher.close()
-    result["rss_mb_delta"] = round((psutil.Process().memory_info().rss - rss0) / 2**20, 1)
-    return result
+class InProcess:
+    """The in-process side: the model loaded in this process, behind :class:`InProcessBatcher`."""
+
+    def __init__(self, model_dir: Path, images: Sequence[bytes], batch_size: int, threads: int) -> None:
+        configure_threads(threads)
+        self.rss0 = psutil.Process().memory_info().rss
+        t0 = time.perf_counter()
+        self.runtime = ModelRuntime(model_dir)
+        self.load_s = time.perf_counter() - t0
+        for raw in images[:2]:
+            self.runtime.predict([{"body": raw}])  # warm-up
+        self.sweep = forward_sweep(self.runtime, images)
+        single = []
+        for raw in images[:16]:
+            t1 = time.perf_counter()
+            self.runtime.predict([{"body": raw}])
+            single.append((time.perf_counter() - t1) * 1000)
+        self.single = percentiles(single)
+        self.batcher = InProcessBatcher(self.runtime, batch_size)
+
+    def summary(self, levels: list[dict]) -> dict:
+        return {
+            "load_s": round(self.load_s, 2),
+            "forward_sweep": self.sweep,
+            "single_request_ms": self.single,
+            "levels": levels,
+            "rss_mb_delta": round((psutil.Process().memory_info().rss - self.rss0) / 2**20, 1),
+        }
+
+
+def torchserve_client(info: ServerInfo, model: str) -> Callable[[bytes], None]:
+    """A light HTTP client (one keep-alive http.client connection per thread) for /predictions."""
+    host, port = info.inference_url.removeprefix("http://").split(":")
+    path = f"/predictions/{model}"
+    headers = {"Authorization": f"Bearer {info.inference_key}", "Content-Type": "application/octet-stream"}
+    local = threading.local()
+
+    def call(raw: bytes) -> None:
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection(host, int(port), timeout=300)
+        conn.request("POST", path, body=raw, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"TorchServe answered {resp.status}: {body[:200]!r}")
+
+    return call
+
+
+def bench_model(
+    store: Path, model: str, images: Sequence[bytes], config: Path, threads: int, scale: float, work: Path, ports: dict
+) -> dict:
+    """Cold start, then each concurrency level on both sides back to back (in-process first)."""
+    bs = _batch_size(config, model)
+    ip = InProcess(_extract(store / f"{model}.mar", work / f"ip-{model}"), images, bs, threads)
+    info = start(store, [model], work / f"ts-{model}", config, ports=ports, torch_threads=threads)
+    try:
+        call = torchserve_client(info, model)
+        for raw in images[:2]:
+            call(raw)  # warm-up
+        procs = _server_processes(info, model)
+        ip_levels, ts_levels = [], []
+        cpu: dict[str, float] = {}
+        for c in LEVELS:
+            n = _requests_for(c, scale)
+            before = _cpu_seconds({"in_process": psutil.Process()})
+            ip_levels.append(run_closed_loop(ip.batcher, images, c, n))
+            after = _cpu_seconds({"in_process": psutil.Process()})
+            if c == 8:
+                cpu["in_process"] = round((after["in_process"] - before["in_process"]) / n * 1000, 2)
+            before = _cpu_seconds(procs)
+            ts_levels.append(run_closed_loop(call, images, c, n))
+            after = _cpu_seconds(procs)
+            if c == 8:
+                cpu.update({f"ts_{k}": round((after[k] - before[k]) / n * 1000, 2) for k in procs})
+            print(f"   c={c}: in-process {ip_levels[-1]}\n        torchserve {ts_levels[-1]}", flush=True)
+        print(f"   CPU ms per image at c=8: {cpu}", flush=True)
+        ts = {"levels": ts_levels, "cold_start_s": info.ready_s, "cpu_ms_per_image_c8": cpu}
+        ts.update(_process_rss(info, [model]))
+    finally:
+        stop(info=info)
+        ip.batcher.close()
+    return {"batch_size": bs, "in_process": ip.summary(ip_levels), "torchserve": ts}
+
+
+def _server_processes(info: ServerInfo, model: str) -> dict[str, psutil.Process]:
+    mgmt = {"Authorization": f"Bearer {info.management_key}"}
+    desc = requests.get(f"{info.management_url}/models/{model}", headers=mgmt, timeout=10).json()[0]
+    java = [p for p in psutil.Process(info.pid).children(recursive=True) if p.name() == "java"]
+    return {
+        "worker": psutil.Process(int(desc["workers"][0]["pid"])),
+        "frontend": java[0],
+        "client": psutil.Process(),
+    }
+
+
+def _cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    return {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
 
 
 def _rss_mb(pid: int) -> float:
@@ -197,25 +280,6 @@ def _process_rss(info: ServerInfo, models: Sequence[str]) -> dict[str, Any]:
         workers[m] = [_rss_mb(int(w["pid"])) for w in desc["workers"]]
     java = [p for p in psutil.Process(info.pid).children(recursive=True) if p.name() == "java"]
     return {"worker_rss_mb": workers, "frontend_rss_mb": _rss_mb(java[0].pid) if java else None}
-
-
-def bench_torchserve(info: ServerInfo, model: str, images: Sequence[bytes], scale: float) -> dict:
-    url = f"{info.inference_url}/predictions/{model}"
-    headers = {"Authorization": f"Bearer {info.inference_key}", "Content-Type": "application/octet-stream"}
-    local = threading.local()
-
-    def call(raw: bytes) -> None:
-        s = getattr(local, "s", None)
-        if s is None:
-            s = local.s = requests.Session()
-        r = s.post(url, data=raw, headers=headers, timeout=300)
-        if r.status_code != 200:
-            raise RuntimeError(f"TorchServe answered {r.status_code}: {r.text[:200]}")
-
-    for raw in images[:2]:
-        call(raw)  # warm-up
-    levels = [run_closed_loop(call, images, c, _requests_for(c, scale)) for c in LEVELS]
-    return {"levels": levels, **_process_rss(info, [model])}
 
 
 def _extract(mar: Path, dest: Path) -> Path:
@@ -370,6 +434,21 @@ def render_markdown(results: dict, plot_name: str) -> str:
     for m, r in results["models"].items():
         sweep = r["in_process"]["forward_sweep"]
         lines.append(f"| {m} | " + " | ".join(str(v) for v in sweep.values()) + f" | {choose_batch(sweep)} |")
+    if all("cpu_ms_per_image_c8" in r["torchserve"] for r in results["models"].values()):
+        lines += [
+            "",
+            "## CPU per image at concurrency 8",
+            "",
+            "CPU time (user + system) per image during the c=8 level: the in-process side (this process), and "
+            "TorchServe's worker, frontend (JVM) and the benchmark's HTTP clients.",
+            "",
+            "| model | in-process ms | TorchServe worker ms | frontend ms | clients ms |",
+            "|---|---|---|---|---|",
+        ]
+        for m, r in results["models"].items():
+            c = r["torchserve"]["cpu_ms_per_image_c8"]
+            cells = [c.get(k) for k in ("in_process", "ts_worker", "ts_frontend", "ts_client")]
+            lines.append(f"| {m} | " + " | ".join(str(v) for v in cells) + " |")
     lines += [
         "",
         "Memory: per-model worker RSS after its run: "
@@ -393,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--config", type=Path, default=REPO / "docker" / "torchserve" / "config.properties")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads, both sides")
+    # (run with OMP_NUM_THREADS equal to --threads, as `make bench` does, so both sides match the worker)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the number of requests per level")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks")
     ap.add_argument("--render-only", action="store_true", help="rewrite <out>.md and the plot from <out>.json")
@@ -413,7 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         store, source = _ensure_store(args.model_store, tmp)
         models = args.models or model_names()
         results: dict[str, Any] = {
-            "command": "python -m bench.serving " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')} python -m bench.serving "
+            + " ".join(sys.argv[1:] if argv is None else argv),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "conditions": {
                 "cpu": platform.processor() or platform.machine(),
@@ -428,17 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         for m in models:
             print(f"== {m}", flush=True)
-            bs = _batch_size(args.config, m)
-            ip = bench_in_process(_extract(store / f"{m}.mar", tmp / f"ip-{m}"), images, bs, args.threads, args.scale)
-            print(f"   in-process: {ip['levels']}", flush=True)
-            info = start(store, [m], tmp / f"ts-{m}", args.config, ports=ports, torch_threads=args.threads)
-            try:
-                ts = bench_torchserve(info, m, images, args.scale)
-            finally:
-                stop(info=info)
-            ts["cold_start_s"] = info.ready_s
-            print(f"   torchserve: {ts['levels']} ready {info.ready_s} s", flush=True)
-            results["models"][m] = {"batch_size": bs, "in_process": ip, "torchserve": ts}
+            results["models"][m] = bench_model(store, m, images, args.config, args.threads, args.scale, tmp, ports)
         info = start(store, models, tmp / "ts-all", args.config, ports=ports, torch_threads=args.threads)
         try:
             results["all_models"] = {"cold_start_s": info.ready_s, **_process_rss(info, models)}

@@ -16,7 +16,7 @@ stop: setup
 	$(PY) -m handlers.serve stop --workdir $(TS_WORKDIR)
 
 bench: setup
-	$(PY) -m bench.serving --model-store $(MODEL_STORE) --out docs/benchmarks
+	OMP_NUM_THREADS=1 $(PY) -m bench.serving --model-store $(MODEL_STORE) --out docs/benchmarks
 
 test-serving: setup
 	$(PY) -m pytest tests/handlers tests/integration -q
