@@ -159,7 +159,7 @@ def open_image(raw: bytes) -> DecodedImage:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(raw), formats=list(ALLOWED_FORMATS))
+            image: Image.Image = Image.open(io.BytesIO(raw), formats=list(ALLOWED_FORMATS))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise RequestError("image_too_large", f"image has too many pixels ({exc})") from None
         except UnidentifiedImageError:
