@@ -1,0 +1,15 @@
+from django.contrib import admin
+
+from portal.patients.models import Patient, Specimen
+
+
+@admin.register(Patient)
+class PatientAdmin(admin.ModelAdmin):
+    list_display = ("mrn", "name", "date_of_birth", "sex", "created_at")
+    search_fields = ("mrn", "name")
+
+
+@admin.register(Specimen)
+class SpecimenAdmin(admin.ModelAdmin):
+    list_display = ("accession", "patient", "kind", "collected_at")
+    search_fields = ("accession", "patient__mrn", "patient__name")
