@@ -38,6 +38,7 @@ __all__ = [
     "register_user",
     "retry_pending",
     "sign_off",
+    "store_outcome",
     "update_patient",
     "update_specimen",
     "upload_images",
@@ -293,15 +294,15 @@ def process_analysis(analysis_id: int, client: TorchServeClient | None = None) -
     try:
         data = storage.read(analysis.image.storage_name)
     except OSError as exc:
-        return _store_outcome(analysis_id, ServerError(f"stored image unreadable: {exc}"), None)
+        return store_outcome(analysis_id, ServerError(f"stored image unreadable: {exc}"), None)
     outcome = client.predict(analysis.model_name, data)
     explanation = None
     if isinstance(outcome, Prediction):
         explanation = client.explain(analysis.model_name, data)
-    return _store_outcome(analysis_id, outcome, explanation)
+    return store_outcome(analysis_id, outcome, explanation)
 
 
-def _store_outcome(analysis_id: int, outcome: Any, explanation: Any) -> str:
+def store_outcome(analysis_id: int, outcome: Any, explanation: Any) -> str:
     heatmap_name = ""
     if isinstance(explanation, Explanation):
         heatmap_name = storage.save("heatmaps", explanation.overlay_png, "png")

@@ -1,5 +1,5 @@
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.routers import DefaultRouter
 
@@ -29,11 +29,6 @@ urlpatterns = [
         "docs/",
         SpectacularSwaggerView.as_view(url_name="api:schema", permission_classes=[IsAuthenticated]),
         name="docs",
-    ),
-    path(
-        "redoc/",
-        SpectacularRedocView.as_view(url_name="api:schema", permission_classes=[IsAuthenticated]),
-        name="redoc",
     ),
     path("", include(router.urls)),
 ]
