@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import requests
 from django.conf import settings
+
+from handlers.serve import read_keys
 
 __all__ = [
     "REFUSAL_CODES",
@@ -67,16 +67,17 @@ Outcome = Prediction | Refusal | ServerError | Unreachable
 
 
 def inference_key() -> str:
-    """The inference API key: TORCHSERVE_KEY, else the "inference" key in TorchServe's key_file.json."""
+    """The inference API key: TORCHSERVE_KEY, else the current key in TorchServe's key file.
+
+    The key file lives in the TorchServe working directory (TORCHSERVE_WORKDIR, as handlers.serve
+    starts it); empty when TorchServe is not running.
+    """
     if settings.TORCHSERVE_KEY:
         return str(settings.TORCHSERVE_KEY)
-    path = Path(settings.TORCHSERVE_KEY_FILE)
     try:
-        keys = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_keys(settings.TORCHSERVE_WORKDIR).inference
+    except (OSError, ValueError, KeyError):
         return ""
-    entry = keys.get("inference", {})
-    return str(entry.get("key", "")) if isinstance(entry, dict) else ""
 
 
 class TorchServeClient:
@@ -88,6 +89,13 @@ class TorchServeClient:
         self.timeout = (settings.TORCHSERVE_CONNECT_TIMEOUT_S, settings.TORCHSERVE_READ_TIMEOUT_S)
 
     def _post(self, endpoint: str, model: str, data: bytes) -> requests.Response | Unreachable | ServerError:
+        response = self._post_once(endpoint, model, data)
+        if isinstance(response, requests.Response) and response.status_code == 401 and not settings.TORCHSERVE_KEY:
+            self.key = inference_key()  # keys expire and rotate: re-read the key file once
+            response = self._post_once(endpoint, model, data)
+        return response
+
+    def _post_once(self, endpoint: str, model: str, data: bytes) -> requests.Response | Unreachable | ServerError:
         headers = {"Content-Type": "application/octet-stream"}
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"

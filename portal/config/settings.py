@@ -2,7 +2,7 @@
 
 Environment: DJANGO_SECRET_KEY, DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS, DATABASE_URL (default: SQLite in
 var/portal/), PORTAL_STORAGE_DIR (uploaded images and heatmaps, never under a public URL),
-TORCHSERVE_URL, TORCHSERVE_KEY / TORCHSERVE_KEY_FILE, PORTAL_MODELS.
+TORCHSERVE_URL, TORCHSERVE_KEY / TORCHSERVE_WORKDIR, PORTAL_MODELS.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # TorchServe (inference contract: docs in DESIGN.md section 5).
 TORCHSERVE_URL = env_str("TORCHSERVE_URL", "http://127.0.0.1:8080").rstrip("/")
 TORCHSERVE_KEY = env_str("TORCHSERVE_KEY", "")
-TORCHSERVE_KEY_FILE = env_str("TORCHSERVE_KEY_FILE", str(REPO_DIR / "var" / "torchserve" / "key_file.json"))
+TORCHSERVE_WORKDIR = env_str("TORCHSERVE_WORKDIR", str(REPO_DIR / ".torchserve"))  # holds key_file.json
 TORCHSERVE_CONNECT_TIMEOUT_S = float(env_str("TORCHSERVE_CONNECT_TIMEOUT_S", "3"))
 TORCHSERVE_READ_TIMEOUT_S = float(env_str("TORCHSERVE_READ_TIMEOUT_S", "120"))
 PORTAL_MODELS = env_list("PORTAL_MODELS", ["xception_bigru", "effnetb3_bigru", "effnetb3_vit", "mobilenetv3_lstm"])
