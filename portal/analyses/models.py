@@ -100,6 +100,13 @@ class Analysis(models.Model):
     def is_signed(self) -> bool:
         return Review.objects.filter(analysis_id=self.pk).exists() if self.pk else False
 
+    @property
+    def top_class(self) -> str:
+        """The most probable class (shown beside an abstention, never as the label)."""
+        if not self.probabilities:
+            return ""
+        return max(CLASS_LABELS, key=lambda c: float(self.probabilities.get(c, 0.0)))
+
     def probability_rows(self) -> list[tuple[str, float]]:
         """(class, probability) in contract order, for charts."""
         return [(c, float(self.probabilities.get(c, 0.0))) for c in CLASS_LABELS if self.probabilities]

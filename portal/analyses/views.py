@@ -56,13 +56,13 @@ def _image_context(request: HttpRequest, image: Image) -> dict[str, object]:
             a.signed = a.review  # type: ignore[attr-defined]
         except Review.DoesNotExist:
             a.signed = None  # type: ignore[attr-defined]
+        a.review_form = ReviewForm(auto_id=f"id_a{a.pk}_%s")  # type: ignore[attr-defined]
     return {
         "image": image,
         "analyses": analyses,
         "consensus": consensus(analyses),
         "pending": any(a.status == Analysis.Status.PENDING for a in analyses),
         "can_sign": request.user.has_perm("analyses.sign_off_analysis"),
-        "review_form": ReviewForm(),
     }
 
 
