@@ -21,7 +21,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, loop: bool, interval: float, limit: int | None, **options: Any) -> None:
         while True:
-            close_old_connections()
+            if loop:  # a long-running loop must not keep a dead or stale connection between rounds
+                close_old_connections()
             counts = actions.retry_pending(limit=limit)
             if counts or not loop:
                 summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "nothing to do"
