@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         env["TORCHSERVE_WORKDIR"] = info.workdir
     elif args.torchserve_port:
         env["TORCHSERVE_URL"] = f"http://127.0.0.1:{args.torchserve_port}"
+    names = ["portal server", "retry loop"]
     children = [
         subprocess.Popen([sys.executable, str(MANAGE), "runserver", f"{args.host}:{args.port}", "--noreload"], env=env),
         subprocess.Popen(
@@ -119,9 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = 0
     try:
         while not stopping:
-            for child in children:
+            for name, child in zip(names, children, strict=True):
                 if child.poll() is not None:
-                    print(f"portal: {child.args[2]} exited with {child.returncode}", file=sys.stderr)
+                    print(f"portal: the {name} exited with {child.returncode}", file=sys.stderr)
                     stopping, code = True, 1
             time.sleep(0.5)
     finally:

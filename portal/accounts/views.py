@@ -43,7 +43,8 @@ class PasswordChangeView(auth_views.PasswordChangeView):
     success_url = reverse_lazy("analyses:dashboard")
 
     def form_valid(self, form: Any) -> HttpResponse:
-        actions.change_password(self.request.user, form.cleaned_data["new_password1"], request=self.request)
-        update_session_auth_hash(self.request, self.request.user)
+        user = form.user  # the authenticated user the form was built for
+        actions.change_password(user, form.cleaned_data["new_password1"], request=self.request)
+        update_session_auth_hash(self.request, user)
         messages.success(self.request, "Password changed.")
         return redirect(self.get_success_url())

@@ -11,7 +11,7 @@ class _Router(DefaultRouter):
 
     def get_api_root_view(self, api_urls=None):  # type: ignore[no-untyped-def]
         view = super().get_api_root_view(api_urls)
-        view.initkwargs["permission_classes"] = [IsAuthenticated]
+        view.initkwargs["permission_classes"] = [IsAuthenticated]  # type: ignore[attr-defined]
         return view
 
 
