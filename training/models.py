@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training import compat  # noqa: F401  (must precede timm: see training/compat.py)
 from training.registry import ModelSpec, SequenceStage, get_spec
 
 __all__ = [

@@ -31,9 +31,9 @@ def test_timm_imports_and_runs_in_a_fresh_process() -> None:
 
 
 def test_shim_is_idempotent_and_a_noop_once_torchvision_is_imported() -> None:
-    import torchvision  # noqa: F401
+    import training.compat as compat
 
-    from training import compat
+    import torchvision  # noqa: F401
 
     before = compat.SHIM_ACTIVE
     assert compat.ensure_torchvision() == before
