@@ -345,6 +345,22 @@ def status(workdir: str | os.PathLike[str] = DEFAULT_WORKDIR) -> ServerInfo | No
     return info if info is not None and _alive(info.pid) else None
 
 
+def _wait_foreground(info: ServerInfo) -> int:
+    """Block while TorchServe runs (container entry point); SIGTERM/SIGINT stop it cleanly."""
+    stopping = False
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    while not stopping and _alive(info.pid):
+        time.sleep(1.0)
+    stop(info=info)
+    return 0 if stopping else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Start/stop a local TorchServe for the leukemia models.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -354,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     s.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     s.add_argument("--timeout", type=float, default=READY_TIMEOUT_S)
+    s.add_argument("--foreground", action="store_true", help="stay attached; stop TorchServe on SIGTERM/SIGINT")
     p = sub.add_parser("stop")
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     args = ap.parse_args(argv)
@@ -366,7 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"TorchServe ready in {info.ready_s:.1f} s: {', '.join(info.models)}")
         print(f"  inference  {info.inference_url}   (Authorization: Bearer <inference key>)")
         print(f"  management {info.management_url}   metrics {info.metrics_url}/metrics")
-        print(f"  keys       {info.key_file}   pid {info.pid}   logs {Path(info.workdir) / 'logs'}")
+        print(f"  keys       {info.key_file}   pid {info.pid}   logs {Path(info.workdir) / 'logs'}", flush=True)
+        if args.foreground:
+            return _wait_foreground(info)
         return 0
     print("TorchServe stopped" if stop(args.workdir) else "TorchServe was not running")
     return 0

@@ -48,11 +48,7 @@ def _fit_gate(name: str, model: Any) -> dict[str, Any]:
     from training.smear_gate import SmearGate  # type: ignore[import-not-found,unused-ignore]
 
     images = [Image.open(p).convert("RGB") for _, p in real_images(per_class=8, offset=40)]
-    try:
-        gate = SmearGate.fit(images)
-    except TypeError:
-        gate = SmearGate.fit(images, None)
-    return gate.to_dict()
+    return SmearGate.fit(images, n_negatives=300).to_dict()
 
 
 def build_artifact(

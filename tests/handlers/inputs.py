@@ -81,10 +81,11 @@ def png_header(width: int, height: int, bit_depth: int = 8, colour: int = 2, ida
 
 
 def natural_photo_bytes() -> bytes:
-    """A natural photograph shipped with scikit-learn (a Chinese temple)."""
-    import sklearn.datasets
+    """A natural photograph (a portrait) shipped with matplotlib; not among the smear gate's negatives,
+    which use scikit-learn's sample photos."""
+    import matplotlib
 
-    return (Path(sklearn.datasets.__file__).parent / "images" / "china.jpg").read_bytes()
+    return (Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").read_bytes()
 
 
 def _text_page() -> bytes:
