@@ -109,3 +109,28 @@ def test_upload_while_torchserve_is_down_is_completed_by_the_retry(
     assert Image.objects.count() == 5
     for image, path in zip(images, paths, strict=True):
         assert storage.read(image.storage_name) == path.read_bytes()  # nothing lost or altered
+
+
+@pytest.mark.django_db(transaction=True)
+def test_background_worker_completes_an_upload_after_the_response(
+    use_torchserve: Any, tech_client: Client, specimen: Any, settings: Any
+) -> None:
+    """The mode `make run` uses: the request returns at once with pending rows; a worker thread finishes them."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    settings.PORTAL_INFERENCE_MODE = "background"
+    path = smear_paths(1)[0]
+    response = tech_client.post(
+        "/upload/",
+        {
+            "specimen": specimen.pk,
+            "model": "mobilenetv3_lstm",
+            "images": [SimpleUploadedFile(path.name, path.read_bytes())],
+        },
+    )
+    assert response.status_code == 302
+    actions.wait_for_background()
+    analysis = Analysis.objects.get()
+    assert analysis.status == "done" and analysis.heatmap_name
+    page = tech_client.get(response["Location"]).content.decode()
+    assert 'http-equiv="refresh"' not in page and "mobilenetv3_lstm" in page
