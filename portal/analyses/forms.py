@@ -52,8 +52,13 @@ def model_choices() -> list[tuple[str, str]]:
     return [(ALL_MODELS, f"All {len(settings.PORTAL_MODELS)} models"), *[(m, m) for m in settings.PORTAL_MODELS]]
 
 
+class SpecimenChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return f"{obj.accession}: {obj.patient.name} (MRN {obj.patient.mrn}), collected {obj.collected_at:%Y-%m-%d}"
+
+
 class UploadForm(forms.Form):
-    specimen = forms.ModelChoiceField(queryset=Specimen.objects.select_related("patient"))
+    specimen = SpecimenChoiceField(queryset=Specimen.objects.select_related("patient").order_by("-collected_at"))
     images = MultipleImageField(help_text="One or several images (JPEG, PNG, BMP, TIFF)")
     model = forms.ChoiceField(choices=model_choices, initial=ALL_MODELS)
 

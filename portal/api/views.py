@@ -47,7 +47,22 @@ class TokenView(ObtainAuthToken):
 
 
 class _AuditedRetrieve:
+    """Retrieve and list log who saw which records (list: the IDs on the page)."""
+
     audit_action = ""
+    audit_list_action = ""
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        response: Response = super().list(request, *args, **kwargs)  # type: ignore[misc]
+        results = response.data.get("results", []) if isinstance(response.data, dict) else response.data
+        actions.log_event(
+            self.audit_list_action,
+            actor=request.user,
+            request=request,
+            object_type=self.audit_list_action.split(".")[0],
+            data={"query": dict(request.query_params.items()), "ids": [r["id"] for r in results]},
+        )
+        return response
 
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         obj = self.get_object()  # type: ignore[attr-defined]
@@ -60,6 +75,7 @@ class PatientViewSet(
 ):
     serializer_class = PatientSerializer
     audit_action = "patient.view"
+    audit_list_action = "patient.search"
 
     def get_queryset(self) -> QuerySet[Patient]:
         qs = Patient.objects.order_by("name", "mrn")
@@ -84,6 +100,7 @@ class SpecimenViewSet(
 ):
     serializer_class = SpecimenSerializer
     audit_action = "specimen.view"
+    audit_list_action = "specimen.list"
 
     def get_queryset(self) -> QuerySet[Specimen]:
         qs = Specimen.objects.select_related("patient").order_by("-collected_at", "-id")
@@ -110,6 +127,7 @@ class AnalysisViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericV
 
     serializer_class = AnalysisSerializer
     audit_action = "analysis.view"
+    audit_list_action = "analysis.list"
     parser_classes = [MultiPartParser, FormParser]
 
     def get_queryset(self) -> QuerySet[Analysis]:

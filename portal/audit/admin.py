@@ -13,7 +13,7 @@ from portal.audit.models import AuditEvent
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
     list_display = ("created_at", "actor_username", "action", "object_type", "object_id", "object_repr", "ip_address")
-    list_filter = ("action", "object_type")
+    list_filter = ("action", "object_type")  # codes: portal.audit.registry
     search_fields = ("actor_username", "object_repr", "object_id")
     date_hierarchy = "created_at"
     readonly_fields = [f.name for f in AuditEvent._meta.fields]

@@ -22,8 +22,14 @@ def patient_list(request: HttpRequest) -> HttpResponse:
     patients = Patient.objects.annotate(n_specimens=Count("specimens"))
     if query:
         patients = patients.filter(Q(mrn__iexact=query) | Q(mrn__istartswith=query) | Q(name__icontains=query))
-        actions.log_event("patient.search", actor=request.user, request=request, data={"q": query[:100]})
     page = Paginator(patients.order_by("name", "mrn"), PAGE_SIZE).get_page(request.GET.get("page"))
+    actions.log_event(
+        "patient.search",
+        actor=request.user,
+        request=request,
+        object_type="patient",
+        data={"q": query[:100], "page": page.number, "ids": [p.pk for p in page]},
+    )
     return render(request, "patients/patient_list.html", {"page": page, "q": query})
 
 

@@ -45,7 +45,9 @@ def test_token_auth_patient_crud_and_search(technologist: Any) -> None:
     assert client.get(f"/api/patients/{pid}/").status_code == 200
     assert client.delete(f"/api/patients/{pid}/").status_code in (403, 405)
     actions_ = set(AuditEvent.objects.filter(object_type="patient").values_list("action", flat=True))
-    assert actions_ == {"patient.create", "patient.edit", "patient.view"}
+    assert actions_ == {"patient.create", "patient.edit", "patient.view", "patient.search"}
+    listed = AuditEvent.objects.get(action="patient.search")
+    assert listed.data == {"query": {"q": "api1"}, "ids": [pid]} and listed.actor_username == "tech"
     assert APIClient().get("/api/patients/").status_code == 401
     bad = APIClient()
     bad.credentials(HTTP_AUTHORIZATION="Token not-a-token")
