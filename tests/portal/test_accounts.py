@@ -85,3 +85,13 @@ def test_demo_admin_is_created_once(tmp_path: Path) -> None:
     out = StringIO()
     call_command("ensure_demo_admin", password_file=str(secret), stdout=out)
     assert "password in" in out.getvalue() and get_user_model().objects.count() == 1
+
+
+def test_roles_are_restored_by_post_migrate_after_a_flush() -> None:
+    from django.apps import apps
+
+    from portal.accounts.roles import sync_roles
+
+    Group.objects.filter(name="reviewer").delete()
+    sync_roles(apps)
+    assert Group.objects.get(name="reviewer").permissions.count() == len(ROLE_PERMISSIONS["reviewer"])
