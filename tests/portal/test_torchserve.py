@@ -134,3 +134,17 @@ def test_background_worker_completes_an_upload_after_the_response(
     assert analysis.status == "done" and analysis.heatmap_name
     page = tech_client.get(response["Location"]).content.decode()
     assert 'http-equiv="refresh"' not in page and "mobilenetv3_lstm" in page
+
+
+def test_timeout_becomes_failed_and_is_retried(
+    use_torchserve: Any, technologist: Any, specimen: Any, settings: Any
+) -> None:
+    settings.TORCHSERVE_READ_TIMEOUT_S = 0.001  # the real server cannot answer this fast
+    (image,) = actions.upload_images(technologist, specimen, _validated(smear_paths(1)), ["xception_bigru"])
+    assert actions.retry_pending() == {"failed": 1}
+    analysis = image.analyses.get()
+    assert "timed out" in analysis.error_message and analysis.attempts == 1
+    settings.TORCHSERVE_READ_TIMEOUT_S = 120
+    assert actions.retry_pending() == {"done": 1}
+    analysis.refresh_from_db()
+    assert analysis.status == "done" and analysis.error_message == ""
