@@ -8,6 +8,7 @@ urlpatterns = [
     path("", include("portal.analyses.urls")),
     path("patients/", include("portal.patients.urls")),
     path("accounts/", include("portal.accounts.urls")),
+    path("audit/", include("portal.audit.urls")),
     path("api/", include("portal.api.urls")),
     path("admin/", admin.site.urls),
 ]

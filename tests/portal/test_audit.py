@@ -78,3 +78,17 @@ def test_write_and_audit_row_commit_together(technologist: Any, monkeypatch: pyt
     with pytest.raises(RuntimeError):
         actions.create_patient(technologist, {"mrn": "RB1", "name": "Rolled Back", "date_of_birth": "2001-01-01"})
     assert not Patient.objects.filter(mrn="RB1").exists()
+
+
+def test_portal_audit_page_needs_the_permission_and_filters(
+    make_user: Any, tech_client: Client, specimen: Any, patient: Any
+) -> None:
+    from tests.portal.conftest import login
+
+    assert tech_client.get("/audit/").status_code == 403
+    auditor = login(make_user("auditor", "admin"))
+    page = auditor.get(f"/audit/?object_type=patient&object_id={patient.pk}").content.decode()
+    rows = page.split("<tbody>")[1]
+    assert 'title="patient.create"' in rows and "MRN0001" in rows
+    assert 'title="specimen.create"' not in rows
+    assert 'title="specimen.create"' in auditor.get("/audit/?action=specimen.create").content.decode()
