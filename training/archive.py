@@ -15,7 +15,7 @@ from :func:`training.models.save_model`, and ``card.json``) and writes ``model_s
 zips it deterministically (sorted entries, fixed timestamps and permissions, the manifest's
 ``createdOn`` from ``SOURCE_DATE_EPOCH``, default 1980-01-01), so the same inputs give the same bytes.
 Beside each .mar it writes ``<model>.card.json`` and, when :mod:`training.card` provides
-``render_markdown``, ``<model>.card.md``.
+``render_markdown``, ``<model>.md`` (the same file ``make evaluate`` writes).
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def archive_model(artifact_dir: Path, out_dir: Path, epoch: int | None = None) -
     (out_dir / f"{name}.card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     render = getattr(card_module, "render_markdown", None)
     if callable(render):
-        (out_dir / f"{name}.card.md").write_text(render(card))
+        (out_dir / f"{name}.md").write_text(render(card))
     return mar
 
 

@@ -11,7 +11,16 @@ from typing import Any
 
 from training.registry import ModelSpec
 
-__all__ = ["CARD_SCHEMA_VERSION", "REQUIRED_KEYS", "CardError", "base_card", "validate_card"]
+__all__ = [
+    "CARD_SCHEMA_VERSION",
+    "REQUIRED_KEYS",
+    "CardError",
+    "base_card",
+    "validate_card",
+    "render_markdown",
+    "summary_table",
+    "write_model_store_readme",
+]
 
 CARD_SCHEMA_VERSION = 1
 
@@ -107,3 +116,202 @@ def validate_card(card: dict[str, Any]) -> dict[str, Any]:
     if not 0.0 <= card["abstain_threshold"] <= 1.0:
         raise CardError("abstain_threshold must be in [0, 1]")
     return card
+
+
+# -- Markdown rendering -------------------------------------------------------------------------
+_PERTURBATION_LABELS = {
+    "grayscale": "grayscale",
+    "stain_normalized": "stain-normalised (Reinhard)",
+    "hue_shift": "hue shift +20 deg",
+    "white_balance": "white balance (R x1.12, B x0.85)",
+}
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _metric_rows(metrics: dict[str, Any]) -> list[str]:
+    rows = [
+        "| input | accuracy | macro-F1 | ECE (calibrated) | colour-histogram baseline accuracy / macro-F1 |",
+        "|---|---|---|---|---|",
+    ]
+    base = metrics.get("baseline_colour_histogram", {})
+    orig = metrics.get("original", {})
+    b = base.get("original", {})
+    rows.append(
+        f"| original | {_fmt(orig.get('accuracy'))} | {_fmt(orig.get('macro_f1'))} | "
+        f"{_fmt(metrics.get('calibration', {}).get('ece_after'))} | "
+        f"{_fmt(b.get('accuracy'))} / {_fmt(b.get('macro_f1'))} |"
+    )
+    for key, m in metrics.get("perturbations", {}).items():
+        b = base.get(key, {})
+        rows.append(
+            f"| {_PERTURBATION_LABELS.get(key, key)} | {_fmt(m.get('accuracy'))} | {_fmt(m.get('macro_f1'))} | "
+            f"{_fmt(m.get('ece'))} | {_fmt(b.get('accuracy'))} / {_fmt(b.get('macro_f1'))} |"
+        )
+    return rows
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    """A human-readable rendering of a (valid) model card."""
+    validate_card(card)
+    arch = card["architecture"]
+    seq = arch.get("sequence", {})
+    metrics = card.get("metrics", {})
+    training = card.get("training", {})
+    gate = card.get("smear_gate", {})
+    init = card.get("init_weights", {})
+    lines = [
+        f"# Model card: {card['name']} (version {card['version']})",
+        "",
+        "Generated from `card.json` (the copy inside the .mar is authoritative); do not edit by hand.",
+        "",
+        "## Architecture and input",
+        f"- CNN stage: timm `{arch.get('backbone')}` (normalisation from `{arch.get('pretrained_config')}`), "
+        f"feature grid projected to {arch.get('token_dim')}-d tokens",
+        f"- Sequence stage: {seq.get('kind')} (hidden {seq.get('hidden_size')}, layers {seq.get('num_layers')}, "
+        f"bidirectional {seq.get('bidirectional')})",
+        f"- Parameters: {arch.get('parameters'):,}" if isinstance(arch.get("parameters"), int) else "- Parameters: n/a",
+        f"- Input: whole frame resized (squashed) to {card['input_size']}x{card['input_size']}, "
+        f"{card['interpolation']} interpolation, mean {card['mean']}, std {card['std']}",
+        f"- Stain / colour normalisation: {card['stain_normalization'] or 'none'}",
+        f"- Classes (logit order): {', '.join(card['classes'])}",
+        "",
+        "## Initial weights",
+        f"- Source: {init.get('source')}"
+        + (f", file `{init.get('path')}` (sha256 `{init.get('sha256')}`)" if init.get("path") else ""),
+        "",
+        "## Training",
+    ]
+    data = training.get("data", {})
+    lines += [
+        f"- Data: {data.get('source', 'n/a')}",
+        f"- MANIFEST.csv sha256: `{data.get('manifest_sha256')}`",
+        f"- Split: {data.get('split_rule')} ({data.get('n_train')} training / {data.get('n_val')} validation images)",
+        f"- Recipe: {training.get('recipe')}",
+        f"- Wall time: {_fmt(training.get('wall_time_s'), 0)} s training"
+        + (
+            f" + {_fmt(training.get('feature_cache_time_s'), 0)} s feature caching"
+            if training.get("feature_cache_time_s")
+            else ""
+        ),
+        f"- Hardware: {training.get('hardware')}",
+    ]
+    if training.get("notes"):
+        lines.append(f"- Notes: {training['notes']}")
+    cal = metrics.get("calibration", {})
+    ab = metrics.get("abstention", {})
+    lines += [
+        "",
+        "## Validation metrics (block-wise held-out validation split)",
+        "",
+        *_metric_rows(metrics),
+        "",
+        f"Calibration: temperature {card['temperature']} (fitted on validation); ECE {_fmt(cal.get('ece_before'))} "
+        f"before, {_fmt(cal.get('ece_after'))} after.",
+        f"Abstention: below confidence {_fmt(card['abstain_threshold'])} the model abstains (refer for manual review); "
+        f"on validation the accepted predictions are {_fmt(ab.get('accepted_accuracy'))} accurate at coverage "
+        f"{_fmt(ab.get('coverage'))} (threshold and temperature were fitted on the same blocks: optimistic).",
+        "",
+    ]
+    per_class = metrics.get("original", {}).get("per_class", {})
+    if per_class:
+        lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        for c, m in per_class.items():
+            lines.append(f"| {c} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | {m['support']} |")
+        lines.append("")
+    plots = metrics.get("plots", {})
+    if plots:
+        lines += [f"![confusion matrix](../{plots['confusion']}) ![reliability diagram](../{plots['reliability']})", ""]
+    lines += [
+        "## Smear gate",
+        f"- Kind: {gate.get('kind')}, threshold {gate.get('threshold')}, "
+        f"novelty limit {_fmt(gate.get('novelty_limit'))}"
+        + (
+            f", pooled-feature distance limit 2 x {_fmt(gate.get('feature_distance_p99'))}"
+            if gate.get("feature_distance_p99")
+            else ""
+        ),
+        f"- Fitted on: {gate.get('info', {}).get('fitted_on', 'n/a')}",
+        "",
+        "| test set | n | accepted | should be |",
+        "|---|---|---|---|",
+    ]
+    for name, r in gate.get("measured_rates", {}).items():
+        lines.append(
+            f"| {name} | {r['n']} | {_fmt(r['accepted'])} | {'accepted' if r['should_accept'] else 'refused'} |"
+        )
+    lines += [
+        "",
+        "## Intended use",
+        card["intended_use"],
+        "",
+        "## Limitations",
+        *[f"- {x}" for x in card["limitations"]],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def summary_table(cards: list[dict[str, Any]]) -> str:
+    header = (
+        "| model | input | acc | macro-F1 | grayscale F1 | stain-norm. F1 | hue F1 | WB F1 | ECE before -> after | "
+        "abstain thr. / coverage | training wall time |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    rows = [header]
+    for c in cards:
+        m = c.get("metrics", {})
+        p = m.get("perturbations", {})
+        cal = m.get("calibration", {})
+        ab = m.get("abstention", {})
+        tr = c.get("training", {})
+        rows.append(
+            f"| [{c['name']}]({c['name']}.md) | {c['input_size']} | {_fmt(m.get('original', {}).get('accuracy'))} | "
+            f"{_fmt(m.get('original', {}).get('macro_f1'))} | "
+            + " | ".join(
+                _fmt(p.get(k, {}).get("macro_f1"))
+                for k in ("grayscale", "stain_normalized", "hue_shift", "white_balance")
+            )
+            + f" | {_fmt(cal.get('ece_before'))} -> {_fmt(cal.get('ece_after'))} | {_fmt(c['abstain_threshold'], 3)} / "
+            f"{_fmt(ab.get('coverage'), 3)} | {_fmt(tr.get('wall_time_s'), 0)} s |"
+        )
+    if cards:
+        base = cards[0].get("metrics", {}).get("baseline_colour_histogram", {})
+        if base:
+            rows.append(
+                "| colour-histogram baseline (48-bin RGB + logistic regression) | - | "
+                f"{_fmt(base.get('original', {}).get('accuracy'))} | "
+                f"{_fmt(base.get('original', {}).get('macro_f1'))} | "
+                + " | ".join(
+                    _fmt(base.get(k, {}).get("macro_f1"))
+                    for k in ("grayscale", "stain_normalized", "hue_shift", "white_balance")
+                )
+                + " | - | - | - |"
+            )
+    return "\n".join(rows)
+
+
+def write_model_store_readme(cards: list[dict[str, Any]], path: Any) -> None:
+    """Write model_store/README.md: the generated summary table of every carded model."""
+    from pathlib import Path
+
+    text = "\n".join(
+        [
+            "# Model store",
+            "",
+            "The TorchServe archives (`<model>.mar`, built by `make archive` from `artifacts/`) and their model cards.",
+            "Generated by `make evaluate` (training/evaluate.py); do not edit by hand. All metrics are measured on",
+            "the block-wise validation split of the developer part of the data set (see each card for the split rule).",
+            "The grayscale / stain-normalised / hue / white-balance columns are macro-F1 under those perturbations.",
+            "",
+            summary_table(cards),
+            "",
+        ]
+    )
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)

@@ -74,3 +74,12 @@ def test_make_archive_target(mobilenet_artifact: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "[1/1] mobilenetv3_lstm" in proc.stdout
     read_mar_card(out / "mobilenetv3_lstm.mar")
+
+
+def test_card_markdown_is_written_beside_the_archive(mobilenet_artifact: Path, tmp_path: Path) -> None:
+    from training import card as card_module
+
+    if not hasattr(card_module, "render_markdown"):
+        pytest.skip("training.card has no render_markdown")
+    archive_all(mobilenet_artifact.parent, tmp_path, ["mobilenetv3_lstm"])
+    assert "mobilenetv3_lstm" in (tmp_path / "mobilenetv3_lstm.md").read_text()

@@ -25,7 +25,7 @@ from handlers.serve import ServerInfo
 from tests.handlers.artifacts import real_images
 from tests.handlers.inputs import Case, bad_cases, good_cases, smear_bytes
 from training.models import load_model
-from training.registry import get_spec, model_names
+from training.registry import model_names
 from training.transforms import build_eval_transform
 
 pytestmark = pytest.mark.integration
@@ -84,7 +84,7 @@ def test_contract_and_parity_with_in_process_inference(
     with ThreadPoolExecutor(4) as pool:
         responses = list(pool.map(lambda item: _post(torchserve, model, Case(item[0], item[1].read_bytes())), images))
     ref_model, card = reference_models[model]
-    transform = build_eval_transform(get_spec(model))
+    transform = build_eval_transform(ref_model.spec)
     for (cls, path), r in zip(images, responses, strict=True):
         assert r.status_code == 200, r.text
         assert r.headers["Content-Type"].startswith("application/json")

@@ -1,0 +1,33 @@
+# Training, evaluation and model cards (issue 3). Outputs go to $(ARTIFACTS)/<model>/ (gitignored);
+# `make evaluate` also writes docs/models/*.png and model_store/{README.md,<model>.md}.
+ARTIFACTS ?= artifacts
+DATA ?=
+DEVICE ?= $(shell $(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
+THREADS ?= 2
+TRAIN_ARGS ?=
+MAX_MINUTES ?= 40
+TEACHER ?= $(ARTIFACTS)/xception_bigru
+DATA_ARG := $(if $(DATA),--data $(DATA),)
+
+.PHONY: train train-all evaluate smear-gate
+
+# One model; rerunning resumes from $(ARTIFACTS)/$(MODEL)/checkpoint.pt.
+train: setup
+	$(PY) -m training.train --model $(MODEL) --artifacts $(ARTIFACTS) --device $(DEVICE) --threads $(THREADS) $(DATA_ARG) $(TRAIN_ARGS)
+
+# The teacher first (frozen Xception + cached features), then the random-init models distilled from it.
+train-all: setup
+	$(PY) -m training.train --model xception_bigru --artifacts $(ARTIFACTS) --device $(DEVICE) --threads $(THREADS) $(DATA_ARG)
+	for m in mobilenetv3_lstm effnetb3_bigru effnetb3_vit; do \
+	  $(PY) -m training.train --model $$m --artifacts $(ARTIFACTS) --device $(DEVICE) --threads $(THREADS) $(DATA_ARG) \
+	    --teacher $(TEACHER) --max-minutes $(MAX_MINUTES) $(TRAIN_ARGS); \
+	done
+
+$(ARTIFACTS)/smear_gate.json:
+	$(PY) -m training.fit_gate --out $@ $(DATA_ARG)
+
+smear-gate: setup $(ARTIFACTS)/smear_gate.json
+
+# Every trained model (or MODEL=...): metrics, plots, calibration, abstention, gate, card.json + Markdown.
+evaluate: setup $(ARTIFACTS)/smear_gate.json
+	$(PY) -m training.evaluate --artifacts $(ARTIFACTS) --threads $(THREADS) $(DATA_ARG) $(if $(filter command line,$(origin MODEL)),--model $(MODEL),)

@@ -1,0 +1,80 @@
+"""Augmentation and stain functions: deterministic under a seed, and doing what they claim."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import DATA_ALL4
+from training.augment import PERTURBATIONS, ColorAugment, TrainAugment, geometric_grid, hue_shift, white_balance
+from training.stain import (
+    REINHARD_REFERENCE,
+    get_normalizer,
+    hed_to_rgb,
+    lab_stats,
+    lab_to_rgb,
+    reinhard_normalize,
+    rgb_to_hed,
+    rgb_to_lab,
+)
+
+
+@pytest.fixture(scope="module")
+def image() -> Image.Image:
+    return Image.open(DATA_ALL4 / "original" / "Pre" / "WBC-Malignant-Pre-010.jpg").convert("RGB")
+
+
+def test_train_augment_deterministic(image: Image.Image) -> None:
+    aug = TrainAugment(seed=3)
+    a, b = aug(image, index=5, epoch=2), aug(image, index=5, epoch=2)
+    assert a.size == image.size
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    others = [np.asarray(TrainAugment(seed=3)(image, index=5, epoch=e)) for e in range(3, 6)]
+    assert any(not np.array_equal(np.asarray(a), o) for o in others)
+    assert not np.array_equal(np.asarray(TrainAugment(seed=4)(image, 5, 2)), np.asarray(a))
+
+
+def test_color_augment_changes_colour(image: Image.Image) -> None:
+    out = ColorAugment(p_gray=0.0)(image, np.random.default_rng(0))
+    assert np.abs(np.asarray(out, dtype=int) - np.asarray(image, dtype=int)).mean() > 1.0
+
+
+def test_perturbations(image: Image.Image) -> None:
+    g = np.asarray(PERTURBATIONS["grayscale"](image))
+    assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+    wb = np.asarray(white_balance(image, (1.0, 1.0, 0.5)), dtype=float)
+    assert wb[..., 2].mean() == pytest.approx(np.asarray(image, dtype=float)[..., 2].mean() * 0.5, rel=0.02)
+    assert np.array_equal(np.asarray(hue_shift(image, 0.0)), np.asarray(image.convert("HSV").convert("RGB")))
+    for fn in PERTURBATIONS.values():
+        assert np.array_equal(np.asarray(fn(image)), np.asarray(fn(image)))
+
+
+def test_geometric_grid() -> None:
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    assert torch.equal(geometric_grid(x, 4, False), x)  # type: ignore[arg-type]
+    assert torch.equal(geometric_grid(geometric_grid(x, 1, False), 3, False), x)  # type: ignore[arg-type]
+    assert torch.equal(geometric_grid(x, 0, True)[..., 0], x[..., -1])  # type: ignore[index]
+    n = geometric_grid(x.numpy(), 2, False)
+    assert np.array_equal(n, torch.rot90(x, 2, dims=(-2, -1)).numpy())  # type: ignore[arg-type]
+
+
+def test_lab_and_hed_roundtrip(image: Image.Image) -> None:
+    a = np.asarray(image)
+    assert np.abs(lab_to_rgb(rgb_to_lab(a)).astype(int) - a).max() <= 1
+    assert np.abs(hed_to_rgb(rgb_to_hed(a)).astype(int) - a).max() <= 1
+    # white is L=100, a=b=0
+    assert rgb_to_lab(np.full((1, 1, 3), 255, np.uint8))[0, 0] == pytest.approx([100.0, 0.0, 0.0], abs=0.05)
+
+
+def test_reinhard_matches_reference(image: Image.Image) -> None:
+    out = reinhard_normalize(white_balance(image, (1.2, 0.9, 0.8)))
+    mean, std = lab_stats(out)
+    assert mean == pytest.approx(REINHARD_REFERENCE["mean"], abs=2.0)
+    assert std == pytest.approx(REINHARD_REFERENCE["std"], rel=0.15)
+    assert get_normalizer("reinhard") is reinhard_normalize
+    gray = np.asarray(get_normalizer("grayscale")(image))
+    assert (gray[..., 0] == gray[..., 2]).all()
+    with pytest.raises(KeyError, match="unknown stain"):
+        get_normalizer("macenko-typo")

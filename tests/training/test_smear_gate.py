@@ -1,0 +1,112 @@
+"""Smear gate: smears from this data set and from another lab (BCCD) pass, non-smears are refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import DATA_ALL4, SHARED
+from training.smear_gate import FEATURE_NAMES, GateResult, SmearGate, image_statistics, synthetic_negatives
+
+BCCD = SHARED / "data" / "bccd" / "JPEGImages"
+
+
+def _images(paths: list[Path]) -> list[Image.Image]:
+    return [Image.open(p).convert("RGB") for p in paths]
+
+
+@pytest.fixture(scope="module")
+def split_paths() -> dict[str, list[Path]]:
+    if not DATA_ALL4.is_dir() or not BCCD.is_dir():
+        pytest.fail(f"shared data missing under {SHARED}")
+    from training.data import load_split
+
+    s = load_split(DATA_ALL4 / "original")
+    bccd = sorted(BCCD.glob("*.jpg"))
+    return {
+        "train": [x.path for x in s.train[::30]],
+        "val": [x.path for x in s.val[::10]],
+        "bccd_fit": bccd[0::8],
+        "bccd_test": bccd[1::6],
+    }
+
+
+@pytest.fixture(scope="module")
+def gate(split_paths: dict[str, list[Path]]) -> SmearGate:
+    return SmearGate.fit(
+        _images(split_paths["train"]), extra_positives=_images(split_paths["bccd_fit"]), n_negatives=270, seed=0
+    )
+
+
+def test_statistics_shape_and_finite() -> None:
+    v = image_statistics(Image.new("RGB", (50, 40), (10, 200, 30)))
+    assert v.shape == (len(FEATURE_NAMES),)
+    assert np.isfinite(v).all()
+
+
+def test_accepts_smears_from_both_labs(gate: SmearGate, split_paths: dict[str, list[Path]]) -> None:
+    for key in ("val", "bccd_test"):
+        results = [gate.evaluate(im) for im in _images(split_paths[key])]
+        assert all(isinstance(r, GateResult) and 0.0 <= r.score <= 1.0 for r in results)
+        rate = np.mean([r.accepted for r in results])
+        assert rate >= 0.95, f"{key}: only {rate:.2%} accepted"
+
+
+def test_accepts_colour_perturbed_smears(gate: SmearGate, split_paths: dict[str, list[Path]]) -> None:
+    from training.augment import PERTURBATIONS
+
+    ims = _images(split_paths["val"][:12])
+    for name, fn in PERTURBATIONS.items():
+        rate = np.mean([gate.evaluate(fn(im)).accepted for im in ims])
+        assert rate >= 0.9, f"{name}: {rate:.2%}"
+
+
+def test_refuses_non_smears(gate: SmearGate) -> None:
+    # a different seed than the fit: new noise, text pages, gradients, photo crops ...
+    negs = list(synthetic_negatives(90, seed=777))
+    accepted = [kind for kind, im in negs if gate.evaluate(im).accepted]
+    assert len(accepted) <= 2, accepted
+    for kind in ("flat", "uniform_noise", "text"):
+        assert kind not in accepted
+
+
+def test_refuses_unseen_photo_and_segmented_frames(gate: SmearGate) -> None:
+    import matplotlib.cbook as cbook
+
+    photo = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
+    assert not gate.evaluate(photo).accepted
+    segmented = sorted((DATA_ALL4 / "segmented" / "Pro").glob("*.jpg"))[:5]
+    assert not any(gate.evaluate(im).accepted for im in _images(segmented))
+
+
+def test_roundtrip_through_json(gate: SmearGate, split_paths: dict[str, list[Path]]) -> None:
+    d = json.loads(json.dumps(gate.to_dict()))
+    again = SmearGate.from_dict(d)
+    im = Image.open(split_paths["val"][0])
+    assert again.evaluate(im).score == pytest.approx(gate.evaluate(im).score)
+    assert again.threshold == gate.threshold
+
+
+def test_pooled_feature_distance(gate: SmearGate, split_paths: dict[str, list[Path]]) -> None:
+    import torch
+
+    g = SmearGate.from_dict(gate.to_dict())
+    rng = np.random.default_rng(0)
+    g.fit_feature_statistics(rng.normal(size=(200, 8)))
+    im = Image.open(split_paths["val"][0])
+    near = g.evaluate(im, pooled_features=torch.zeros(8))
+    far = g.evaluate(im, pooled_features=torch.full((8,), 50.0))
+    assert near.accepted and "feature_distance" in near.details
+    assert not far.accepted
+
+
+def test_from_dict_rejects_bad_input(gate: SmearGate) -> None:
+    d = gate.to_dict()
+    with pytest.raises(ValueError):
+        SmearGate.from_dict({**d, "kind": "other"})
+    with pytest.raises(ValueError):
+        SmearGate.from_dict({**d, "coef": d["coef"][:-1]})

@@ -1,0 +1,497 @@
+"""Training: ``python -m training.train --model NAME [...]`` (``make train MODEL=NAME``).
+
+Two recipes, chosen per model by :data:`RECIPES` (overridable with ``--recipe``):
+
+``cached`` (frozen CNN stage, e.g. xception_bigru from the shared ImageNet Xception weights):
+    the CNN's feature maps of every training image under several colour views (original,
+    grayscale, random colour augmentations: see training.features) are computed once; the token
+    projection, sequence stage and head are trained on them, with random flips and 90-degree
+    rotations of the feature grids as geometric augmentation. Fast on a CPU.
+
+``end2end`` (random-init or hub-init CNNs): the whole model trains on augmented images
+    (training.augment.TrainAugment: flips, rotations, crop jitter, HED / hue / saturation /
+    brightness / white-balance / grayscale), optionally distilling from a teacher's soft labels
+    (``--teacher artifacts/xception_bigru``), time-boxed by ``--max-minutes``.
+
+Both: fixed seeds, a checkpoint after every epoch (``artifacts/<model>/checkpoint.pt``; rerunning
+the same command resumes), a log line per epoch (``artifacts/<model>/train.log``), tqdm progress,
+``--device cpu|cuda``. The fixed schedule is not selected on validation (the last epoch is kept),
+so validation stays an honest estimate. The result is saved in fp16 with
+``training.models.save_model`` to ``artifacts/<model>/model/`` plus ``train_info.json`` (recipe,
+wall time, hardware) for the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from training import compat  # noqa: F401  (before timm)
+from training.augment import TrainAugment, geometric_grid
+from training.data import Sample, Split, load_split, manifest_sha256
+from training.features import cache_path, load_cache
+from training.models import HybridClassifier, create_model, save_model
+from training.registry import get_spec
+from training.transforms import build_eval_transform
+
+__all__ = ["RECIPES", "hardware_info", "seed_everything", "train_cached", "train_end2end", "main"]
+
+XCEPTION_WEIGHTS = (
+    Path(__file__).resolve().parent.parent.parent
+    / "shared"
+    / "weights"
+    / "legacy_xception.keras_in1k.backbone.fp16.safetensors"
+)
+
+#: default recipe and initial weights per model
+RECIPES: dict[str, dict[str, Any]] = {
+    "xception_bigru": {"recipe": "cached", "init_weights": str(XCEPTION_WEIGHTS), "epochs": 12, "lr": 1e-3},
+    "mobilenetv3_lstm": {"recipe": "end2end", "init_weights": "random", "epochs": 30, "lr": 2e-3},
+    "effnetb3_bigru": {"recipe": "end2end", "init_weights": "random", "epochs": 30, "lr": 2e-3},
+    "effnetb3_vit": {"recipe": "end2end", "init_weights": "random", "epochs": 30, "lr": 2e-3},
+}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def hardware_info(device: str) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "device": device,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+class _Log:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, msg: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
+        print(line, flush=True)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+
+def _checkpoint_save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+@torch.no_grad()
+def _macro_f1(logits: torch.Tensor, labels: torch.Tensor, n: int) -> tuple[float, float]:
+    pred = logits.argmax(1)
+    acc = float((pred == labels).float().mean())
+    f1s = []
+    for c in range(n):
+        tp = float(((pred == c) & (labels == c)).sum())
+        fp = float(((pred == c) & (labels != c)).sum())
+        fn = float(((pred != c) & (labels == c)).sum())
+        f1s.append(2 * tp / max(1.0, 2 * tp + fp + fn))
+    return acc, float(np.mean(f1s))
+
+
+# -- cached recipe ------------------------------------------------------------------------------
+def _head_logits(model: HybridClassifier, fmap: torch.Tensor) -> torch.Tensor:
+    return model.forward_head(model.forward_sequence(fmap))
+
+
+@torch.no_grad()
+def cached_logits(model: HybridClassifier, maps: np.ndarray, device: str = "cpu", batch_size: int = 64) -> torch.Tensor:
+    """Logits of the sequence stage + head on cached CNN maps (N, C, H, W)."""
+    model.eval()
+    out = []
+    for i in range(0, len(maps), batch_size):
+        x = torch.from_numpy(np.asarray(maps[i : i + batch_size])).float().to(device)
+        out.append(_head_logits(model, x).float().cpu())
+    return torch.cat(out)
+
+
+def train_cached(
+    model: HybridClassifier,
+    split: Split,
+    cache_dir: Path,
+    views: Sequence[str],
+    out_dir: Path,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: str,
+    log: _Log,
+    weight_decay: float = 0.05,
+) -> dict[str, Any]:
+    """Train token projection + sequence stage + head on cached CNN maps of the training views."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    labels = torch.tensor([s.label for s in split.train])
+    arrays = []
+    for v in views:
+        if not cache_path(cache_dir, "train", v).exists():
+            log(f"view {v} not cached, skipped")
+            continue
+        arrays.append(torch.from_numpy(np.array(load_cache(cache_dir, "train", v, split.train))))
+    if not arrays:
+        raise FileNotFoundError(f"no cached training views in {cache_dir}; run python -m training.features first")
+    used_views = [v for v in views if cache_path(cache_dir, "train", v).exists()]
+    n = len(split.train)
+    val_maps = {
+        v: load_cache(cache_dir, "val", v, split.val)
+        for v in ("orig", "gray")
+        if cache_path(cache_dir, "val", v).exists()
+    }
+    val_labels = torch.tensor([s.label for s in split.val])
+    params = model.sequence_parameters()
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(n * len(arrays) / batch_size)
+    total = steps_per_epoch * epochs
+    ckpt = out_dir / "checkpoint.pt"
+    start_epoch = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start_epoch = state["epoch"] + 1
+        log(f"resumed from {ckpt} at epoch {start_epoch}")
+    model.to(device)
+    history = []
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        model.backbone.eval()
+        g = torch.Generator().manual_seed(seed * 1000 + epoch)
+        order = torch.randperm(n * len(arrays), generator=g)
+        t0, tot_loss, seen = time.time(), 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", mininterval=20, file=sys.stdout)
+        for step in bar:
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            view_idx, sample_idx = idx // n, idx % n
+            x = torch.stack([arrays[int(v)][int(s)] for v, s in zip(view_idx, sample_idx, strict=True)]).float()
+            k = int(torch.randint(0, 4, (1,), generator=g))
+            flip = bool(torch.randint(0, 2, (1,), generator=g))
+            x = geometric_grid(x, k, flip)  # type: ignore[assignment]
+            y = labels[sample_idx]
+            for group in opt.param_groups:
+                group["lr"] = lr * _cosine(epoch * steps_per_epoch + step, total, steps_per_epoch)
+            logits = _head_logits(model, x.to(device))  # type: ignore[arg-type]
+            loss = F.cross_entropy(logits, y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 5.0)
+            opt.step()
+            tot_loss += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{tot_loss / seen:.4f}")
+        rec: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": round(tot_loss / seen, 5),
+            "seconds": round(time.time() - t0, 1),
+        }
+        for v, maps in val_maps.items():
+            acc, f1 = _macro_f1(cached_logits(model, maps, device), val_labels, model.num_classes)
+            rec[f"val_{v}_acc"], rec[f"val_{v}_macro_f1"] = round(acc, 4), round(f1, 4)
+        history.append(rec)
+        log(json.dumps(rec))
+        _checkpoint_save(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch})
+    return {"views": used_views, "history": history}
+
+
+# -- end-to-end recipe --------------------------------------------------------------------------
+class ImageDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Augmented training images (seeded per sample and epoch) with optional soft targets."""
+
+    def __init__(
+        self, samples: Sequence[Sample], model_spec: Any, augment: TrainAugment | None, soft: np.ndarray | None
+    ):
+        self.samples = list(samples)
+        self.transform = build_eval_transform(model_spec)
+        self.size = model_spec.input_size
+        self.augment = augment
+        self.soft = soft
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        s = self.samples[i]
+        im = Image.open(s.path).convert("RGB")
+        if self.augment is not None:
+            im = self.augment(im, i, self.epoch)
+        soft = torch.from_numpy(self.soft[i]).float() if self.soft is not None else torch.zeros(0)
+        return self.transform(im), s.label, soft
+
+
+@torch.no_grad()
+def image_logits(model: HybridClassifier, samples: Sequence[Sample], device: str, batch_size: int = 32) -> torch.Tensor:
+    ds = ImageDataset(samples, model.spec, None, None)
+    model.eval()
+    out = []
+    for i in range(0, len(ds), batch_size):
+        x = torch.stack([ds[j][0] for j in range(i, min(len(ds), i + batch_size))]).to(device)
+        out.append(model(x).float().cpu())
+    return torch.cat(out)
+
+
+def train_end2end(
+    model: HybridClassifier,
+    split: Split,
+    out_dir: Path,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: str,
+    log: _Log,
+    max_minutes: float | None = None,
+    teacher_soft: np.ndarray | None = None,
+    kd_weight: float = 0.5,
+    kd_temperature: float = 2.0,
+    max_steps: int | None = None,
+    workers: int = 0,
+    validate: bool = True,
+) -> dict[str, Any]:
+    """Train the whole model on augmented images; optional distillation from teacher probabilities."""
+    ds = ImageDataset(split.train, model.spec, TrainAugment(seed=seed), teacher_soft)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.05)
+    steps_per_epoch = math.ceil(len(ds) / batch_size)
+    total = steps_per_epoch * epochs
+    ckpt = out_dir / "checkpoint.pt"
+    start_epoch, elapsed_before = 0, 0.0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start_epoch, elapsed_before = state["epoch"] + 1, float(state.get("elapsed", 0.0))
+        log(f"resumed from {ckpt} at epoch {start_epoch}")
+    model.to(device)
+    t_start = time.time()
+    history: list[dict[str, Any]] = []
+    losses: list[float] = []
+    stop = False
+    for epoch in range(start_epoch, epochs):
+        ds.epoch = epoch
+        g = torch.Generator().manual_seed(seed * 1000 + epoch)
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=batch_size, shuffle=True, generator=g, num_workers=workers, drop_last=len(ds) > batch_size
+        )
+        model.train()
+        t0, tot, seen = time.time(), 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", mininterval=20, file=sys.stdout)
+        for step, (x, y, soft) in enumerate(bar):
+            for group in opt.param_groups:
+                group["lr"] = lr * _cosine(epoch * steps_per_epoch + step, total, min(steps_per_epoch, 50))
+            logits = model(x.to(device))
+            loss = F.cross_entropy(logits, y.to(device))
+            if teacher_soft is not None and soft.numel():
+                kd = F.kl_div(F.log_softmax(logits / kd_temperature, 1), soft.to(device), reduction="batchmean") * (
+                    kd_temperature**2
+                )
+                loss = (1 - kd_weight) * loss + kd_weight * kd
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            losses.append(float(loss.detach()))
+            tot += float(loss.detach()) * len(y)
+            seen += len(y)
+            bar.set_postfix(loss=f"{tot / seen:.4f}")
+            if max_steps is not None and len(losses) >= max_steps:
+                stop = True
+                break
+            if max_minutes is not None and (elapsed_before + time.time() - t_start) / 60 > max_minutes:
+                stop = True
+                log(f"time box of {max_minutes} min reached in epoch {epoch + 1}")
+                break
+        rec: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": round(tot / max(seen, 1), 5),
+            "seconds": round(time.time() - t0, 1),
+        }
+        if validate:
+            acc, f1 = _macro_f1(
+                image_logits(model, split.val, device), torch.tensor([s.label for s in split.val]), model.num_classes
+            )
+            rec["val_orig_acc"], rec["val_orig_macro_f1"] = round(acc, 4), round(f1, 4)
+        history.append(rec)
+        log(json.dumps(rec))
+        _checkpoint_save(
+            ckpt,
+            {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "epoch": epoch,
+                "elapsed": elapsed_before + time.time() - t_start,
+            },
+        )
+        if stop:
+            break
+    return {"history": history, "step_losses": losses}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Train one registered model.")
+    p.add_argument("--model", required=True)
+    p.add_argument("--recipe", choices=("cached", "end2end"), default=None)
+    p.add_argument("--init-weights", default=None, help="'random', 'hub', or a backbone safetensors file")
+    p.add_argument("--data", default=None, help="class-folder data root (default ../shared/data/all4/original)")
+    p.add_argument("--artifacts", default="artifacts")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--views", default="orig,color0", help="cached recipe: training views (see training.features)")
+    p.add_argument("--max-minutes", type=float, default=None, help="end2end: time box")
+    p.add_argument("--teacher", default=None, help="end2end: teacher artifacts dir with teacher_train.npy")
+    p.add_argument("--workers", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    defaults = RECIPES.get(args.model, {"recipe": "end2end", "init_weights": "random", "epochs": 30, "lr": 2e-3})
+    recipe = args.recipe or defaults["recipe"]
+    init = args.init_weights or defaults["init_weights"]
+    epochs = args.epochs or defaults["epochs"]
+    lr = args.lr or defaults["lr"]
+    get_spec(args.model)
+    out_dir = Path(args.artifacts) / args.model
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = _Log(out_dir / "train.log")
+    split = load_split(args.data)
+    log(
+        f"model={args.model} recipe={recipe} init={init} device={args.device} "
+        f"train={len(split.train)} val={len(split.val)}"
+    )
+    model = create_model(args.model, init_weights=init)
+    t0 = time.time()
+    if recipe == "cached":
+        cache_dir = Path(args.artifacts) / "cache" / args.model
+        from training.features import main as cache_main
+
+        # computes only what is missing (a finished view is skipped)
+        jobs = ",".join(["train:orig", "val:orig", *(f"train:{v}" for v in args.views.split(",") if v != "orig")])
+        cache_main(
+            ["--model", args.model, "--init-weights", str(init), "--cache-dir", str(cache_dir), "--jobs", jobs]
+            + ["--threads", str(args.threads), "--device", args.device]
+            + (["--data", args.data] if args.data else [])
+        )
+        result = train_cached(
+            model,
+            split,
+            cache_dir,
+            args.views.split(","),
+            out_dir,
+            epochs,
+            lr,
+            args.batch_size,
+            args.seed,
+            args.device,
+            log,
+        )
+        cache_seconds = 0.0
+        for f in cache_dir.glob("*.json"):
+            cache_seconds += float(json.loads(f.read_text()).get("seconds", 0.0))
+        recipe_text = (
+            f"frozen ImageNet CNN stage ({Path(init).name}); feature maps cached for training views "
+            f"{', '.join(result['views'])}; token projection + {model.spec.sequence.kind} + head trained "
+            f"{epochs} epochs "
+            f"on the cache with random grid flips/90-degree rotations, AdamW lr {lr}, wd 0.05, cosine, batch "
+            f"{args.batch_size}, seed {args.seed}; last epoch kept (no selection on validation)"
+        )
+    else:
+        soft = None
+        if args.teacher:
+            soft = np.load(Path(args.teacher) / "teacher_train.npy")
+            if len(soft) != len(split.train):
+                raise ValueError("teacher soft labels do not match the training split")
+        result = train_end2end(
+            model,
+            split,
+            out_dir,
+            epochs,
+            lr,
+            args.batch_size,
+            args.seed,
+            args.device,
+            log,
+            max_minutes=args.max_minutes,
+            teacher_soft=soft,
+            workers=args.workers,
+        )
+        cache_seconds = 0.0
+        recipe_text = (
+            f"end to end from {init} init at {model.spec.input_size}px with flips, rotations, crop jitter, HED/hue/"
+            f"saturation/brightness/white-balance/grayscale augmentation, AdamW lr {lr}, cosine, "
+            f"batch {args.batch_size}, "
+            f"seed {args.seed}, up to {epochs} epochs, time box {args.max_minutes} min"
+            + (f", distilled from {Path(args.teacher).name} soft labels (T=2, weight 0.5)" if args.teacher else "")
+        )
+    wall = time.time() - t0
+    model.eval().cpu()
+    if recipe == "cached":
+        # soft labels for distillation into the other models (temperature 2)
+        maps = load_cache(Path(args.artifacts) / "cache" / args.model, "train", "orig", split.train)
+        soft = torch.softmax(cached_logits(model, maps) / 2.0, dim=1).numpy().astype(np.float32)
+        np.save(out_dir / "teacher_train.npy", soft)
+    save_model(model, out_dir / "model", dtype=torch.float16)
+    prev = {}
+    info_path = out_dir / "train_info.json"
+    if info_path.exists():
+        prev = json.loads(info_path.read_text())
+    info = {
+        "model": args.model,
+        "recipe": recipe_text,
+        "recipe_kind": recipe,
+        "init_weights": model.init_info,
+        "data_root": str(args.data or "../shared/data/all4/original"),
+        "manifest_sha256": manifest_sha256(args.data),
+        "split_rule": split.rule(),
+        "n_train": len(split.train),
+        "n_val": len(split.val),
+        "history": result["history"],
+        "wall_time_s": round(wall + float(prev.get("wall_time_s", 0.0)) * (1 if prev.get("resumed") else 0), 1),
+        "cache_time_s": round(cache_seconds, 1),
+        "hardware": hardware_info(args.device),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    info_path.write_text(json.dumps(info, indent=2))
+    log(f"saved {out_dir / 'model'} (fp16); wall {wall:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
