@@ -9,14 +9,11 @@ from django.http import HttpRequest
 
 from portal.audit.models import AuditEvent
 
+__all__ = ["AuditEventAdmin", "ReadOnlyAdmin"]
 
-@admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "actor_username", "action", "object_type", "object_id", "object_repr", "ip_address")
-    list_filter = ("action", "object_type")  # codes: portal.audit.registry
-    search_fields = ("actor_username", "object_repr", "object_id")
-    date_hierarchy = "created_at"
-    readonly_fields = [f.name for f in AuditEvent._meta.fields]
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Patient data is shown in admin but changed only through the portal (portal.actions, audited)."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -26,3 +23,12 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "actor_username", "action", "object_type", "object_id", "object_repr", "ip_address")
+    list_filter = ("action", "object_type")  # codes: portal.audit.registry
+    search_fields = ("actor_username", "object_repr", "object_id")
+    date_hierarchy = "created_at"
+    readonly_fields = [f.name for f in AuditEvent._meta.fields]

@@ -10,6 +10,8 @@ ACTIONS: dict[str, str] = {
     "user.login_failed": "Failed login",
     "user.register": "Registered (awaiting approval)",
     "user.password_change": "Changed password",
+    "user.admin_change": "Changed user in admin (approval, roles)",
+    "user.admin_create": "Created user in admin",
     "patient.create": "Created patient",
     "patient.edit": "Edited patient",
     "patient.view": "Viewed patient",

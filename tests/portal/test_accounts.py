@@ -95,3 +95,33 @@ def test_roles_are_restored_by_post_migrate_after_a_flush() -> None:
     Group.objects.filter(name="reviewer").delete()
     sync_roles(apps)
     assert Group.objects.get(name="reviewer").permissions.count() == len(ROLE_PERMISSIONS["reviewer"])
+
+
+def test_admin_approval_is_audited_and_patient_data_is_read_only_in_admin(admin_client: Client, patient: Any) -> None:
+    user = get_user_model().objects.create_user(username="pending", password=PASSWORD, is_active=False)
+    tech = Group.objects.get(name="technologist")
+    form = admin_client.get(f"/admin/auth/user/{user.pk}/change/").content.decode()
+    assert "is_active" in form
+    data = {
+        "username": "pending",
+        "first_name": "",
+        "last_name": "",
+        "email": "",
+        "is_active": "on",
+        "groups": [tech.pk],
+        "last_login_0": "",
+        "last_login_1": "",
+        "date_joined_0": "2026-11-21",
+        "date_joined_1": "10:00:00",
+    }
+    response = admin_client.post(f"/admin/auth/user/{user.pk}/change/", data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    user.refresh_from_db()
+    assert user.is_active and user.groups.filter(name="technologist").exists()
+    event = AuditEvent.objects.get(action="user.admin_change")
+    assert event.object_id == str(user.pk) and event.actor_username == "admin"
+    assert event.data["groups"] == ["technologist"] and "is_active" in event.data["changed"]
+    assert admin_client.get(f"/admin/patients/patient/{patient.pk}/change/").status_code == 200  # view only
+    assert admin_client.post(f"/admin/patients/patient/{patient.pk}/change/", {"name": "X"}).status_code == 403
+    assert admin_client.get(f"/admin/patients/patient/{patient.pk}/delete/").status_code == 403
+    assert admin_client.get("/admin/patients/patient/add/").status_code == 403
