@@ -13,8 +13,9 @@ Keys: TorchServe 0.12 enforces token authorization and, at start, writes ``key_f
 working directory (here ``<workdir>/key_file.json``, mode 600) with three keys: ``inference`` (for
 ``/predictions``, ``/explanations``, ``/ping``), ``management`` (for the management API) and ``API``
 (to rotate the other two via ``<management>/token?type=inference``). Inference and management
-keys expire after ``token_expiration_min`` (config.properties); clients should re-read the file
-(:func:`read_keys`) when they get HTTP 401. The file is deleted when TorchServe stops.
+keys expire after ``token_expiration_min`` (config.properties); TorchServe then answers HTTP 400
+``InvalidKeyException`` (not 401): clients should re-read the file (:func:`read_keys`) and retry once.
+:func:`stop` deletes the file.
 
 Each instance is isolated in its ``workdir``: effective ``config.properties``, logs (rotated), the
 key file, TorchServe's pid file and temporary directory (so two instances on different ports do
@@ -337,6 +338,7 @@ def stop(workdir: str | os.PathLike[str] = DEFAULT_WORKDIR, info: ServerInfo | N
     if running:
         _kill_group(current.pid)
     (work / INFO_FILE).unlink(missing_ok=True)
+    (work / KEY_FILE).unlink(missing_ok=True)  # TorchServe leaves it behind when signalled
     return running
 
 

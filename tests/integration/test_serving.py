@@ -224,3 +224,23 @@ def test_key_file_is_private_and_metrics_are_prometheus(torchserve: ServerInfo) 
     assert mode & 0o077 == 0, oct(mode)
     r = requests.get(f"{torchserve.metrics_url}/metrics", timeout=10)
     assert r.status_code == 200 and "ts_inference_requests_total" in r.text
+
+
+def test_inference_key_rotation_with_the_api_key(torchserve: ServerInfo) -> None:
+    from handlers.serve import read_keys
+
+    old = read_keys(torchserve.workdir)
+    r = requests.post(
+        f"{torchserve.management_url}/token",
+        params={"type": "inference"},
+        headers={"Authorization": f"Bearer {old.api}"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    new = read_keys(torchserve.workdir)
+    assert new.inference != old.inference and new.management == old.management
+    url = f"{torchserve.inference_url}/predictions/{CHEAP_MODEL}"
+    refused = requests.post(url, data=smear_bytes(), headers={"Authorization": f"Bearer {old.inference}"}, timeout=30)
+    assert refused.status_code == 400 and "InvalidKeyException" in refused.text
+    ok = requests.post(url, data=smear_bytes(), headers={"Authorization": f"Bearer {new.inference}"}, timeout=60)
+    assert ok.status_code == 200
