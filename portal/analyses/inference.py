@@ -90,7 +90,7 @@ class TorchServeClient:
 
     def _post(self, endpoint: str, model: str, data: bytes) -> requests.Response | Unreachable | ServerError:
         response = self._post_once(endpoint, model, data)
-        if isinstance(response, requests.Response) and response.status_code == 401 and not settings.TORCHSERVE_KEY:
+        if isinstance(response, requests.Response) and _key_refused(response) and not settings.TORCHSERVE_KEY:
             self.key = inference_key()  # keys expire and rotate: re-read the key file once
             response = self._post_once(endpoint, model, data)
         return response
@@ -138,7 +138,7 @@ class TorchServeClient:
             if not png.startswith(b"\x89PNG"):
                 return ServerError("explanation overlay is not a PNG")
             return Explanation(
-                label=str(body.get("label", "")),
+                label=str(body.get("label") or ""),  # null when the model abstains
                 method=str(body.get("method", "")),
                 overlay_png=png,
                 grid_shape=list(body.get("grid_shape", [])),
@@ -146,6 +146,14 @@ class TorchServeClient:
         if 400 <= response.status_code < 500 and isinstance(body, dict) and body.get("code") in REFUSAL_CODES:
             return Refusal(code=str(body["code"]), message=str(body.get("message", "")))
         return ServerError(_describe_error(response, body))
+
+
+def _key_refused(response: requests.Response) -> bool:
+    """TorchServe 0.12 refuses a missing, wrong or expired key with HTTP 400 InvalidKeyException."""
+    if response.status_code == 401:
+        return True
+    body = _json_or_none(response)
+    return response.status_code == 400 and isinstance(body, dict) and body.get("type") == "InvalidKeyException"
 
 
 def _json_or_none(response: requests.Response) -> Any:

@@ -148,3 +148,13 @@ def test_timeout_becomes_failed_and_is_retried(
     assert actions.retry_pending() == {"done": 1}
     analysis.refresh_from_db()
     assert analysis.status == "done" and analysis.error_message == ""
+
+
+def test_client_with_a_stale_key_rereads_the_key_file(use_torchserve: Any) -> None:
+    """TorchServe refuses a stale key with 400 InvalidKeyException; the client re-reads the key file once."""
+    from portal.analyses.inference import Prediction, TorchServeClient
+
+    client = TorchServeClient(key="stale-key-from-before-a-restart")
+    outcome = client.predict("mobilenetv3_lstm", smear_paths(1)[0].read_bytes())
+    assert isinstance(outcome, Prediction), outcome
+    assert client.key == use_torchserve.inference_key
