@@ -98,54 +98,6 @@ def smear_paths(n: int) -> list[Path]:
 
 # --- a real TorchServe (handlers.serve), for the integration and browser tests -------------------
 
-MODELS = ("effnetb3_bigru", "effnetb3_vit", "mobilenetv3_lstm", "xception_bigru")
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_ports() -> dict[str, int]:
-    """Five free loopback ports, so the tests never collide with a `make serve` on the defaults."""
-    import socket
-
-    socks = []
-    for _ in range(5):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return dict(zip(["inference", "management", "metrics", "grpc_inference", "grpc_management"], ports, strict=True))
-
-
-@pytest.fixture(scope="session")
-def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """model_store/ when it holds all four trained archives; else test archives (random weights) in tmp."""
-    committed = REPO / "model_store"
-    if all((committed / f"{m}.mar").is_file() for m in MODELS):
-        return committed
-    import torch
-
-    from tests.handlers.artifacts import build_artifact
-    from training.archive import archive_all
-
-    torch.set_num_threads(1)
-    artifacts = tmp_path_factory.mktemp("artifacts")
-    for name in MODELS:
-        build_artifact(name, artifacts)
-    store = tmp_path_factory.mktemp("model_store")
-    archive_all(artifacts, store)
-    return store
-
-
-@pytest.fixture(scope="session")
-def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A real TorchServe serving the four models, started through handlers.serve, stopped at the end."""
-    from handlers.serve import start, stop
-
-    info = start(model_store, workdir=tmp_path_factory.mktemp("torchserve"), ports=free_ports())
-    yield info
-    stop(info=info)
-
 
 @pytest.fixture
 def use_torchserve(torchserve: Any, settings: Any) -> Any:

@@ -15,7 +15,8 @@ import pytest
 
 from portal.analyses.models import Analysis, Review
 from portal.audit.models import AuditEvent
-from tests.portal.conftest import PASSWORD, REPO, smear_paths
+from tests.conftest import REPO
+from tests.portal.conftest import PASSWORD, smear_paths
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from portal.config.env import env_bool, parse_database_url
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
 
 
 def test_sqlite_url_relative_and_absolute() -> None:

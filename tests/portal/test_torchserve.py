@@ -17,7 +17,8 @@ from portal.analyses import storage
 from portal.analyses.models import Analysis, Image
 from portal.analyses.validation import validate_image_bytes
 from portal.audit.models import AuditEvent
-from tests.portal.conftest import free_ports, smear_paths
+from tests.conftest import free_ports
+from tests.portal.conftest import smear_paths
 
 pytestmark = [pytest.mark.django_db, pytest.mark.integration, pytest.mark.slow]
 
