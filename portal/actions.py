@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -60,6 +60,22 @@ def _changes(obj: models.Model, data: dict[str, Any]) -> dict[str, list[str]]:
         if old != value:
             out[key] = [str(old), str(value)]
     return out
+
+
+_M = TypeVar("_M", bound=models.Model)
+
+
+def _update(actor: User, obj: _M, data: dict[str, Any], action: str, request: HttpRequest | None) -> _M:
+    """Lock the row, apply ``data``, validate, save and audit the field-level changes, in one transaction."""
+    with transaction.atomic():
+        obj = type(obj)._default_manager.select_for_update().get(pk=obj.pk)
+        changes = _changes(obj, data)
+        for key, value in data.items():
+            setattr(obj, key, value)
+        obj.full_clean()
+        obj.save()
+        record(action, actor=actor, obj=obj, data={"changes": changes}, request=request)
+    return obj
 
 
 # --- accounts -----------------------------------------------------------------------------------
@@ -119,15 +135,7 @@ def create_patient(actor: User, data: dict[str, Any], request: HttpRequest | Non
 
 
 def update_patient(actor: User, patient: Patient, data: dict[str, Any], request: HttpRequest | None = None) -> Patient:
-    with transaction.atomic():
-        patient = Patient.objects.select_for_update().get(pk=patient.pk)
-        changes = _changes(patient, data)
-        for key, value in data.items():
-            setattr(patient, key, value)
-        patient.full_clean()
-        patient.save()
-        record("patient.edit", actor=actor, obj=patient, data={"changes": changes}, request=request)
-    return patient
+    return _update(actor, patient, data, "patient.edit", request)
 
 
 def create_specimen(
@@ -150,15 +158,7 @@ def create_specimen(
 def update_specimen(
     actor: User, specimen: Specimen, data: dict[str, Any], request: HttpRequest | None = None
 ) -> Specimen:
-    with transaction.atomic():
-        specimen = Specimen.objects.select_for_update().get(pk=specimen.pk)
-        changes = _changes(specimen, data)
-        for key, value in data.items():
-            setattr(specimen, key, value)
-        specimen.full_clean()
-        specimen.save()
-        record("specimen.edit", actor=actor, obj=specimen, data={"changes": changes}, request=request)
-    return specimen
+    return _update(actor, specimen, data, "specimen.edit", request)
 
 
 # --- uploads and analyses -----------------------------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ from pathlib import Path
 
 from training import card as card_module
 from training.card import validate_card
+from training.provenance import file_sha256
 
 __all__ = [
     "REPO",
@@ -116,14 +116,6 @@ def deterministic_zip(src_dir: Path, dest: Path, epoch: int) -> None:
             with open(path, "rb") as f, z.open(info, "w", force_zip64=True) as out:
                 shutil.copyfileobj(f, out, 1 << 20)
     tmp.replace(dest)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _log(msg: str) -> None:
@@ -218,7 +210,7 @@ def archive_all(artifacts: Path, out_dir: Path, models: Sequence[str] | None = N
         size = mar.stat().st_size / 1e6
         _log(
             f"[{i}/{len(dirs)}] {d.name}: {mar} v{card['version']} {size:.1f} MB "
-            f"sha256 {_sha256(mar)[:16]} in {time.perf_counter() - t0:.1f} s"
+            f"sha256 {file_sha256(mar)[:16]} in {time.perf_counter() - t0:.1f} s"
         )
         out.append(mar)
     return out
