@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,3 +21,56 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"../shared not found at {SHARED}; set LEUKEMIA_SHARED")
     return SHARED
+
+
+TORCHSERVE_PORT_NAMES = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
+
+
+def free_ports() -> dict[str, int]:
+    """Five free loopback ports, so tests never collide with a `make serve` on the default ports."""
+    socks = []
+    for _ in TORCHSERVE_PORT_NAMES:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return dict(zip(TORCHSERVE_PORT_NAMES, ports, strict=True))
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """model_store/ when it holds all four archives; else random-init test archives built in tmp.
+
+    The test archives are built from tests/handlers/artifacts.py with ``training.archive``, exactly
+    as ``make archive`` does.
+    """
+    import torch
+
+    from tests.handlers.artifacts import build_artifact
+    from training.archive import archive_all
+    from training.registry import model_names
+
+    committed = REPO / "model_store"
+    if all((committed / f"{m}.mar").is_file() for m in model_names()):
+        return committed
+    torch.set_num_threads(1)
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    for i, name in enumerate(model_names()):
+        build_artifact(name, artifacts, seed=i)
+    store = tmp_path_factory.mktemp("model_store")
+    archive_all(artifacts, store)
+    return store
+
+
+@pytest.fixture(scope="session")
+def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real TorchServe for the whole session (serving and portal suites), started through handlers.serve."""
+    from handlers.serve import start, stop
+
+    info = start(model_store, workdir=tmp_path_factory.mktemp("torchserve"), ports=free_ports(), torch_threads=1)
+    try:
+        yield info
+    finally:
+        stop(info=info)

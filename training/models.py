@@ -11,7 +11,6 @@ classifies (``pre_logits=True`` returns the pooled features), :meth:`forward` do
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.provenance import file_sha256
 from training.registry import ModelSpec, SequenceStage, get_spec
 
 __all__ = [
@@ -169,14 +169,6 @@ class HybridClassifier(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_backbone_weights(model: HybridClassifier, path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a timm backbone state dict (safetensors, any float dtype) strictly into the CNN stage."""
     from safetensors.torch import load_file
@@ -184,7 +176,7 @@ def load_backbone_weights(model: HybridClassifier, path: str | os.PathLike[str])
     path = Path(path)
     state = {k: v.float() for k, v in load_file(str(path)).items()}
     model.backbone.load_state_dict(state, strict=True)
-    info = {"source": "file", "path": path.name, "sha256": _sha256(path), "strict": True}
+    info = {"source": "file", "path": path.name, "sha256": file_sha256(path), "strict": True}
     model.init_info = info
     return info
 

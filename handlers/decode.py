@@ -1,0 +1,201 @@
+"""Turn one TorchServe request row into a validated RGB :class:`PIL.Image.Image`.
+
+Accepted (DESIGN.md section 5): the image bytes as the raw body, as the multipart field ``data``,
+or base64 in JSON ``{"image": "<base64>"}`` (a ``data:image/...;base64,`` prefix is allowed).
+Formats: JPEG, PNG, BMP, TIFF, still images only. EXIF orientation is applied; grayscale, palette,
+RGBA/LA (composited on white), CMYK, YCbCr and 16-bit inputs are converted to 8-bit RGB.
+
+Limits: at least :data:`MIN_SIDE` px a side, at most :data:`MAX_PIXELS` pixels and
+:data:`MAX_BYTES` bytes. Pillow's decompression-bomb protection stays on: the pixel count is
+checked from the header before any pixel is decoded, and Pillow's own bomb warning is an error.
+Every refusal is a :class:`~handlers.errors.RequestError` with the contract's code.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from struct import error as struct_error
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from handlers.errors import RequestError
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "MIN_SIDE",
+    "MAX_PIXELS",
+    "MAX_BYTES",
+    "DecodedImage",
+    "enforce_pillow_limits",
+    "extract_payload",
+    "open_image",
+    "to_rgb",
+    "decode_request",
+]
+
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP", "TIFF")
+MIN_SIDE = 64
+MAX_PIXELS = 50_000_000
+MAX_BYTES = 25 * 1024 * 1024  # raw image bytes (base64 in JSON may be 4/3 of this)
+_PAYLOAD_FIELDS = ("data", "body")
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded, validated RGB image and what it was before conversion."""
+
+    image: Image.Image
+    format: str
+    original_mode: str
+    original_size: tuple[int, int]
+    n_bytes: int
+
+
+def enforce_pillow_limits(max_pixels: int = MAX_PIXELS) -> None:
+    """Keep Pillow's decompression-bomb check on, at no more than ``max_pixels``.
+
+    TorchServe turns it off (``Image.MAX_IMAGE_PIXELS = None``) when ``limit_max_image_pixels`` is
+    false; the handler calls this at start so the protection is on whatever the configuration.
+    """
+    if Image.MAX_IMAGE_PIXELS is None or max_pixels < Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _from_json(obj: Any) -> bytes:
+    if not isinstance(obj, dict):
+        raise RequestError("bad_request", 'JSON body must be an object {"image": "<base64>"}')
+    value = obj.get("image")
+    if value is None:
+        raise RequestError("bad_request", 'JSON body has no "image" field (expected {"image": "<base64>"})')
+    if not isinstance(value, str):
+        raise RequestError("bad_request", 'JSON field "image" must be a base64 string')
+    if value.startswith("data:"):
+        head, _, value = value.partition(",")
+        if ";base64" not in head:
+            raise RequestError("bad_request", "data URL must be base64-encoded")
+    compact = "".join(value.split())
+    if len(compact) > (MAX_BYTES * 4) // 3 + 4:
+        raise RequestError("image_too_large", f"image is larger than {MAX_BYTES} bytes")
+    try:
+        raw = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError("bad_request", 'JSON field "image" is not valid base64') from None
+    if not raw:
+        raise RequestError("bad_request", 'JSON field "image" is empty')
+    return raw
+
+
+def extract_payload(row: Any) -> bytes:
+    """The image bytes of one request row (TorchServe passes a dict per request)."""
+    value: Any = row
+    if isinstance(row, dict):
+        present = [k for k in _PAYLOAD_FIELDS if row.get(k) is not None]
+        if not present:
+            fields = sorted(str(k) for k in row)
+            raise RequestError(
+                "bad_request",
+                f"no image found: send it as the body or as the multipart field 'data' (got fields {fields})",
+            )
+        value = row[present[0]]
+    if isinstance(value, dict | list):
+        return _from_json(value)
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("{"):
+            try:
+                return _from_json(json.loads(stripped))
+            except json.JSONDecodeError:
+                pass
+        if not stripped:
+            raise RequestError("bad_request", "empty request body")
+        raise RequestError("not_an_image", "the body is text, not an image (send JPEG, PNG, BMP or TIFF bytes)")
+    if not isinstance(value, bytes | bytearray):
+        raise RequestError("bad_request", f"unsupported request payload type {type(value).__name__}")
+    raw = bytes(value)
+    if not raw:
+        raise RequestError("bad_request", "empty request body")
+    if raw[:1] == b"{":
+        try:
+            return _from_json(json.loads(raw.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass
+    return raw
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any still-image mode -> 8-bit RGB (16-bit scaled, alpha composited on white)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(image).astype(np.float64)
+        scale = 257.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 1.0
+        arr8 = np.clip(np.rint(arr / scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if mode == "F":
+        raise RequestError("not_an_image", "floating-point images are not supported; send 8- or 16-bit images")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(raw: bytes) -> DecodedImage:
+    """Decode and validate image bytes; raise :class:`RequestError` for anything unacceptable."""
+    if len(raw) > MAX_BYTES:
+        raise RequestError("image_too_large", f"image is {len(raw)} bytes; the limit is {MAX_BYTES}")
+    enforce_pillow_limits()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image: Image.Image = Image.open(io.BytesIO(raw), formats=list(ALLOWED_FORMATS))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise RequestError("image_too_large", f"image has too many pixels ({exc})") from None
+        except UnidentifiedImageError:
+            raise RequestError(
+                "not_an_image", f"not a supported image; send one of {', '.join(ALLOWED_FORMATS)}"
+            ) from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise RequestError("not_an_image", f"cannot read the image header: {exc}") from None
+        fmt = str(image.format)
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise RequestError(
+                "image_too_large", f"image is {width}x{height} = {width * height} pixels; the limit is {MAX_PIXELS}"
+            )
+        if min(width, height) < MIN_SIDE:
+            raise RequestError(
+                "image_too_small", f"image is {width}x{height}; each side must be at least {MIN_SIDE} px"
+            )
+        if getattr(image, "n_frames", 1) > 1:
+            raise RequestError("not_an_image", "animated or multi-page images are not supported; send one frame")
+        original_mode = image.mode
+        try:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            rgb = to_rgb(image)
+        except RequestError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise RequestError("image_too_large", f"image has too many pixels ({exc})") from None
+        except (OSError, ValueError, SyntaxError, struct_error, MemoryError) as exc:
+            raise RequestError("not_an_image", f"the image is corrupt or truncated ({exc})") from None
+    if min(rgb.size) < MIN_SIDE:  # EXIF rotation does not change sides, but stay safe
+        raise RequestError("image_too_small", f"image is {rgb.size[0]}x{rgb.size[1]}")
+    return DecodedImage(rgb, fmt, original_mode, (width, height), len(raw))
+
+
+def decode_request(row: Any) -> DecodedImage:
+    """One TorchServe request row -> validated RGB image (see module docstring)."""
+    return open_image(extract_payload(row))

@@ -1,0 +1,63 @@
+"""Request errors of the public inference contract (DESIGN.md section 5).
+
+Every refusal is a JSON object ``{"code": ..., "message": ...}`` (plus optional detail fields such
+as the smear-gate ``score`` and ``threshold``) sent with a 4xx HTTP status. The code is the stable,
+machine-readable part; the status follows HTTP semantics:
+
+==================== ====== ==========================================================
+code                 status meaning
+==================== ====== ==========================================================
+``bad_request``       400   empty body, invalid base64, JSON without ``image``, ...
+``not_an_image``      415   not a JPEG/PNG/BMP/TIFF still image (text, PDF, GIF, ...)
+``image_too_small``   422   a side is under the minimum (64 px)
+``image_too_large``   413   more pixels or bytes than allowed (incl. decompression bombs)
+``not_a_blood_smear`` 422   the smear gate refused it (``score`` and ``threshold`` given)
+``internal_error``    500   a bug on our side; never used for bad input
+==================== ====== ==========================================================
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+__all__ = ["ERROR_STATUS", "RequestError", "error_body"]
+
+ERROR_STATUS: dict[str, int] = {
+    "bad_request": 400,
+    "not_an_image": 415,
+    "image_too_small": 422,
+    "image_too_large": 413,
+    "not_a_blood_smear": 422,
+    "internal_error": 500,
+}
+
+
+class RequestError(Exception):
+    """A refusal of one request: carries the contract's code, a human message and extra fields."""
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        if code not in ERROR_STATUS:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+    @property
+    def status(self) -> int:
+        return ERROR_STATUS[self.code]
+
+    @property
+    def phrase(self) -> str:
+        return HTTPStatus(self.status).phrase
+
+    def to_dict(self) -> dict[str, Any]:
+        return error_body(self.code, self.message, **self.details)
+
+
+def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
+    """The JSON body of a refusal."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    body.update(details)
+    return body

@@ -1,0 +1,101 @@
+"""TorchServe entry point for the four leukemia models (one handler for all of them).
+
+TorchServe instantiates the single class defined here (a handler module may define only one
+class: a second one makes the worker crash-loop) and calls :meth:`LeukemiaHandler.initialize`
+once, then :meth:`LeukemiaHandler.handle` per batch. Everything else lives in plain modules
+(:mod:`handlers.runtime` and below) that are tested without TorchServe.
+
+Per-request results: a JSON body for every request of the batch, with its own HTTP status set by
+``context.set_response_status(code, phrase, idx)``: 200 for a prediction or explanation, the
+contract's 4xx for a refusal (:mod:`handlers.errors`). Requests sent to
+``/explanations/{model}`` carry the header ``explain: True`` and get a Grad-CAM heatmap.
+
+Torch intra-op threads: ``LEUKEMIA_TORCH_THREADS`` (environment of the TorchServe process), else
+1, so that workers do not oversubscribe the CPU (see docker/torchserve/config.properties).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from handlers.decode import enforce_pillow_limits
+from handlers.errors import RequestError
+from handlers.runtime import ModelRuntime, configure_threads
+
+__all__ = ["LeukemiaHandler"]
+
+log = logging.getLogger(__name__)
+
+
+class LeukemiaHandler:
+    """Validating, batching TorchServe handler with per-request errors and explanations."""
+
+    def __init__(self) -> None:
+        self.runtime: ModelRuntime | None = None
+        self.initialized = False
+
+    def initialize(self, context: Any) -> None:
+        threads = int(os.environ.get("LEUKEMIA_TORCH_THREADS", "1"))
+        configure_threads(threads)
+        enforce_pillow_limits()
+        t0 = time.perf_counter()
+        model_dir = context.system_properties.get("model_dir")
+        self.runtime = ModelRuntime(model_dir)
+        self.initialized = True
+        log.info(
+            "loaded %s %s in %.1f s (torch threads %d, gate %s)",
+            self.runtime.name,
+            self.runtime.version,
+            time.perf_counter() - t0,
+            threads,
+            "on" if self.runtime.gate is not None else "off",
+        )
+
+    @staticmethod
+    def _is_explain(context: Any, idx: int) -> bool:
+        try:
+            return str(context.get_request_header(idx, "explain")) == "True"
+        except (AttributeError, IndexError, KeyError):
+            return False
+
+    def handle(self, data: list[Any], context: Any) -> list[Any]:
+        if self.runtime is None:
+            raise RuntimeError("handler used before initialize()")
+        runtime = self.runtime
+        results: list[dict[str, Any] | RequestError] = [RequestError("internal_error", "not processed")] * len(data)
+        predict_idx = []
+        for i, row in enumerate(data):
+            if self._is_explain(context, i):
+                try:
+                    results[i] = runtime.explain(row)
+                except RequestError as exc:
+                    results[i] = exc
+                except Exception:  # noqa: BLE001 - never let one request kill the batch
+                    log.exception("explanation failed")
+                    results[i] = RequestError("internal_error", "explanation failed")
+            else:
+                predict_idx.append(i)
+        if predict_idx:
+            try:
+                answers = runtime.predict([data[i] for i in predict_idx])
+            except Exception:  # noqa: BLE001
+                log.exception("prediction batch failed")
+                answers = [RequestError("internal_error", "prediction failed")] * len(predict_idx)
+            for i, answer in zip(predict_idx, answers, strict=True):
+                results[i] = answer
+        out: list[Any] = []
+        for i, result in enumerate(results):
+            context.set_response_content_type(i, "application/json")
+            if isinstance(result, RequestError):
+                context.set_response_status(result.status, result.phrase, i)
+                body = result.to_dict()
+            else:
+                context.set_response_status(200, "OK", i)
+                body = result
+            # Compact JSON (TorchServe would pretty-print a dict with indent=2).
+            out.append(json.dumps(body, separators=(",", ":")))
+        return out

@@ -1,0 +1,226 @@
+"""One loaded model and everything it needs to answer requests, independent of TorchServe.
+
+:class:`ModelRuntime` reads a model directory as unpacked from a .mar (``model/`` with the weights
+and config written by :func:`training.models.save_model`, ``model_card.json``), builds the model
+with :func:`training.models.load_model`, the preprocessing with
+:func:`training.transforms.build_eval_transform` (the training definition, imported, never
+re-typed) and the smear gate from the card. :meth:`ModelRuntime.predict` answers a batch of
+request rows with one result per row: a prediction body or a :class:`RequestError`, so one bad
+image never fails its batch-mates. :meth:`ModelRuntime.explain` answers an explanation request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from handlers.decode import DecodedImage, decode_request
+from handlers.errors import RequestError
+from handlers.explain import grad_cam, overlay_png_base64
+from handlers.postprocess import build_prediction, calibrated_probabilities
+from training.card import validate_card
+from training.models import load_model
+from training.transforms import build_eval_transform
+
+__all__ = ["CARD_FILE", "MODEL_SUBDIR", "Prepared", "ModelRuntime", "configure_threads"]
+
+log = logging.getLogger(__name__)
+
+CARD_FILE = "model_card.json"
+MODEL_SUBDIR = "model"
+
+
+def configure_threads(threads: int) -> None:
+    """Set torch's intra-op threads (and one inter-op thread, if still possible)."""
+    torch.set_num_threads(max(1, int(threads)))
+    # Only settable before the first parallel work; harmless if too late.
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+@dataclass
+class Prepared:
+    """One request after decoding and preprocessing."""
+
+    decoded: DecodedImage
+    tensor: torch.Tensor
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+
+class ModelRuntime:
+    """A model, its card, its preprocessing and its smear gate."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        model_dir = Path(model_dir)
+        self.card: dict[str, Any] = validate_card(json.loads((model_dir / CARD_FILE).read_text()))
+        self.model = load_model(model_dir / MODEL_SUBDIR).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.spec = self.model.spec
+        self._check_card_matches_spec()
+        self.name: str = self.card["name"]
+        self.version: str = self.card["version"]
+        self.classes: list[str] = list(self.card["classes"])
+        self.temperature = float(self.card["temperature"])
+        self.abstain_threshold = float(self.card["abstain_threshold"])
+        self.transform = build_eval_transform(self.spec)
+        self.gate: Any = None
+        if self.card["smear_gate"]:
+            from training.smear_gate import SmearGate  # type: ignore[import-not-found,unused-ignore]
+
+            self.gate = SmearGate.from_dict(self.card["smear_gate"])
+        else:
+            log.warning("model %s has no smear gate in its card: every image is accepted", self.name)
+
+    def _check_card_matches_spec(self) -> None:
+        spec, card = self.spec, self.card
+        cfg = spec.data_config()
+        problems = []
+        if card["name"] != spec.name:
+            problems.append(f"name {card['name']!r} != {spec.name!r}")
+        if list(card["classes"]) != list(spec.classes):
+            problems.append("classes differ")
+        if card["input_size"] != spec.input_size:
+            problems.append("input_size differs")
+        for key in ("mean", "std"):
+            if any(abs(a - b) > 1e-6 for a, b in zip(card[key], cfg[key], strict=True)):
+                problems.append(f"{key} differs")
+        if problems:
+            raise ValueError(f"model card does not match the model's config: {'; '.join(problems)}")
+
+    # -- steps -----------------------------------------------------------------------------
+    def prepare(self, row: Any) -> Prepared:
+        """Decode, validate and preprocess one request row (raises RequestError)."""
+        t0 = time.perf_counter()
+        decoded = decode_request(row)
+        t1 = time.perf_counter()
+        tensor = self.transform(decoded.image)
+        return Prepared(decoded, tensor, {"decode": (t1 - t0) * 1000.0, "preprocess": _ms(t1)})
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and pooled features of a batch, under ``torch.inference_mode()``."""
+        with torch.inference_mode():
+            feats = self.model.forward_features(batch)
+            pooled = self.model.forward_head(feats, pre_logits=True)
+            logits = self.model.forward_head(feats)
+        return logits, pooled
+
+    def gate_check(self, decoded: DecodedImage, pooled: torch.Tensor | None) -> dict[str, Any]:
+        """Quality block of the response; raises ``not_a_blood_smear`` when the gate refuses."""
+        if self.gate is None:
+            return {"is_blood_smear": None, "smear_score": None, "gate": "not configured"}
+        result = self.gate.evaluate(decoded.image, pooled)
+        score, threshold = float(result.score), float(result.threshold)
+        if not result.accepted:
+            raise RequestError(
+                "not_a_blood_smear",
+                f"this does not look like a peripheral blood smear field of view "
+                f"(smear score {score:.3f} < threshold {threshold:.3f})",
+                score=score,
+                threshold=threshold,
+            )
+        return {"is_blood_smear": True, "smear_score": score, "smear_threshold": threshold}
+
+    # -- requests --------------------------------------------------------------------------
+    def predict(self, rows: Sequence[Any]) -> list[dict[str, Any] | RequestError]:
+        """One result per row: the prediction body, or the RequestError refusing that row."""
+        results: list[dict[str, Any] | RequestError] = [RequestError("internal_error", "not processed")] * len(rows)
+        prepared: dict[int, Prepared] = {}
+        for i, row in enumerate(rows):
+            try:
+                prepared[i] = self.prepare(row)
+            except RequestError as exc:
+                results[i] = exc
+        if not prepared:
+            return results
+        idx = list(prepared)
+        t0 = time.perf_counter()
+        outputs = self._forward_each_safely(idx, prepared)
+        inference_ms = _ms(t0)
+        for i in idx:
+            out = outputs.get(i)
+            if out is None:
+                results[i] = RequestError("internal_error", "inference failed for this image")
+                continue
+            logits, pooled = out
+            p = prepared[i]
+            try:
+                t1 = time.perf_counter()
+                quality = self.gate_check(p.decoded, pooled)
+                gate_ms = _ms(t1)
+                t2 = time.perf_counter()
+                probs = calibrated_probabilities(logits, self.temperature).tolist()
+                timing = dict(p.timing_ms, inference=inference_ms, gate=gate_ms)
+                body = build_prediction(
+                    probs,
+                    classes=self.classes,
+                    model=self.name,
+                    version=self.version,
+                    abstain_threshold=self.abstain_threshold,
+                    quality=quality,
+                    timing_ms=timing,
+                )
+                body["timing_ms"]["postprocess"] = round(_ms(t2), 3)
+                body["timing_ms"]["total"] = round(sum(body["timing_ms"].values()), 3)
+                body["batch_size"] = len(idx)
+                results[i] = body
+            except RequestError as exc:
+                results[i] = exc
+        return results
+
+    def _forward_each_safely(
+        self, idx: list[int], prepared: dict[int, Prepared]
+    ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Batched forward; if the batch fails, each image alone so one failure stays local."""
+        try:
+            logits, pooled = self.forward(torch.stack([prepared[i].tensor for i in idx]))
+            return {i: (logits[k], pooled[k]) for k, i in enumerate(idx)}
+        except Exception:  # noqa: BLE001 - isolate the failing image below
+            log.exception("batched forward failed; retrying images one by one")
+        out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for i in idx:
+            try:
+                logits, pooled = self.forward(prepared[i].tensor.unsqueeze(0))
+                out[i] = (logits[0], pooled[0])
+            except Exception:  # noqa: BLE001
+                log.exception("forward failed for one image")
+        return out
+
+    def explain(self, row: Any) -> dict[str, Any]:
+        """Grad-CAM for the predicted class of one request row (raises RequestError)."""
+        t0 = time.perf_counter()
+        p = self.prepare(row)
+        x = p.tensor.unsqueeze(0)
+        logits, pooled = self.forward(x)
+        quality = self.gate_check(p.decoded, pooled[0])
+        cam = grad_cam(self.model, x)
+        probs = calibrated_probabilities(cam.logits, self.temperature).tolist()
+        confidence = probs[cam.class_index]
+        return {
+            "model": self.name,
+            "version": self.version,
+            "label": self.classes[cam.class_index],
+            "class_index": cam.class_index,
+            "confidence": confidence,
+            "abstained": confidence < self.abstain_threshold,
+            "probabilities": dict(zip(self.classes, probs, strict=True)),
+            "quality": quality,
+            "method": "grad-cam",
+            "layer": "forward_cnn",
+            "grid": [[round(float(v), 5) for v in row_] for row_ in cam.grid],
+            "grid_shape": [int(cam.grid.shape[0]), int(cam.grid.shape[1])],
+            "overlay_png_base64": overlay_png_base64(p.decoded.image, cam.grid),
+            "timing_ms": {"total": round(_ms(t0), 3)},
+        }

@@ -1,0 +1,22 @@
+# Serving: model archives, a local TorchServe, benchmarks (see docs/serving.md, docs/benchmarks.md).
+ARTIFACTS ?= artifacts
+MODEL_STORE ?= model_store
+TS_CONFIG ?= docker/torchserve/config.properties
+TS_WORKDIR ?= .torchserve
+
+.PHONY: archive serve stop bench test-serving
+
+archive: setup
+	$(PY) -m training.archive --artifacts $(ARTIFACTS) --out $(MODEL_STORE)
+
+serve: setup
+	$(PY) -m handlers.serve start --model-store $(MODEL_STORE) --config $(TS_CONFIG) --workdir $(TS_WORKDIR)
+
+stop: setup
+	$(PY) -m handlers.serve stop --workdir $(TS_WORKDIR)
+
+bench: setup
+	OMP_NUM_THREADS=1 $(PY) -m bench.serving --model-store $(MODEL_STORE) --out docs/benchmarks
+
+test-serving: setup
+	$(PY) -m pytest tests/handlers tests/integration -q

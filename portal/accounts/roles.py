@@ -1,0 +1,66 @@
+"""Roles are Django groups with these permissions (created by a data migration, kept in sync by it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ADMIN", "REVIEWER", "ROLE_PERMISSIONS", "TECHNOLOGIST", "sync_roles"]
+
+TECHNOLOGIST = "technologist"
+REVIEWER = "reviewer"
+ADMIN = "admin"
+
+_TECH = [
+    "patients.view_patient",
+    "patients.add_patient",
+    "patients.change_patient",
+    "patients.view_specimen",
+    "patients.add_specimen",
+    "patients.change_specimen",
+    "analyses.view_image",
+    "analyses.add_image",
+    "analyses.view_analysis",
+    "analyses.add_analysis",
+    "analyses.view_review",
+]
+_REVIEWER = [*_TECH, "analyses.sign_off_analysis", "analyses.add_review", "analyses.export_analyses"]
+_ADMIN = [
+    *_REVIEWER,
+    "auth.view_user",
+    "auth.add_user",
+    "auth.change_user",
+    "auth.view_group",
+    "auth.change_group",
+    "audit.view_auditevent",
+    "authtoken.view_tokenproxy",
+    "authtoken.delete_tokenproxy",
+]
+
+ROLE_PERMISSIONS: dict[str, list[str]] = {TECHNOLOGIST: _TECH, REVIEWER: _REVIEWER, ADMIN: _ADMIN}
+
+
+def sync_roles(apps: Any = None, **kwargs: Any) -> None:
+    """Create or update the role groups with exactly ROLE_PERMISSIONS.
+
+    Runs from the data migration (historical ``apps``) and on every ``post_migrate`` (including the
+    flush after transactional tests), so the groups always match this module.
+    """
+    from django.apps import apps as global_apps
+    from django.contrib.auth.management import create_permissions
+
+    registry = apps or global_apps
+    # Permissions are normally created after each app's migrations; make sure all exist now.
+    for app_config in registry.get_app_configs():
+        had_models = getattr(app_config, "models_module", None)
+        app_config.models_module = True
+        create_permissions(app_config, apps=registry, verbosity=0)
+        app_config.models_module = had_models
+    group_model = registry.get_model("auth", "Group")
+    permission_model = registry.get_model("auth", "Permission")
+    for role, perms in ROLE_PERMISSIONS.items():
+        group, _ = group_model.objects.get_or_create(name=role)
+        wanted = []
+        for perm in perms:
+            app_label, codename = perm.split(".")
+            wanted.append(permission_model.objects.get(content_type__app_label=app_label, codename=codename))
+        group.permissions.set(wanted)

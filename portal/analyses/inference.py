@@ -1,0 +1,172 @@
+"""Client for TorchServe's inference API (contract: DESIGN.md section 5).
+
+Every call returns an outcome instead of raising, so the caller maps it onto an analysis state:
+``Prediction`` -> done, ``Refusal`` (4xx with a contract code) -> rejected, ``ServerError`` (5xx,
+timeouts, unexpected answers) -> failed, ``Unreachable`` (connection refused) -> stays pending.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from django.conf import settings
+
+from handlers.serve import read_keys
+
+__all__ = [
+    "REFUSAL_CODES",
+    "Explanation",
+    "Outcome",
+    "Prediction",
+    "Refusal",
+    "ServerError",
+    "TorchServeClient",
+    "Unreachable",
+    "inference_key",
+]
+
+REFUSAL_CODES = frozenset({"not_an_image", "image_too_small", "image_too_large", "not_a_blood_smear", "bad_request"})
+
+
+@dataclass(frozen=True)
+class Prediction:
+    body: dict[str, Any]
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    label: str
+    method: str
+    overlay_png: bytes
+    grid_shape: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ServerError:
+    message: str
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    message: str
+
+
+Outcome = Prediction | Refusal | ServerError | Unreachable
+
+
+def inference_key() -> str:
+    """The inference API key: TORCHSERVE_KEY, else the current key in TorchServe's key file.
+
+    The key file lives in the TorchServe working directory (TORCHSERVE_WORKDIR, as handlers.serve
+    starts it); empty when TorchServe is not running.
+    """
+    if settings.TORCHSERVE_KEY:
+        return str(settings.TORCHSERVE_KEY)
+    try:
+        return read_keys(settings.TORCHSERVE_WORKDIR).inference
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
+class TorchServeClient:
+    """Thin typed wrapper over ``POST /predictions/{model}`` and ``POST /explanations/{model}``."""
+
+    def __init__(self, base_url: str | None = None, key: str | None = None) -> None:
+        self.base_url = (base_url or settings.TORCHSERVE_URL).rstrip("/")
+        self.key = inference_key() if key is None else key
+        self.timeout = (settings.TORCHSERVE_CONNECT_TIMEOUT_S, settings.TORCHSERVE_READ_TIMEOUT_S)
+
+    def _post(self, endpoint: str, model: str, data: bytes) -> requests.Response | Unreachable | ServerError:
+        response = self._post_once(endpoint, model, data)
+        if isinstance(response, requests.Response) and _key_refused(response) and not settings.TORCHSERVE_KEY:
+            self.key = inference_key()  # keys expire and rotate: re-read the key file once
+            response = self._post_once(endpoint, model, data)
+        return response
+
+    def _post_once(self, endpoint: str, model: str, data: bytes) -> requests.Response | Unreachable | ServerError:
+        headers = {"Content-Type": "application/octet-stream"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        try:
+            return requests.post(
+                f"{self.base_url}/{endpoint}/{model}", data=data, headers=headers, timeout=self.timeout
+            )
+        except requests.ConnectTimeout as exc:
+            return Unreachable(f"model server did not accept the connection: {exc.__class__.__name__}")
+        except requests.Timeout:
+            return ServerError(f"model server timed out after {self.timeout[1]:.0f} s")
+        except requests.ConnectionError as exc:
+            return Unreachable(f"model server unreachable at {self.base_url}: {exc.__class__.__name__}")
+        except requests.RequestException as exc:
+            return ServerError(f"request to the model server failed: {exc}")
+
+    def predict(self, model: str, data: bytes) -> Outcome:
+        start = time.perf_counter()
+        response = self._post("predictions", model, data)
+        if not isinstance(response, requests.Response):
+            return response
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        body = _json_or_none(response)
+        if response.status_code == 200 and isinstance(body, dict) and "probabilities" in body:
+            return Prediction(body=body, latency_ms=latency_ms)
+        if 400 <= response.status_code < 500 and isinstance(body, dict) and body.get("code") in REFUSAL_CODES:
+            return Refusal(code=str(body["code"]), message=str(body.get("message", "")))
+        return ServerError(_describe_error(response, body))
+
+    def explain(self, model: str, data: bytes) -> Explanation | Refusal | ServerError | Unreachable:
+        response = self._post("explanations", model, data)
+        if not isinstance(response, requests.Response):
+            return response
+        body = _json_or_none(response)
+        if response.status_code == 200 and isinstance(body, dict) and "overlay_png_base64" in body:
+            try:
+                png = base64.b64decode(body["overlay_png_base64"], validate=True)
+            except (binascii.Error, ValueError):
+                return ServerError("explanation overlay is not valid base64")
+            if not png.startswith(b"\x89PNG"):
+                return ServerError("explanation overlay is not a PNG")
+            return Explanation(
+                label=str(body.get("label") or ""),  # null when the model abstains
+                method=str(body.get("method", "")),
+                overlay_png=png,
+                grid_shape=list(body.get("grid_shape", [])),
+            )
+        if 400 <= response.status_code < 500 and isinstance(body, dict) and body.get("code") in REFUSAL_CODES:
+            return Refusal(code=str(body["code"]), message=str(body.get("message", "")))
+        return ServerError(_describe_error(response, body))
+
+
+def _key_refused(response: requests.Response) -> bool:
+    """TorchServe 0.12 refuses a missing, wrong or expired key with HTTP 400 InvalidKeyException."""
+    if response.status_code == 401:
+        return True
+    body = _json_or_none(response)
+    return response.status_code == 400 and isinstance(body, dict) and body.get("type") == "InvalidKeyException"
+
+
+def _json_or_none(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _describe_error(response: requests.Response, body: Any) -> str:
+    detail = ""
+    if isinstance(body, dict):
+        detail = str(body.get("message") or body.get("type") or body.get("code") or "")
+    elif response.text:
+        detail = response.text[:200]
+    return f"model server answered HTTP {response.status_code}" + (f": {detail}" if detail else "")

@@ -1,0 +1,178 @@
+"""Exports: analyses as CSV rows and the per-specimen PDF report (reportlab)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from datetime import date, datetime, time, timedelta
+
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from portal.analyses.consensus import consensus
+from portal.analyses.models import CLASS_LABELS, Analysis, Review
+from portal.patients.models import Specimen
+
+__all__ = ["CSV_COLUMNS", "DISCLAIMER", "analyses_in_range", "csv_bytes", "specimen_pdf"]
+
+DISCLAIMER = (
+    "Decision support only, not a diagnosis. Model outputs are pre-classifications for trained laboratory "
+    "staff; a qualified reviewer must confirm or reclassify every result. Not validated for clinical use."
+)
+
+CSV_COLUMNS = [
+    "analysis_id",
+    "created_at",
+    "patient_mrn",
+    "specimen_accession",
+    "image_id",
+    "image_name",
+    "model",
+    "model_version",
+    "status",
+    "label",
+    "confidence",
+    *[f"p_{c}" for c in CLASS_LABELS],
+    "malignant_probability",
+    "abstained",
+    "latency_ms",
+    "error_code",
+    "error_message",
+    "review_decision",
+    "final_label",
+    "reviewer",
+    "signed_at",
+]
+
+
+def analyses_in_range(start: date, end: date) -> QuerySet[Analysis]:
+    """Analyses created from ``start`` 00:00 to ``end`` 24:00 (UTC), oldest first."""
+    tz = timezone.get_current_timezone()
+    lo = datetime.combine(start, time.min, tzinfo=tz)
+    hi = datetime.combine(end + timedelta(days=1), time.min, tzinfo=tz)
+    return (
+        Analysis.objects.filter(created_at__gte=lo, created_at__lt=hi)
+        .select_related("image__specimen__patient", "review")
+        .order_by("created_at", "id")
+    )
+
+
+def _review(a: Analysis) -> Review | None:
+    try:
+        return a.review
+    except Review.DoesNotExist:
+        return None
+
+
+def csv_bytes(analyses: Iterable[Analysis]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for a in analyses:
+        r = _review(a)
+        specimen = a.image.specimen
+        writer.writerow(
+            [
+                a.pk,
+                a.created_at.isoformat(),
+                specimen.patient.mrn,
+                specimen.accession,
+                a.image_id,
+                a.image.original_name,
+                a.model_name,
+                a.model_version,
+                a.status,
+                a.label,
+                "" if a.confidence is None else f"{a.confidence:.4f}",
+                *["" if c not in a.probabilities else f"{a.probabilities[c]:.4f}" for c in CLASS_LABELS],
+                "" if a.malignant_probability is None else f"{a.malignant_probability:.4f}",
+                a.abstained,
+                "" if a.latency_ms is None else a.latency_ms,
+                a.error_code,
+                a.error_message,
+                r.decision if r else "",
+                r.final_label if r else "",
+                r.reviewer_name if r else "",
+                r.signed_at.isoformat() if r else "",
+            ]
+        )
+    return out.getvalue().encode("utf-8")
+
+
+def specimen_pdf(specimen: Specimen, generated_by: str) -> bytes:
+    """A printable A4 report: patient, specimen, every image's model answers, consensus and sign-offs."""
+    from reportlab.lib import colors
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.styles import getSampleStyleSheet
+    from reportlab.lib.units import mm
+    from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+    styles = getSampleStyleSheet()
+    buf = io.BytesIO()
+    doc = SimpleDocTemplate(
+        buf,
+        pagesize=A4,
+        leftMargin=15 * mm,
+        rightMargin=15 * mm,
+        topMargin=15 * mm,
+        bottomMargin=15 * mm,
+        title=f"Report {specimen.accession}",
+    )
+    patient = specimen.patient
+    story = [
+        Paragraph("Peripheral blood smear analysis report", styles["Title"]),
+        Paragraph(f"<b>{DISCLAIMER}</b>", styles["Normal"]),
+        Spacer(1, 4 * mm),
+        Paragraph(
+            f"Patient: {patient.name} &middot; MRN {patient.mrn} &middot; DOB {patient.date_of_birth} "
+            f"&middot; sex {patient.get_sex_display()}",
+            styles["Normal"],
+        ),
+        Paragraph(
+            f"Specimen {specimen.accession} ({specimen.get_kind_display()}, {specimen.stain}), collected "
+            f"{specimen.collected_at:%Y-%m-%d %H:%M} by {specimen.collected_by or '-'}",
+            styles["Normal"],
+        ),
+        Paragraph(f"Generated {timezone.now():%Y-%m-%d %H:%M} UTC by {generated_by}", styles["Normal"]),
+        Spacer(1, 4 * mm),
+    ]
+    for image in specimen.images.order_by("uploaded_at", "id").prefetch_related("analyses__review"):
+        analyses = list(image.analyses.all())
+        story.append(
+            Paragraph(f"Image {image.pk}: {image.original_name} ({image.width}x{image.height})", styles["Heading3"])
+        )
+        rows = [["Model", "Version", "Status", "Label", "Confidence", "P(malignant)", "Review"]]
+        for a in analyses:
+            r = _review(a)
+            label = "refer for manual review" if a.abstained else (a.label or a.error_code or "")
+            rows.append(
+                [
+                    a.model_name,
+                    a.model_version,
+                    a.status,
+                    label,
+                    "" if a.confidence is None else f"{a.confidence:.2f}",
+                    "" if a.malignant_probability is None else f"{a.malignant_probability:.2f}",
+                    f"{r.final_label} ({r.decision}) by {r.reviewer_name}" if r else "not signed",
+                ]
+            )
+        table = Table(rows, repeatRows=1)
+        table.setStyle(
+            TableStyle(
+                [
+                    ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
+                    ("BACKGROUND", (0, 0), (-1, 0), colors.lightgrey),
+                    ("FONTSIZE", (0, 0), (-1, -1), 8),
+                ]
+            )
+        )
+        story.append(table)
+        c = consensus(analyses)
+        if c is not None:
+            text = f"Consensus: {c.label} ({c.agreement})" if c.label else "Consensus: none, refer for manual review"
+            story.append(Paragraph(text, styles["Normal"]))
+        story.append(Spacer(1, 3 * mm))
+    story.append(Paragraph(DISCLAIMER, styles["Italic"]))
+    doc.build(story)
+    return buf.getvalue()

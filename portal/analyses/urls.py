@@ -1,0 +1,17 @@
+from django.urls import path
+
+from portal.analyses import views
+
+app_name = "analyses"
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("upload/", views.upload, name="upload"),
+    path("images/<int:pk>/", views.image_detail, name="image"),
+    path("images/<int:pk>/file/", views.image_file, name="image_file"),
+    path("analyses/<int:pk>/", views.analysis_detail, name="analysis"),
+    path("analyses/<int:pk>/heatmap.png", views.heatmap_file, name="heatmap"),
+    path("analyses/<int:pk>/sign-off/", views.sign_off, name="sign_off"),
+    path("exports/", views.export, name="export"),
+    path("specimens/<int:pk>/report/", views.specimen_report, name="report"),
+    path("specimens/<int:pk>/report.pdf", views.specimen_report_pdf, name="report_pdf"),
+]

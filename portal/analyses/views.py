@@ -1,0 +1,180 @@
+"""Dashboard, upload, results (side by side with consensus), review, private files, exports."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import permission_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_http_methods, require_POST
+
+from portal import actions
+from portal.analyses import storage
+from portal.analyses.consensus import consensus
+from portal.analyses.forms import ExportForm, ReviewForm, UploadForm
+from portal.analyses.models import Analysis, Image, ImmutableError, Review
+from portal.analyses.reports import analyses_in_range, csv_bytes, specimen_pdf
+from portal.patients.models import Specimen
+
+
+def dashboard(request: HttpRequest) -> HttpResponse:
+    context: dict[str, object] = {}
+    if request.user.has_perm("analyses.view_analysis"):
+        context["counts"] = dict(Analysis.objects.values_list("status").annotate(n=Count("id")).order_by())
+        context["recent"] = Image.objects.select_related("specimen__patient").prefetch_related("analyses")[:10]
+        context["unsigned"] = Analysis.objects.filter(status="done", review__isnull=True).count()
+    return render(request, "analyses/dashboard.html", context)
+
+
+@permission_required(["analyses.add_image", "analyses.add_analysis"], raise_exception=True)
+@require_http_methods(["GET", "POST"])
+def upload(request: HttpRequest) -> HttpResponse:
+    initial = {}
+    if request.GET.get("specimen", "").isdigit():
+        initial["specimen"] = int(request.GET["specimen"])
+    form = UploadForm(request.POST or None, request.FILES or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        specimen = form.cleaned_data["specimen"]
+        images = actions.upload_images(
+            request.user, specimen, form.cleaned_data["images"], form.model_names(), request=request
+        )
+        messages.success(request, f"{len(images)} image(s) saved; analyses run on the model server.")
+        if len(images) == 1:
+            return redirect(images[0])
+        return redirect(specimen)
+    return render(request, "analyses/upload.html", {"form": form, "max_files": settings.PORTAL_MAX_FILES_PER_UPLOAD})
+
+
+def _image_context(request: HttpRequest, image: Image) -> dict[str, object]:
+    analyses = list(image.analyses.select_related("review").all())
+    for a in analyses:
+        try:
+            a.signed = a.review  # type: ignore[attr-defined]
+        except Review.DoesNotExist:
+            a.signed = None  # type: ignore[attr-defined]
+        a.review_form = ReviewForm(auto_id=f"id_a{a.pk}_%s")  # type: ignore[attr-defined]
+    return {
+        "image": image,
+        "analyses": analyses,
+        "consensus": consensus(analyses),
+        "pending": any(a.status == Analysis.Status.PENDING for a in analyses),
+        "can_sign": request.user.has_perm("analyses.sign_off_analysis"),
+    }
+
+
+@permission_required(["analyses.view_image", "analyses.view_analysis"], raise_exception=True)
+def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    image = get_object_or_404(Image.objects.select_related("specimen__patient"), pk=pk)
+    actions.log_event("image.view", actor=request.user, obj=image, request=request)
+    return render(request, "analyses/image_detail.html", _image_context(request, image))
+
+
+@permission_required(["analyses.view_image"], raise_exception=True)
+def image_file(request: HttpRequest, pk: int) -> FileResponse:
+    image = get_object_or_404(Image, pk=pk)
+    return _private_file(image.storage_name, image.content_type)
+
+
+@permission_required(["analyses.view_analysis"], raise_exception=True)
+def heatmap_file(request: HttpRequest, pk: int) -> FileResponse:
+    analysis = get_object_or_404(Analysis, pk=pk)
+    if not analysis.heatmap_name:
+        raise Http404("no heatmap for this analysis")
+    return _private_file(analysis.heatmap_name, "image/png")
+
+
+def _private_file(name: str, content_type: str) -> FileResponse:
+    try:
+        handle = open(storage.path_for(name), "rb")  # noqa: SIM115 (FileResponse closes it)
+    except OSError as exc:
+        raise Http404("file missing") from exc
+    response = FileResponse(handle, content_type=content_type)
+    response["Cache-Control"] = "private, no-store"
+    response["Content-Disposition"] = "inline"
+    return response
+
+
+@permission_required(["analyses.view_analysis"], raise_exception=True)
+def analysis_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    analysis = get_object_or_404(Analysis.objects.select_related("image__specimen__patient"), pk=pk)
+    actions.log_event("analysis.view", actor=request.user, obj=analysis, request=request)
+    context = _image_context(request, analysis.image)
+    context["analyses"] = [a for a in context["analyses"] if a.pk == analysis.pk]  # type: ignore[attr-defined]
+    context["single"] = True
+    return render(request, "analyses/image_detail.html", context)
+
+
+@permission_required("analyses.sign_off_analysis", raise_exception=True)
+@require_POST
+def sign_off(request: HttpRequest, pk: int) -> HttpResponse:
+    analysis = get_object_or_404(Analysis, pk=pk)
+    form = ReviewForm(request.POST)
+    if form.is_valid():
+        try:
+            actions.sign_off(
+                request.user,
+                analysis,
+                decision=form.cleaned_data["decision"],
+                final_label=form.cleaned_data["final_label"] or None,
+                comment=form.cleaned_data["comment"],
+                request=request,
+            )
+            messages.success(request, f"{analysis.model_name}: signed off.")
+        except (ValidationError, ImmutableError) as exc:
+            messages.error(request, f"{analysis.model_name}: not signed: {'; '.join(_messages(exc))}")
+    else:
+        messages.error(request, "Not signed: the review form is incomplete.")
+    return redirect(analysis.image)
+
+
+def _messages(exc: Exception) -> list[str]:
+    return list(exc.messages) if isinstance(exc, ValidationError) else [str(exc)]
+
+
+@permission_required("analyses.export_analyses", raise_exception=True)
+def export(request: HttpRequest) -> HttpResponse:
+    form = ExportForm(request.GET or None)
+    if request.GET and form.is_valid():
+        start, end = form.cleaned_data["start"], form.cleaned_data["end"]
+        rows = analyses_in_range(start, end)
+        body = csv_bytes(rows)
+        actions.log_event(
+            "export.csv",
+            actor=request.user,
+            request=request,
+            object_type="analysis",
+            data={"start": start.isoformat(), "end": end.isoformat(), "rows": rows.count()},
+        )
+        response = HttpResponse(body, content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="analyses_{start}_{end}.csv"'
+        response["Cache-Control"] = "private, no-store"
+        return response
+    return render(request, "analyses/export.html", {"form": form})
+
+
+@permission_required("analyses.export_analyses", raise_exception=True)
+def specimen_report(request: HttpRequest, pk: int) -> HttpResponse:
+    specimen = get_object_or_404(Specimen.objects.select_related("patient"), pk=pk)
+    actions.log_event("export.report_html", actor=request.user, obj=specimen, request=request)
+    images = []
+    for image in specimen.images.order_by("uploaded_at", "id"):
+        ctx = _image_context(request, image)
+        images.append(ctx)
+    return render(request, "analyses/report.html", {"specimen": specimen, "images": images, "now": timezone.now()})
+
+
+@permission_required("analyses.export_analyses", raise_exception=True)
+def specimen_report_pdf(request: HttpRequest, pk: int) -> HttpResponse:
+    specimen = get_object_or_404(Specimen.objects.select_related("patient"), pk=pk)
+    if not request.user.is_authenticated:
+        raise PermissionDenied
+    pdf = specimen_pdf(specimen, request.user.get_username())
+    actions.log_event("export.report_pdf", actor=request.user, obj=specimen, request=request, data={"bytes": len(pdf)})
+    response = HttpResponse(pdf, content_type="application/pdf")
+    response["Content-Disposition"] = f'inline; filename="report_{specimen.accession}.pdf"'
+    response["Cache-Control"] = "private, no-store"
+    return response

@@ -1,0 +1,196 @@
+"""REST API: patients, specimens, analyses (create = upload images), reviews; every write via portal.actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Q, QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from portal import actions
+from portal.analyses.models import Analysis, ImmutableError, Review
+from portal.analyses.validation import validate_image_bytes
+from portal.api.permissions import SignOffPermission
+from portal.api.serializers import (
+    AnalysisSerializer,
+    ImageSerializer,
+    PatientSerializer,
+    ReviewCreateSerializer,
+    ReviewSerializer,
+    SpecimenSerializer,
+    UploadSerializer,
+)
+from portal.patients.models import Patient, Specimen
+
+__all__ = ["AnalysisViewSet", "PatientViewSet", "ReviewViewSet", "SpecimenViewSet", "TokenView"]
+
+
+class TokenView(ObtainAuthToken):
+    """POST username + password -> {"token": ...} (audited)."""
+
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        response = super().post(request, *args, **kwargs)
+        if response.status_code == 200:
+            from django.contrib.auth import get_user_model
+
+            user = get_user_model().objects.get(auth_token__key=response.data["token"])
+            actions.log_event("api.token", actor=user, obj=user, request=request)
+        return response
+
+
+class _AuditedRetrieve:
+    """Retrieve and list log who saw which records (list: the IDs on the page)."""
+
+    audit_action = ""
+    audit_list_action = ""
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        response: Response = super().list(request, *args, **kwargs)  # type: ignore[misc]
+        results = response.data.get("results", []) if isinstance(response.data, dict) else response.data
+        actions.log_event(
+            self.audit_list_action,
+            actor=request.user,
+            request=request,
+            object_type=self.audit_list_action.split(".")[0],
+            data={"query": dict(request.query_params.items()), "ids": [r["id"] for r in results]},
+        )
+        return response
+
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        obj = self.get_object()  # type: ignore[attr-defined]
+        actions.log_event(self.audit_action, actor=request.user, obj=obj, request=request)
+        return Response(self.get_serializer(obj).data)  # type: ignore[attr-defined]
+
+
+class PatientViewSet(
+    _AuditedRetrieve, mixins.ListModelMixin, mixins.CreateModelMixin, mixins.UpdateModelMixin, viewsets.GenericViewSet
+):
+    serializer_class = PatientSerializer
+    audit_action = "patient.view"
+    audit_list_action = "patient.search"
+
+    def get_queryset(self) -> QuerySet[Patient]:
+        qs = Patient.objects.order_by("name", "mrn")
+        query = self.request.query_params.get("q", "").strip()
+        if query:
+            qs = qs.filter(Q(mrn__iexact=query) | Q(mrn__istartswith=query) | Q(name__icontains=query))
+        return qs
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.instance = actions.create_patient(
+            self.request.user, dict(serializer.validated_data), request=self.request
+        )
+
+    def perform_update(self, serializer: Any) -> None:
+        serializer.instance = actions.update_patient(
+            self.request.user, serializer.instance, dict(serializer.validated_data), request=self.request
+        )
+
+
+class SpecimenViewSet(
+    _AuditedRetrieve, mixins.ListModelMixin, mixins.CreateModelMixin, mixins.UpdateModelMixin, viewsets.GenericViewSet
+):
+    serializer_class = SpecimenSerializer
+    audit_action = "specimen.view"
+    audit_list_action = "specimen.list"
+
+    def get_queryset(self) -> QuerySet[Specimen]:
+        qs = Specimen.objects.select_related("patient").order_by("-collected_at", "-id")
+        patient = self.request.query_params.get("patient")
+        if patient and patient.isdigit():
+            qs = qs.filter(patient_id=int(patient))
+        return qs
+
+    def perform_create(self, serializer: Any) -> None:
+        data = dict(serializer.validated_data)
+        patient = data.pop("patient")
+        serializer.instance = actions.create_specimen(self.request.user, patient, data, request=self.request)
+
+    def perform_update(self, serializer: Any) -> None:
+        data = dict(serializer.validated_data)
+        data.pop("patient", None)
+        serializer.instance = actions.update_specimen(
+            self.request.user, serializer.instance, data, request=self.request
+        )
+
+
+class AnalysisViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericViewSet):
+    """List/retrieve analyses; POST (multipart) uploads images and queues one analysis per image and model."""
+
+    serializer_class = AnalysisSerializer
+    audit_action = "analysis.view"
+    audit_list_action = "analysis.list"
+    parser_classes = [MultiPartParser, FormParser]
+
+    def get_queryset(self) -> QuerySet[Analysis]:
+        qs = Analysis.objects.select_related("image", "review").order_by("-created_at", "-id")
+        for param, field in (("specimen", "image__specimen_id"), ("image", "image_id")):
+            value = self.request.query_params.get(param)
+            if value and value.isdigit():
+                qs = qs.filter(**{field: int(value)})
+        status_ = self.request.query_params.get("status")
+        if status_:
+            qs = qs.filter(status=status_)
+        return qs
+
+    @extend_schema(request={"multipart/form-data": UploadSerializer}, responses={201: ImageSerializer(many=True)})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        if not request.user.has_perm("analyses.add_image"):
+            raise PermissionDenied("uploading needs analyses.add_image")
+        upload = UploadSerializer(data=request.data)
+        upload.is_valid(raise_exception=True)
+        files = request.FILES.getlist("images")
+        validated, errors = [], []
+        for f in files:
+            try:
+                validated.append(validate_image_bytes(f.name or "upload", f.read()))
+            except DjangoValidationError as exc:
+                errors.extend(exc.messages)
+        if errors:
+            raise ValidationError({"images": errors})
+        images = actions.upload_images(
+            request.user, upload.validated_data["specimen"], validated, upload.validated_data["model"], request=request
+        )
+        for image in images:
+            image.refresh_from_db()
+        return Response(ImageSerializer(images, many=True).data, status=status.HTTP_201_CREATED)
+
+
+class ReviewViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
+    """Reviews (sign-offs). Creating one needs analyses.sign_off_analysis; reviews never change."""
+
+    permission_classes = [SignOffPermission]
+    queryset = Review.objects.select_related("analysis").order_by("-signed_at")
+
+    def get_serializer_class(self) -> Any:
+        return ReviewCreateSerializer if self.action == "create" else ReviewSerializer
+
+    @extend_schema(request=ReviewCreateSerializer, responses={201: ReviewSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = ReviewCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            review = actions.sign_off(
+                request.user,
+                data["analysis"],
+                decision=data["decision"],
+                final_label=data.get("final_label"),
+                comment=data.get("comment", ""),
+                request=request,
+            )
+        except DjangoPermissionDenied as exc:
+            raise PermissionDenied(str(exc)) from exc
+        except DjangoValidationError as exc:
+            raise ValidationError({"detail": exc.messages}) from exc
+        except ImmutableError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(ReviewSerializer(review).data, status=status.HTTP_201_CREATED)

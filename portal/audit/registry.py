@@ -1,0 +1,41 @@
+"""The audit actions, in one registry (as Wagtail's log_action_registry): code -> human label."""
+
+from __future__ import annotations
+
+__all__ = ["ACTIONS", "label_for"]
+
+ACTIONS: dict[str, str] = {
+    "user.login": "Logged in",
+    "user.logout": "Logged out",
+    "user.login_failed": "Failed login",
+    "user.register": "Registered (awaiting approval)",
+    "user.password_change": "Changed password",
+    "user.admin_change": "Changed user in admin (approval, roles)",
+    "user.admin_create": "Created user in admin",
+    "patient.create": "Created patient",
+    "patient.edit": "Edited patient",
+    "patient.view": "Viewed patient",
+    "patient.search": "Searched or listed patients",
+    "specimen.create": "Created specimen",
+    "specimen.edit": "Edited specimen",
+    "specimen.view": "Viewed specimen",
+    "specimen.list": "Listed specimens",
+    "image.upload": "Uploaded images",
+    "image.view": "Viewed image results",
+    "analysis.complete": "Analysis completed",
+    "analysis.reject": "Analysis rejected by the model server",
+    "analysis.fail": "Analysis failed",
+    "analysis.view": "Viewed analysis",
+    "analysis.list": "Listed analyses",
+    "review.list": "Listed reviews",
+    "review.view": "Viewed review",
+    "analysis.sign_off": "Signed off analysis",
+    "export.csv": "Exported analyses (CSV)",
+    "export.report_html": "Viewed printable report",
+    "export.report_pdf": "Exported report (PDF)",
+    "api.token": "Issued API token",
+}
+
+
+def label_for(action: str) -> str:
+    return ACTIONS.get(action, action)

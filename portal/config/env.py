@@ -1,0 +1,69 @@
+"""Settings helpers: read typed values and database URLs from the environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+__all__ = ["env_bool", "env_int", "env_list", "env_str", "parse_database_url"]
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if value.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{name}={value!r} is not a boolean")
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def parse_database_url(url: str, base_dir: Path) -> dict[str, Any]:
+    """Turn ``sqlite:///path`` or ``mysql://user:pass@host:port/name`` into a Django DATABASES entry.
+
+    A relative SQLite path is resolved against ``base_dir``. MySQL connections use utf8mb4 and
+    strict mode, and the test database is ``test_<name>`` (pytest-django creates it).
+    """
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        raw = url[len("sqlite:///") :] if url.startswith("sqlite:///") else parsed.path
+        if raw in ("", ":memory:"):
+            return {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+        path = Path(raw)
+        if not path.is_absolute():
+            path = base_dir / path
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": str(path)}
+    if parsed.scheme in {"mysql", "mariadb"}:
+        name = parsed.path.lstrip("/")
+        if not name:
+            raise ValueError("DATABASE_URL for MySQL needs a database name: mysql://user:pass@host:port/name")
+        return {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": name,
+            "USER": unquote(parsed.username or ""),
+            "PASSWORD": unquote(parsed.password or ""),
+            "HOST": parsed.hostname or "127.0.0.1",
+            "PORT": str(parsed.port or 3306),
+            "OPTIONS": {"charset": "utf8mb4", "init_command": "SET sql_mode='STRICT_TRANS_TABLES'"},
+            "TEST": {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
+        }
+    raise ValueError(f"unsupported DATABASE_URL scheme {parsed.scheme!r} (use sqlite:/// or mysql://)")

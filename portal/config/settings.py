@@ -1,0 +1,150 @@
+"""Portal settings, read from the environment (development defaults; see settings_production).
+
+Environment: DJANGO_SECRET_KEY, DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS, DATABASE_URL (default: SQLite in
+var/portal/), PORTAL_STORAGE_DIR (uploaded images and heatmaps, never under a public URL),
+TORCHSERVE_URL, TORCHSERVE_KEY / TORCHSERVE_WORKDIR, PORTAL_MODELS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from portal.config.env import env_bool, env_int, env_list, env_str, parse_database_url
+
+REPO_DIR = Path(__file__).resolve().parent.parent.parent
+PORTAL_DIR = REPO_DIR / "portal"
+VAR_DIR = Path(env_str("PORTAL_VAR_DIR", str(REPO_DIR / "var" / "portal")))
+
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-insecure-key-change-me-for-production-0123456789abcdef")
+DEBUG = env_bool("DJANGO_DEBUG", True)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "portal.accounts",
+    "portal.audit",
+    "portal.patients",
+    "portal.analyses",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "portal.accounts.middleware.LoginRequiredMiddleware",
+]
+
+ROOT_URLCONF = "portal.config.urls"
+WSGI_APPLICATION = "portal.config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [PORTAL_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "portal.analyses.context_processors.disclaimer",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": parse_database_url(env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'portal.sqlite3'}"), REPO_DIR)
+}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3") and DATABASES["default"]["NAME"] != ":memory:":
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LOGIN_URL = "accounts:login"
+LOGIN_REDIRECT_URL = "analyses:dashboard"
+LOGOUT_REDIRECT_URL = "accounts:login"
+
+LANGUAGE_CODE = "en-gb"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = Path(env_str("PORTAL_STATIC_ROOT", str(VAR_DIR / "static")))
+STATICFILES_DIRS = [PORTAL_DIR / "static"]
+
+# Uploaded images and heatmaps: a private directory that no URL maps to; files are served only
+# through authenticated, permission-checked views.
+PORTAL_STORAGE_DIR = Path(env_str("PORTAL_STORAGE_DIR", str(VAR_DIR / "storage")))
+PORTAL_MAX_UPLOAD_BYTES = env_int("PORTAL_MAX_UPLOAD_BYTES", 25 * 1024 * 1024)
+PORTAL_MIN_IMAGE_SIDE = env_int("PORTAL_MIN_IMAGE_SIDE", 64)
+PORTAL_MAX_IMAGE_PIXELS = env_int("PORTAL_MAX_IMAGE_PIXELS", 40_000_000)
+PORTAL_MAX_FILES_PER_UPLOAD = env_int("PORTAL_MAX_FILES_PER_UPLOAD", 20)
+DATA_UPLOAD_MAX_NUMBER_FILES = PORTAL_MAX_FILES_PER_UPLOAD
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+
+# TorchServe (inference contract: docs in DESIGN.md section 5).
+TORCHSERVE_URL = env_str("TORCHSERVE_URL", "http://127.0.0.1:8080").rstrip("/")
+TORCHSERVE_KEY = env_str("TORCHSERVE_KEY", "")
+TORCHSERVE_WORKDIR = env_str("TORCHSERVE_WORKDIR", str(REPO_DIR / ".torchserve"))  # holds key_file.json
+TORCHSERVE_CONNECT_TIMEOUT_S = float(env_str("TORCHSERVE_CONNECT_TIMEOUT_S", "3"))
+TORCHSERVE_READ_TIMEOUT_S = float(env_str("TORCHSERVE_READ_TIMEOUT_S", "120"))
+PORTAL_MODELS = env_list("PORTAL_MODELS", ["xception_bigru", "effnetb3_bigru", "effnetb3_vit", "mobilenetv3_lstm"])
+PORTAL_MAX_ATTEMPTS = env_int("PORTAL_MAX_ATTEMPTS", 3)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",  # first: anonymous requests get 401 + WWW-Authenticate
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["portal.api.permissions.ModelPermissions"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 25,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Leukemia portal API",
+    "DESCRIPTION": "Patients, specimens, image analyses (upload) and reviews. Decision support only.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {"ClassLabelEnum": "portal.analyses.models.LABEL_CHOICES"},
+}
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_AGE = 8 * 3600
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"portal": {"handlers": ["console"], "level": env_str("PORTAL_LOG_LEVEL", "INFO")}},
+}
+# How uploads reach TorchServe after commit: background (one worker thread), inline (in the
+# request), off (only `manage.py retry_pending` runs them).
+PORTAL_INFERENCE_MODE = env_str("PORTAL_INFERENCE_MODE", "background")

@@ -1,0 +1,85 @@
+"""training.archive: a .mar that torch-model-archiver built, with a valid card, byte-reproducible."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from training.archive import REPO, archive_all, import_closure, read_mar_card
+
+
+def test_import_closure_holds_the_handler_and_training_modules() -> None:
+    rel = {p.relative_to(REPO).as_posix() for p in import_closure(["handlers.leukemia_handler"])}
+    for needed in (
+        "handlers/__init__.py",
+        "handlers/leukemia_handler.py",
+        "handlers/runtime.py",
+        "handlers/decode.py",
+        "training/__init__.py",
+        "training/compat.py",
+        "training/models.py",
+        "training/registry.py",
+        "training/transforms.py",
+        "training/card.py",
+    ):
+        assert needed in rel
+    assert "handlers/serve.py" not in rel  # not needed by the worker
+
+
+def test_archive_is_valid_and_reproducible(mobilenet_artifact: Path, tmp_path: Path) -> None:
+    (first,) = archive_all(mobilenet_artifact.parent, tmp_path / "a", ["mobilenetv3_lstm"])
+    (second,) = archive_all(mobilenet_artifact.parent, tmp_path / "b", ["mobilenetv3_lstm"])
+    assert first.read_bytes() == second.read_bytes()
+    card = read_mar_card(first)
+    assert card["name"] == "mobilenetv3_lstm"
+    with zipfile.ZipFile(first) as z:
+        names = set(z.namelist())
+        manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
+        assert json.loads(z.read("index_to_name.json")) == {"0": "Benign", "1": "Early", "2": "Pre", "3": "Pro"}
+    assert manifest["model"] == {
+        "handler": "leukemia_handler.py",
+        "modelName": "mobilenetv3_lstm",
+        "modelVersion": "1.0",
+    }
+    assert manifest["archiverVersion"]  # written by torch-model-archiver itself
+    assert {"model/weights.safetensors", "model/model_config.json", "model_card.json", "training/models.py"} <= names
+    assert (tmp_path / "a" / "mobilenetv3_lstm.card.json").is_file()
+
+
+def test_archive_refuses_a_bad_card(mobilenet_artifact: Path, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "artifacts" / "mobilenetv3_lstm"
+    shutil.copytree(mobilenet_artifact, broken)
+    card = json.loads((broken / "card.json").read_text())
+    card["temperature"] = -1
+    (broken / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="temperature"):
+        archive_all(broken.parent, tmp_path / "out")
+
+
+def test_make_archive_target(mobilenet_artifact: Path, tmp_path: Path) -> None:
+    out = tmp_path / "store"
+    proc = subprocess.run(
+        ["make", "-s", "archive", f"ARTIFACTS={mobilenet_artifact.parent}", f"MODEL_STORE={out}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[1/1] mobilenetv3_lstm" in proc.stdout
+    read_mar_card(out / "mobilenetv3_lstm.mar")
+
+
+def test_card_markdown_is_written_beside_the_archive(mobilenet_artifact: Path, tmp_path: Path) -> None:
+    from training import card as card_module
+
+    if not hasattr(card_module, "render_markdown"):
+        pytest.skip("training.card has no render_markdown")
+    archive_all(mobilenet_artifact.parent, tmp_path, ["mobilenetv3_lstm"])
+    assert "mobilenetv3_lstm" in (tmp_path / "mobilenetv3_lstm.md").read_text()

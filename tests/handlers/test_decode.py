@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from handlers import decode
+from handlers.decode import MAX_BYTES, decode_request, extract_payload, open_image, to_rgb
+from handlers.errors import ERROR_STATUS, RequestError
+from tests.handlers.inputs import bad_cases, good_cases, smear_bytes, smear_path
+
+GOOD = good_cases()
+BAD = [c for c in bad_cases() if not c.needs_gate]
+
+
+@pytest.mark.parametrize("case", GOOD, ids=[c.name for c in GOOD])
+def test_good_inputs_decode_to_rgb(case) -> None:
+    decoded = decode_request(case.row())
+    assert decoded.image.mode == "RGB"
+    assert min(decoded.image.size) >= decode.MIN_SIDE
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c.name for c in BAD])
+def test_bad_inputs_are_refused_with_their_code(case) -> None:
+    with pytest.raises(RequestError) as info:
+        decode_request(case.row())
+    assert info.value.code == case.expected, info.value.message
+    assert 400 <= info.value.status < 500
+    body = info.value.to_dict()
+    assert body["code"] == case.expected and body["message"]
+
+
+def test_enough_bad_cases_for_the_acceptance_suite() -> None:
+    cases = bad_cases()
+    assert len(cases) >= 15 and len({c.name for c in cases}) == len(cases)
+
+
+def test_same_pixels_from_raw_multipart_and_base64() -> None:
+    raw = smear_bytes()
+    a = np.asarray(decode_request({"body": raw}).image)
+    b = np.asarray(decode_request({"data": bytearray(raw)}).image)
+    c = np.asarray(decode_request({"body": {"image": base64.b64encode(raw).decode()}}).image)
+    d = np.asarray(Image.open(smear_path()).convert("RGB"))
+    assert np.array_equal(a, b) and np.array_equal(a, c) and np.array_equal(a, d)
+
+
+def test_exif_orientation_is_applied() -> None:
+    case = next(c for c in GOOD if c.name == "exif_rotated")
+    decoded = decode_request(case.row())
+    assert decoded.original_size == (1024, 768)
+    assert decoded.image.size == (768, 1024)  # orientation 6: rotated a quarter turn
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped() -> None:
+    arr = np.linspace(0, 65535, 128 * 128).reshape(128, 128).astype(np.uint16)
+    rgb = np.asarray(to_rgb(Image.fromarray(arr)))
+    assert rgb.shape == (128, 128, 3)
+    assert rgb.min() == 0 and rgb.max() == 255
+    assert abs(int(rgb[64, 64, 0]) - round(int(arr[64, 64]) / 257)) <= 1
+
+
+def test_rgba_is_composited_on_white() -> None:
+    img = Image.new("RGBA", (80, 80), (10, 20, 30, 0))
+    assert np.asarray(to_rgb(img)).min() == 255
+
+
+def test_byte_limit() -> None:
+    with pytest.raises(RequestError) as info:
+        open_image(b"\xff\xd8" + b"\0" * MAX_BYTES)
+    assert info.value.code == "image_too_large" and info.value.status == 413
+
+
+def test_missing_field_names_what_was_sent() -> None:
+    with pytest.raises(RequestError) as info:
+        extract_payload({"file": b"abc"})
+    assert info.value.code == "bad_request" and "file" in info.value.message
+
+
+def test_pillow_bomb_protection_stays_on() -> None:
+    old = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # what TorchServe does with limit_max_image_pixels=false
+        decode.enforce_pillow_limits()
+        assert Image.MAX_IMAGE_PIXELS == decode.MAX_PIXELS
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def test_every_status_is_4xx_except_internal() -> None:
+    assert all(400 <= s < 500 for c, s in ERROR_STATUS.items() if c != "internal_error")
+    with pytest.raises(ValueError):
+        RequestError("no_such_code", "x")

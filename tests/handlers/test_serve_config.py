@@ -1,0 +1,54 @@
+"""handlers.serve's configuration logic and the shipped config.properties (no TorchServe needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from handlers.serve import DEFAULT_CONFIG, DEFAULT_PORTS, ServeError, _parse_properties, effective_config, start
+from training.registry import model_names
+
+
+def _props(text: str) -> dict[str, str]:
+    return dict(_parse_properties(text))
+
+
+def test_shipped_config_is_hardened() -> None:
+    p = _props(DEFAULT_CONFIG.read_text())
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert p[key].startswith("http://127.0.0.1:"), key
+    assert p["grpc_inference_address"] == p["grpc_management_address"] == "127.0.0.1"
+    assert p["disable_token_authorization"] == "false"
+    assert p["enable_model_api"] == "false"
+    assert p["enable_envvars_config"] == "false"
+    assert p["limit_max_image_pixels"] == "true"
+    assert p["metrics_mode"] == "prometheus"
+    assert "model_store" in p["allowed_urls"] and "http" not in p["allowed_urls"]
+    assert int(p["default_workers_per_model"]) == 1
+    per_model = json.loads(p["models"])
+    assert set(per_model) == set(model_names())
+    for versions in per_model.values():
+        (cfg,) = versions.values()
+        assert cfg["minWorkers"] == cfg["maxWorkers"] == 1
+        assert 1 <= cfg["batchSize"] <= 8 and 0 <= cfg["maxBatchDelay"] <= 50
+
+
+def test_effective_config_substitutes_ports_store_and_models(tmp_path: Path) -> None:
+    (tmp_path / "mobilenetv3_lstm.mar").write_bytes(b"")
+    ports = {**DEFAULT_PORTS, "inference": 18000, "management": 18001, "metrics": 18002}
+    p = _props(effective_config(DEFAULT_CONFIG, tmp_path, ["mobilenetv3_lstm"], ports))
+    assert p["inference_address"] == "http://127.0.0.1:18000"
+    assert p["management_address"] == "http://127.0.0.1:18001"
+    assert p["model_store"] == str(tmp_path)
+    assert p["load_models"] == "mobilenetv3_lstm=mobilenetv3_lstm.mar"
+    assert set(json.loads(p["models"])) == {"mobilenetv3_lstm"}
+    assert p["disable_token_authorization"] == "false"
+
+
+def test_start_refuses_an_empty_store(tmp_path: Path) -> None:
+    with pytest.raises(ServeError, match="no .mar"):
+        start(tmp_path, workdir=tmp_path / "w")
+    with pytest.raises(ServeError, match="not in"):
+        start(tmp_path, models=["xception_bigru"], workdir=tmp_path / "w")

@@ -1,0 +1,246 @@
+"""End-to-end: a real TorchServe serving the .mar archives (see conftest.py)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import stat
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from handlers.errors import ERROR_STATUS
+from handlers.serve import ServerInfo
+from tests.handlers.artifacts import real_images
+from tests.handlers.inputs import Case, bad_cases, good_cases, smear_bytes
+from training.models import load_model
+from training.registry import model_names
+from training.transforms import build_eval_transform
+
+pytestmark = pytest.mark.integration
+
+CHEAP_MODEL = "mobilenetv3_lstm"
+CONTRACT_KEYS = {
+    "model",
+    "version",
+    "label",
+    "confidence",
+    "probabilities",
+    "malignant_probability",
+    "abstained",
+    "quality",
+    "timing_ms",
+}
+
+
+def _post(info: ServerInfo, model: str, case: Case, path: str = "predictions") -> requests.Response:
+    return requests.post(
+        f"{info.inference_url}/{path}/{model}",
+        data=case.body,
+        headers={**info.auth(), "Content-Type": case.content_type},
+        timeout=120,
+    )
+
+
+def _worker_pids(info: ServerInfo, model: str) -> list[int]:
+    r = requests.get(f"{info.management_url}/models/{model}", headers=info.auth("management"), timeout=10)
+    r.raise_for_status()
+    return [int(w["pid"]) for w in r.json()[0]["workers"]]
+
+
+def _card(store: Path, model: str) -> dict[str, Any]:
+    with zipfile.ZipFile(store / f"{model}.mar") as z:
+        return json.loads(z.read("model_card.json"))
+
+
+@pytest.fixture(scope="session")
+def reference_models(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """In-process models from the very files inside each .mar."""
+    out = {}
+    for name in model_names():
+        dest = tmp_path_factory.mktemp(f"ref-{name}")
+        with zipfile.ZipFile(model_store / f"{name}.mar") as z:
+            z.extractall(dest, [n for n in z.namelist() if n.startswith("model/") or n == "model_card.json"])
+        out[name] = (load_model(dest / "model"), _card(model_store, name))
+    return out
+
+
+@pytest.mark.parametrize("model", model_names())
+def test_contract_and_parity_with_in_process_inference(
+    torchserve: ServerInfo, reference_models: dict[str, Any], model: str
+) -> None:
+    images = real_images(per_class=1, offset=3)
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda item: _post(torchserve, model, Case(item[0], item[1].read_bytes())), images))
+    ref_model, card = reference_models[model]
+    transform = build_eval_transform(ref_model.spec)
+    for (cls, path), r in zip(images, responses, strict=True):
+        assert r.status_code == 200, r.text
+        assert r.headers["Content-Type"].startswith("application/json")
+        body = r.json()
+        assert set(body) >= CONTRACT_KEYS, set(body)
+        assert body["model"] == model and body["version"] == card["version"]
+        assert list(body["probabilities"]) == card["classes"]
+        assert body["quality"]["is_blood_smear"] in (True, None)
+        assert body["malignant_probability"] == pytest.approx(1 - body["probabilities"]["Benign"], abs=1e-9)
+        if body["abstained"]:
+            assert body["label"] is None
+        else:
+            assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+        x = transform(Image.open(io.BytesIO(path.read_bytes())).convert("RGB")).unsqueeze(0)
+        with torch.inference_mode():
+            ref = torch.softmax(ref_model(x) / card["temperature"], dim=-1)[0]
+        got = torch.tensor([body["probabilities"][c] for c in card["classes"]])
+        diff = float((got - ref).abs().max())
+        assert diff <= 1e-4, f"{model} {cls} {path.name}: max abs diff {diff}"
+
+
+BAD = bad_cases()
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c.name for c in BAD])
+def test_bad_inputs_get_their_4xx_and_the_worker_survives(
+    torchserve: ServerInfo, model_store: Path, case: Case
+) -> None:
+    if case.needs_gate and not _card(model_store, CHEAP_MODEL)["smear_gate"]:
+        pytest.skip("these archives carry no smear gate")
+    before = _worker_pids(torchserve, CHEAP_MODEL)
+    r = _post(torchserve, CHEAP_MODEL, case)
+    assert r.status_code == ERROR_STATUS[case.expected], r.text
+    body = r.json()
+    assert body["code"] == case.expected and body["message"]
+    if case.expected == "not_a_blood_smear":
+        assert body["score"] < body["threshold"]
+    # The same worker answers the next good request.
+    assert _post(torchserve, CHEAP_MODEL, Case("ok", smear_bytes())).status_code == 200
+    assert _worker_pids(torchserve, CHEAP_MODEL) == before
+
+
+GOOD = good_cases()
+
+
+@pytest.mark.parametrize("case", GOOD, ids=[c.name for c in GOOD])
+def test_valid_variants_are_accepted(torchserve: ServerInfo, case: Case) -> None:
+    r = _post(torchserve, CHEAP_MODEL, case)
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == CHEAP_MODEL
+
+
+def test_multipart_field_data_and_wrong_field(torchserve: ServerInfo) -> None:
+    url = f"{torchserve.inference_url}/predictions/{CHEAP_MODEL}"
+    ok = requests.post(
+        url, files={"data": ("a.jpg", smear_bytes(), "image/jpeg")}, headers=torchserve.auth(), timeout=60
+    )
+    assert ok.status_code == 200, ok.text
+    bad = requests.post(
+        url, files={"file": ("a.jpg", smear_bytes(), "image/jpeg")}, headers=torchserve.auth(), timeout=60
+    )
+    assert bad.status_code == 400 and bad.json()["code"] == "bad_request"
+
+
+def test_one_bad_image_never_fails_its_batch_mates(torchserve: ServerInfo) -> None:
+    cases = [Case("good", smear_bytes("Pre", i)) for i in range(6)]
+    cases += [c for c in BAD if c.name in ("random_bytes", "empty_body", "one_pixel", "truncated_jpeg")]
+    cases = cases[::2] + cases[1::2]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        responses = list(pool.map(lambda c: _post(torchserve, CHEAP_MODEL, c), cases))
+    for case, r in zip(cases, responses, strict=True):
+        if case.expected is None:
+            assert r.status_code == 200, r.text
+        else:
+            assert r.status_code == ERROR_STATUS[case.expected] and r.json()["code"] == case.expected
+
+
+@pytest.mark.parametrize("model", model_names())
+def test_explanations(torchserve: ServerInfo, model: str) -> None:
+    r = _post(torchserve, model, Case("jpeg", smear_bytes("Pro")), path="explanations")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert {"model", "version", "label", "class_index", "method", "grid", "grid_shape", "overlay_png_base64"} <= set(
+        body
+    )
+    assert body["model"] == model and body["method"] == "grad-cam"
+    grid = np.asarray(body["grid"], dtype=float)
+    assert list(grid.shape) == body["grid_shape"] and grid.min() >= 0 and grid.max() <= 1
+    png = Image.open(io.BytesIO(base64.b64decode(body["overlay_png_base64"])))
+    assert png.format == "PNG" and png.size == Image.open(io.BytesIO(smear_bytes("Pro"))).size
+    bad = _post(torchserve, model, Case("junk", b"junk" * 100), path="explanations")
+    assert bad.status_code == 415 and bad.json()["code"] == "not_an_image"
+
+
+def test_inference_without_or_with_a_wrong_token_is_refused(torchserve: ServerInfo) -> None:
+    url = f"{torchserve.inference_url}/predictions/{CHEAP_MODEL}"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": torchserve.inference_key}):
+        r = requests.post(url, data=smear_bytes(), headers=headers, timeout=30)
+        assert r.status_code in (400, 401, 403), r.status_code
+        assert "Token Authorization failed" in r.text
+    assert requests.get(f"{torchserve.inference_url}/ping", timeout=10).status_code != 200
+    mgmt = requests.get(f"{torchserve.management_url}/models", headers=torchserve.auth(), timeout=10)
+    assert mgmt.status_code != 200  # the inference key is not a management key
+
+
+def test_every_listener_is_loopback_only(torchserve: ServerInfo) -> None:
+    java = [p for p in psutil.Process(torchserve.pid).children(recursive=True) if p.name() == "java"]
+    assert java
+    listening = [c for c in java[0].net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert len(listening) >= 5  # inference, management, metrics, 2x gRPC
+    for conn in listening:
+        assert conn.laddr.ip in ("127.0.0.1", "::ffff:127.0.0.1"), conn
+    port = int(torchserve.management_url.rsplit(":", 1)[1])
+    others = {
+        a.address
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family == socket.AF_INET and not a.address.startswith("127.")
+    }
+    for ip in others:
+        with pytest.raises(OSError), socket.create_connection((ip, port), timeout=2):
+            pass
+
+
+def test_registering_or_deleting_models_is_refused(torchserve: ServerInfo) -> None:
+    mgmt = torchserve.management_url
+    for url in ("https://example.com/evil.mar", "file:///etc/passwd"):
+        r = requests.post(f"{mgmt}/models", params={"url": url}, headers=torchserve.auth("management"), timeout=10)
+        assert r.status_code == 405, r.text
+    r = requests.delete(f"{mgmt}/models/{CHEAP_MODEL}", headers=torchserve.auth("management"), timeout=10)
+    assert r.status_code == 405
+    assert _worker_pids(torchserve, CHEAP_MODEL)
+
+
+def test_key_file_is_private_and_metrics_are_prometheus(torchserve: ServerInfo) -> None:
+    mode = stat.S_IMODE(os.stat(torchserve.key_file).st_mode)
+    assert mode & 0o077 == 0, oct(mode)
+    r = requests.get(f"{torchserve.metrics_url}/metrics", timeout=10)
+    assert r.status_code == 200 and "ts_inference_requests_total" in r.text
+
+
+def test_inference_key_rotation_with_the_api_key(torchserve: ServerInfo) -> None:
+    from handlers.serve import read_keys
+
+    old = read_keys(torchserve.workdir)
+    r = requests.post(
+        f"{torchserve.management_url}/token",
+        params={"type": "inference"},
+        headers={"Authorization": f"Bearer {old.api}"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    new = read_keys(torchserve.workdir)
+    assert new.inference != old.inference and new.management == old.management
+    url = f"{torchserve.inference_url}/predictions/{CHEAP_MODEL}"
+    refused = requests.post(url, data=smear_bytes(), headers={"Authorization": f"Bearer {old.inference}"}, timeout=30)
+    assert refused.status_code == 400 and "InvalidKeyException" in refused.text
+    ok = requests.post(url, data=smear_bytes(), headers={"Authorization": f"Bearer {new.inference}"}, timeout=60)
+    assert ok.status_code == 200

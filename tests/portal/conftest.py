@@ -1,0 +1,108 @@
+"""Portal fixtures: users in each role, a patient with a specimen, real smear images, private storage in tmp."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group
+from django.test import Client
+
+from tests.conftest import DATA_ALL4
+
+PASSWORD = "correct-horse-battery-9"
+ORIGINALS = DATA_ALL4 / "original"
+
+
+@pytest.fixture(autouse=True)
+def _portal_settings(settings: Any, tmp_path: Path) -> None:
+    """Private storage in a temp dir; inference off unless a test turns it on; fast hashing."""
+    settings.PORTAL_STORAGE_DIR = tmp_path / "storage"
+    settings.PORTAL_INFERENCE_MODE = "off"
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def make_user(django_user_model: Any) -> Callable[..., Any]:
+    def make(username: str, role: str | None = None, **extra: Any) -> Any:
+        user = django_user_model.objects.create_user(username=username, password=PASSWORD, **extra)
+        if role:
+            user.groups.add(Group.objects.get(name=role))
+        return user
+
+    return make
+
+
+@pytest.fixture
+def technologist(make_user: Callable[..., Any]) -> Any:
+    return make_user("tech", "technologist")
+
+
+@pytest.fixture
+def reviewer(make_user: Callable[..., Any]) -> Any:
+    return make_user("rev", "reviewer")
+
+
+@pytest.fixture
+def norole(make_user: Callable[..., Any]) -> Any:
+    return make_user("norole")
+
+
+def login(user: Any, **client_kwargs: Any) -> Client:
+    client = Client(**client_kwargs)
+    assert client.login(username=user.username, password=PASSWORD)
+    return client
+
+
+@pytest.fixture
+def tech_client(technologist: Any) -> Client:
+    return login(technologist)
+
+
+@pytest.fixture
+def rev_client(reviewer: Any) -> Client:
+    return login(reviewer)
+
+
+@pytest.fixture
+def patient(technologist: Any) -> Any:
+    from portal import actions
+
+    return actions.create_patient(
+        technologist, {"mrn": "MRN0001", "name": "Ada Lovelace", "date_of_birth": "1990-12-10", "sex": "F"}
+    )
+
+
+@pytest.fixture
+def specimen(technologist: Any, patient: Any) -> Any:
+    from portal import actions
+
+    return actions.create_specimen(technologist, patient, {"accession": "ACC-1", "collected_by": "tech"})
+
+
+def smear_paths(n: int) -> list[Path]:
+    """``n`` real smear images, spread over the four classes."""
+    if not ORIGINALS.is_dir():
+        pytest.fail(f"real smear images not found at {ORIGINALS}")
+    classes = sorted(p for p in ORIGINALS.iterdir() if p.is_dir())
+    out: list[Path] = []
+    i = 0
+    while len(out) < n:
+        files = sorted(classes[i % len(classes)].glob("*.jpg"))
+        out.append(files[i // len(classes)])
+        i += 1
+    return out
+
+
+# --- a real TorchServe (handlers.serve), for the integration and browser tests -------------------
+
+
+@pytest.fixture
+def use_torchserve(torchserve: Any, settings: Any) -> Any:
+    """Point the portal at the session TorchServe (its URL and its key file)."""
+    settings.TORCHSERVE_URL = torchserve.inference_url
+    settings.TORCHSERVE_WORKDIR = torchserve.workdir
+    settings.TORCHSERVE_KEY = ""
+    return torchserve

@@ -1,0 +1,45 @@
+"""Test helpers: put an analysis into a final state through the same code path the worker uses."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from PIL import Image as PILImage
+
+from portal import actions
+from portal.analyses.inference import Explanation, Prediction
+from portal.analyses.models import Analysis
+
+
+def png_bytes(size: int = 32) -> bytes:
+    buf = io.BytesIO()
+    PILImage.new("RGB", (size, size), (255, 0, 0)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def prediction(label: str = "Pre", confidence: float = 0.9, abstained: bool = False) -> Prediction:
+    rest = (1.0 - confidence) / 3
+    probs = {c: (confidence if c == label else rest) for c in ("Benign", "Early", "Pre", "Pro")}
+    body: dict[str, Any] = {
+        "model": "m",
+        "version": "1.0",
+        "label": label,
+        "confidence": confidence,
+        "probabilities": probs,
+        "malignant_probability": 1.0 - probs["Benign"],
+        "abstained": abstained,
+        "quality": {"is_blood_smear": True, "smear_score": 0.9},
+        "timing_ms": {"total": 12.0},
+    }
+    return Prediction(body=body, latency_ms=42.0)
+
+
+def complete(analysis: Analysis, label: str = "Pre", abstained: bool = False, heatmap: bool = True) -> Analysis:
+    explanation = Explanation(label=label, method="grad-cam", overlay_png=png_bytes(), grid_shape=[7, 7])
+    actions.store_outcome(analysis.pk, prediction(label, abstained=abstained), explanation if heatmap else None)
+    analysis.refresh_from_db()
+    return analysis
+
+
+__all__ = ["complete", "png_bytes", "prediction"]

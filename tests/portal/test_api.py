@@ -1,0 +1,95 @@
+"""REST API: token auth, patients/specimens, upload, reviews, schema and vendored docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+from rest_framework.test import APIClient
+
+from portal.analyses.models import Analysis, Review
+from portal.audit.models import AuditEvent
+from tests.portal.conftest import PASSWORD, smear_paths
+from tests.portal.helpers import complete
+
+pytestmark = pytest.mark.django_db
+
+
+def _token_client(user: Any) -> APIClient:
+    response = APIClient().post("/api/auth/token/", {"username": user.username, "password": PASSWORD})
+    assert response.status_code == 200
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {response.json()['token']}")
+    return client
+
+
+def test_token_auth_patient_crud_and_search(technologist: Any) -> None:
+    client = _token_client(technologist)
+    assert AuditEvent.objects.filter(action="api.token", actor=technologist).exists()
+    response = client.post(
+        "/api/patients/",
+        {"mrn": "API1", "name": "Api Person", "date_of_birth": "1999-09-09", "sex": "M"},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    pid = response.json()["id"]
+    assert (
+        client.post(
+            "/api/patients/", {"mrn": "API1", "name": "Dup", "date_of_birth": "1999-09-09"}, format="json"
+        ).status_code
+        == 400
+    )
+    assert client.patch(f"/api/patients/{pid}/", {"name": "Api P. Person"}, format="json").status_code == 200
+    assert client.get("/api/patients/?q=api1").json()["results"][0]["name"] == "Api P. Person"
+    assert client.get(f"/api/patients/{pid}/").status_code == 200
+    assert client.delete(f"/api/patients/{pid}/").status_code in (403, 405)
+    actions_ = set(AuditEvent.objects.filter(object_type="patient").values_list("action", flat=True))
+    assert actions_ == {"patient.create", "patient.edit", "patient.view", "patient.search"}
+    listed = AuditEvent.objects.get(action="patient.search")
+    assert listed.data == {"query": {"q": "api1"}, "ids": [pid]} and listed.actor_username == "tech"
+    assert APIClient().get("/api/patients/").status_code == 401
+    bad = APIClient()
+    bad.credentials(HTTP_AUTHORIZATION="Token not-a-token")
+    assert bad.get("/api/patients/").status_code == 401
+
+
+def test_upload_and_review_through_the_api(technologist: Any, reviewer: Any, specimen: Any) -> None:
+    tech = _token_client(technologist)
+    paths = smear_paths(2)
+    with paths[0].open("rb") as f0, paths[1].open("rb") as f1:
+        response = tech.post(
+            "/api/analyses/", {"specimen": specimen.pk, "model": "all", "images": [f0, f1]}, format="multipart"
+        )
+    assert response.status_code == 201, response.content
+    images = response.json()
+    assert len(images) == 2 and all(len(i["analyses"]) == 4 for i in images)
+    assert {a["status"] for i in images for a in i["analyses"]} == {"pending"}
+    bad = tech.post("/api/analyses/", {"specimen": specimen.pk, "images": [_fake_file()]}, format="multipart")
+    assert bad.status_code == 400 and "not a readable image" in str(bad.json())
+    analysis = complete(Analysis.objects.get(pk=images[0]["analyses"][0]["id"]), "Pro")
+    got = tech.get(f"/api/analyses/{analysis.pk}/").json()
+    assert got["label"] == "Pro" and got["heatmap_url"] == f"/analyses/{analysis.pk}/heatmap.png"
+    assert tech.post("/api/reviews/", {"analysis": analysis.pk, "decision": "agree"}, format="json").status_code == 403
+    rev = _token_client(reviewer)
+    response = rev.post("/api/reviews/", {"analysis": analysis.pk, "decision": "agree", "comment": "ok"}, format="json")
+    assert response.status_code == 201, response.content
+    assert rev.post("/api/reviews/", {"analysis": analysis.pk, "decision": "agree"}, format="json").status_code == 409
+    assert Review.objects.get().final_label == "Pro"
+    assert tech.get("/api/reviews/").json()["count"] == 1
+
+
+def _fake_file() -> Any:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return SimpleUploadedFile("x.jpg", b"not an image", content_type="image/jpeg")
+
+
+def test_schema_and_docs_use_vendored_assets(tech_client: Client) -> None:
+    schema = tech_client.get("/api/schema/")
+    assert schema.status_code == 200 and b"/api/analyses/" in schema.content and b"/api/reviews/" in schema.content
+    docs = tech_client.get("/api/docs/").content.decode()
+    assert "/static/drf_spectacular_sidecar/swagger-ui-dist/" in docs
+    assert "cdn" not in docs.lower() and "https://" not in docs
+    # No ReDoc page: its template loads Google Fonts.
+    assert tech_client.get("/api/redoc/").status_code == 404

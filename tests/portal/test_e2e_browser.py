@@ -1,0 +1,151 @@
+"""End to end in real headless Chromium against a live portal and a real TorchServe.
+
+Log in, create a patient and a specimen, upload two real smear images with all four models, see
+the results (probabilities and heatmaps), sign off as a reviewer, and find every step in the audit
+log. The result page's screenshot goes to test-artifacts/portal-result.png.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from portal.analyses.models import Analysis, Review
+from portal.audit.models import AuditEvent
+from tests.conftest import REPO
+from tests.portal.conftest import PASSWORD, smear_paths
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture
+def page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are still synchronous.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        # No request may leave the machine (no CDN): record any non-local URL.
+        outside: list[str] = []
+        page.on(
+            "request",
+            lambda r: (
+                outside.append(r.url)
+                if not r.url.startswith(("http://localhost", "http://127.0.0.1", "data:"))
+                else None
+            ),
+        )
+        page.outside_requests = outside  # type: ignore[attr-defined]
+        yield page
+        context.close()
+        browser.close()
+
+
+def _login(page: Any, base: str, username: str) -> None:
+    page.goto(f"{base}/accounts/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("header.top .who")
+
+
+def test_technologist_uploads_reviewer_signs_off(
+    page: Any, live_server: Any, use_torchserve: Any, settings: Any, make_user: Any
+) -> None:
+    settings.PORTAL_INFERENCE_MODE = "inline"
+    make_user("tech", "technologist")
+    make_user("rev", "reviewer")
+    base = live_server.url
+
+    # Technologist: log in, create the patient and a specimen.
+    _login(page, base, "tech")
+    page.click("text=Patients")
+    page.click("text=New patient")
+    page.fill("input[name=mrn]", "E2E-0001")
+    page.fill("input[name=name]", "Rosalind Franklin")
+    page.fill("input[name=date_of_birth]", "1980-07-25")
+    page.select_option("select[name=sex]", "F")
+    page.click("button:has-text('Save')")
+    page.wait_for_selector("h1:has-text('Rosalind Franklin')")
+    page.click("text=New specimen")
+    page.fill("input[name=accession]", "E2E-ACC-1")
+    page.fill("input[name=collected_by]", "haematology ward")
+    page.click("button:has-text('Save')")
+    page.wait_for_selector("h1:has-text('Specimen E2E-ACC-1')")
+
+    # Upload two real smear images with all four models.
+    page.click("text=Upload images")
+    images = smear_paths(2)
+    page.set_input_files("input[name=images]", [str(p) for p in images])
+    page.select_option("select[name=model]", "all")
+    page.click("#upload-submit", timeout=300_000)
+    page.wait_for_selector("h2:has-text('Images')", timeout=300_000)
+    page.click(f"text={images[0].name}")
+    page.wait_for_selector("h1:has-text('Results')")
+    cards = page.locator("section.card")
+    assert cards.count() == 4
+    assert page.locator("section.card[data-status=done]").count() == 4, page.content()
+    assert page.locator("svg.probs").count() == 4
+    assert page.locator("svg.probs rect.bar").count() == 16
+    heatmaps = page.locator("img.heatmap")
+    assert heatmaps.count() == 4
+    for i in range(4):
+        assert heatmaps.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")
+    assert page.locator("figure.original img").evaluate("img => img.naturalWidth") > 0
+    assert page.locator("#consensus").is_visible()
+    assert "Decision support only" in page.inner_text("p.disclaimer.banner")
+    assert page.locator("text=Awaiting sign-off by a reviewer").count() == 4  # no sign-off form for a technologist
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "portal-result.png"), full_page=True)
+    result_url = page.url
+    page.click("button:has-text('Log out')")
+    page.wait_for_selector("h1:has-text('Log in')")
+
+    # Reviewer: reclassify the first model's answer with a comment and sign off.
+    _login(page, base, "rev")
+    page.goto(result_url)
+    first = page.locator("section.card").first
+    model = first.get_attribute("data-model")
+    first.locator("input[name=decision][value=reclassify]").check()
+    first.locator("select[name=final_label]").select_option("Pre")
+    first.locator("textarea[name=comment]").fill("blasts with fine chromatin; Pre-B")
+    first.locator("button:has-text('Sign off')").click()
+    page.wait_for_selector("text=Signed off by rev")
+    page.screenshot(path=str(ARTIFACTS / "portal-signed.png"), full_page=True)
+
+    review = Review.objects.get()
+    assert (review.final_label, review.reviewer_name, review.analysis.model_name) == ("Pre", "rev", model)
+    assert Analysis.objects.filter(status="done").count() == 8
+    events = set(AuditEvent.objects.values_list("actor_username", "action"))
+    for expected in [
+        ("tech", "user.login"),
+        ("tech", "patient.create"),
+        ("tech", "specimen.create"),
+        ("tech", "image.upload"),
+        ("tech", "image.view"),
+        ("tech", "user.logout"),
+        ("rev", "user.login"),
+        ("rev", "image.view"),
+        ("rev", "analysis.sign_off"),
+    ]:
+        assert expected in events, expected
+    assert AuditEvent.objects.filter(action="analysis.complete").count() == 8
+    assert page.outside_requests == []  # type: ignore[attr-defined]
+    assert Path(ARTIFACTS / "portal-result.png").stat().st_size > 10_000

@@ -1,0 +1,121 @@
+"""Uploads: validation, private storage with random names, rows committed as pending before inference."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from PIL import Image as PILImage
+
+from portal.analyses.models import Analysis, Image
+from portal.audit.models import AuditEvent
+from tests.portal.conftest import smear_paths
+
+pytestmark = pytest.mark.django_db
+
+
+def _files(paths: list[Path]) -> list[SimpleUploadedFile]:
+    return [SimpleUploadedFile(p.name, p.read_bytes(), content_type="image/jpeg") for p in paths]
+
+
+def _png(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    PILImage.new("RGB", (w, h), (200, 100, 150)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_five_real_images_with_all_models_are_saved_as_pending(tech_client: Client, specimen: Any) -> None:
+    paths = smear_paths(5)
+    response = tech_client.post("/upload/", {"specimen": specimen.pk, "model": "all", "images": _files(paths)})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    images = list(Image.objects.filter(specimen=specimen).order_by("id"))
+    assert [i.original_name for i in images] == [p.name for p in paths]
+    assert Analysis.objects.filter(image__in=images, status="pending").count() == 5 * len(settings.PORTAL_MODELS)
+    storage = Path(settings.PORTAL_STORAGE_DIR)
+    for image, path in zip(images, paths, strict=True):
+        stored = storage / image.storage_name
+        assert stored.read_bytes() == path.read_bytes()
+        assert re.fullmatch(r"images/[0-9a-f]{32}\.jpg", image.storage_name)
+        assert path.stem not in image.storage_name
+        # Served only through the authenticated view, with the right type.
+        response = tech_client.get(f"/images/{image.pk}/file/")
+        assert response.status_code == 200 and response["Content-Type"] == "image/jpeg"
+        assert b"".join(response.streaming_content) == path.read_bytes()
+    assert not str(storage).startswith(str(settings.STATIC_ROOT))
+    event = AuditEvent.objects.get(action="image.upload")
+    assert len(event.data["images"]) == 5 and event.data["models"] == settings.PORTAL_MODELS
+
+
+def test_one_model_only(tech_client: Client, specimen: Any) -> None:
+    tech_client.post(
+        "/upload/", {"specimen": specimen.pk, "model": "mobilenetv3_lstm", "images": _files(smear_paths(1))}
+    )
+    assert list(Analysis.objects.values_list("model_name", flat=True)) == ["mobilenetv3_lstm"]
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "message"),
+    [
+        ("notes.jpg", b"this is not an image", "not a readable image"),
+        ("tiny.png", None, "smaller than"),
+        ("truncated.jpg", "truncated", "not a readable image"),
+        ("empty.jpg", b"", "empty"),
+    ],
+)
+def test_bad_file_is_refused_and_nothing_is_saved(
+    tech_client: Client, specimen: Any, name: str, payload: Any, message: str
+) -> None:
+    good = smear_paths(2)
+    if payload is None:
+        payload = _png(20, 20)
+    elif payload == "truncated":
+        payload = good[0].read_bytes()[:5000]
+    files = [*_files(good), SimpleUploadedFile(name, payload, content_type="image/jpeg")]
+    response = tech_client.post("/upload/", {"specimen": specimen.pk, "model": "all", "images": files})
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert name in response.content.decode()
+    assert Image.objects.count() == 0 and Analysis.objects.count() == 0
+    storage = Path(settings.PORTAL_STORAGE_DIR) / "images"
+    assert not storage.exists() or not any(storage.iterdir())
+
+
+def test_unknown_model_is_refused(tech_client: Client, specimen: Any) -> None:
+    response = tech_client.post(
+        "/upload/", {"specimen": specimen.pk, "model": "resnet", "images": _files(smear_paths(1))}
+    )
+    assert response.status_code == 200 and Image.objects.count() == 0
+
+
+def test_rows_are_committed_before_the_model_server_is_called(
+    tech_client: Client, specimen: Any, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Inline inference against a port where nothing listens: the upload succeeds and stays pending."""
+    settings.PORTAL_INFERENCE_MODE = "inline"
+    settings.TORCHSERVE_URL = "http://127.0.0.1:9"  # discard port: connection refused
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = tech_client.post(
+            "/upload/", {"specimen": specimen.pk, "model": "all", "images": _files(smear_paths(2))}
+        )
+    assert response.status_code == 302
+    assert len(callbacks) == 1  # inference is a post-commit side effect
+    analyses = Analysis.objects.all()
+    assert analyses.count() == 2 * len(settings.PORTAL_MODELS)
+    assert {a.status for a in analyses} == {"pending"}
+    assert all(a.error_code == "unreachable" and a.attempts == 0 for a in analyses)
+    page = tech_client.get(f"/images/{Image.objects.first().pk}/").content.decode()
+    assert "Waiting for the model server" in page and 'http-equiv="refresh"' in page
+
+
+def test_upload_needs_permission(norole: Any, specimen: Any) -> None:
+    from tests.portal.conftest import login
+
+    client = login(norole)
+    response = client.post("/upload/", {"specimen": specimen.pk, "model": "all", "images": _files(smear_paths(1))})
+    assert response.status_code == 403 and Image.objects.count() == 0

@@ -1,0 +1,230 @@
+"""Pack trained models into TorchServe model archives (.mar), reproducibly.
+
+``python -m training.archive --artifacts artifacts --out model_store`` (``make archive``) takes every
+``artifacts/<model>/`` written by training (``model/weights.safetensors``, ``model/model_config.json``
+from :func:`training.models.save_model`, and ``card.json``) and writes ``model_store/<model>.mar``:
+
+- the handler ``leukemia_handler.py`` (TorchServe's entry point) and the packages it imports, as
+  packages: ``handlers/`` and the ``training/`` modules in the handler's import closure (registry,
+  compat, models, transforms, card, stain, smear_gate, ...), found by reading the imports;
+- ``model/`` (weights + config), ``model_card.json`` (validated), ``index_to_name.json``;
+- ``MAR-INF/MANIFEST.json`` written by ``torch-model-archiver`` itself, with archive version =
+  the card's model version.
+
+``torch-model-archiver`` builds the archive layout (``--archive-format no-archive``); this module then
+zips it deterministically (sorted entries, fixed timestamps and permissions, the manifest's
+``createdOn`` from ``SOURCE_DATE_EPOCH``, default 1980-01-01), so the same inputs give the same bytes.
+Beside each .mar it writes ``<model>.card.json`` and, when :mod:`training.card` provides
+``render_markdown``, ``<model>.md`` (the same file ``make evaluate`` writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from training import card as card_module
+from training.card import validate_card
+from training.provenance import file_sha256
+
+__all__ = [
+    "REPO",
+    "HANDLER",
+    "archive_model",
+    "archive_all",
+    "import_closure",
+    "deterministic_zip",
+    "read_mar_card",
+    "main",
+]
+
+REPO = Path(__file__).resolve().parent.parent
+HANDLER = REPO / "handlers" / "leukemia_handler.py"
+#: Modules the handler loads lazily (by name, not at import time) and so must be packed too.
+LAZY_MODULES = ("training.smear_gate", "training.stain")
+LOCAL_PACKAGES = ("handlers", "training")
+_ZIP_EPOCH_MIN = 315532800  # 1980-01-01, the earliest time a zip entry can hold
+
+
+def _module_path(module: str) -> Path | None:
+    path = REPO.joinpath(*module.split("."))
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return None
+
+
+def _local_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return {m for m in found if m.split(".")[0] in LOCAL_PACKAGES}
+
+
+def import_closure(roots: Iterable[str]) -> list[Path]:
+    """The repository files of ``roots`` and every local module they import, transitively."""
+    todo = [m for m in roots if _module_path(m) is not None]
+    seen: set[str] = set()
+    files: set[Path] = set()
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        seen.add(mod)
+        path = _module_path(mod)
+        if path is None:
+            continue  # "from training import compat" also yields "training.compat"; names may be attributes
+        files.add(path)
+        parts = mod.split(".")
+        for i in range(1, len(parts)):  # parent packages
+            init = _module_path(".".join(parts[:i]))
+            if init is not None:
+                files.add(init)
+        todo.extend(_local_imports(path))
+    return sorted(files)
+
+
+def deterministic_zip(src_dir: Path, dest: Path, epoch: int) -> None:
+    """Zip ``src_dir`` into ``dest`` with sorted names, fixed times and modes (weights stored, rest deflated)."""
+    stamp = datetime.fromtimestamp(max(epoch, _ZIP_EPOCH_MIN), tz=UTC).timetuple()[:6]
+    files = sorted(p for p in src_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    tmp = dest.with_suffix(dest.suffix + ".tmp")
+    with zipfile.ZipFile(tmp, "w") as z:
+        for path in files:
+            info = zipfile.ZipInfo(path.relative_to(src_dir).as_posix(), date_time=stamp)  # type: ignore[arg-type]
+            info.external_attr = 0o644 << 16
+            info.create_system = 3
+            big_binary = path.suffix in (".safetensors", ".pt", ".bin")
+            info.compress_type = zipfile.ZIP_STORED if big_binary else zipfile.ZIP_DEFLATED
+            with open(path, "rb") as f, z.open(info, "w", force_zip64=True) as out:
+                shutil.copyfileobj(f, out, 1 << 20)
+    tmp.replace(dest)
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def archive_model(artifact_dir: Path, out_dir: Path, epoch: int | None = None) -> Path:
+    """Archive one ``artifacts/<model>`` directory into ``out_dir/<model>.mar``; returns its path."""
+    artifact_dir, out_dir = Path(artifact_dir), Path(out_dir)
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", _ZIP_EPOCH_MIN)) if epoch is None else epoch
+    card = validate_card(json.loads((artifact_dir / "card.json").read_text()))
+    name, version = card["name"], card["version"]
+    config = json.loads((artifact_dir / "model" / "model_config.json").read_text())
+    if config["spec"]["name"] != name:
+        raise ValueError(f"{artifact_dir}: card is for {name!r}, weights for {config['spec']['name']!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"archive-{name}-") as tmp_str:
+        tmp = Path(tmp_str)
+        content = tmp / "content"
+        for path in import_closure(["handlers.leukemia_handler", *LAZY_MODULES]):
+            dest = content / path.relative_to(REPO)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+        shutil.copytree(artifact_dir / "model", content / "model", ignore=shutil.ignore_patterns("__pycache__"))
+        (content / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        index_to_name = {str(i): c for i, c in enumerate(card["classes"])}
+        (content / "index_to_name.json").write_text(json.dumps(index_to_name, indent=2) + "\n")
+        export = tmp / "export"
+        export.mkdir()
+        cmd = [
+            str(Path(sys.executable).with_name("torch-model-archiver")),
+            "--model-name",
+            name,
+            "--version",
+            version,
+            "--handler",
+            str(content / "handlers" / "leukemia_handler.py"),
+            "--extra-files",
+            str(content),
+            "--export-path",
+            str(export),
+            "--archive-format",
+            "no-archive",
+            "--force",
+        ]
+        # The archiver stages files in $TMPDIR/<model-name>: give it a private TMPDIR.
+        env = dict(os.environ, TMPDIR=str(tmp))
+        subprocess.run(cmd, check=True, env=env, cwd=tmp)
+        staged = export / name
+        manifest_path = staged / "MAR-INF" / "MANIFEST.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["createdOn"] = datetime.fromtimestamp(epoch, tz=UTC).strftime("%d/%m/%Y %H:%M:%S")
+        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        mar = out_dir / f"{name}.mar"
+        deterministic_zip(staged, mar, epoch)
+    (out_dir / f"{name}.card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    render = getattr(card_module, "render_markdown", None)
+    if callable(render):
+        (out_dir / f"{name}.md").write_text(render(card))
+    return mar
+
+
+def read_mar_card(mar: Path) -> dict:
+    """The validated model card inside a .mar (also checks the manifest and the handler are there)."""
+    with zipfile.ZipFile(mar) as z:
+        names = set(z.namelist())
+        manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
+        handler = manifest["model"]["handler"]
+        if handler not in names:
+            raise ValueError(f"{mar}: handler {handler} missing")
+        card = validate_card(json.loads(z.read("model_card.json")))
+        if manifest["model"]["modelVersion"] != card["version"]:
+            raise ValueError(f"{mar}: archive version {manifest['model']['modelVersion']} != card {card['version']}")
+    return card
+
+
+def archive_all(artifacts: Path, out_dir: Path, models: Sequence[str] | None = None) -> list[Path]:
+    dirs = sorted(d for d in Path(artifacts).iterdir() if (d / "card.json").is_file() and (d / "model").is_dir())
+    if models:
+        dirs = [d for d in dirs if d.name in set(models)]
+        missing = set(models) - {d.name for d in dirs}
+        if missing:
+            raise FileNotFoundError(f"no artifacts for {sorted(missing)} in {artifacts}")
+    if not dirs:
+        raise FileNotFoundError(f"no model artifacts (card.json + model/) under {artifacts}")
+    out = []
+    for i, d in enumerate(dirs, 1):
+        t0 = time.perf_counter()
+        _log(f"[{i}/{len(dirs)}] {d.name}: packing {d} ...")
+        mar = archive_model(d, out_dir)
+        card = read_mar_card(mar)
+        size = mar.stat().st_size / 1e6
+        _log(
+            f"[{i}/{len(dirs)}] {d.name}: {mar} v{card['version']} {size:.1f} MB "
+            f"sha256 {file_sha256(mar)[:16]} in {time.perf_counter() - t0:.1f} s"
+        )
+        out.append(mar)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--artifacts", type=Path, default=REPO / "artifacts")
+    ap.add_argument("--out", type=Path, default=REPO / "model_store")
+    ap.add_argument("--models", nargs="*", help="only these models (default: every artifact found)")
+    args = ap.parse_args(argv)
+    archive_all(args.artifacts, args.out, args.models)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
