@@ -152,4 +152,4 @@ def test_describe_command_prints_every_model() -> None:
         timeout=300,
     ).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("mobilenetv3_lstm"))
-    assert "224" in line and "lstm" in line
+    assert f" {get_spec('mobilenetv3_lstm').input_size} " in line and "lstm" in line

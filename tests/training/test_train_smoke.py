@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from tests.conftest import DATA_ALL4
 from training import compat  # noqa: F401
 from training.data import Split, load_samples
 from training.models import HybridClassifier, load_model, save_model
 from training.registry import get_spec
-from training.train import _Log, image_logits, seed_everything, train_cached, train_end2end
+from training.train import _Log, seed_everything, train_cached, train_end2end
 
 
 @pytest.fixture(scope="module")
@@ -29,29 +28,23 @@ def tiny_split() -> Split:
     return Split(train=train, val=train[::4], seed=0, val_fraction=0.2)
 
 
-def _loss(model: HybridClassifier, split: Split) -> float:
-    logits = image_logits(model, split.train, "cpu")
-    return float(F.cross_entropy(logits, torch.tensor([s.label for s in split.train])))
-
-
 def test_end2end_lowers_loss_and_resumes(tiny_split: Split, tmp_path: Path) -> None:
     torch.set_num_threads(2)
     seed_everything(0)
     spec = dataclasses.replace(get_spec("mobilenetv3_lstm"), input_size=64)
     model = HybridClassifier(spec)
-    before = _loss(model, tiny_split)
     log = _Log(tmp_path / "train.log")
     soft = np.full((len(tiny_split.train), 4), 0.25, dtype=np.float32)
-    res = train_end2end(model, tiny_split, tmp_path, 3, 3e-3, 8, 0, "cpu", log, teacher_soft=soft, validate=False)
-    after = _loss(model, tiny_split)
-    assert after < before, (before, after)
-    assert len(res["history"]) == 3
+    res = train_end2end(model, tiny_split, tmp_path, 5, 3e-3, 8, 0, "cpu", log, teacher_soft=soft, validate=False)
+    losses = [h["train_loss"] for h in res["history"]]
+    assert len(losses) == 5
+    assert np.mean(losses[-2:]) < losses[0], losses
     assert (tmp_path / "checkpoint.pt").exists()
-    assert (tmp_path / "train.log").read_text().count('"epoch"') == 3
+    assert (tmp_path / "train.log").read_text().count('"epoch"') == 5
     # resume: one more epoch starts where the checkpoint ended
     model2 = HybridClassifier(spec)
-    res2 = train_end2end(model2, tiny_split, tmp_path, 4, 3e-3, 8, 0, "cpu", log, validate=False)
-    assert [h["epoch"] for h in res2["history"]] == [4]
+    res2 = train_end2end(model2, tiny_split, tmp_path, 6, 3e-3, 8, 0, "cpu", log, validate=False)
+    assert [h["epoch"] for h in res2["history"]] == [6]
     save_model(model2, tmp_path / "model", dtype=torch.float16)
     loaded = load_model(tmp_path / "model")
     assert json.loads((tmp_path / "model" / "model_config.json").read_text())["dtype"] == "float16"
