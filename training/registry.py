@@ -116,7 +116,9 @@ REGISTRY: dict[str, ModelSpec] = {
             backbone="efficientnet_b3",
             pretrained_tag="ra2_in1k",
             sequence=SequenceStage(kind="bigru", hidden_size=256, bidirectional=True),
-            input_size=224,
+            # 128, not 224: random initialisation, trained on a shared 2-core CPU inside one session.
+            input_size=128,
+            stain_normalization="grayscale",  # luminance only, as xception_bigru (colour confound)
         ),
         ModelSpec(
             name="effnetb3_vit",
