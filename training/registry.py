@@ -125,7 +125,9 @@ REGISTRY: dict[str, ModelSpec] = {
             backbone="efficientnet_b3",
             pretrained_tag="ra2_in1k",
             sequence=SequenceStage(kind="transformer", hidden_size=256, num_layers=2, num_heads=4),
-            input_size=224,
+            # shares effnetb3_bigru's trained CNN stage (frozen), so the same input size and normalisation
+            input_size=128,
+            stain_normalization="grayscale",
         ),
         ModelSpec(
             name="mobilenetv3_lstm",

@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         for f in cache_dir.glob("*.json"):
             cache_seconds += float(json.loads(f.read_text()).get("seconds", 0.0))
         recipe_text = (
-            f"frozen ImageNet CNN stage ({Path(init).name}); feature maps cached for training views "
+            f"frozen CNN stage (weights {Path(init).name}); feature maps cached for training views "
             f"{', '.join(result['views'])}; token projection + {model.spec.sequence.kind} + head trained "
             f"{epochs} epochs "
             f"on the cache with random grid flips/90-degree rotations, AdamW lr {lr}, wd 0.05, cosine, batch "
