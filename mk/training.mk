@@ -15,13 +15,17 @@ DATA_ARG := $(if $(DATA),--data $(DATA),)
 train: setup
 	$(PY) -m training.train --model $(MODEL) --artifacts $(ARTIFACTS) --device $(DEVICE) --threads $(THREADS) $(DATA_ARG) $(TRAIN_ARGS)
 
-# The teacher first (frozen Xception + cached features), then the random-init models distilled from it.
+# The teacher first (frozen Xception + cached features), then the random-init models distilled from it,
+# then effnetb3_vit on effnetb3_bigru's CNN stage.
 train-all: setup
 	$(PY) -m training.train --model xception_bigru --artifacts $(ARTIFACTS) --device $(DEVICE) --threads $(THREADS) $(DATA_ARG)
-	for m in mobilenetv3_lstm effnetb3_bigru effnetb3_vit; do \
+	for m in mobilenetv3_lstm effnetb3_bigru; do \
 	  $(PY) -m training.train --model $$m --artifacts $(ARTIFACTS) --device $(DEVICE) --threads $(THREADS) $(DATA_ARG) \
 	    --teacher $(TEACHER) --max-minutes $(MAX_MINUTES) $(TRAIN_ARGS); \
 	done
+	# effnetb3_vit shares effnetb3_bigru's trained CNN stage (frozen) and trains its transformer on cached maps
+	$(PY) -m training.train --model effnetb3_vit --artifacts $(ARTIFACTS) --device $(DEVICE) --threads $(THREADS) $(DATA_ARG) \
+	  --init-weights $(ARTIFACTS)/effnetb3_bigru/model
 
 $(ARTIFACTS)/smear_gate.json:
 	$(PY) -m training.fit_gate --out $@ $(DATA_ARG)

@@ -64,7 +64,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "xception_bigru": {"recipe": "cached", "init_weights": str(XCEPTION_WEIGHTS), "epochs": 12, "lr": 1e-3},
     "mobilenetv3_lstm": {"recipe": "end2end", "init_weights": "random", "epochs": 30, "lr": 2e-3},
     "effnetb3_bigru": {"recipe": "end2end", "init_weights": "random", "epochs": 30, "lr": 2e-3},
-    "effnetb3_vit": {"recipe": "end2end", "init_weights": "random", "epochs": 30, "lr": 2e-3},
+    # shares effnetb3_bigru's trained CNN stage (frozen): train effnetb3_bigru first
+    "effnetb3_vit": {"recipe": "cached", "init_weights": "artifacts/effnetb3_bigru/model", "epochs": 12, "lr": 1e-3},
 }
 
 
@@ -405,6 +406,17 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.artifacts) / args.model
     out_dir.mkdir(parents=True, exist_ok=True)
     log = _Log(out_dir / "train.log")
+    if init not in ("random", "hub") and Path(init).is_dir():
+        # a trained model's directory: its CNN stage becomes this model's (shared) initial backbone
+        from safetensors.torch import save_file
+
+        from training.models import load_model
+
+        shared = load_model(init)
+        init_file = out_dir / "init_backbone.safetensors"
+        save_file({k: v.contiguous() for k, v in shared.backbone.state_dict().items()}, str(init_file))
+        log(f"CNN stage taken from {init} -> {init_file}")
+        init = str(init_file)
     split = load_split(args.data)
     log(
         f"model={args.model} recipe={recipe} init={init} device={args.device} "
