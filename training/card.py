@@ -228,6 +228,8 @@ def render_markdown(card: dict[str, Any]) -> str:
     plots = metrics.get("plots", {})
     if plots:
         lines += [f"![confusion matrix](../{plots['confusion']}) ![reliability diagram](../{plots['reliability']})", ""]
+    if plots.get("training"):
+        lines += [f"![training curves](../{plots['training']})", ""]
     lines += [
         "## Smear gate",
         f"- Kind: {gate.get('kind')}, threshold {gate.get('threshold')}, "

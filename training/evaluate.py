@@ -38,6 +38,7 @@ from training.calibrate import (
     softmax,
 )
 from training.card import base_card, render_markdown, validate_card, write_model_store_readme
+from training.curves import plot_training_curves
 from training.data import Sample, Split, load_split
 from training.features import VIEW_PERTURBATION, cache_path, load_cache
 from training.models import HybridClassifier, count_parameters, load_model
@@ -246,6 +247,8 @@ def evaluate_model(name: str, artifacts: Path, data: str | None, docs: Path, sto
         "confusion": f"docs/models/{name}_confusion.png",
         "reliability": f"docs/models/{name}_reliability.png",
     }
+    if plot_training_curves(out_dir / "train.log", f"{name}: training", docs / f"{name}_training.png"):
+        metrics["plots"]["training"] = f"docs/models/{name}_training.png"
 
     gate_file = artifacts / "smear_gate.json"
     gate_doc = json.loads(gate_file.read_text())
