@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,10 @@ def test_explanation(runtime: ModelRuntime) -> None:
     body = runtime.explain({"body": smear_bytes("Early")})
     h, w = body["grid_shape"]
     grid = np.array(body["grid"])
-    assert grid.shape == (h, w) and h >= 5 and grid.min() >= 0.0 and grid.max() <= 1.0
+    # one cell per CNN output position: the input size over the backbone's total stride
+    reduction = runtime.model.backbone.feature_info[-1]["reduction"]
+    side = math.ceil(runtime.spec.input_size / reduction)
+    assert grid.shape == (h, w) == (side, side) and grid.min() >= 0.0 and grid.max() <= 1.0
     assert body["method"] == "grad-cam" and body["label"] in runtime.classes
     png = Image.open(io.BytesIO(base64.b64decode(body["overlay_png_base64"])))
     assert png.format == "PNG" and png.size == (224, 224)
