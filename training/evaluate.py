@@ -40,7 +40,7 @@ from training.calibrate import (
 from training.card import base_card, render_markdown, validate_card, write_model_store_readme
 from training.curves import plot_training_curves
 from training.data import Sample, Split, load_split
-from training.features import VIEW_PERTURBATION, cache_path, load_cache
+from training.features import VIEW_PERTURBATION, cache_path, load_cache, map_batches
 from training.models import HybridClassifier, count_parameters, load_model
 from training.registry import CLASS_NAMES, get_spec
 from training.smear_gate import SmearGate
@@ -104,8 +104,7 @@ def _image_outputs(
 @torch.no_grad()
 def _cached_outputs(model: HybridClassifier, maps: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     logits, pooled = [], []
-    for i in range(0, len(maps), batch_size):
-        x = torch.from_numpy(np.asarray(maps[i : i + batch_size])).float()
+    for x in map_batches(maps, batch_size):
         feats = model.forward_sequence(x)
         pooled.append(model.forward_head(feats, pre_logits=True).numpy())
         logits.append(model.forward_head(feats).numpy())

@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +30,15 @@ from training.data import Sample, load_split
 from training.registry import ModelSpec
 from training.transforms import build_eval_transform
 
-__all__ = ["VIEW_PERTURBATION", "view_function", "cache_path", "compute_cache", "load_cache", "main"]
+__all__ = ["VIEW_PERTURBATION", "view_function", "cache_path", "compute_cache", "load_cache", "map_batches", "main"]
 
 VIEW_PERTURBATION = {"gray": "grayscale", "stain": "stain_normalized", "hue": "hue_shift", "wb": "white_balance"}
+
+
+def map_batches(maps: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+    """Cached (read-only, fp16) feature maps as writable float32 tensors, ``batch_size`` at a time."""
+    for i in range(0, len(maps), batch_size):
+        yield torch.from_numpy(np.array(maps[i : i + batch_size], dtype=np.float32))
 
 
 def view_function(view: str) -> Callable[[Image.Image, int], Image.Image]:

@@ -45,7 +45,7 @@ from tqdm import tqdm
 from training import compat  # noqa: F401  (before timm)
 from training.augment import TrainAugment, geometric_grid
 from training.data import Sample, Split, load_split, manifest_sha256
-from training.features import cache_path, load_cache
+from training.features import cache_path, load_cache, map_batches
 from training.models import HybridClassifier, create_model, save_model
 from training.registry import get_spec
 from training.transforms import build_eval_transform
@@ -136,9 +136,8 @@ def cached_logits(model: HybridClassifier, maps: np.ndarray, device: str = "cpu"
     """Logits of the sequence stage + head on cached CNN maps (N, C, H, W)."""
     model.eval()
     out = []
-    for i in range(0, len(maps), batch_size):
-        x = torch.from_numpy(np.asarray(maps[i : i + batch_size])).float().to(device)
-        out.append(_head_logits(model, x).float().cpu())
+    for x in map_batches(maps, batch_size):
+        out.append(_head_logits(model, x.to(device)).float().cpu())
     return torch.cat(out)
 
 
