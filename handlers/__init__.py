@@ -5,9 +5,10 @@ The handler (:mod:`handlers.leukemia_handler`) is kept thin: request decoding
 (:mod:`handlers.postprocess`), Grad-CAM explanations (:mod:`handlers.explain`) and the loaded model
 (:mod:`handlers.runtime`) are plain Python, tested without TorchServe. :mod:`handlers.serve` starts
 and stops a local TorchServe.
-"""
 
-# training.models imports timm, which needs the torchvision shim first (training/compat.py).
-from training import compat as _compat  # noqa: F401
+Importing this package imports nothing heavy: the portal uses :mod:`handlers.serve` and the limits
+in :mod:`handlers.decode` without loading torch. The torchvision shim that timm needs runs when the
+``training`` package is first imported (training/__init__.py).
+"""
 
 __all__: list[str] = []

@@ -12,15 +12,18 @@ from django.core.exceptions import ValidationError
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
+from handlers.decode import ALLOWED_FORMATS as HANDLER_FORMATS
+
 __all__ = ["ALLOWED_FORMATS", "ValidatedImage", "validate_image_bytes"]
 
-# Pillow format -> (content type, file extension). The handler accepts the same four.
-ALLOWED_FORMATS: dict[str, tuple[str, str]] = {
+# Pillow format -> (content type, file extension), for exactly the formats the handler accepts.
+_TYPES: dict[str, tuple[str, str]] = {
     "JPEG": ("image/jpeg", "jpg"),
     "PNG": ("image/png", "png"),
     "BMP": ("image/bmp", "bmp"),
     "TIFF": ("image/tiff", "tif"),
 }
+ALLOWED_FORMATS: dict[str, tuple[str, str]] = {fmt: _TYPES[fmt] for fmt in HANDLER_FORMATS}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from handlers import decode as image_limits
 from portal.config.env import env_bool, env_int, env_list, env_str, parse_database_url
 
 REPO_DIR = Path(__file__).resolve().parent.parent.parent
@@ -97,9 +98,11 @@ STATICFILES_DIRS = [PORTAL_DIR / "static"]
 # Uploaded images and heatmaps: a private directory that no URL maps to; files are served only
 # through authenticated, permission-checked views.
 PORTAL_STORAGE_DIR = Path(env_str("PORTAL_STORAGE_DIR", str(VAR_DIR / "storage")))
-PORTAL_MAX_UPLOAD_BYTES = env_int("PORTAL_MAX_UPLOAD_BYTES", 25 * 1024 * 1024)
-PORTAL_MIN_IMAGE_SIDE = env_int("PORTAL_MIN_IMAGE_SIDE", 64)
-PORTAL_MAX_IMAGE_PIXELS = env_int("PORTAL_MAX_IMAGE_PIXELS", 40_000_000)
+# Upload limits default to the model server's own (handlers.decode), so the portal never stores an
+# image that every model would refuse for its size, nor refuses one the models accept.
+PORTAL_MAX_UPLOAD_BYTES = env_int("PORTAL_MAX_UPLOAD_BYTES", image_limits.MAX_BYTES)
+PORTAL_MIN_IMAGE_SIDE = env_int("PORTAL_MIN_IMAGE_SIDE", image_limits.MIN_SIDE)
+PORTAL_MAX_IMAGE_PIXELS = env_int("PORTAL_MAX_IMAGE_PIXELS", image_limits.MAX_PIXELS)
 PORTAL_MAX_FILES_PER_UPLOAD = env_int("PORTAL_MAX_FILES_PER_UPLOAD", 20)
 DATA_UPLOAD_MAX_NUMBER_FILES = PORTAL_MAX_FILES_PER_UPLOAD
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
