@@ -15,7 +15,8 @@ export PYTHONPATH := $(CURDIR)
 
 setup: $(STAMP)
 
-$(STAMP): $(LOCK) $(CONSTRAINTS)
+$(STAMP): $(LOCK) $(CONSTRAINTS) requirements/system-deps.sh
+	requirements/system-deps.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# -c pins torch/torchvision to the local CPU wheel: pip may never pick a CUDA build.

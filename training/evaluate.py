@@ -40,7 +40,7 @@ from training.calibrate import (
 from training.card import base_card, render_markdown, validate_card, write_model_store_readme
 from training.curves import plot_training_curves
 from training.data import Sample, Split, load_split
-from training.features import VIEW_PERTURBATION, cache_path, load_cache, map_batches
+from training.features import VIEW_PERTURBATION, cache_dir_for, cache_path, load_cache, map_batches
 from training.models import HybridClassifier, count_parameters, load_model
 from training.registry import CLASS_NAMES, get_spec
 from training.smear_gate import SmearGate
@@ -102,28 +102,35 @@ def _image_outputs(
 
 
 @torch.no_grad()
-def _cached_outputs(model: HybridClassifier, maps: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def _cached_outputs(
+    model: HybridClassifier, maps: np.ndarray, cnn_split: str | None = None, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    tail = model.cnn_split(cnn_split)[1]
     logits, pooled = [], []
     for x in map_batches(maps, batch_size):
-        feats = model.forward_sequence(x)
+        feats = model.forward_sequence(tail(x))
         pooled.append(model.forward_head(feats, pre_logits=True).numpy())
         logits.append(model.forward_head(feats).numpy())
     return np.concatenate(logits), np.concatenate(pooled)
 
 
 def model_logits(
-    model: HybridClassifier, split: Split, perturbation: str | None, cache_dir: Path | None
+    model: HybridClassifier,
+    split: Split,
+    perturbation: str | None,
+    cache_dir: Path | None,
+    cnn_split: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """(logits, pooled features, how) on the validation blocks under ``perturbation``.
 
-    With a frozen CNN stage, cached CNN maps of the same images are used (identical to running the
-    CNN, which is frozen and not fine-tuned); otherwise the model runs on the images.
+    With a frozen CNN stage (or stem, cut after ``cnn_split``), cached maps of the same images are
+    used (identical to running the frozen part); otherwise the model runs on the images.
     """
     view = "orig" if perturbation is None else PERTURBATION_VIEW[perturbation]
-    if perturbation == "grayscale" and model.spec.stain_normalization == "grayscale":
+    if perturbation == "grayscale" and model.spec.stain_normalization in ("grayscale", "luminance"):
         view = "orig"  # the model's own normaliser makes the input identical
     if cache_dir is not None and cache_path(cache_dir, "val", view).exists():
-        logits, pooled = _cached_outputs(model, load_cache(cache_dir, "val", view, split.val))
+        logits, pooled = _cached_outputs(model, load_cache(cache_dir, "val", view, split.val), cnn_split)
         return logits, pooled, f"cached frozen-CNN maps ({view})"
     logits, pooled = _image_outputs(model, split.val, perturbation)
     return logits, pooled, "images"
@@ -200,9 +207,10 @@ def evaluate_model(name: str, artifacts: Path, data: str | None, docs: Path, sto
     train_info = json.loads((out_dir / "train_info.json").read_text())
     split = load_split(data)
     labels = np.array([s.label for s in split.val])
-    cache_dir = artifacts / "cache" / name if train_info.get("recipe_kind") == "cached" else None
+    cnn_split = train_info.get("cnn_split")
+    cache_dir = cache_dir_for(artifacts, name, cnn_split) if train_info.get("recipe_kind") == "cached" else None
 
-    logits, pooled, how = model_logits(model, split, None, cache_dir)
+    logits, pooled, how = model_logits(model, split, None, cache_dir, cnn_split)
     temperature = fit_temperature(logits, labels)
     probs_before, probs_after = softmax(logits), softmax(logits, temperature)
     original = classification_metrics(logits, labels, spec.classes)
@@ -222,7 +230,7 @@ def evaluate_model(name: str, artifacts: Path, data: str | None, docs: Path, sto
         "abstention": abstain | {"target_accuracy": 0.98, "fitted_on": "validation blocks, calibrated probabilities"},
     }
     for pert in PERTURBATIONS:
-        pl, _, phow = model_logits(model, split, pert, cache_dir)
+        pl, _, phow = model_logits(model, split, pert, cache_dir, cnn_split)
         m = classification_metrics(pl, labels, spec.classes, temperature=temperature)
         m["ece_uncalibrated"] = classification_metrics(pl, labels, spec.classes)["ece"]
         m["computed_from"] = phow
@@ -253,7 +261,7 @@ def evaluate_model(name: str, artifacts: Path, data: str | None, docs: Path, sto
     gate_doc = json.loads(gate_file.read_text())
     gate = SmearGate.from_dict(gate_doc["gate"])
     # pooled-feature statistics of this model on training images, reported by the gate in details
-    train_pooled = _train_pooled(model, split, cache_dir)
+    train_pooled = _train_pooled(model, split, cache_dir, cnn_split)
     gate.fit_feature_statistics(train_pooled)
     val_dist = gate._feature_distance(pooled)
     smear_gate = gate.to_dict() | {
@@ -300,11 +308,13 @@ def evaluate_model(name: str, artifacts: Path, data: str | None, docs: Path, sto
 
 
 @torch.no_grad()
-def _train_pooled(model: HybridClassifier, split: Split, cache_dir: Path | None, limit: int = 400) -> np.ndarray:
+def _train_pooled(
+    model: HybridClassifier, split: Split, cache_dir: Path | None, cnn_split: str | None, limit: int = 400
+) -> np.ndarray:
     step = max(1, len(split.train) // limit)
     if cache_dir is not None and cache_path(cache_dir, "train", "orig").exists():
         maps = load_cache(cache_dir, "train", "orig", split.train)
-        return _cached_outputs(model, np.asarray(maps[::step]))[1]
+        return _cached_outputs(model, np.asarray(maps[::step]), cnn_split)[1]
     return _image_outputs(model, split.train[::step], None)[1]
 
 

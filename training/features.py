@@ -30,7 +30,16 @@ from training.data import Sample, load_split
 from training.registry import ModelSpec
 from training.transforms import build_eval_transform
 
-__all__ = ["VIEW_PERTURBATION", "view_function", "cache_path", "compute_cache", "load_cache", "map_batches", "main"]
+__all__ = [
+    "VIEW_PERTURBATION",
+    "view_function",
+    "cache_dir_for",
+    "cache_path",
+    "compute_cache",
+    "load_cache",
+    "map_batches",
+    "main",
+]
 
 VIEW_PERTURBATION = {"gray": "grayscale", "stain": "stain_normalized", "hue": "hue_shift", "wb": "white_balance"}
 
@@ -53,6 +62,11 @@ def view_function(view: str) -> Callable[[Image.Image, int], Image.Image]:
         aug = ColorAugment()
         return lambda im, i: aug(im, np.random.default_rng([1000 + k, i]))
     raise KeyError(f"unknown view {view!r}")
+
+
+def cache_dir_for(artifacts: Path, model: str, cnn_split: str | None) -> Path:
+    """Where the cached maps of ``model``'s frozen stem live (one folder per cut point)."""
+    return artifacts / "cache" / (f"{model}@{cnn_split}" if cnn_split else model)
 
 
 def cache_path(cache_dir: Path, split: str, view: str) -> Path:
@@ -116,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--cut-after", default=None, help="cache the output after this backbone child (see cnn_split)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     init = Path(args.init_weights)
@@ -127,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         model = create_model(args.model, init_weights=str(init))
     model = model.eval().to(args.device)
     spec = model.spec
+    stem = model.cnn_split(args.cut_after)[0]
     cache_dir = Path(args.cache_dir or f"artifacts/cache/{args.model}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     split = load_split(args.data)
@@ -134,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         part, view = job.split(":")
         samples = split.train if part == "train" else split.val
         compute_cache(
-            model.forward_cnn,
+            stem,
             spec,
             samples,
             view,

@@ -110,6 +110,21 @@ class _TransformerStage(nn.Module):
         return seq[:, 0]
 
 
+#: backbone children where the feature map ends (pooling and classifier); what follows is head
+_NON_FEATURE_CHILDREN = frozenset({"global_pool", "fc", "classifier", "head", "head_drop", "flatten"})
+
+
+class _CNNStage(nn.Module):
+    """``model.forward_cnn`` as a module (the uncut stem)."""
+
+    def __init__(self, model: HybridClassifier) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(x)
+
+
 class HybridClassifier(nn.Module):
     """CNN feature grid -> tokens -> sequence stage -> pooled features -> classifier."""
 
@@ -136,6 +151,31 @@ class HybridClassifier(nn.Module):
     def forward_cnn(self, x: torch.Tensor) -> torch.Tensor:
         """The CNN stage's feature map, (B, C, H, W)."""
         return self.backbone.forward_features(x)
+
+    def cnn_split(self, after: str | None) -> tuple[nn.Module, nn.Module]:
+        """The CNN stage cut after the backbone child ``after``: ``(stem, tail)``, with
+        ``tail(stem(x)) == forward_cnn(x)``; ``None`` gives (the whole CNN stage, identity).
+
+        For training on cached maps with the last blocks fine-tuned: the frozen stem's output is
+        cached, the tail trains. The modules are the backbone's own (shared, not copied). Valid for
+        backbones whose ``forward_features`` runs their children in order (legacy_xception,
+        efficientnet_b3; tests check the identity).
+        """
+        if after is None:
+            return _CNNStage(self), nn.Identity()
+        names: list[str] = []
+        for n, _ in self.backbone.named_children():
+            if n in _NON_FEATURE_CHILDREN:  # pooling / classifier: the feature map ends here
+                break
+            names.append(n)
+        if after not in names[:-1]:
+            raise ValueError(f"cannot cut {self.spec.backbone} after {after!r}; children: {', '.join(names)}")
+        i = names.index(after) + 1
+        children = dict(self.backbone.named_children())
+        return (
+            nn.Sequential(*(children[n] for n in names[:i])),
+            nn.Sequential(*(children[n] for n in names[i:])),
+        )
 
     def tokens_from_map(self, fmap: torch.Tensor) -> torch.Tensor:
         """Grid cells in raster order, projected: (B, H*W, token_dim)."""

@@ -62,7 +62,8 @@ class ModelSpec:
     classes: tuple[str, ...] = CLASS_NAMES
     token_dim: int = 256  # CNN channels are projected to this width before the sequence stage
     head_dropout: float = 0.2
-    stain_normalization: str | None = None  # None, "reinhard" or "grayscale" (see training.stain.get_normalizer)
+    # None, "reinhard", "grayscale" or "luminance" (see training.stain.get_normalizer)
+    stain_normalization: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -107,9 +108,10 @@ REGISTRY: dict[str, ModelSpec] = {
             # 224, not Xception's usual 299: the data set's frames are 224x224, so 299 only upsamples,
             # and 224 costs 1.8x less (the difference between finishing on the 2-core CPU or not).
             input_size=224,
-            # Luminance only: class is confounded with acquisition colour in the training data, so the
-            # model never sees colour (training and serving apply the same training.stain normaliser).
-            stain_normalization="grayscale",
+            # Luminance only, standardised per image: class is confounded with acquisition colour (and
+            # exposure) in the training data, so the model sees neither (training and serving apply the
+            # same training.stain.standardize_luminance).
+            stain_normalization="luminance",
         ),
         ModelSpec(
             name="effnetb3_bigru",
@@ -118,7 +120,7 @@ REGISTRY: dict[str, ModelSpec] = {
             sequence=SequenceStage(kind="bigru", hidden_size=256, bidirectional=True),
             # 128, not 224: random initialisation, trained on a shared 2-core CPU inside one session.
             input_size=128,
-            stain_normalization="grayscale",  # luminance only, as xception_bigru (colour confound)
+            stain_normalization="luminance",  # luminance only, as xception_bigru (colour confound)
         ),
         ModelSpec(
             name="effnetb3_vit",
@@ -127,7 +129,7 @@ REGISTRY: dict[str, ModelSpec] = {
             sequence=SequenceStage(kind="transformer", hidden_size=256, num_layers=2, num_heads=4),
             # shares effnetb3_bigru's trained CNN stage (frozen), so the same input size and normalisation
             input_size=128,
-            stain_normalization="grayscale",
+            stain_normalization="luminance",
         ),
         ModelSpec(
             name="mobilenetv3_lstm",
@@ -137,7 +139,7 @@ REGISTRY: dict[str, ModelSpec] = {
             # 128, not 224: trained from random initialisation on a shared 2-core CPU inside one session;
             # at 224 it could not see enough epochs (cells stay 9-15 px across at 128).
             input_size=128,
-            stain_normalization="grayscale",  # luminance only, as xception_bigru (colour confound)
+            stain_normalization="luminance",  # luminance only, as xception_bigru (colour confound)
         ),
     )
 }

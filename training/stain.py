@@ -2,7 +2,7 @@
 
 One implementation, used by training (augmentation, optional normalisation), evaluation (the
 "stain-normalised" perturbation) and the TorchServe handler (via training.transforms when a model's
-``stain_normalization`` is ``"reinhard"``).
+``stain_normalization`` names one of them).
 
 - Reinhard et al. 2001, as commonly applied to histology: convert to CIE L*a*b*, shift and scale
   each channel so its mean/std over the image equal a reference's, convert back. The reference
@@ -30,6 +30,8 @@ __all__ = [
     "hed_to_rgb",
     "hed_jitter",
     "to_luminance",
+    "LUMINANCE_REFERENCE",
+    "standardize_luminance",
     "get_normalizer",
 ]
 
@@ -143,14 +145,37 @@ def to_luminance(image: Image.Image) -> Image.Image:
     return image.convert("RGB").convert("L").convert("RGB")
 
 
+#: Luminance (ITU-R 601, 0-255) target mean and std: the mean over the block-wise training split of
+#: ../shared/data/all4/original (seed 0, 2040 images) of each image's luminance mean and std.
+LUMINANCE_REFERENCE: tuple[float, float] = (218.1, 32.1)
+
+
+def standardize_luminance(image: Image.Image, reference: tuple[float, float] | None = None) -> Image.Image:
+    """Colour removed and exposure/contrast fixed: the "luminance" normaliser.
+
+    The image's luminance is shifted and scaled so that its mean and standard deviation equal
+    ``reference`` (default :data:`LUMINANCE_REFERENCE`), then replicated to three channels. This is
+    Reinhard's normalisation restricted to the lightness channel: a stain normalisation, a white-balance
+    or a brightness/contrast change alters the luminance of a smear mostly by a per-image affine
+    map, which this removes (measured on 40 validation images: the mean absolute luminance change
+    under Reinhard normalisation falls from 0.49 to 0.025 image standard deviations). A flat image
+    (std below 1 grey level) is only shifted.
+    """
+    ref_mean, ref_std = reference or LUMINANCE_REFERENCE
+    lum = np.asarray(image.convert("RGB").convert("L"), dtype=np.float32)
+    out = (lum - lum.mean()) / max(float(lum.std()), 1.0) * ref_std + ref_mean
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8)).convert("RGB")
+
+
 _NORMALIZERS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "reinhard": reinhard_normalize,
     "grayscale": to_luminance,
+    "luminance": standardize_luminance,
 }
 
 
 def get_normalizer(name: str) -> Callable[[Image.Image], Image.Image]:
-    """The stain normaliser registered under ``name`` (``"reinhard"`` or ``"grayscale"``)."""
+    """The stain normaliser registered under ``name`` (``"reinhard"``, ``"grayscale"`` or ``"luminance"``)."""
     try:
         return _NORMALIZERS[name]
     except KeyError:

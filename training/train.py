@@ -45,7 +45,7 @@ from tqdm import tqdm
 from training import compat  # noqa: F401  (before timm)
 from training.augment import TrainAugment, geometric_grid
 from training.data import Sample, Split, load_split, manifest_sha256
-from training.features import cache_path, load_cache, map_batches
+from training.features import cache_dir_for, cache_path, load_cache, map_batches
 from training.models import HybridClassifier, create_model, save_model
 from training.registry import get_spec
 from training.transforms import build_eval_transform
@@ -61,7 +61,15 @@ XCEPTION_WEIGHTS = (
 
 #: default recipe and initial weights per model
 RECIPES: dict[str, dict[str, Any]] = {
-    "xception_bigru": {"recipe": "cached", "init_weights": str(XCEPTION_WEIGHTS), "epochs": 12, "lr": 1e-3},
+    # ImageNet Xception: stem (up to block12) frozen and cached, conv3/conv4 fine-tuned with the head
+    "xception_bigru": {
+        "recipe": "cached",
+        "init_weights": str(XCEPTION_WEIGHTS),
+        "epochs": 12,
+        "lr": 1e-3,
+        "finetune_after": "block12",
+        "views": "orig,color0",
+    },
     "mobilenetv3_lstm": {"recipe": "end2end", "init_weights": "random", "epochs": 30, "lr": 2e-3},
     "effnetb3_bigru": {"recipe": "end2end", "init_weights": "random", "epochs": 30, "lr": 2e-3},
     # shares effnetb3_bigru's trained CNN stage (frozen): train effnetb3_bigru first
@@ -127,17 +135,24 @@ def _macro_f1(logits: torch.Tensor, labels: torch.Tensor, n: int) -> tuple[float
 
 
 # -- cached recipe ------------------------------------------------------------------------------
-def _head_logits(model: HybridClassifier, fmap: torch.Tensor) -> torch.Tensor:
-    return model.forward_head(model.forward_sequence(fmap))
+def _head_logits(model: HybridClassifier, fmap: torch.Tensor, tail: nn.Module | None = None) -> torch.Tensor:
+    return model.forward_head(model.forward_sequence(tail(fmap) if tail is not None else fmap))
 
 
 @torch.no_grad()
-def cached_logits(model: HybridClassifier, maps: np.ndarray, device: str = "cpu", batch_size: int = 64) -> torch.Tensor:
-    """Logits of the sequence stage + head on cached CNN maps (N, C, H, W)."""
+def cached_logits(
+    model: HybridClassifier,
+    maps: np.ndarray,
+    device: str = "cpu",
+    batch_size: int = 64,
+    cnn_split: str | None = None,
+) -> torch.Tensor:
+    """Logits on cached CNN maps (N, C, H, W): the CNN tail after ``cnn_split`` (if any), sequence stage, head."""
     model.eval()
+    tail = model.cnn_split(cnn_split)[1] if cnn_split else None
     out = []
     for x in map_batches(maps, batch_size):
-        out.append(_head_logits(model, x.to(device)).float().cpu())
+        out.append(_head_logits(model, x.to(device), tail).float().cpu())
     return torch.cat(out)
 
 
@@ -154,10 +169,20 @@ def train_cached(
     device: str,
     log: _Log,
     weight_decay: float = 0.05,
+    cnn_split: str | None = None,
+    tail_lr_scale: float = 0.1,
 ) -> dict[str, Any]:
-    """Train token projection + sequence stage + head on cached CNN maps of the training views."""
+    """Train token projection + sequence stage + head on cached CNN maps of the training views.
+
+    With ``cnn_split`` the maps are the CNN stem's (cut after that backbone child) and the CNN's
+    remaining blocks are fine-tuned too, at ``tail_lr_scale`` times the learning rate.
+    """
     for p in model.backbone.parameters():
         p.requires_grad_(False)
+    tail = model.cnn_split(cnn_split)[1] if cnn_split else None
+    tail_params = list(tail.parameters()) if tail is not None else []
+    for p in tail_params:
+        p.requires_grad_(True)
     labels = torch.tensor([s.label for s in split.train])
     arrays = []
     for v in views:
@@ -175,8 +200,11 @@ def train_cached(
         if cache_path(cache_dir, "val", v).exists()
     }
     val_labels = torch.tensor([s.label for s in split.val])
-    params = model.sequence_parameters()
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    params = model.sequence_parameters() + tail_params
+    groups = [{"params": model.sequence_parameters(), "base_lr": lr}]
+    if tail_params:
+        groups.append({"params": tail_params, "base_lr": lr * tail_lr_scale})
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(n * len(arrays) / batch_size)
     total = steps_per_epoch * epochs
     ckpt = out_dir / "checkpoint.pt"
@@ -197,6 +225,8 @@ def train_cached(
     for epoch in range(start_epoch, epochs):
         model.train()
         model.backbone.eval()
+        if tail is not None:
+            tail.train()  # its batch-norm statistics adapt too
         g = torch.Generator().manual_seed(seed * 1000 + epoch)
         order = torch.randperm(n * len(arrays), generator=g)
         t0, tot_loss, seen = time.time(), 0.0, 0
@@ -210,8 +240,8 @@ def train_cached(
             x = geometric_grid(x, k, flip)  # type: ignore[assignment]
             y = labels[sample_idx]
             for group in opt.param_groups:
-                group["lr"] = lr * _cosine(epoch * steps_per_epoch + step, total, steps_per_epoch)
-            logits = _head_logits(model, x.to(device))  # type: ignore[arg-type]
+                group["lr"] = group["base_lr"] * _cosine(epoch * steps_per_epoch + step, total, steps_per_epoch)
+            logits = _head_logits(model, x.to(device), tail)  # type: ignore[arg-type]
             loss = F.cross_entropy(logits, y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -226,7 +256,7 @@ def train_cached(
             "seconds": round(time.time() - t0, 1),
         }
         for v, maps in val_maps.items():
-            acc, f1 = _macro_f1(cached_logits(model, maps, device), val_labels, model.num_classes)
+            acc, f1 = _macro_f1(cached_logits(model, maps, device, cnn_split=cnn_split), val_labels, model.num_classes)
             rec[f"val_{v}_acc"], rec[f"val_{v}_macro_f1"] = round(acc, 4), round(f1, 4)
         history.append(rec)
         log(json.dumps(rec))
@@ -388,7 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--views", default="orig,color0", help="cached recipe: training views (see training.features)")
+    p.add_argument("--views", default=None, help="cached recipe: training views (see training.features)")
+    p.add_argument(
+        "--finetune-after",
+        default=None,
+        help="cached recipe: cache the CNN up to this backbone child, fine-tune the blocks after it ('none': frozen)",
+    )
     p.add_argument("--max-minutes", type=float, default=None, help="end2end: time box")
     p.add_argument("--teacher", default=None, help="end2end: teacher artifacts dir with teacher_train.npy")
     p.add_argument("--workers", type=int, default=0)
@@ -401,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     init = args.init_weights or defaults["init_weights"]
     epochs = args.epochs or defaults["epochs"]
     lr = args.lr or defaults["lr"]
+    views = args.views or defaults.get("views", "orig,color0")
+    cnn_split = args.finetune_after or defaults.get("finetune_after")
+    cnn_split = None if cnn_split in (None, "none") else cnn_split
     get_spec(args.model)
     out_dir = Path(args.artifacts) / args.model
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -424,21 +462,22 @@ def main(argv: list[str] | None = None) -> int:
     model = create_model(args.model, init_weights=init)
     t0 = time.time()
     if recipe == "cached":
-        cache_dir = Path(args.artifacts) / "cache" / args.model
+        cache_dir = cache_dir_for(Path(args.artifacts), args.model, cnn_split)
         from training.features import main as cache_main
 
         # computes only what is missing (a finished view is skipped)
-        jobs = ",".join(["train:orig", "val:orig", *(f"train:{v}" for v in args.views.split(",") if v != "orig")])
+        jobs = ",".join(["train:orig", "val:orig", *(f"train:{v}" for v in views.split(",") if v != "orig")])
         cache_main(
             ["--model", args.model, "--init-weights", str(init), "--cache-dir", str(cache_dir), "--jobs", jobs]
             + ["--threads", str(args.threads), "--device", args.device]
+            + (["--cut-after", cnn_split] if cnn_split else [])
             + (["--data", args.data] if args.data else [])
         )
         result = train_cached(
             model,
             split,
             cache_dir,
-            args.views.split(","),
+            views.split(","),
             out_dir,
             epochs,
             lr,
@@ -446,12 +485,18 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
             args.device,
             log,
+            cnn_split=cnn_split,
         )
         cache_seconds = 0.0
         for f in cache_dir.glob("*.json"):
             cache_seconds += float(json.loads(f.read_text()).get("seconds", 0.0))
+        frozen = (
+            f"CNN stage up to {cnn_split} frozen, blocks after it fine-tuned at 0.1x lr"
+            if cnn_split
+            else ("frozen CNN stage")
+        )
         recipe_text = (
-            f"frozen CNN stage (weights {Path(init).name}); feature maps cached for training views "
+            f"{frozen} (weights {Path(init).name}); feature maps cached for training views "
             f"{', '.join(result['views'])}; token projection + {model.spec.sequence.kind} + head trained "
             f"{epochs} epochs "
             f"on the cache with random grid flips/90-degree rotations, AdamW lr {lr}, wd 0.05, cosine, batch "
@@ -489,8 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     model.eval().cpu()
     if recipe == "cached":
         # soft labels for distillation into the other models (temperature 2)
-        maps = load_cache(Path(args.artifacts) / "cache" / args.model, "train", "orig", split.train)
-        soft = torch.softmax(cached_logits(model, maps) / 2.0, dim=1).numpy().astype(np.float32)
+        maps = load_cache(cache_dir_for(Path(args.artifacts), args.model, cnn_split), "train", "orig", split.train)
+        soft = torch.softmax(cached_logits(model, maps, cnn_split=cnn_split) / 2.0, dim=1).numpy().astype(np.float32)
         np.save(out_dir / "teacher_train.npy", soft)
     save_model(model, out_dir / "model", dtype=torch.float16)
     info_path = out_dir / "train_info.json"
@@ -498,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "recipe": recipe_text,
         "recipe_kind": recipe,
+        "cnn_split": cnn_split if recipe == "cached" else None,
         "init_weights": model.init_info,
         "data_root": str(args.data or "../shared/data/all4/original"),
         "manifest_sha256": manifest_sha256(args.data),

@@ -10,6 +10,7 @@ from PIL import Image
 from tests.conftest import DATA_ALL4
 from training.augment import PERTURBATIONS, ColorAugment, TrainAugment, geometric_grid, hue_shift, white_balance
 from training.stain import (
+    LUMINANCE_REFERENCE,
     REINHARD_REFERENCE,
     get_normalizer,
     hed_to_rgb,
@@ -18,6 +19,7 @@ from training.stain import (
     reinhard_normalize,
     rgb_to_hed,
     rgb_to_lab,
+    standardize_luminance,
 )
 
 
@@ -78,3 +80,29 @@ def test_reinhard_matches_reference(image: Image.Image) -> None:
     assert (gray[..., 0] == gray[..., 2]).all()
     with pytest.raises(KeyError, match="unknown stain"):
         get_normalizer("macenko-typo")
+
+
+def test_luminance_normaliser_removes_exposure_and_stain_changes(image: Image.Image) -> None:
+    out = np.asarray(standardize_luminance(image), dtype=np.float64)
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 0] == out[..., 2]).all()
+    assert out[..., 0].mean() == pytest.approx(LUMINANCE_REFERENCE[0], abs=2.0)
+    assert out[..., 0].std() == pytest.approx(LUMINANCE_REFERENCE[1], rel=0.1)
+    assert get_normalizer("luminance") is standardize_luminance
+    scale = out[..., 0].std()
+
+    def change(other: Image.Image) -> float:
+        # mean absolute change, in units of the image's own spread
+        return float(np.abs(np.asarray(standardize_luminance(other), dtype=np.float64) - out).mean() / scale)
+
+    def raw_change(other: Image.Image) -> float:
+        a, b = (np.asarray(im.convert("L"), dtype=np.float64) for im in (other, image))
+        return float(np.abs(a - b).mean() / b.std())
+
+    darker = Image.fromarray((np.asarray(image, dtype=np.float64) * 0.8).astype(np.uint8))
+    for other in (reinhard_normalize(image), darker, PERTURBATIONS["grayscale"](image)):
+        assert change(other) < 0.05
+    # Reinhard normalisation moves raw luminance by far more than that
+    assert raw_change(reinhard_normalize(image)) > 0.2
+    # a flat image is shifted, not blown up
+    flat = np.asarray(standardize_luminance(Image.new("RGB", (8, 8), (90, 90, 90))))
+    assert (np.abs(flat.astype(int) - round(LUMINANCE_REFERENCE[0])) <= 1).all()

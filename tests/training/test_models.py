@@ -153,3 +153,21 @@ def test_describe_command_prints_every_model() -> None:
     ).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("mobilenetv3_lstm"))
     assert f" {get_spec('mobilenetv3_lstm').input_size} " in line and "lstm" in line
+
+
+@pytest.mark.parametrize(
+    ("name", "cut"), [("xception_bigru", "block12"), ("effnetb3_bigru", "blocks"), ("mobilenetv3_lstm", "bn1")]
+)
+def test_cnn_split_composes_to_the_cnn_stage(name: str, cut: str) -> None:
+    model = create_model(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    stem, tail = model.cnn_split(cut)
+    with torch.no_grad():
+        assert torch.equal(tail(stem(x)), model.forward_cnn(x))
+        whole, identity = model.cnn_split(None)
+        assert torch.equal(identity(whole(x)), model.forward_cnn(x))
+    # the tail's parameters are the backbone's own, so training it trains the model
+    backbone_ids = {id(p) for p in model.backbone.parameters()}
+    assert {id(p) for p in tail.parameters()} <= backbone_ids
+    with pytest.raises(ValueError, match="cannot cut"):
+        model.cnn_split("global_pool")

@@ -52,31 +52,57 @@ def test_end2end_lowers_loss_and_resumes(tiny_split: Split, tmp_path: Path) -> N
     assert torch.allclose(loaded(x), model2.eval().float()(x), atol=5e-2)
 
 
-def test_cached_recipe_lowers_loss(tiny_split: Split, tmp_path: Path) -> None:
-    """The cached recipe on fake-but-separable feature maps written in the cache format."""
+def _write_separable_cache(split: Split, cache_dir: Path, channels: int, side: int) -> None:
+    """Fake-but-separable maps in the cache format: the class signal sits in channel = label."""
     from training.features import cache_path
 
-    torch.set_num_threads(2)
-    seed_everything(0)
-    spec = dataclasses.replace(get_spec("mobilenetv3_lstm"), input_size=64)
-    model = HybridClassifier(spec)
-    c = int(model.backbone.num_features)
-    cache_dir = tmp_path / "cache"
     cache_dir.mkdir()
     rng = np.random.default_rng(0)
-    labels = np.array([s.label for s in tiny_split.train])
-    for part, samples in (("train", tiny_split.train), ("val", tiny_split.val)):
+    for part, samples in (("train", split.train), ("val", split.val)):
         lab = np.array([s.label for s in samples])
-        maps = rng.normal(size=(len(samples), c, 2, 2)).astype(np.float16)
-        maps[np.arange(len(samples)), lab] += 8.0  # class signal in channel = label
+        maps = rng.normal(size=(len(samples), channels, side, side)).astype(np.float16)
+        maps[np.arange(len(samples)), lab] += 8.0
         np.save(cache_path(cache_dir, part, "orig"), maps)
         cache_path(cache_dir, part, "orig").with_suffix(".json").write_text(
             json.dumps({"relpaths": [s.relpath for s in samples]})
         )
+
+
+def test_cached_recipe_lowers_loss(tiny_split: Split, tmp_path: Path) -> None:
+    """The cached recipe (frozen CNN) on fake-but-separable feature maps."""
+    torch.set_num_threads(2)
+    seed_everything(0)
+    spec = dataclasses.replace(get_spec("mobilenetv3_lstm"), input_size=64)
+    model = HybridClassifier(spec)
+    _write_separable_cache(tiny_split, tmp_path / "cache", int(model.backbone.num_features), 2)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     log = _Log(tmp_path / "train.log")
-    res = train_cached(model, tiny_split, cache_dir, ["orig", "gray"], tmp_path, 8, 5e-3, 8, 0, "cpu", log)
+    res = train_cached(model, tiny_split, tmp_path / "cache", ["orig", "gray"], tmp_path, 8, 5e-3, 8, 0, "cpu", log)
     assert res["views"] == ["orig"]
     losses = [h["train_loss"] for h in res["history"]]
     assert losses[-1] < losses[0]
     assert res["history"][-1]["val_orig_acc"] >= 0.5
-    del labels
+    assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
+
+
+def test_cached_recipe_fine_tunes_the_cnn_tail(tiny_split: Split, tmp_path: Path) -> None:
+    """With a cut, the cache holds the stem's maps and the blocks after the cut train; the stem does not."""
+    torch.set_num_threads(2)
+    seed_everything(0)
+    spec = dataclasses.replace(get_spec("effnetb3_bigru"), input_size=64)
+    model = HybridClassifier(spec)
+    stem, tail = model.cnn_split("blocks")
+    with torch.no_grad():
+        channels = int(stem(torch.zeros(1, 3, 64, 64)).shape[1])
+    _write_separable_cache(tiny_split, tmp_path / "cache", channels, 2)
+    stem_before = {k: v.clone() for k, v in stem.state_dict().items()}
+    tail_before = {k: v.clone() for k, v in tail.state_dict().items()}
+    log = _Log(tmp_path / "train.log")
+    res = train_cached(
+        model, tiny_split, tmp_path / "cache", ["orig"], tmp_path, 8, 5e-3, 8, 0, "cpu", log, cnn_split="blocks"
+    )
+    losses = [h["train_loss"] for h in res["history"]]
+    assert losses[-1] < losses[0], losses
+    assert res["history"][-1]["val_orig_acc"] >= 0.5
+    assert all(torch.equal(stem_before[k], v) for k, v in stem.state_dict().items())
+    assert any(not torch.equal(tail_before[k], v) for k, v in tail.state_dict().items())
