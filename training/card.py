@@ -217,6 +217,15 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"Abstention: below confidence {_fmt(card['abstain_threshold'])} the model abstains (refer for manual review); "
         f"on validation the accepted predictions are {_fmt(ab.get('accepted_accuracy'))} accurate at coverage "
         f"{_fmt(ab.get('coverage'))} (threshold and temperature were fitted on the same blocks: optimistic).",
+    ]
+    cross = cal.get("cross_fitted")
+    if cross:
+        lines.append(
+            f"Cross-fitted over {cross['folds']} folds of validation blocks (fitted on one, measured on the other): "
+            f"ECE {_fmt(cross['ece_after'])}, coverage {_fmt(cross['coverage'])}, accepted accuracy "
+            f"{_fmt(cross['accepted_accuracy'])}: the estimate for blocks the calibration has not seen."
+        )
+    lines += [
         "",
     ]
     per_class = metrics.get("original", {}).get("per_class", {})

@@ -9,6 +9,7 @@ from training.calibrate import (
     abstention_threshold,
     classification_metrics,
     confusion_matrix,
+    cross_fitted_calibration,
     expected_calibration_error,
     fit_temperature,
     per_class_prf,
@@ -70,6 +71,27 @@ def test_abstention_threshold() -> None:
     assert r["threshold"] == pytest.approx(0.7)  # 5/6 correct overall
     none = abstention_threshold(np.array([[0.9, 0.1]]), np.array([1]), 0.98)
     assert none["coverage"] == 0.0
+
+
+def test_cross_fitted_calibration_fits_on_other_blocks() -> None:
+    rng = np.random.default_rng(1)
+    true_logits = rng.normal(size=(2000, 4)) * 2.0
+    labels = np.array([rng.choice(4, p=p) for p in softmax(true_logits)])
+    blocks = [f"b{i // 50:02d}" for i in range(2000)]  # 40 blocks of 50
+    r = cross_fitted_calibration(true_logits * 3.0, labels, blocks, folds=2)
+    assert r["folds"] == 2 and len(r["temperatures"]) == 2 and len(r["thresholds"]) == 2
+    assert r["temperatures"] == pytest.approx([3.0, 3.0], rel=0.15)
+    assert r["ece_after"] < expected_calibration_error(softmax(true_logits * 3.0), labels)
+    assert 0.0 < r["coverage"] < 1.0
+    assert r["accepted_accuracy"] >= 0.95
+    # a fold's threshold comes from the other fold only: one block of confident errors in fold 0
+    # raises fold 1's threshold and leaves fold 0's alone
+    bad_logits, bad_labels = true_logits * 3.0, labels.copy()
+    bad_block = [i for i, b in enumerate(blocks) if b == sorted(set(blocks))[0]]
+    bad_labels[bad_block] = (bad_logits[bad_block].argmax(axis=1) + 1) % 4
+    r_bad = cross_fitted_calibration(bad_logits, bad_labels, blocks, folds=2)
+    assert r_bad == cross_fitted_calibration(bad_logits, bad_labels, blocks, folds=2)  # deterministic
+    assert r_bad["thresholds"] != r["thresholds"]
 
 
 def test_histogram_baseline_features() -> None:
