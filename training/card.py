@@ -84,11 +84,25 @@ def base_card(spec: ModelSpec, parameters: int, init_weights: dict[str, Any]) ->
         ),
         "limitations": [
             "Trained on one public data set from one hospital (Taleqani Hospital, Tehran); not clinically validated.",
-            "Class is confounded with acquisition colour in the training data; see the perturbation metrics.",
+            "Class is confounded with acquisition colour and exposure in the training data. Colour-normalised "
+            "inputs (grayscale, or per-image standardised luminance) remove that route, but other acquisition "
+            "differences (focus, magnification, cell density) may still carry class information; see the "
+            "perturbation metrics and the colour-histogram baseline.",
             "Training frames are 4:3 microscope frames squashed to a square; inputs are resized the same way.",
             "Decision support only: every result must be reviewed and signed off by qualified staff.",
         ],
     }
+
+
+_NORMALISATION_TEXT: dict[str | None, str] = {
+    None: "none",
+    "grayscale": "grayscale (ITU-R 601 luminance, colour removed)",
+    "luminance": (
+        "luminance (ITU-R 601), standardised per image to the training set's mean/std: colour, exposure and "
+        "contrast removed (training.stain.standardize_luminance)"
+    ),
+    "reinhard": "Reinhard LAB normalisation to the training reference",
+}
 
 
 def validate_card(card: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +180,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     training = card.get("training", {})
     gate = card.get("smear_gate", {})
     init = card.get("init_weights", {})
+    norm = card["stain_normalization"]
     lines = [
         f"# Model card: {card['name']} (version {card['version']})",
         "",
@@ -179,7 +194,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"- Parameters: {arch.get('parameters'):,}" if isinstance(arch.get("parameters"), int) else "- Parameters: n/a",
         f"- Input: whole frame resized (squashed) to {card['input_size']}x{card['input_size']}, "
         f"{card['interpolation']} interpolation, mean {card['mean']}, std {card['std']}",
-        f"- Stain / colour normalisation: {card['stain_normalization'] or 'none'}",
+        f"- Stain / colour normalisation: {_NORMALISATION_TEXT.get(norm, norm)}",
         f"- Classes (logit order): {', '.join(card['classes'])}",
         "",
         "## Initial weights",
