@@ -5,8 +5,9 @@ DATA ?=
 DEVICE ?= $(shell $(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
 THREADS ?= 2
 TRAIN_ARGS ?=
-MAX_MINUTES ?= 40
-TEACHER ?= $(ARTIFACTS)/xception_bigru
+MAX_MINUTES ?= 55
+# distillation is optional: TEACHER=artifacts/xception_bigru uses its soft labels (the shipped models do not)
+TEACHER ?=
 DATA_ARG := $(if $(DATA),--data $(DATA),)
 
 .PHONY: train train-all evaluate smear-gate
@@ -15,13 +16,13 @@ DATA_ARG := $(if $(DATA),--data $(DATA),)
 train: setup
 	$(PY) -m training.train --model $(MODEL) --artifacts $(ARTIFACTS) --device $(DEVICE) --threads $(THREADS) $(DATA_ARG) $(TRAIN_ARGS)
 
-# The teacher first (frozen Xception + cached features), then the random-init models distilled from it,
-# then effnetb3_vit on effnetb3_bigru's CNN stage.
+# Xception first (frozen stem + cached features, last blocks fine-tuned), then the random-init models
+# (time-boxed, optionally distilled from TEACHER), then effnetb3_vit on effnetb3_bigru's CNN stage.
 train-all: setup
 	$(PY) -m training.train --model xception_bigru --artifacts $(ARTIFACTS) --device $(DEVICE) --threads $(THREADS) $(DATA_ARG)
 	for m in mobilenetv3_lstm effnetb3_bigru; do \
 	  $(PY) -m training.train --model $$m --artifacts $(ARTIFACTS) --device $(DEVICE) --threads $(THREADS) $(DATA_ARG) \
-	    --teacher $(TEACHER) --max-minutes $(MAX_MINUTES) $(TRAIN_ARGS); \
+	    $(if $(TEACHER),--teacher $(TEACHER),) --max-minutes $(MAX_MINUTES) $(TRAIN_ARGS); \
 	done
 	# effnetb3_vit shares effnetb3_bigru's trained CNN stage (frozen) and trains its transformer on cached maps
 	$(PY) -m training.train --model effnetb3_vit --artifacts $(ARTIFACTS) --device $(DEVICE) --threads $(THREADS) $(DATA_ARG) \

@@ -70,8 +70,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "finetune_after": "block12",
         "views": "orig,color0",
     },
-    "mobilenetv3_lstm": {"recipe": "end2end", "init_weights": "random", "epochs": 30, "lr": 2e-3},
-    "effnetb3_bigru": {"recipe": "end2end", "init_weights": "random", "epochs": 30, "lr": 2e-3},
+    "mobilenetv3_lstm": {"recipe": "end2end", "init_weights": "random", "epochs": 30, "lr": 3e-3},
+    "effnetb3_bigru": {"recipe": "end2end", "init_weights": "random", "epochs": 30, "lr": 3e-3},
     # shares effnetb3_bigru's trained CNN stage (frozen): train effnetb3_bigru first
     "effnetb3_vit": {"recipe": "cached", "init_weights": "artifacts/effnetb3_bigru/model", "epochs": 12, "lr": 1e-3},
 }
