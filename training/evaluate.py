@@ -127,9 +127,8 @@ def model_logits(
     With a frozen CNN stage (or stem, cut after ``cnn_split``), cached maps of the same images are
     used (identical to running the frozen part); otherwise the model runs on the images.
     """
+    # (no shortcut for "grayscale" with a luminance-only model: after resizing, the rounding differs)
     view = "orig" if perturbation is None else PERTURBATION_VIEW[perturbation]
-    if perturbation == "grayscale" and model.spec.stain_normalization in ("grayscale", "luminance"):
-        view = "orig"  # the model's own normaliser makes the input identical
     if cache_dir is not None and cache_path(cache_dir, "val", view).exists():
         logits, pooled = _cached_outputs(model, load_cache(cache_dir, "val", view, split.val), cnn_split)
         return logits, pooled, f"cached frozen-CNN maps ({view})"
