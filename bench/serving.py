@@ -456,14 +456,24 @@ def render_markdown(results: dict, plot_name: str) -> str:
             c = r["torchserve"]["cpu_ms_per_image_c8"]
             cells = [c.get(k) for k in ("in_process", "ts_worker", "ts_frontend", "ts_client")]
             lines.append(f"| {m} | " + " | ".join(str(v) for v in cells) + " |")
-    lines += [
-        "",
-        "Reading: the TorchServe worker runs the same code as the in-process side (the same ModelRuntime), "
-        "yet spends 10-25% more CPU per image (its protocol, per-request metrics and logging), and the "
-        "frontend adds a few ms of CPU per request (table above). On two cores, with one worker per model, "
-        "that extra CPU is what separates TorchServe from the in-process limit at c=8; it weighs most on the "
-        "small models, whose forward pass costs least.",
-    ]
+        ratios = {
+            m: r["torchserve"]["cpu_ms_per_image_c8"]["ts_worker"]
+            / r["torchserve"]["cpu_ms_per_image_c8"]["in_process"]
+            for m, r in results["models"].items()
+        }
+        frontend = [r["torchserve"]["cpu_ms_per_image_c8"]["ts_frontend"] for r in results["models"].values()]
+        lines += [
+            "",
+            "Reading (from this run's numbers): the TorchServe worker runs the same code as the in-process side "
+            "(the same ModelRuntime) and spends "
+            + ", ".join(f"{ratios[m]:.2f}x" for m in ratios)
+            + " its CPU per image ("
+            + ", ".join(ratios)
+            + f"); the frontend adds {min(frontend)}-{max(frontend)} ms of CPU per request. On two cores, with one "
+            "worker per model, the frontend's share weighs most on the small models, whose forward pass costs "
+            "least. CPU per image for the same code varies between runs on this shared machine (tens of percent), "
+            "so compare the two sides within one run.",
+        ]
     lines += [
         "",
         "Memory: per-model worker RSS after its run: "
