@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     model = model.eval().to(args.device)
     spec = model.spec
     stem = model.cnn_split(args.cut_after)[0]
-    cache_dir = Path(args.cache_dir or f"artifacts/cache/{args.model}")
+    cache_dir = Path(args.cache_dir) if args.cache_dir else cache_dir_for(Path("artifacts"), args.model, args.cut_after)
     cache_dir.mkdir(parents=True, exist_ok=True)
     split = load_split(args.data)
     for job in args.jobs.split(","):
