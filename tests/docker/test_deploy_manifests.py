@@ -1,0 +1,369 @@
+"""Deployment files checked offline: the same checks as `make compose-check` (docker/validate.py), proof
+that a typo fails them, and the facts the images and manifests rely on (torch-free portal image,
+non-root users, health checks, start order, KServe storage layout)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKER = REPO / "docker"
+K8S = DOCKER / "k8s"
+DOCKERFILES = sorted(p for p in DOCKER.glob("Dockerfile.*") if p.suffix != ".dockerignore")
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+validate = _load("deploy_validate", DOCKER / "validate.py")
+kserve_layout = _load("deploy_kserve_layout", DOCKER / "kserve_layout.py")
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load((DOCKER / "compose.yaml").read_text())
+
+
+# --- the checks pass on the repository, and fail on a typo ------------------------------------------
+
+
+def test_compose_matches_compose_spec() -> None:
+    assert validate.check_compose(DOCKER / "compose.yaml") == []
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("    depends_on:\n", "    depend_on:\n"),
+        ("    healthcheck:\n", "    healthchek:\n"),
+        ("  uploads: {}", "  uploads: 3"),
+    ],
+)
+def test_compose_typo_is_rejected(tmp_path: Path, old: str, new: str) -> None:
+    text = (DOCKER / "compose.yaml").read_text()
+    assert old in text
+    (tmp_path / "compose.yaml").write_text(text.replace(old, new, 1))
+    errors = validate.check_compose(tmp_path / "compose.yaml")
+    assert errors and "compose-spec" in errors[0]
+
+
+def test_dockerfiles_pass_hadolint() -> None:
+    assert {p.name for p in DOCKERFILES} >= {"Dockerfile.portal", "Dockerfile.torchserve", "Dockerfile.kserve"}
+    assert validate.check_dockerfiles(DOCKERFILES) == []
+
+
+def test_dockerfile_finding_fails(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile.bad"
+    bad.write_text("FROM python:latest\nRUN cd /tmp && ls\n")
+    errors = validate.check_dockerfiles([bad])
+    assert errors and "DL3007" in errors[0]
+
+
+def test_every_k8s_manifest_renders_and_matches_its_schema() -> None:
+    assert validate.check_k8s(K8S) == []
+    rendered = validate.render(K8S / "base")
+    kinds = sorted({f"{o['apiVersion']}/{o['kind']}" for o in rendered})
+    assert kinds == [
+        "apps/v1/Deployment",
+        "autoscaling/v2/HorizontalPodAutoscaler",
+        "batch/v1/Job",
+        "networking.k8s.io/v1/NetworkPolicy",
+        "policy/v1/PodDisruptionBudget",
+        "serving.kserve.io/v1alpha1/ServingRuntime",
+        "serving.kserve.io/v1beta1/InferenceService",
+        "v1/ConfigMap",
+        "v1/PersistentVolumeClaim",
+        "v1/Secret",
+        "v1/Service",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("manifest", "old", "new", "expect"),
+    [
+        ("portal-web.yaml", "  replicas: 2\n", "  replcias: 2\n", "'replcias' was unexpected"),
+        ("portal-web.yaml", "      automountServiceAccountToken:", "      automountServiceAcountToken:", "unexpected"),
+        ("portal-worker.yaml", "averageUtilization: 60", "averageUtilisation: 60", "'averageUtilisation'"),
+        ("migrate-job.yaml", "  backoffLimit: 4", "  backoffLimit: four", "is not of type"),
+        ("kserve-models.yaml", "    scaleTarget: 2", "    scaleTaget: 2", "'scaleTaget' was unexpected"),
+        ("kserve-models.yaml", "      storageUri: pvc", "      storageURI: pvc", "'storageURI' was unexpected"),
+        ("kserve-runtime.yaml", "  supportedModelFormats:", "  supportedModelFormat:", "unexpected"),
+        ("portal-web.yaml", "kind: PodDisruptionBudget", "kind: PodDisruptionBudgett", "no vendored schema"),
+        ("uploads-pvc.yaml", "  accessModes:", "  accesModes:", "'accesModes' was unexpected"),
+    ],
+)
+def test_k8s_typo_is_rejected(tmp_path: Path, manifest: str, old: str, new: str, expect: str) -> None:
+    root = tmp_path / "k8s"
+    shutil.copytree(K8S, root)
+    path = root / "base" / manifest
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {manifest}"
+    path.write_text(text.replace(old, new, 1))
+    errors = validate.check_k8s(root)
+    assert any(expect in e for e in errors), errors
+
+
+def test_kustomization_typo_and_unlisted_manifest_are_rejected(tmp_path: Path) -> None:
+    root = tmp_path / "k8s"
+    shutil.copytree(K8S, root)
+    (root / "base" / "extra.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    kust = root / "overlays" / "example" / "kustomization.yaml"
+    kust.write_text(kust.read_text().replace("\nresources:", "\nresource:", 1))
+    errors = validate.check_k8s(root)
+    assert any("unknown field" in e and "resource" in e for e in errors), errors
+    assert any("extra.yaml: not listed" in e for e in errors), errors
+
+
+def test_make_target_runs_the_same_checks() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(DOCKER / "validate.py")], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "all passed" in proc.stdout
+    assert "docker/validate.py" in (REPO / "mk" / "deploy.mk").read_text()
+
+
+def test_vendored_schema_index_is_complete() -> None:
+    index = json.loads((DOCKER / "schemas" / "index.json").read_text())
+    for relpath in index.values():
+        schema = json.loads((DOCKER / "schemas" / relpath).read_text())
+        assert schema["$defs"], relpath
+    readme = (DOCKER / "schemas" / "README.md").read_text()
+    assert "kubernetes-validate" in readme and "kserve" in readme and "1.37.0" in readme and "0.21.0" in readme
+
+
+# --- images ------------------------------------------------------------------------------------------
+
+
+def _instructions(dockerfile: Path, name: str) -> list[str]:
+    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    return [line.split(None, 1)[1] for line in text.splitlines() if line.upper().startswith(name + " ")]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_run_unprivileged_with_pinned_bases(dockerfile: Path) -> None:
+    users = _instructions(dockerfile, "USER")
+    assert users and users[-1].split(":")[0] not in {"0", "root"}
+    for arg in _instructions(dockerfile, "ARG"):
+        if "_IMAGE=" in arg:
+            assert re.search(r":\d+\.\d+\.\d+", arg), f"base not pinned to an exact version: {arg}"
+    # no secret baked into a layer: any secret-like assignment is a build-only placeholder
+    for value in re.findall(r"(?i)\w*(?:password|secret_key|token)\w*=(\S+)", dockerfile.read_text()):
+        assert "placeholder" in value, value
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.portal", "Dockerfile.torchserve"])
+def test_images_have_healthchecks(name: str) -> None:
+    (check,) = _instructions(DOCKER / name, "HEALTHCHECK")
+    script = re.search(r'"(docker/[\w/]+healthcheck\.py)"', check)
+    assert script and (REPO / script.group(1)).is_file()
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_portal_image_is_torch_free_and_carries_every_handler_module_it_imports() -> None:
+    portal_imports = set().union(*(_imports(p) for p in (REPO / "portal").rglob("*.py")))
+    assert not {m for m in portal_imports if m.split(".")[0] in {"torch", "torchvision", "timm", "training"}}
+    copied = set(re.findall(r"handlers/(\w+)\.py", " ".join(_instructions(DOCKER / "Dockerfile.portal", "COPY"))))
+    # handlers modules the portal imports, and what those import in turn
+    needed = {m.split(".")[1] for m in portal_imports if m.startswith("handlers.")} | {"__init__"}
+    todo = list(needed)
+    while todo:
+        for m in _imports(REPO / "handlers" / f"{todo.pop()}.py"):
+            assert m.split(".")[0] not in {"torch", "torchvision", "timm", "training"}, m
+            if m.startswith("handlers.") and m.split(".")[1] not in needed:
+                needed.add(m.split(".")[1])
+                todo.append(m.split(".")[1])
+    assert needed <= copied, f"Dockerfile.portal must COPY handlers/{sorted(needed - copied)}"
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep, f"{path.name}: not an exact pin: {line}"
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def test_portal_requirements_are_torch_free_pins_agreeing_with_the_lock() -> None:
+    portal = _pins(REPO / "requirements" / "portal.txt")
+    lock = _pins(REPO / "requirements" / "lock.txt")
+    assert not set(portal) & {"torch", "torchvision", "timm", "torchserve"}
+    assert {"django", "gunicorn", "whitenoise", "django-q2", "mysqlclient", "numpy", "pillow"} <= set(portal)
+    for name, version in portal.items():
+        if name in lock:
+            assert lock[name] == version, f"{name}: portal.txt {version}, lock.txt {lock[name]}"
+
+
+def test_torchserve_requirements_agree_with_the_lock() -> None:
+    serving = _pins(DOCKER / "torchserve" / "requirements.txt")
+    lock = _pins(REPO / "requirements" / "lock.txt")
+    assert serving["torch"] == "2.13.0+cpu" and "django" not in serving
+    for name, version in serving.items():
+        if name in lock:
+            assert lock[name] == version.split("+")[0], name
+
+
+class _Healthz(BaseHTTPRequestHandler):
+    seen: list[dict[str, str]] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.seen.append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def healthz_server() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Healthz)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_portal_healthcheck_probes_healthz_as_the_proxy_would(healthz_server: int) -> None:
+    env = {"PORTAL_BIND": f"0.0.0.0:{healthz_server}", "DJANGO_ALLOWED_HOSTS": ".lab.example.org,*", "PATH": ""}
+    script = str(DOCKER / "portal" / "healthcheck.py")
+    proc = subprocess.run([sys.executable, script], env=env, capture_output=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert _Healthz.seen[-1]["path"] == "/healthz"
+    assert _Healthz.seen[-1]["host"] == "lab.example.org"
+    assert _Healthz.seen[-1]["x-forwarded-proto"] == "https"
+    down = {**env, "PORTAL_BIND": "127.0.0.1:1"}
+    assert subprocess.run([sys.executable, script], env=down, capture_output=True, timeout=30).returncode == 1
+
+
+# --- compose: start order, secrets, volumes ------------------------------------------------------------
+
+
+def test_compose_start_order_secrets_and_volumes() -> None:
+    compose = _compose()
+    services = compose["services"]
+    assert set(services) == {"mariadb", "torchserve", "migrate", "web", "worker", "proxy"}
+    assert services["mariadb"]["image"].startswith("mariadb:10.11.")
+    assert "healthcheck" in services["mariadb"] and "mariadb-data:/var/lib/mysql" in services["mariadb"]["volumes"]
+    assert services["migrate"]["depends_on"]["mariadb"]["condition"] == "service_healthy"
+    for name in ("web", "worker"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert "uploads:/var/lib/leukemia/storage" in services[name]["volumes"]
+        assert "ts-run:/run/torchserve:ro" in services[name]["volumes"]
+    assert services["worker"]["depends_on"]["torchserve"]["condition"] == "service_healthy"
+    assert services["proxy"]["depends_on"]["web"]["condition"] == "service_healthy"
+    assert "ts-run:/srv/leukemia/run" in services["torchserve"]["volumes"]
+    assert set(compose["secrets"]) == {"db_root_password", "tls_cert", "tls_key"}
+    # every secret-looking value is an interpolation from the lab's env file, never a literal
+    for service in services.values():
+        for key, value in (service.get("environment") or {}).items():
+            if re.search(r"SECRET|PASSWORD|DATABASE_URL", key) and not key.endswith("_FILE"):
+                assert "${" in str(value), f"{key} is a literal"
+    assert (DOCKER / ".gitignore").read_text().split().count("lab.env") == 1
+
+
+# --- Kubernetes / KServe facts ---------------------------------------------------------------------------
+
+
+def _rendered(kind: str) -> list[dict[str, Any]]:
+    return [o for o in validate.render(K8S / "base") if o["kind"] == kind]
+
+
+def _models() -> list[str]:
+    props = kserve_layout.parse_properties((DOCKER / "torchserve" / "config.properties").read_text())
+    return sorted(json.loads(props["models"]))
+
+
+def test_one_inference_service_per_model_with_its_own_target() -> None:
+    services = _rendered("InferenceService")
+    by_model = {s["spec"]["predictor"]["model"]["storageUri"].rsplit("/", 1)[1]: s for s in services}
+    assert sorted(by_model) == _models()
+    for name, isvc in by_model.items():
+        predictor = isvc["spec"]["predictor"]
+        assert predictor["model"]["modelFormat"]["name"] == "pytorch"
+        assert predictor["model"]["runtime"] == "leukemia-torchserve"
+        assert predictor["scaleMetric"] == "concurrency" and predictor["scaleTarget"] >= 1
+        assert isvc["metadata"]["name"] == name.replace("_", "-")
+    (runtime,) = _rendered("ServingRuntime")
+    args = runtime["spec"]["containers"][0]["args"]
+    assert "--model-store=/mnt/models/model-store" in args
+    assert "--ts-config=/mnt/models/config/config.properties" in args
+
+
+def test_portal_pods_share_uploads_and_web_is_protected() -> None:
+    (pvc,) = [p for p in _rendered("PersistentVolumeClaim") if p["metadata"]["name"] == "leukemia-uploads"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    deployments = {d["metadata"]["name"]: d for d in _rendered("Deployment")}
+    for d in deployments.values():
+        pod = d["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert {"name": "uploads", "persistentVolumeClaim": {"claimName": "leukemia-uploads"}} in pod["volumes"]
+    web = deployments["leukemia-portal-web"]["spec"]["template"]["spec"]["containers"][0]
+    assert web["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert web["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    targets = {h["spec"]["scaleTargetRef"]["name"] for h in _rendered("HorizontalPodAutoscaler")}
+    assert targets == {"leukemia-portal-web", "leukemia-portal-worker"}
+    (pdb,) = _rendered("PodDisruptionBudget")
+    assert (
+        pdb["spec"]["selector"]["matchLabels"] == deployments["leukemia-portal-web"]["spec"]["selector"]["matchLabels"]
+    )
+    (job,) = _rendered("Job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == ["migrate", "--noinput"]
+
+
+def test_kserve_storage_layout(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    for name in ("xception_bigru", "mobilenetv3_lstm"):
+        (store / f"{name}.mar").write_bytes(b"PK-not-a-real-archive")
+    roots = kserve_layout.write_layout(store, tmp_path / "out")
+    assert sorted(r.name for r in roots) == ["mobilenetv3_lstm", "xception_bigru"]
+    root = tmp_path / "out" / "xception_bigru"
+    assert (root / "model-store" / "xception_bigru.mar").read_bytes() == b"PK-not-a-real-archive"
+    props = kserve_layout.parse_properties((root / "config" / "config.properties").read_text())
+    assert props["inference_address"] == "http://127.0.0.1:8085"
+    assert props["model_store"] == "/mnt/models/model-store"
+    assert props["enable_envvars_config"] == "true" and props["disable_token_authorization"] == "true"
+    assert "load_models" not in props and "models" not in props
+    snapshot = json.loads(props["model_snapshot"])
+    assert snapshot["modelCount"] == 1 and list(snapshot["models"]) == ["xception_bigru"]
+    (version,) = snapshot["models"]["xception_bigru"].values()
+    base = json.loads(
+        kserve_layout.parse_properties((DOCKER / "torchserve" / "config.properties").read_text())["models"]
+    )
+    assert version == base["xception_bigru"]["1.0"]
+    assert re.fullmatch(
+        props["allowed_urls"].replace("\\\\", "\\"), "file:///mnt/models/model-store/xception_bigru.mar"
+    )
