@@ -4,8 +4,10 @@ The gradient of the predicted class's logit is taken with respect to the CNN fea
 (:meth:`~training.models.HybridClassifier.forward_cnn`, shape ``(1, C, H, W)``); channel weights are
 the spatially averaged gradients, the map is ``ReLU(sum_c w_c * A_c)`` scaled to 0..1. Only the
 sequence stage and head run with gradients (the CNN runs once without), so an explanation costs
-about one forward pass plus a small backward pass. The grid covers the whole frame (the model
-squashes the frame), so it is stretched over the original image for the overlay.
+about one forward pass plus a small backward pass; the logits and pooled features of that one pass
+are returned too, so an explanation answers the prediction as well without a second forward. The
+grid covers the whole frame (the model squashes the frame), so it is stretched over the original
+image for the overlay.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class CamResult:
     grid: np.ndarray  # (H, W) float in [0, 1]
     class_index: int
     logits: torch.Tensor  # (num_classes,)
+    pooled: torch.Tensor  # (num_features,): the head's input (``forward_head(..., pre_logits=True)``)
 
 
 def grad_cam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = None) -> CamResult:
@@ -54,14 +57,16 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = 
         with torch.no_grad():
             fmap = model.forward_cnn(x)  # type: ignore[operator]
         fmap = fmap.detach().clone().requires_grad_(True)
-        logits = model.forward_head(model.forward_sequence(fmap))[0]  # type: ignore[operator]
+        tokens = model.forward_sequence(fmap)  # type: ignore[operator]
+        pooled = model.forward_head(tokens, pre_logits=True)[0]  # type: ignore[operator]
+        logits = model.forward_head(tokens)[0]  # type: ignore[operator]
         idx = int(logits.argmax()) if class_index is None else int(class_index)
         (grads,) = torch.autograd.grad(logits[idx], fmap)
     weights = grads.mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * fmap.detach()).sum(dim=1))[0]
     peak = float(cam.max())
     grid = (cam / peak).numpy() if peak > 0 else torch.zeros_like(cam).numpy()
-    return CamResult(grid=grid.astype(np.float64), class_index=idx, logits=logits.detach())
+    return CamResult(grid=grid.astype(np.float64), class_index=idx, logits=logits.detach(), pooled=pooled.detach())
 
 
 def colorize(grid: np.ndarray) -> np.ndarray:

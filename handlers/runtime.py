@@ -199,28 +199,41 @@ class ModelRuntime:
         return out
 
     def explain(self, row: Any) -> dict[str, Any]:
-        """Grad-CAM for the predicted class of one request row (raises RequestError)."""
-        t0 = time.perf_counter()
+        """The prediction body for one request row plus its Grad-CAM heatmap (raises RequestError).
+
+        One CNN pass serves both: the same logits give the probabilities, label and abstention (with
+        the semantics of :meth:`predict`: ``label`` null when abstained), the same pooled features
+        feed the smear gate. The heatmap explains the most probable class (``explained_class``),
+        also when the model abstains.
+        """
         p = self.prepare(row)
         x = p.tensor.unsqueeze(0)
-        logits, pooled = self.forward(x)
-        quality = self.gate_check(p.decoded, pooled[0])
+        t0 = time.perf_counter()
         cam = grad_cam(self.model, x)
+        inference_ms = _ms(t0)
+        t1 = time.perf_counter()
+        quality = self.gate_check(p.decoded, cam.pooled)
+        gate_ms = _ms(t1)
+        t2 = time.perf_counter()
         probs = calibrated_probabilities(cam.logits, self.temperature).tolist()
-        confidence = probs[cam.class_index]
-        return {
-            "model": self.name,
-            "version": self.version,
-            "label": self.classes[cam.class_index],
-            "class_index": cam.class_index,
-            "confidence": confidence,
-            "abstained": confidence < self.abstain_threshold,
-            "probabilities": dict(zip(self.classes, probs, strict=True)),
-            "quality": quality,
-            "method": "grad-cam",
-            "layer": "forward_cnn",
-            "grid": [[round(float(v), 5) for v in row_] for row_ in cam.grid],
-            "grid_shape": [int(cam.grid.shape[0]), int(cam.grid.shape[1])],
-            "overlay_png_base64": overlay_png_base64(p.decoded.image, cam.grid),
-            "timing_ms": {"total": round(_ms(t0), 3)},
-        }
+        body = build_prediction(
+            probs,
+            classes=self.classes,
+            model=self.name,
+            version=self.version,
+            abstain_threshold=self.abstain_threshold,
+            quality=quality,
+            timing_ms=dict(p.timing_ms, inference=inference_ms, gate=gate_ms),
+        )
+        body.update(
+            explained_class=self.classes[cam.class_index],
+            method="grad-cam",
+            layer="forward_cnn",
+            grid=[[round(float(v), 5) for v in row_] for row_ in cam.grid],
+            grid_shape=[int(cam.grid.shape[0]), int(cam.grid.shape[1])],
+            overlay_png_base64=overlay_png_base64(p.decoded.image, cam.grid),
+        )
+        body["timing_ms"]["explain"] = round(_ms(t2), 3)
+        body["timing_ms"]["total"] = round(sum(body["timing_ms"].values()), 3)
+        body["batch_size"] = 1
+        return body

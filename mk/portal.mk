@@ -1,23 +1,34 @@
-# Portal: `make run` starts TorchServe (handlers.serve) with the archives in model_store/, the Django
-# portal and the retry loop; prints the URL and the demo admin's login. PORTAL_PORT, PORTAL_HOST,
-# TS_PORT (first of five ports; default 8080...) and DATABASE_URL override the defaults.
+# Portal: `make run` starts TorchServe (handlers.serve) with the archives in model_store/, the portal's
+# web server (gunicorn, DEBUG off) and its job workers (django-q2 cluster), supervised (portal/run.py);
+# prints the URL and the demo admin's login. `make dev`: the same with Django's development server and
+# DEBUG on. PORTAL_PORT, PORTAL_HOST, PORTAL_WORKERS, TS_PORT (first of five ports; default 8080...)
+# and DATABASE_URL override the defaults. `make worker`: one more job cluster (another terminal or host).
 MODEL_STORE ?= model_store
 PORTAL_PORT ?= 8000
 PORTAL_HOST ?= 127.0.0.1
 TS_PORT ?=
 RUN_TS_WORKDIR ?= .torchserve
 
-.PHONY: run portal-migrate portal-retry test-portal
+PORTAL_WORKERS ?= 4
+RUN_ARGS = --host $(PORTAL_HOST) --port $(PORTAL_PORT) --model-store $(MODEL_STORE) --workers $(PORTAL_WORKERS) \
+	--torchserve-workdir $(RUN_TS_WORKDIR) $(if $(TS_PORT),--torchserve-port $(TS_PORT))
+
+.PHONY: run dev worker portal-migrate portal-run-queued test-portal
 
 run: setup
-	$(PY) -m portal.run --host $(PORTAL_HOST) --port $(PORTAL_PORT) --model-store $(MODEL_STORE) \
-		--torchserve-workdir $(RUN_TS_WORKDIR) $(if $(TS_PORT),--torchserve-port $(TS_PORT))
+	$(PY) -m portal.run $(RUN_ARGS)
+
+dev: setup
+	$(PY) -m portal.run --dev $(RUN_ARGS)
+
+worker: setup
+	PORTAL_WORKERS=$(PORTAL_WORKERS) $(PY) portal/manage.py qcluster
 
 portal-migrate: setup
 	$(PY) portal/manage.py migrate
 
-portal-retry: setup
-	$(PY) portal/manage.py retry_pending
+portal-run-queued: setup
+	$(PY) portal/manage.py run_queued --sweep
 
 test-portal: setup
 	$(PY) -m pytest tests/portal -q

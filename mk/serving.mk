@@ -4,10 +4,14 @@ MODEL_STORE ?= model_store
 TS_CONFIG ?= docker/torchserve/config.properties
 TS_WORKDIR ?= .torchserve
 
-.PHONY: archive serve stop bench test-serving
+.PHONY: archive repack serve stop bench test-serving
 
 archive: setup
 	$(PY) -m training.archive --artifacts $(ARTIFACTS) --out $(MODEL_STORE)
+
+# Code-only change: rebuild every model_store/*.mar with the tree's code around its own weights and card.
+repack: setup
+	$(PY) -m training.archive --repack --out $(MODEL_STORE)
 
 serve: setup
 	$(PY) -m handlers.serve start --model-store $(MODEL_STORE) --config $(TS_CONFIG) --workdir $(TS_WORKDIR)

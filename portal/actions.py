@@ -1,28 +1,26 @@
 """Domain actions: every write to the portal's data goes through here.
 
 Each action runs inside ``transaction.atomic`` and adds its audit row in the same transaction, so
-a change without its audit row (or the reverse) cannot be committed. Side effects (calling
-TorchServe) happen only after commit, through ``transaction.on_commit``.
+a change without its audit row (or the reverse) cannot be committed. Calling TorchServe is not an
+action: an upload commits its analyses together with one queued job each (portal.jobs), and a
+worker stores each outcome here, once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import close_old_connections, connections, models, transaction
-from django.db.models import Q
+from django.db import models, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
 from portal.analyses import storage
-from portal.analyses.inference import Explanation, Prediction, Refusal, ServerError, TorchServeClient, Unreachable
+from portal.analyses.inference import Prediction, Refusal, ServerError
 from portal.analyses.models import CLASS_LABELS, Analysis, Image, ImmutableError, Review
 from portal.analyses.validation import ValidatedImage
 from portal.audit.log import record
@@ -33,23 +31,17 @@ __all__ = [
     "create_patient",
     "create_specimen",
     "log_event",
-    "process_analyses",
-    "process_analysis",
     "register_user",
-    "retry_pending",
     "sign_off",
     "store_outcome",
     "update_patient",
     "update_specimen",
     "upload_images",
-    "wait_for_background",
 ]
 
 log = logging.getLogger("portal.actions")
 
 User = Any  # the configured user model instance
-LOCK_SECONDS = 300
-_executor: ThreadPoolExecutor | None = None
 
 
 def _changes(obj: models.Model, data: dict[str, Any]) -> dict[str, list[str]]:
@@ -171,12 +163,14 @@ def upload_images(
     model_names: Sequence[str],
     request: HttpRequest | None = None,
 ) -> list[Image]:
-    """Store validated images and create one pending Analysis per (image, model); commit; then infer.
+    """Store validated images; commit them with one pending Analysis and one queued job per (image, model).
 
-    Files are written first (random names); the rows and the audit row are committed together;
-    if the transaction fails, the files just written are removed. Inference starts only after
-    commit, so a TorchServe failure can never lose the upload.
+    Files are written first (random names); rows, jobs and the audit row are committed together
+    (the job queue lives in the same database), so an accepted upload always has its jobs; if the
+    transaction fails, the files just written are removed. Workers call TorchServe after commit.
     """
+    from portal import jobs
+
     if not images:
         raise ValidationError("choose at least one image")
     unknown = sorted(set(model_names) - set(settings.PORTAL_MODELS))
@@ -216,7 +210,7 @@ def upload_images(
                     "models": list(model_names),
                 },
             )
-            transaction.on_commit(lambda: dispatch(analysis_ids))
+            jobs.enqueue(analysis_ids)
     except BaseException:
         for name in written:
             storage.delete(name)
@@ -224,93 +218,28 @@ def upload_images(
     return created
 
 
-def dispatch(analysis_ids: Iterable[int]) -> None:
-    """Start inference for freshly committed analyses, per settings.PORTAL_INFERENCE_MODE.
+def store_outcome(analysis_id: int, outcome: Prediction | Refusal | ServerError) -> str | None:
+    """Store the final outcome of a pending analysis, with its audit row; at most once per analysis.
 
-    inline: in this thread, now (the request waits); background: a one-thread executor in this
-    process (the page refreshes until done); off: leave them to ``retry_pending``.
+    ``Prediction`` -> done (with its heatmap), ``Refusal`` -> rejected, ``ServerError`` -> failed.
+    Returns the new status, or None when the analysis was already final (another worker stored it
+    first): the second result is dropped, never stored twice.
     """
-    ids = list(analysis_ids)
-    mode = settings.PORTAL_INFERENCE_MODE
-    if mode == "inline":
-        process_analyses(ids)
-    elif mode == "background":
-        global _executor
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="portal-inference")
-        _executor.submit(_background_job, ids)
-
-
-def _background_job(ids: list[int]) -> None:
-    close_old_connections()
-    try:
-        process_analyses(ids)
-    except Exception:  # the retry loop picks the rows up again
-        log.exception("background inference failed")
-    finally:
-        connections.close_all()
-
-
-def wait_for_background() -> None:
-    """Block until queued background inference has finished (tests, shutdown)."""
-    global _executor
-    if _executor is not None:
-        _executor.shutdown(wait=True)
-        _executor = None
-
-
-def _claim(analysis_id: int) -> bool:
-    """Take a short lease on an analysis, so two workers never run it at once."""
-    now = timezone.now()
-    with transaction.atomic():
-        claimed = (
-            Analysis.objects.filter(pk=analysis_id, status__in=[Analysis.Status.PENDING, Analysis.Status.FAILED])
-            .filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
-            .update(locked_until=now + timedelta(seconds=LOCK_SECONDS))
-        )
-    return claimed == 1
-
-
-def process_analyses(analysis_ids: Iterable[int], client: TorchServeClient | None = None) -> dict[str, int]:
-    """Run each analysis against TorchServe; returns a count per resulting status."""
-    client = client or TorchServeClient()
-    counts: dict[str, int] = {}
-    for analysis_id in analysis_ids:
-        status = process_analysis(analysis_id, client)
-        if status:
-            counts[status] = counts.get(status, 0) + 1
-    return counts
-
-
-def process_analysis(analysis_id: int, client: TorchServeClient | None = None) -> str | None:
-    """Call TorchServe for one analysis (no transaction is open during the call) and store the outcome.
-
-    Returns the new status, or None when another worker holds it or it is no longer runnable.
-    """
-    if not _claim(analysis_id):
-        return None
-    client = client or TorchServeClient()
-    analysis = Analysis.objects.select_related("image").get(pk=analysis_id)
-    try:
-        data = storage.read(analysis.image.storage_name)
-    except OSError as exc:
-        return store_outcome(analysis_id, ServerError(f"stored image unreadable: {exc}"), None)
-    outcome = client.predict(analysis.model_name, data)
-    explanation = None
-    if isinstance(outcome, Prediction):
-        explanation = client.explain(analysis.model_name, data)
-    return store_outcome(analysis_id, outcome, explanation)
-
-
-def store_outcome(analysis_id: int, outcome: Any, explanation: Any) -> str:
     heatmap_name = ""
-    if isinstance(explanation, Explanation):
-        heatmap_name = storage.save("heatmaps", explanation.overlay_png, "png")
+    if isinstance(outcome, Prediction) and outcome.heatmap_png:
+        heatmap_name = storage.save("heatmaps", outcome.heatmap_png, "png")
     try:
         with transaction.atomic():
             analysis = Analysis.objects.select_for_update().get(pk=analysis_id)
-            analysis.locked_until = None
+            if analysis.is_final:
+                if heatmap_name:
+                    transaction.on_commit(lambda: storage.delete(heatmap_name))
+                return None
             now = timezone.now()
+            analysis.locked_until = None
+            analysis.next_attempt_at = None
+            analysis.completed_at = now
+            analysis.stage_since = now
             if isinstance(outcome, Prediction):
                 body = outcome.body
                 analysis.status = Analysis.Status.DONE
@@ -325,13 +254,9 @@ def store_outcome(analysis_id: int, outcome: Any, explanation: Any) -> str:
                 analysis.timing_ms = dict(body.get("timing_ms") or {})
                 analysis.latency_ms = round(outcome.latency_ms, 1)
                 analysis.error_code = ""
-                analysis.error_message = ""
-                if isinstance(explanation, Explanation):
-                    analysis.heatmap_name = heatmap_name
-                    analysis.heatmap_label = explanation.label[:10]
-                elif explanation is not None:
-                    analysis.error_message = f"heatmap unavailable: {getattr(explanation, 'message', explanation)}"
-                analysis.completed_at = now
+                analysis.error_message = "" if heatmap_name else "heatmap unavailable"
+                analysis.heatmap_name = heatmap_name
+                analysis.heatmap_label = outcome.explained_class[:10]
                 action, data = (
                     "analysis.complete",
                     {"label": analysis.label, "abstained": analysis.abstained, "version": analysis.model_version},
@@ -340,20 +265,12 @@ def store_outcome(analysis_id: int, outcome: Any, explanation: Any) -> str:
                 analysis.status = Analysis.Status.REJECTED
                 analysis.error_code = outcome.code
                 analysis.error_message = outcome.message
-                analysis.completed_at = now
                 action, data = "analysis.reject", {"code": outcome.code, "message": outcome.message}
-            elif isinstance(outcome, Unreachable):
-                analysis.status = Analysis.Status.PENDING
-                analysis.error_code = "unreachable"
-                analysis.error_message = outcome.message
-                analysis.save()
-                return analysis.status
             else:
-                analysis.attempts += 1
                 analysis.status = Analysis.Status.FAILED
                 analysis.error_code = "server_error"
                 analysis.error_message = outcome.message
-                action, data = "analysis.fail", {"error": outcome.message, "attempt": analysis.attempts}
+                action, data = "analysis.fail", {"error": outcome.message, "attempts": analysis.attempts}
             analysis.save()
             record(
                 action,
@@ -373,20 +290,6 @@ def _float(value: Any) -> float | None:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
-
-
-def retry_pending(limit: int | None = None, client: TorchServeClient | None = None) -> dict[str, int]:
-    """Run every pending analysis, and failed ones with attempts left; returns counts per new status."""
-    runnable = (
-        Analysis.objects.filter(
-            Q(status=Analysis.Status.PENDING)
-            | Q(status=Analysis.Status.FAILED, attempts__lt=settings.PORTAL_MAX_ATTEMPTS)
-        )
-        .order_by("created_at", "id")
-        .values_list("id", flat=True)
-    )
-    ids = list(runnable[:limit] if limit else runnable)
-    return process_analyses(ids, client=client)
 
 
 # --- review -------------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ __all__ = [
     "import_closure",
     "deterministic_zip",
     "read_mar_card",
+    "repack",
+    "stale_code",
     "main",
 ]
 
@@ -192,6 +194,47 @@ def read_mar_card(mar: Path) -> dict:
     return card
 
 
+def _packed_code() -> dict[str, bytes]:
+    """The tree's code that :func:`archive_model` packs: archive path -> bytes."""
+    return {
+        path.relative_to(REPO).as_posix(): path.read_bytes()
+        for path in import_closure(["handlers.leukemia_handler", *LAZY_MODULES])
+    }
+
+
+def stale_code(mar: Path) -> list[str]:
+    """Python files of ``mar`` that differ from the tree (changed, missing or extra); empty when current."""
+    tree = _packed_code()
+    with zipfile.ZipFile(mar) as z:
+        packed = {n: z.read(n) for n in z.namelist() if n.endswith(".py") and n.split("/")[0] in LOCAL_PACKAGES}
+    names = sorted(set(tree) | set(packed))
+    return [n for n in names if tree.get(n) != packed.get(n)]
+
+
+def repack(mar: Path, out_dir: Path | None = None) -> Path:
+    """Rebuild ``mar`` with the tree's code around its own weights and card (same bytes for the same inputs).
+
+    For code-only changes: no artifacts/ directory is needed, and weights stay byte-identical.
+    """
+    mar = Path(mar)
+    with tempfile.TemporaryDirectory(prefix="repack-") as tmp_str:
+        artifact = Path(tmp_str) / mar.stem
+        with zipfile.ZipFile(mar) as z:
+            for name in z.namelist():
+                if name.startswith("model/") and not name.endswith("/"):
+                    dest = artifact / name
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(z.read(name))
+            (artifact / "card.json").write_bytes(z.read("model_card.json"))
+        out = Path(out_dir or mar.parent)
+        # The card documents beside the archive were rendered from the training card: keep them as they are.
+        docs = {p: p.read_bytes() for p in (out / f"{mar.stem}.card.json", out / f"{mar.stem}.md") if p.is_file()}
+        repacked = archive_model(artifact, out)
+        for path, data in docs.items():
+            path.write_bytes(data)
+        return repacked
+
+
 def archive_all(artifacts: Path, out_dir: Path, models: Sequence[str] | None = None) -> list[Path]:
     dirs = sorted(d for d in Path(artifacts).iterdir() if (d / "card.json").is_file() and (d / "model").is_dir())
     if models:
@@ -221,8 +264,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--artifacts", type=Path, default=REPO / "artifacts")
     ap.add_argument("--out", type=Path, default=REPO / "model_store")
     ap.add_argument("--models", nargs="*", help="only these models (default: every artifact found)")
+    ap.add_argument(
+        "--repack",
+        action="store_true",
+        help="rebuild every <out>/*.mar (or --models) from its own weights and card with the tree's code",
+    )
     args = ap.parse_args(argv)
-    archive_all(args.artifacts, args.out, args.models)
+    if not args.repack:
+        archive_all(args.artifacts, args.out, args.models)
+        return 0
+    mars = sorted(args.out.glob("*.mar"))
+    if args.models:
+        mars = [m for m in mars if m.stem in set(args.models)]
+    for i, mar in enumerate(mars, 1):
+        stale = stale_code(mar)
+        if not stale:
+            _log(f"[{i}/{len(mars)}] {mar.stem}: code already current")
+            continue
+        _log(f"[{i}/{len(mars)}] {mar.stem}: repacking ({len(stale)} file(s) differ: {', '.join(stale[:5])}) ...")
+        repack(mar)
+        _log(f"[{i}/{len(mars)}] {mar.stem}: sha256 {file_sha256(mar)[:16]}")
     return 0
 
 

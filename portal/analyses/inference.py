@@ -1,8 +1,11 @@
-"""Client for TorchServe's inference API (contract: DESIGN.md section 5).
+"""Client for TorchServe's inference API (the contract: docs/serving.md).
 
-Every call returns an outcome instead of raising, so the caller maps it onto an analysis state:
-``Prediction`` -> done, ``Refusal`` (4xx with a contract code) -> rejected, ``ServerError`` (5xx,
-timeouts, unexpected answers) -> failed, ``Unreachable`` (connection refused) -> stays pending.
+One call per image and model: ``POST /explanations/{model}`` answers the prediction (the same body
+as ``/predictions``, ``label`` null when the model abstains) and its Grad-CAM heatmap from one
+forward pass. Every call returns an outcome instead of raising, so the caller maps it onto an
+analysis state: ``Prediction`` -> done, ``Refusal`` (4xx with a contract code) -> rejected,
+``ServerError`` (5xx, timeouts, unexpected answers) -> retried with backoff, then failed,
+``Unreachable`` (connection refused) -> waits for the model server.
 """
 
 from __future__ import annotations
@@ -10,17 +13,17 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import requests
 from django.conf import settings
 
+from handlers.errors import ERROR_STATUS
 from handlers.serve import read_keys
 
 __all__ = [
     "REFUSAL_CODES",
-    "Explanation",
     "Outcome",
     "Prediction",
     "Refusal",
@@ -30,21 +33,16 @@ __all__ = [
     "inference_key",
 ]
 
-REFUSAL_CODES = frozenset({"not_an_image", "image_too_small", "image_too_large", "not_a_blood_smear", "bad_request"})
+#: The contract's refusal codes: the model server judged the image (4xx), retrying cannot help.
+REFUSAL_CODES = frozenset(code for code, status in ERROR_STATUS.items() if 400 <= status < 500)
 
 
 @dataclass(frozen=True)
 class Prediction:
     body: dict[str, Any]
     latency_ms: float
-
-
-@dataclass(frozen=True)
-class Explanation:
-    label: str
-    method: str
-    overlay_png: bytes
-    grid_shape: list[int] = field(default_factory=list)
+    heatmap_png: bytes | None = None  # the Grad-CAM overlay, when the answer carried one
+    explained_class: str = ""  # the class the heatmap explains (the most probable one)
 
 
 @dataclass(frozen=True)
@@ -112,40 +110,46 @@ class TorchServeClient:
         except requests.RequestException as exc:
             return ServerError(f"request to the model server failed: {exc}")
 
-    def predict(self, model: str, data: bytes) -> Outcome:
+    def analyze(self, model: str, data: bytes) -> Outcome:
+        """Prediction and heatmap of one image, in one request (``/explanations/{model}``)."""
         start = time.perf_counter()
-        response = self._post("predictions", model, data)
+        response = self._post("explanations", model, data)
         if not isinstance(response, requests.Response):
             return response
         latency_ms = (time.perf_counter() - start) * 1000.0
         body = _json_or_none(response)
         if response.status_code == 200 and isinstance(body, dict) and "probabilities" in body:
-            return Prediction(body=body, latency_ms=latency_ms)
-        if 400 <= response.status_code < 500 and isinstance(body, dict) and body.get("code") in REFUSAL_CODES:
-            return Refusal(code=str(body["code"]), message=str(body.get("message", "")))
-        return ServerError(_describe_error(response, body))
-
-    def explain(self, model: str, data: bytes) -> Explanation | Refusal | ServerError | Unreachable:
-        response = self._post("explanations", model, data)
-        if not isinstance(response, requests.Response):
-            return response
-        body = _json_or_none(response)
-        if response.status_code == 200 and isinstance(body, dict) and "overlay_png_base64" in body:
-            try:
-                png = base64.b64decode(body["overlay_png_base64"], validate=True)
-            except (binascii.Error, ValueError):
-                return ServerError("explanation overlay is not valid base64")
-            if not png.startswith(b"\x89PNG"):
-                return ServerError("explanation overlay is not a PNG")
-            return Explanation(
-                label=str(body.get("label") or ""),  # null when the model abstains
-                method=str(body.get("method", "")),
-                overlay_png=png,
-                grid_shape=list(body.get("grid_shape", [])),
+            png = _png_or_none(body.pop("overlay_png_base64", None))
+            body.pop("grid", None)  # the overlay carries it; the grid is for other services
+            if png is None:
+                return ServerError("the model server's heatmap is not a valid base64 PNG")
+            return Prediction(
+                body=body, latency_ms=latency_ms, heatmap_png=png, explained_class=str(body.get("explained_class", ""))
             )
         if 400 <= response.status_code < 500 and isinstance(body, dict) and body.get("code") in REFUSAL_CODES:
             return Refusal(code=str(body["code"]), message=str(body.get("message", "")))
         return ServerError(_describe_error(response, body))
+
+    def ping(self) -> tuple[bool, str]:
+        """(healthy, detail) from TorchServe's ``/ping`` (which needs the inference key)."""
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        try:
+            response = requests.get(f"{self.base_url}/ping", headers=headers, timeout=2)
+        except requests.RequestException as exc:
+            return False, f"unreachable at {self.base_url}: {exc.__class__.__name__}"
+        body = _json_or_none(response)
+        healthy = response.status_code == 200 and isinstance(body, dict) and body.get("status") == "Healthy"
+        return healthy, f"HTTP {response.status_code}" + (f" {body.get('status')}" if isinstance(body, dict) else "")
+
+
+def _png_or_none(encoded: Any) -> bytes | None:
+    if not isinstance(encoded, str):
+        return None
+    try:
+        png = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return png if png.startswith(b"\x89PNG") else None
 
 
 def _key_refused(response: requests.Response) -> bool:

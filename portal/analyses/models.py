@@ -1,8 +1,11 @@
 """Images uploaded for a specimen, one Analysis per (image, model), and the reviewer's sign-off.
 
-An Analysis is created ``pending`` and committed before TorchServe is called; it ends ``done``,
-``rejected`` (the model server refused the image: the reason is kept) or ``failed`` (server error;
-retried up to PORTAL_MAX_ATTEMPTS). Once a Review exists the analysis is immutable.
+An Analysis is created ``pending`` (with its queued job, portal.jobs) and committed before TorchServe
+is called; it ends ``done``, ``rejected`` (the model server refused the image: the reason is kept) or
+``failed`` (server errors on every one of PORTAL_MAX_ATTEMPTS attempts, or the model server
+unreachable for longer than PORTAL_WAIT_GIVE_UP_S). While pending, ``stage`` says where it is:
+queued, running, waiting (model server unreachable; ``waiting_since``) or retrying (after a server
+error; ``next_attempt_at``). Once a Review exists the analysis is immutable.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from django.utils import timezone
 
 from portal.patients.models import Specimen
 
-__all__ = ["CLASS_LABELS", "Analysis", "Image", "ImmutableError", "Review"]
+__all__ = ["CLASS_LABELS", "FINAL_STATUSES", "Analysis", "Image", "ImmutableError", "Review"]
 
 # The four classes, in the order of the inference contract (DESIGN.md section 5).
 CLASS_LABELS: tuple[str, ...] = ("Benign", "Early", "Pre", "Pro")
 LABEL_CHOICES = [(c, c) for c in CLASS_LABELS]
+FINAL_STATUSES = frozenset({"done", "failed", "rejected"})
 
 
 class ImmutableError(RuntimeError):
@@ -58,6 +62,14 @@ class Analysis(models.Model):
         FAILED = "failed", "Failed"
         REJECTED = "rejected", "Rejected"
 
+    class Stage(models.TextChoices):
+        """Where a pending analysis is (meaningless once final)."""
+
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running on the model server"
+        WAITING = "waiting", "Waiting for the model server"
+        RETRYING = "retrying", "Retrying after a model server error"
+
     image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="analyses")
     model_name = models.CharField(max_length=40)
     model_version = models.CharField(max_length=20, blank=True)
@@ -74,8 +86,13 @@ class Analysis(models.Model):
     heatmap_label = models.CharField(max_length=10, blank=True)
     error_code = models.CharField(max_length=40, blank=True)
     error_message = models.TextField(blank=True)
-    attempts = models.PositiveIntegerField(default=0)
-    locked_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="Attempts that ended in a model server error")
+    stage = models.CharField(max_length=10, choices=Stage.choices, default=Stage.QUEUED)
+    stage_since = models.DateTimeField(default=timezone.now)
+    waiting_since = models.DateTimeField(null=True, blank=True, help_text="Model server unreachable since")
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    claimed_by = models.CharField(max_length=80, blank=True, help_text="host:pid of the worker running it")
+    locked_until = models.DateTimeField(null=True, blank=True, help_text="The running worker's lease")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     requested_by = models.ForeignKey(
@@ -99,6 +116,30 @@ class Analysis(models.Model):
     @property
     def is_signed(self) -> bool:
         return Review.objects.filter(analysis_id=self.pk).exists() if self.pk else False
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def progress_text(self) -> str:
+        """What a user should read about where this analysis is (one line, no jargon)."""
+        if self.status == self.Status.DONE:
+            return "Done"
+        if self.status == self.Status.REJECTED:
+            return f"Rejected by the model server ({self.error_code})"
+        if self.status == self.Status.FAILED:
+            return f"Failed: {self.error_message}"
+        if self.stage == self.Stage.WAITING and self.waiting_since:
+            since = timezone.localtime(self.waiting_since).strftime("%H:%M:%S")
+            return f"Waiting for the model server since {since} (not answering); retried automatically"
+        if self.stage == self.Stage.RETRYING:
+            at = timezone.localtime(self.next_attempt_at).strftime("%H:%M:%S") if self.next_attempt_at else "soon"
+            return (
+                f"Model server error on attempt {self.attempts} of {settings.PORTAL_MAX_ATTEMPTS}; next attempt at {at}"
+            )
+        if self.stage == self.Stage.RUNNING:
+            return "Running on the model server"
+        return f"Queued since {timezone.localtime(self.stage_since).strftime('%H:%M:%S')}"
 
     @property
     def top_class(self) -> str:

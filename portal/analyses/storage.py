@@ -12,7 +12,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-__all__ = ["delete", "path_for", "read", "save"]
+__all__ = ["delete", "list_files", "path_for", "read", "save"]
 
 _KINDS = ("images", "heatmaps")
 
@@ -52,3 +52,15 @@ def read(name: str) -> bytes:
 
 def delete(name: str) -> None:
     path_for(name).unlink(missing_ok=True)
+
+
+def list_files() -> list[tuple[str, float]]:
+    """(storage name, modification time) of every stored file; unfinished temp files excluded."""
+    out = []
+    for kind in _KINDS:
+        directory = _root() / kind
+        if directory.is_dir():
+            for entry in os.scandir(directory):
+                if entry.is_file() and not entry.name.startswith("."):
+                    out.append((f"{kind}/{entry.name}", entry.stat().st_mtime))
+    return out

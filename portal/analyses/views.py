@@ -7,10 +7,11 @@ from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from portal import actions
 from portal.analyses import storage
@@ -61,7 +62,7 @@ def _image_context(request: HttpRequest, image: Image) -> dict[str, object]:
         "image": image,
         "analyses": analyses,
         "consensus": consensus(analyses),
-        "pending": any(a.status == Analysis.Status.PENDING for a in analyses),
+        "pending": any(not a.is_final for a in analyses),
         "can_sign": request.user.has_perm("analyses.sign_off_analysis"),
     }
 
@@ -71,6 +72,39 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     image = get_object_or_404(Image.objects.select_related("specimen__patient"), pk=pk)
     actions.log_event("image.view", actor=request.user, obj=image, request=request)
     return render(request, "analyses/image_detail.html", _image_context(request, image))
+
+
+def progress_payload(analyses: list[Analysis]) -> dict[str, object]:
+    """Where each analysis is, for the live progress script (portal/static/portal/progress.js)."""
+    return {
+        "final": all(a.is_final for a in analyses),
+        "analyses": [
+            {
+                "id": a.pk,
+                "model": a.model_name,
+                "status": a.status,
+                "stage": "" if a.is_final else a.stage,
+                "text": a.progress_text(),
+            }
+            for a in analyses
+        ],
+    }
+
+
+@permission_required(["analyses.view_image", "analyses.view_analysis"], raise_exception=True)
+@never_cache
+@require_GET
+def image_progress(request: HttpRequest, pk: int) -> JsonResponse:
+    image = get_object_or_404(Image, pk=pk)
+    return JsonResponse(progress_payload(list(image.analyses.all())))
+
+
+@permission_required(["analyses.view_image", "analyses.view_analysis"], raise_exception=True)
+@never_cache
+@require_GET
+def specimen_progress(request: HttpRequest, pk: int) -> JsonResponse:
+    specimen = get_object_or_404(Specimen, pk=pk)
+    return JsonResponse(progress_payload(list(Analysis.objects.filter(image__specimen=specimen))))
 
 
 @permission_required(["analyses.view_image"], raise_exception=True)

@@ -51,7 +51,19 @@ def parse_database_url(url: str, base_dir: Path) -> dict[str, Any]:
         path = Path(raw)
         if not path.is_absolute():
             path = base_dir / path
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": str(path)}
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(path),
+            # Web and worker processes write at once: WAL lets readers go on during a write, the busy
+            # timeout makes a writer wait for the lock instead of failing, and IMMEDIATE takes the
+            # write lock at BEGIN, so a transaction never has to upgrade a read lock (which SQLite
+            # refuses with "database is locked" however long the timeout).
+            "OPTIONS": {
+                "timeout": 30,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
     if parsed.scheme in {"mysql", "mariadb"}:
         name = parsed.path.lstrip("/")
         if not name:
@@ -63,7 +75,16 @@ def parse_database_url(url: str, base_dir: Path) -> dict[str, Any]:
             "PASSWORD": unquote(parsed.password or ""),
             "HOST": parsed.hostname or "127.0.0.1",
             "PORT": str(parsed.port or 3306),
-            "OPTIONS": {"charset": "utf8mb4", "init_command": "SET sql_mode='STRICT_TRANS_TABLES'"},
+            # READ COMMITTED (Django's default for MySQL) with short lock waits and socket timeouts:
+            # a stuck or restarted server fails a request quickly (503) instead of hanging a worker.
+            "OPTIONS": {
+                "charset": "utf8mb4",
+                "init_command": "SET sql_mode='STRICT_TRANS_TABLES', innodb_lock_wait_timeout=20",
+                "isolation_level": "read committed",
+                "connect_timeout": 5,
+                "read_timeout": 60,
+                "write_timeout": 60,
+            },
             "TEST": {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
         }
     raise ValueError(f"unsupported DATABASE_URL scheme {parsed.scheme!r} (use sqlite:/// or mysql://)")

@@ -1,8 +1,9 @@
 """Portal settings, read from the environment (development defaults; see settings_production).
 
-Environment: DJANGO_SECRET_KEY, DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS, DATABASE_URL (default: SQLite in
-var/portal/), PORTAL_STORAGE_DIR (uploaded images and heatmaps, never under a public URL),
-TORCHSERVE_URL, TORCHSERVE_KEY / TORCHSERVE_WORKDIR, PORTAL_MODELS.
+Environment: DJANGO_SECRET_KEY, DJANGO_DEBUG (off unless set: `make dev` sets it), DJANGO_ALLOWED_HOSTS,
+DATABASE_URL (default: SQLite in var/portal/), PORTAL_STORAGE_DIR (uploaded images and heatmaps,
+never under a public URL), TORCHSERVE_URL, TORCHSERVE_KEY / TORCHSERVE_WORKDIR, PORTAL_MODELS,
+PORTAL_WORKERS (job worker processes per `manage.py qcluster`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ PORTAL_DIR = REPO_DIR / "portal"
 VAR_DIR = Path(env_str("PORTAL_VAR_DIR", str(REPO_DIR / "var" / "portal")))
 
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-insecure-key-change-me-for-production-0123456789abcdef")
-DEBUG = env_bool("DJANGO_DEBUG", True)
+DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
@@ -32,6 +33,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_q",
     "portal.accounts",
     "portal.audit",
     "portal.patients",
@@ -40,6 +42,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -73,6 +76,9 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3") and DATABASES["default"]["NAME"] != ":memory:":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+# Persistent connections, checked before reuse: a restarted database costs one failed check, not errors.
+DATABASES["default"].setdefault("CONN_MAX_AGE", env_int("PORTAL_DB_CONN_MAX_AGE", 60))
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -94,6 +100,10 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = Path(env_str("PORTAL_STATIC_ROOT", str(VAR_DIR / "static")))
 STATICFILES_DIRS = [PORTAL_DIR / "static"]
+# WhiteNoise serves static files from the WSGI app (gunicorn under `make run`, also with DEBUG off);
+# straight from the app directories, so no collectstatic step is needed on a developer machine.
+WHITENOISE_USE_FINDERS = True
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise also serves collectstatic output from here
 
 # Uploaded images and heatmaps: a private directory that no URL maps to; files are served only
 # through authenticated, permission-checked views.
@@ -104,17 +114,45 @@ PORTAL_MAX_UPLOAD_BYTES = env_int("PORTAL_MAX_UPLOAD_BYTES", image_limits.MAX_BY
 PORTAL_MIN_IMAGE_SIDE = env_int("PORTAL_MIN_IMAGE_SIDE", image_limits.MIN_SIDE)
 PORTAL_MAX_IMAGE_PIXELS = env_int("PORTAL_MAX_IMAGE_PIXELS", image_limits.MAX_PIXELS)
 PORTAL_MAX_FILES_PER_UPLOAD = env_int("PORTAL_MAX_FILES_PER_UPLOAD", 20)
+# Django refuses more files than this before any view runs (400, answered by portal.errors).
 DATA_UPLOAD_MAX_NUMBER_FILES = PORTAL_MAX_FILES_PER_UPLOAD
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
-# TorchServe (inference contract: docs in DESIGN.md section 5).
+# TorchServe (inference contract: docs/serving.md).
 TORCHSERVE_URL = env_str("TORCHSERVE_URL", "http://127.0.0.1:8080").rstrip("/")
 TORCHSERVE_KEY = env_str("TORCHSERVE_KEY", "")
 TORCHSERVE_WORKDIR = env_str("TORCHSERVE_WORKDIR", str(REPO_DIR / ".torchserve"))  # holds key_file.json
-TORCHSERVE_CONNECT_TIMEOUT_S = float(env_str("TORCHSERVE_CONNECT_TIMEOUT_S", "3"))
-TORCHSERVE_READ_TIMEOUT_S = float(env_str("TORCHSERVE_READ_TIMEOUT_S", "120"))
+TORCHSERVE_CONNECT_TIMEOUT_S = float(env_str("TORCHSERVE_CONNECT_TIMEOUT_S", "2"))
+TORCHSERVE_READ_TIMEOUT_S = float(env_str("TORCHSERVE_READ_TIMEOUT_S", "12"))
 PORTAL_MODELS = env_list("PORTAL_MODELS", ["xception_bigru", "effnetb3_bigru", "effnetb3_vit", "mobilenetv3_lstm"])
-PORTAL_MAX_ATTEMPTS = env_int("PORTAL_MAX_ATTEMPTS", 3)
+
+# The job queue (portal/jobs.py; django-q2 with its ORM broker in this database). The timings nest:
+# worst job = backoff wait (<= PORTAL_RETRY_MAX_DELAY_S) + connect + read timeout < job timeout <
+# lease < redelivery ("retry"), so a job killed with its worker is delivered again within "retry"
+# seconds and its lease has run out by then.
+PORTAL_MAX_ATTEMPTS = env_int("PORTAL_MAX_ATTEMPTS", 3)  # attempts that end in a server error (5xx, timeout)
+PORTAL_RETRY_BASE_S = float(env_str("PORTAL_RETRY_BASE_S", "1"))
+PORTAL_RETRY_MAX_DELAY_S = float(env_str("PORTAL_RETRY_MAX_DELAY_S", "8"))
+PORTAL_WAIT_GIVE_UP_S = env_int("PORTAL_WAIT_GIVE_UP_S", 3600)  # model server unreachable this long: failed
+PORTAL_JOB_TIMEOUT_S = env_int("PORTAL_JOB_TIMEOUT_S", 25)
+PORTAL_JOB_LEASE_S = env_int("PORTAL_JOB_LEASE_S", 26)
+PORTAL_JOB_REDELIVERY_S = env_int("PORTAL_JOB_REDELIVERY_S", 28)
+PORTAL_ORPHAN_GRACE_S = env_int("PORTAL_ORPHAN_GRACE_S", 3600)
+Q_CLUSTER = {
+    "name": "portal",
+    "orm": "default",
+    "workers": env_int("PORTAL_WORKERS", 4),  # each waits on TorchServe most of the time
+    "queue_limit": env_int("PORTAL_WORKERS", 4),  # prefetch no more than the workers can start
+    "bulk": 1,
+    "timeout": PORTAL_JOB_TIMEOUT_S,
+    "retry": PORTAL_JOB_REDELIVERY_S,
+    "max_attempts": 10,  # a job that crashes its worker 10 times is dropped; sweep() re-queues the analysis
+    "ack_failures": False,
+    "save_limit": -1,  # successful jobs leave no row (the analysis and its audit rows are the record)
+    "catch_up": False,
+    "poll": 0.2,
+    "label": "Job queue",
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -145,9 +183,15 @@ SECURE_REFERRER_POLICY = "same-origin"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"portal": {"handlers": ["console"], "level": env_str("PORTAL_LOG_LEVEL", "INFO")}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "portal": {"handlers": ["console"], "level": env_str("PORTAL_LOG_LEVEL", "INFO")},
+        "django-q": {
+            "handlers": ["console"],
+            "level": env_str("PORTAL_QUEUE_LOG_LEVEL", "WARNING"),
+            "propagate": False,
+        },
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+    },
 }
-# How uploads reach TorchServe after commit: background (one worker thread), inline (in the
-# request), off (only `manage.py retry_pending` runs them).
-PORTAL_INFERENCE_MODE = env_str("PORTAL_INFERENCE_MODE", "background")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from training.archive import REPO, archive_all, import_closure, read_mar_card
+from training.archive import REPO, archive_all, import_closure, read_mar_card, repack, stale_code
 
 
 def test_import_closure_holds_the_handler_and_training_modules() -> None:
@@ -83,3 +83,29 @@ def test_card_markdown_is_written_beside_the_archive(mobilenet_artifact: Path, t
         pytest.skip("training.card has no render_markdown")
     archive_all(mobilenet_artifact.parent, tmp_path, ["mobilenetv3_lstm"])
     assert "mobilenetv3_lstm" in (tmp_path / "mobilenetv3_lstm.md").read_text()
+
+
+def test_repack_keeps_weights_and_card_and_takes_the_tree_code(mobilenet_artifact: Path, tmp_path: Path) -> None:
+    (mar,) = archive_all(mobilenet_artifact.parent, tmp_path / "a", ["mobilenetv3_lstm"])
+    # An archive whose handler code is out of date (as if the tree had moved on since it was built).
+    stale = tmp_path / "stale" / "mobilenetv3_lstm.mar"
+    stale.parent.mkdir()
+    with zipfile.ZipFile(mar) as src, zipfile.ZipFile(stale, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "handlers/runtime.py":
+                data += b"\n# old code\n"
+            dst.writestr(item, data)
+    assert stale_code(stale) == ["handlers/runtime.py"]
+    repacked = repack(stale, tmp_path / "b")
+    assert stale_code(repacked) == []
+    assert repacked.read_bytes() == mar.read_bytes()  # same weights, card and code: the same bytes
+
+
+def test_committed_archives_run_the_tree_code() -> None:
+    """Every .mar in model_store/ carries exactly the tree's handler code (`make repack` fixes a failure)."""
+    mars = sorted((REPO / "model_store").glob("*.mar"))
+    if not mars:
+        pytest.skip("no committed archives")
+    stale = {m.name: stale_code(m) for m in mars if stale_code(m)}
+    assert not stale, f"archives with code that differs from the tree (run `make repack`): {stale}"

@@ -77,7 +77,16 @@ def test_explanation(runtime: ModelRuntime) -> None:
     reduction = runtime.model.backbone.feature_info[-1]["reduction"]
     side = math.ceil(runtime.spec.input_size / reduction)
     assert grid.shape == (h, w) == (side, side) and grid.min() >= 0.0 and grid.max() <= 1.0
-    assert body["method"] == "grad-cam" and body["label"] in runtime.classes
+    assert body["method"] == "grad-cam" and body["explained_class"] in runtime.classes
+    # One call answers the prediction too: the same body as /predictions, label semantics included.
+    (pred,) = runtime.predict([{"body": smear_bytes("Early")}])
+    assert isinstance(pred, dict)
+    for key in ("model", "version", "label", "class_index", "abstained", "quality"):
+        assert body[key] == pred[key], key
+    for cls in runtime.classes:
+        assert body["probabilities"][cls] == pytest.approx(pred["probabilities"][cls], abs=1e-5)
+    top = max(pred["probabilities"], key=pred["probabilities"].get)
+    assert body["explained_class"] == top and (body["label"] is None) == body["abstained"]
     png = Image.open(io.BytesIO(base64.b64decode(body["overlay_png_base64"])))
     assert png.format == "PNG" and png.size == (224, 224)
 

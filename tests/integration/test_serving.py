@@ -167,9 +167,21 @@ def test_explanations(torchserve: ServerInfo, model: str) -> None:
     r = _post(torchserve, model, Case("jpeg", smear_bytes("Pro")), path="explanations")
     assert r.status_code == 200, r.text
     body = r.json()
-    assert {"model", "version", "label", "class_index", "method", "grid", "grid_shape", "overlay_png_base64"} <= set(
-        body
-    )
+    assert {
+        "model",
+        "version",
+        "label",
+        "class_index",
+        "probabilities",
+        "abstained",
+        "quality",
+        "explained_class",
+        "method",
+        "grid",
+        "grid_shape",
+        "overlay_png_base64",
+    } <= set(body)
+    assert (body["label"] is None) == body["abstained"]
     assert body["model"] == model and body["method"] == "grad-cam"
     grid = np.asarray(body["grid"], dtype=float)
     assert list(grid.shape) == body["grid_shape"] and grid.min() >= 0 and grid.max() <= 1

@@ -18,9 +18,12 @@ ORIGINALS = DATA_ALL4 / "original"
 
 @pytest.fixture(autouse=True)
 def _portal_settings(settings: Any, tmp_path: Path) -> None:
-    """Private storage in a temp dir; inference off unless a test turns it on; fast hashing."""
+    """Private storage in a temp dir; no waiting between retries; fast hashing.
+
+    Uploads queue their jobs in the test database; a test runs them with ``portal.jobs.run_queued``.
+    """
     settings.PORTAL_STORAGE_DIR = tmp_path / "storage"
-    settings.PORTAL_INFERENCE_MODE = "off"
+    settings.PORTAL_RETRY_MAX_DELAY_S = 0
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from PIL import Image as PILImage
 
 from portal import actions
-from portal.analyses.inference import Explanation, Prediction
+from portal.analyses.inference import Prediction
 from portal.analyses.models import Analysis
 
 
@@ -18,13 +18,15 @@ def png_bytes(size: int = 32) -> bytes:
     return buf.getvalue()
 
 
-def prediction(label: str = "Pre", confidence: float = 0.9, abstained: bool = False) -> Prediction:
+def prediction(
+    label: str = "Pre", confidence: float = 0.9, abstained: bool = False, heatmap: bool = True
+) -> Prediction:
     rest = (1.0 - confidence) / 3
     probs = {c: (confidence if c == label else rest) for c in ("Benign", "Early", "Pre", "Pro")}
     body: dict[str, Any] = {
         "model": "m",
         "version": "1.0",
-        "label": label,
+        "label": None if abstained else label,
         "confidence": confidence,
         "probabilities": probs,
         "malignant_probability": 1.0 - probs["Benign"],
@@ -32,12 +34,11 @@ def prediction(label: str = "Pre", confidence: float = 0.9, abstained: bool = Fa
         "quality": {"is_blood_smear": True, "smear_score": 0.9},
         "timing_ms": {"total": 12.0},
     }
-    return Prediction(body=body, latency_ms=42.0)
+    return Prediction(body=body, latency_ms=42.0, heatmap_png=png_bytes() if heatmap else None, explained_class=label)
 
 
 def complete(analysis: Analysis, label: str = "Pre", abstained: bool = False, heatmap: bool = True) -> Analysis:
-    explanation = Explanation(label=label, method="grad-cam", overlay_png=png_bytes(), grid_shape=[7, 7])
-    actions.store_outcome(analysis.pk, prediction(label, abstained=abstained), explanation if heatmap else None)
+    actions.store_outcome(analysis.pk, prediction(label, abstained=abstained, heatmap=heatmap))
     analysis.refresh_from_db()
     return analysis
 

@@ -13,9 +13,10 @@ from PIL import Image as PILImage
 from portal import actions
 from portal.analyses import storage
 from portal.analyses.consensus import consensus
-from portal.analyses.inference import Refusal, ServerError, Unreachable
+from portal.analyses.inference import Refusal, ServerError
 from portal.analyses.models import Analysis
 from portal.analyses.validation import validate_image_bytes
+from portal.audit.models import AuditEvent
 from tests.portal.conftest import smear_paths
 from tests.portal.helpers import complete
 
@@ -97,20 +98,18 @@ def test_outcomes_map_to_states(technologist: Any, specimen: Any, settings: Any)
         technologist, specimen, [validate_image_bytes(path.name, path.read_bytes())], list(settings.PORTAL_MODELS)
     )[0]
     a, b, c, d = image.analyses.order_by("model_name")
-    assert actions.store_outcome(a.pk, Refusal("not_a_blood_smear", "score 0.1 < 0.5"), None) == "rejected"
-    assert actions.store_outcome(b.pk, ServerError("HTTP 503"), None) == "failed"
-    assert actions.store_outcome(c.pk, Unreachable("refused"), None) == "pending"
+    assert actions.store_outcome(a.pk, Refusal("not_a_blood_smear", "score 0.1 < 0.5")) == "rejected"
+    assert actions.store_outcome(b.pk, ServerError("HTTP 503")) == "failed"
     complete(d, "Benign")
     a, b, c, d = Analysis.objects.filter(image=image).order_by("model_name")
     assert (a.status, a.error_code, a.error_message) == ("rejected", "not_a_blood_smear", "score 0.1 < 0.5")
-    assert (b.status, b.attempts, b.error_message) == ("failed", 1, "HTTP 503")
-    assert (c.status, c.attempts) == ("pending", 0)
+    assert (b.status, b.error_message) == ("failed", "HTTP 503")
+    assert (c.status, c.stage, c.attempts) == ("pending", "queued", 0)
     assert (d.status, d.label, d.latency_ms) == ("done", "Benign", 42.0)
     assert d.heatmap_name.startswith("heatmaps/") and storage.read(d.heatmap_name).startswith(b"\x89PNG")
-    # Failed analyses are retried until PORTAL_MAX_ATTEMPTS; rejected and done never are.
-    runnable = set(
-        Analysis.objects.filter(
-            status__in=["pending", "failed"], attempts__lt=settings.PORTAL_MAX_ATTEMPTS
-        ).values_list("pk", flat=True)
-    )
-    assert runnable == {b.pk, c.pk}
+    # A final analysis is never stored twice: a second outcome (a job delivered twice) is dropped.
+    assert actions.store_outcome(d.pk, Refusal("not_a_blood_smear", "late")) is None
+    assert actions.store_outcome(a.pk, ServerError("late")) is None
+    d.refresh_from_db()
+    assert (d.status, d.label) == ("done", "Benign")
+    assert AuditEvent.objects.filter(action="analysis.complete", object_id=str(d.pk)).count() == 1

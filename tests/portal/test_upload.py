@@ -93,24 +93,29 @@ def test_unknown_model_is_refused(tech_client: Client, specimen: Any) -> None:
     assert response.status_code == 200 and Image.objects.count() == 0
 
 
-def test_rows_are_committed_before_the_model_server_is_called(
-    tech_client: Client, specimen: Any, settings: Any, django_capture_on_commit_callbacks: Any
+def test_rows_and_jobs_are_committed_before_the_model_server_is_called(
+    tech_client: Client, specimen: Any, settings: Any
 ) -> None:
-    """Inline inference against a port where nothing listens: the upload succeeds and stays pending."""
-    settings.PORTAL_INFERENCE_MODE = "inline"
+    """The model server is down: the upload is accepted with a queued job per analysis; the jobs wait."""
+    from portal import jobs
+
     settings.TORCHSERVE_URL = "http://127.0.0.1:9"  # discard port: connection refused
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        response = tech_client.post(
-            "/upload/", {"specimen": specimen.pk, "model": "all", "images": _files(smear_paths(2))}
-        )
+    response = tech_client.post("/upload/", {"specimen": specimen.pk, "model": "all", "images": _files(smear_paths(2))})
     assert response.status_code == 302
-    assert len(callbacks) == 1  # inference is a post-commit side effect
     analyses = Analysis.objects.all()
     assert analyses.count() == 2 * len(settings.PORTAL_MODELS)
-    assert {a.status for a in analyses} == {"pending"}
-    assert all(a.error_code == "unreachable" and a.attempts == 0 for a in analyses)
+    assert {(a.status, a.stage) for a in analyses} == {("pending", "queued")}
+    assert jobs.queued_analysis_ids() == {a.pk for a in analyses}  # committed together with the rows
+    counts = jobs.run_queued(max_jobs=analyses.count())
+    assert counts == {"pending": analyses.count()}
+    for a in Analysis.objects.all():
+        assert (a.status, a.stage, a.error_code, a.attempts) == ("pending", "waiting", "unreachable", 0)
+        assert a.waiting_since is not None and a.next_attempt_at is not None
+    assert jobs.queued_analysis_ids() == {a.pk for a in analyses}  # each wait queued its retry
     page = tech_client.get(f"/images/{Image.objects.first().pk}/").content.decode()
-    assert "Waiting for the model server" in page and 'http-equiv="refresh"' in page
+    assert "Waiting for the model server since" in page and "portal/progress.js" in page
+    progress = tech_client.get(f"/images/{Image.objects.first().pk}/progress/").json()
+    assert progress["final"] is False and {p["stage"] for p in progress["analyses"]} == {"waiting"}
 
 
 def test_upload_needs_permission(norole: Any, specimen: Any) -> None:

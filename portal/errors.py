@@ -1,0 +1,67 @@
+"""Error answers for the whole site: JSON under /api/, a short page elsewhere; never a traceback.
+
+- 400 (``handler400``): Django refused the request before any view (too many files in one upload,
+  too many form fields, a malformed body); the API gets ``{"detail": ..., "code": ...}``.
+- 500 (``handler500``): when the database is unreachable (a restart, a network cut) the answer is
+  **503 with Retry-After**, because the request can simply be sent again once it is back; nothing
+  was accepted. Any other unexpected error stays a 500 and is logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.db import DatabaseError, InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+__all__ = ["bad_request", "server_error", "DATABASE_RETRY_AFTER_S"]
+
+log = logging.getLogger("portal.errors")
+DATABASE_RETRY_AFTER_S = 10
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return request.path_info.startswith("/api/") or "application/json" in request.headers.get("Accept", "")
+
+
+def _answer(request: HttpRequest, status: int, code: str, detail: str) -> HttpResponse:
+    if _wants_json(request):
+        return JsonResponse({"detail": detail, "code": code}, status=status)
+    title = {400: "Bad request", 500: "Server error", 503: "Temporarily unavailable"}.get(status, "Error")
+    html = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>'
+        f'<body><h1>{title}</h1><p>{detail}</p><p><a href="/">Back to the portal</a></p></body></html>'
+    )
+    return HttpResponse(html, status=status, content_type="text/html; charset=utf-8")
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    from django.conf import settings
+
+    if isinstance(exception, TooManyFilesSent):
+        detail = f"Too many files in one upload: at most {settings.PORTAL_MAX_FILES_PER_UPLOAD}."
+        return _answer(request, 400, "too_many_files", detail)
+    if isinstance(exception, TooManyFieldsSent):
+        return _answer(request, 400, "too_many_fields", "Too many form fields in one request.")
+    if isinstance(exception, RequestDataTooBig):
+        return _answer(request, 400, "request_too_large", "The request body is larger than allowed.")
+    return _answer(request, 400, "bad_request", "The request could not be understood.")
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    exc = sys.exc_info()[1]
+    if isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DatabaseError) and "gone away" in str(exc).lower()
+    ):
+        log.warning("database unavailable: %s %s: %s", request.method, request.path, exc)
+        response = _answer(
+            request,
+            503,
+            "database_unavailable",
+            "The database is not reachable right now; nothing was saved. Please try again in a moment.",
+        )
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+        return response
+    return _answer(request, 500, "server_error", "An unexpected error happened; it has been logged.")
