@@ -274,7 +274,12 @@ def test_portal_healthcheck_probes_healthz_as_the_proxy_would(healthz_server: in
 def test_compose_start_order_secrets_and_volumes() -> None:
     compose = _compose()
     services = compose["services"]
-    assert set(services) == {"mariadb", "torchserve", "migrate", "web", "worker", "proxy"}
+    assert set(services) == {"netns", "mariadb", "torchserve", "migrate", "web", "worker", "proxy"}
+    # one loopback for TorchServe, portal and proxy, held by an idle container; only it publishes ports
+    for name in ("torchserve", "migrate", "web", "worker", "proxy"):
+        assert services[name]["network_mode"] == "service:netns", name
+        assert "ports" not in services[name], name
+    assert services["netns"]["ports"] == ["443:8443", "9443:9443"]
     assert services["mariadb"]["image"].startswith("mariadb:10.11.")
     assert "healthcheck" in services["mariadb"] and "mariadb-data:/var/lib/mysql" in services["mariadb"]["volumes"]
     assert services["migrate"]["depends_on"]["mariadb"]["condition"] == "service_healthy"
