@@ -1,11 +1,11 @@
 """Write the storage layout that KServe's TorchServe runtime reads, one folder per model.
 
-    python docker/kserve_layout.py --model-store model_store --out dist/kserve      (make kserve-layout)
+    python docker/kserve_layout.py --model-store model_store --out var/kserve      (make kserve-layout)
 
 gives, for each archive in the model store::
 
-    dist/kserve/<model>/config/config.properties
-    dist/kserve/<model>/model-store/<model>.mar
+    var/kserve/<model>/config/config.properties
+    var/kserve/<model>/model-store/<model>.mar
 
 Copy each folder to where its InferenceService's storageUri points (docker/k8s/base/kserve-models.yaml:
 ``pvc://leukemia-models/<model>``). The configuration is docker/torchserve/config.properties with what
@@ -99,7 +99,7 @@ def write_layout(model_store: Path, out: Path, base_config: Path = BASE_CONFIG) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-store", type=Path, default=DOCKER.parent / "model_store")
-    ap.add_argument("--out", type=Path, default=DOCKER.parent / "dist" / "kserve")
+    ap.add_argument("--out", type=Path, default=DOCKER.parent / "var" / "kserve")
     ap.add_argument("--config", type=Path, default=BASE_CONFIG)
     args = ap.parse_args()
     for root in write_layout(args.model_store, args.out, args.config):

@@ -1,7 +1,7 @@
 # Deployment: offline checks of docker/ (compose, Dockerfiles, Kubernetes/KServe manifests) and the
 # KServe storage layout. See docs/deployment.md. `make test` runs the same checks (tests/docker).
 MODEL_STORE ?= model_store
-KSERVE_LAYOUT ?= dist/kserve
+KSERVE_LAYOUT ?= var/kserve
 
 .PHONY: compose-check kserve-layout
 
