@@ -19,3 +19,4 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 errorlog = "-"
 loglevel = os.environ.get("PORTAL_WEB_LOG_LEVEL", "info")
 proc_name = "leukemia-portal-web"
+control_socket_disable = True  # one fixed path per user would collide between instances; not used

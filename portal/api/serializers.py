@@ -52,6 +52,8 @@ class AnalysisSerializer(serializers.ModelSerializer):
     review = ReviewSerializer(read_only=True)
     specimen = serializers.IntegerField(source="image.specimen_id", read_only=True)
     heatmap_url = serializers.SerializerMethodField()
+    stage = serializers.SerializerMethodField(help_text="queued, running, waiting or retrying; empty once final")
+    progress = serializers.SerializerMethodField(help_text="Where the analysis is, in words")
 
     class Meta:
         model = Analysis
@@ -74,6 +76,8 @@ class AnalysisSerializer(serializers.ModelSerializer):
             "error_code",
             "error_message",
             "attempts",
+            "stage",
+            "progress",
             "created_at",
             "completed_at",
             "review",
@@ -86,6 +90,12 @@ class AnalysisSerializer(serializers.ModelSerializer):
         from django.urls import reverse
 
         return reverse("analyses:heatmap", args=[obj.pk])
+
+    def get_stage(self, obj: Analysis) -> str:
+        return "" if obj.is_final else obj.stage
+
+    def get_progress(self, obj: Analysis) -> str:
+        return obj.progress_text()
 
 
 class ImageSerializer(serializers.ModelSerializer):

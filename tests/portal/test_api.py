@@ -8,7 +8,7 @@ import pytest
 from django.test import Client
 from rest_framework.test import APIClient
 
-from portal.analyses.models import Analysis, Review
+from portal.analyses.models import Analysis, Image, Review
 from portal.audit.models import AuditEvent
 from tests.portal.conftest import PASSWORD, smear_paths
 from tests.portal.helpers import complete
@@ -93,3 +93,23 @@ def test_schema_and_docs_use_vendored_assets(tech_client: Client) -> None:
     assert "cdn" not in docs.lower() and "https://" not in docs
     # No ReDoc page: its template loads Google Fonts.
     assert tech_client.get("/api/redoc/").status_code == 404
+
+
+def test_too_many_files_in_one_upload_is_a_json_400(technologist: Any, specimen: Any, settings: Any) -> None:
+    """Django refuses the 21st file before any view runs; the API client still gets JSON, not a page."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=technologist)
+    path = smear_paths(1)[0]
+    files = [
+        SimpleUploadedFile(f"f{i}.jpg", path.read_bytes()) for i in range(settings.PORTAL_MAX_FILES_PER_UPLOAD + 1)
+    ]
+    response = Client().post(
+        "/api/analyses/",
+        {"specimen": specimen.pk, "model": "all", "images": files},
+        HTTP_AUTHORIZATION=f"Token {token.key}",
+    )
+    assert response.status_code == 400 and response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "too_many_files" and "20" in response.json()["detail"]
+    assert Image.objects.count() == 0
