@@ -274,8 +274,10 @@ def upload_load(
     images_per_request: int,
     model: str = "all",
     stop_event: threading.Event | None = None,
+    think_s: float = 0.0,
 ) -> list[UploadResult]:
-    """Concurrent API uploads; every answer recorded (nothing retried by the client)."""
+    """Concurrent API uploads, each client pausing ``think_s`` between requests; every answer recorded
+    (nothing retried by the client)."""
     results: list[UploadResult] = []
     lock = threading.Lock()
     payloads = [f.read_bytes() for f in frames]
@@ -311,6 +313,8 @@ def upload_load(
                 code = str(body.get("code") or body.get("detail") or "")[:60]
             with lock:
                 results.append(UploadResult(status, latency, images_per_request, analyses, code))
+            if think_s:
+                time.sleep(think_s)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     for t in threads:

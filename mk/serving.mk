@@ -4,7 +4,7 @@ MODEL_STORE ?= model_store
 TS_CONFIG ?= docker/torchserve/config.properties
 TS_WORKDIR ?= .torchserve
 
-.PHONY: archive repack serve stop bench test-serving
+.PHONY: archive repack serve stop bench loadtest test-serving
 
 archive: setup
 	$(PY) -m training.archive --artifacts $(ARTIFACTS) --out $(MODEL_STORE)
@@ -21,6 +21,11 @@ stop: setup
 
 bench: setup
 	OMP_NUM_THREADS=1 $(PY) -m bench.serving --model-store $(MODEL_STORE) --out docs/benchmarks
+
+# Uploads under load and faults through the real stack (bench/load.py) -> docs/reliability.md
+LOAD_ARGS ?= --fault-after 8 --outage 20
+loadtest: setup
+	$(PY) -m bench.load --model-store $(MODEL_STORE) $(LOAD_ARGS)
 
 test-serving: setup
 	$(PY) -m pytest tests/handlers tests/integration -q
