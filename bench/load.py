@@ -28,10 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.stack import MariaDB, PortalStack, UploadResult, free_port, storage_report, upload_load, wait_until
+from bench.stack import MariaDB, PortalStack, UploadResult, storage_report, upload_load, wait_until
+from core.paths import ALL4_ORIGINAL
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("LEUKEMIA_SHARED", REPO.parent / "shared"))
 SCENARIOS = ("clean", "worker_kill", "torchserve_restart", "mariadb_restart")
 
 
@@ -287,13 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "reliability.md")
     args = ap.parse_args(argv)
 
-    from handlers.serve import start, stop
+    from handlers.serve import free_ports, start, stop
 
-    frames = sorted((SHARED / "data" / "all4" / "original").rglob("*.jpg"))
+    frames = sorted(ALL4_ORIGINAL.rglob("*.jpg"))
     if not frames:
-        raise SystemExit(f"no frames under {SHARED}/data/all4/original")
+        raise SystemExit(f"no frames under {ALL4_ORIGINAL} (set LEUKEMIA_SHARED)")
     work = Path(tempfile.mkdtemp(prefix="loadtest-"))
-    ports = {n: free_port() for n in ("inference", "management", "metrics", "grpc_inference", "grpc_management")}
+    ports = free_ports()
     holder: dict[str, Any] = {}
 
     def ts_start() -> Any:

@@ -42,9 +42,10 @@ import psutil
 import requests
 import torch
 
+from core.paths import ALL4_ORIGINAL
+from core.registry import CLASS_NAMES, model_names
 from handlers.runtime import ModelRuntime, configure_threads
 from handlers.serve import ServerInfo, start, stop
-from training.registry import CLASS_NAMES, model_names
 
 __all__ = [
     "percentiles",
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("LEUKEMIA_SHARED", REPO.parent / "shared")) / "data" / "all4" / "original"
+DATA = ALL4_ORIGINAL
 LEVELS = (1, 8, 32)
 
 
@@ -308,16 +309,11 @@ def _images(n_per_class: int = 8) -> list[bytes]:
 
 
 def _ensure_store(store: Path | None, work: Path) -> tuple[Path, str]:
-    if store is not None and all((store / f"{m}.mar").is_file() for m in model_names()):
-        return store, "trained archives from " + str(store)
-    from tests.handlers.artifacts import build_artifact
-    from training.archive import archive_all
-
-    artifacts = work / "artifacts"
-    for i, m in enumerate(model_names()):
-        build_artifact(m, artifacts, seed=i)
-    archive_all(artifacts, work / "store")
-    return work / "store", "random-init archives (same architectures and sizes as the trained ones)"
+    """The trained archives to measure; the benchmark measures nothing else (no stand-ins)."""
+    missing = [m for m in model_names() if store is None or not (store / f"{m}.mar").is_file()]
+    if store is None or missing:
+        raise SystemExit(f"no trained archive for {', '.join(missing)} in {store} (`make archive` first)")
+    return store, "trained archives from " + str(store)
 
 
 def plot(results: dict, path: Path) -> None:

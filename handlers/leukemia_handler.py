@@ -7,7 +7,7 @@ once, then :meth:`LeukemiaHandler.handle` per batch. Everything else lives in pl
 
 Per-request results: a JSON body for every request of the batch, with its own HTTP status set by
 ``context.set_response_status(code, phrase, idx)``: 200 for a prediction or explanation, the
-contract's 4xx for a refusal (:mod:`handlers.errors`). Requests sent to
+contract's 4xx for a refusal (:mod:`core.errors`). Requests sent to
 ``/explanations/{model}`` carry the header ``explain: True`` and get a Grad-CAM heatmap.
 
 Torch intra-op threads: ``LEUKEMIA_TORCH_THREADS`` (environment of the TorchServe process), else
@@ -22,8 +22,8 @@ import os
 import time
 from typing import Any
 
-from handlers.decode import enforce_pillow_limits
-from handlers.errors import RequestError
+from core.decode import enforce_pillow_limits
+from core.errors import RequestError
 from handlers.runtime import ModelRuntime, configure_threads
 
 __all__ = ["LeukemiaHandler"]
@@ -47,12 +47,12 @@ class LeukemiaHandler:
         self.runtime = ModelRuntime(model_dir)
         self.initialized = True
         log.info(
-            "loaded %s %s in %.1f s (torch threads %d, gate %s)",
+            "loaded %s %s in %.1f s (torch threads %d, smear gate threshold %.3f)",
             self.runtime.name,
             self.runtime.version,
             time.perf_counter() - t0,
             threads,
-            "on" if self.runtime.gate is not None else "off",
+            self.runtime.gate.threshold,
         )
 
     @staticmethod

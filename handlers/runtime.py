@@ -22,13 +22,14 @@ from typing import Any
 
 import torch
 
-from handlers.decode import DecodedImage, decode_request
-from handlers.errors import RequestError
+from core.decode import DecodedImage, decode_request
+from core.errors import RequestError
+from core.prediction import build_prediction
 from handlers.explain import grad_cam, overlay_png_base64
-from handlers.postprocess import build_prediction, calibrated_probabilities
-from training.card import validate_card
+from handlers.postprocess import calibrated_probabilities
+from training.card import require_gate, validate_card
 from training.models import load_model
-from training.transforms import build_eval_transform
+from training.transforms import build_eval_transform, data_config
 
 __all__ = ["CARD_FILE", "MODEL_SUBDIR", "Prepared", "ModelRuntime", "configure_threads"]
 
@@ -64,7 +65,8 @@ class ModelRuntime:
 
     def __init__(self, model_dir: str | Path) -> None:
         model_dir = Path(model_dir)
-        self.card: dict[str, Any] = validate_card(json.loads((model_dir / CARD_FILE).read_text()))
+        # fails closed: a card without a valid smear gate does not load (CardError / ValueError)
+        self.card: dict[str, Any] = require_gate(validate_card(json.loads((model_dir / CARD_FILE).read_text())))
         self.model = load_model(model_dir / MODEL_SUBDIR).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -76,17 +78,13 @@ class ModelRuntime:
         self.temperature = float(self.card["temperature"])
         self.abstain_threshold = float(self.card["abstain_threshold"])
         self.transform = build_eval_transform(self.spec)
-        self.gate: Any = None
-        if self.card["smear_gate"]:
-            from training.smear_gate import SmearGate  # type: ignore[import-not-found,unused-ignore]
+        from training.smear_gate import SmearGate
 
-            self.gate = SmearGate.from_dict(self.card["smear_gate"])
-        else:
-            log.warning("model %s has no smear gate in its card: every image is accepted", self.name)
+        self.gate = SmearGate.from_dict(self.card["smear_gate"])
 
     def _check_card_matches_spec(self) -> None:
         spec, card = self.spec, self.card
-        cfg = spec.data_config()
+        cfg = data_config(spec)
         problems = []
         if card["name"] != spec.name:
             problems.append(f"name {card['name']!r} != {spec.name!r}")
@@ -119,8 +117,6 @@ class ModelRuntime:
 
     def gate_check(self, decoded: DecodedImage, pooled: torch.Tensor | None) -> dict[str, Any]:
         """Quality block of the response; raises ``not_a_blood_smear`` when the gate refuses."""
-        if self.gate is None:
-            return {"is_blood_smear": None, "smear_score": None, "gate": "not configured"}
         result = self.gate.evaluate(decoded.image, pooled)
         score, threshold = float(result.score), float(result.threshold)
         if not result.accepted:

@@ -44,6 +44,8 @@ __all__ = [
     "DEFAULT_WORKDIR",
     "DEFAULT_PORTS",
     "Keys",
+    "consecutive_ports",
+    "free_ports",
     "ServerInfo",
     "ServeError",
     "read_keys",
@@ -67,6 +69,28 @@ DEFAULT_PORTS = {
 }
 KEY_FILE = "key_file.json"
 INFO_FILE = "server.json"
+
+
+def consecutive_ports(base: int) -> dict[str, int]:
+    """The five listeners on ``base``, ``base + 1``, ... (inference, management, metrics, 2x gRPC)."""
+    return {name: base + i for i, name in enumerate(DEFAULT_PORTS)}
+
+
+def free_ports() -> dict[str, int]:
+    """Five free loopback ports, so that several instances (tests, benchmarks) never collide."""
+    import socket
+
+    socks = []
+    for _ in DEFAULT_PORTS:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = {name: s.getsockname()[1] for name, s in zip(DEFAULT_PORTS, socks, strict=True)}
+    for s in socks:
+        s.close()
+    return ports
+
+
 READY_TIMEOUT_S = 120.0
 
 

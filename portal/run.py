@@ -52,13 +52,6 @@ def _log(msg: str) -> None:
     print(f"portal: {msg}", file=sys.stderr, flush=True)
 
 
-def _ports(base: int | None) -> dict[str, int] | None:
-    if base is None:
-        return None
-    names = ["inference", "management", "metrics", "grpc_inference", "grpc_management"]
-    return {name: base + i for i, name in enumerate(names)}
-
-
 @dataclass
 class Child:
     """One supervised command: started in its own process group, restarted when it exits."""
@@ -159,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import django
     from django.core.management import call_command
 
-    from handlers.serve import ServeError, ServerInfo, start, status, stop
+    from handlers.serve import ServeError, ServerInfo, consecutive_ports, start, status, stop
 
     django.setup()
     from django.conf import settings
@@ -178,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def start_torchserve() -> ServerInfo | None:
         try:
-            return start(args.model_store, workdir=args.torchserve_workdir, ports=_ports(args.torchserve_port))
+            ports = consecutive_ports(args.torchserve_port) if args.torchserve_port else None
+            return start(args.model_store, workdir=args.torchserve_workdir, ports=ports)
         except ServeError as exc:
             _log(f"TorchServe did not start; uploads wait until it does.\n{exc}")
             return None

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from core import paths
+
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("LEUKEMIA_SHARED", REPO.parent / "shared"))
+SHARED = paths.SHARED
 DATA_ALL4 = SHARED / "data" / "all4"
 XCEPTION_WEIGHTS = SHARED / "weights" / "legacy_xception.keras_in1k.backbone.fp16.safetensors"
 
@@ -23,22 +23,6 @@ def shared_dir() -> Path:
     return SHARED
 
 
-TORCHSERVE_PORT_NAMES = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
-
-
-def free_ports() -> dict[str, int]:
-    """Five free loopback ports, so tests never collide with a `make serve` on the default ports."""
-    socks = []
-    for _ in TORCHSERVE_PORT_NAMES:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return dict(zip(TORCHSERVE_PORT_NAMES, ports, strict=True))
-
-
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """model_store/ when it holds all four archives; else random-init test archives built in tmp.
@@ -48,9 +32,9 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     import torch
 
+    from core.registry import model_names
     from tests.handlers.artifacts import build_artifact
     from training.archive import archive_all
-    from training.registry import model_names
 
     committed = REPO / "model_store"
     if all((committed / f"{m}.mar").is_file() for m in model_names()):
@@ -67,7 +51,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One real TorchServe for the whole session (serving and portal suites), started through handlers.serve."""
-    from handlers.serve import start, stop
+    from handlers.serve import free_ports, start, stop
 
     info = start(model_store, workdir=tmp_path_factory.mktemp("torchserve"), ports=free_ports(), torch_threads=1)
     try:

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from training import card as card_module
-from training.card import validate_card
+from training.card import require_gate, validate_card
 from training.provenance import file_sha256
 
 __all__ = [
@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 HANDLER = REPO / "handlers" / "leukemia_handler.py"
 #: Modules the handler loads lazily (by name, not at import time) and so must be packed too.
 LAZY_MODULES = ("training.smear_gate", "training.stain")
-LOCAL_PACKAGES = ("handlers", "training")
+LOCAL_PACKAGES = ("core", "handlers", "training")
 _ZIP_EPOCH_MIN = 315532800  # 1980-01-01, the earliest time a zip entry can hold
 
 
@@ -128,7 +128,7 @@ def archive_model(artifact_dir: Path, out_dir: Path, epoch: int | None = None) -
     """Archive one ``artifacts/<model>`` directory into ``out_dir/<model>.mar``; returns its path."""
     artifact_dir, out_dir = Path(artifact_dir), Path(out_dir)
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", _ZIP_EPOCH_MIN)) if epoch is None else epoch
-    card = validate_card(json.loads((artifact_dir / "card.json").read_text()))
+    card = require_gate(validate_card(json.loads((artifact_dir / "card.json").read_text())))
     name, version = card["name"], card["version"]
     config = json.loads((artifact_dir / "model" / "model_config.json").read_text())
     if config["spec"]["name"] != name:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from training.registry import ModelSpec
+from core.registry import ModelSpec
 
 __all__ = [
     "CARD_SCHEMA_VERSION",
@@ -17,6 +17,7 @@ __all__ = [
     "CardError",
     "base_card",
     "validate_card",
+    "require_gate",
     "render_markdown",
     "summary_table",
     "write_model_store_readme",
@@ -53,7 +54,9 @@ class CardError(ValueError):
 
 def base_card(spec: ModelSpec, parameters: int, init_weights: dict[str, Any]) -> dict[str, Any]:
     """The registry-derived part of a card, with neutral calibration values to be overwritten."""
-    cfg = spec.data_config()
+    from training.transforms import data_config  # needs timm: only when a card is built
+
+    cfg = data_config(spec)
     return {
         "schema_version": CARD_SCHEMA_VERSION,
         "name": spec.name,
@@ -129,6 +132,19 @@ def validate_card(card: dict[str, Any]) -> dict[str, Any]:
         raise CardError("temperature must be positive")
     if not 0.0 <= card["abstain_threshold"] <= 1.0:
         raise CardError("abstain_threshold must be in [0, 1]")
+    return card
+
+
+def require_gate(card: dict[str, Any]) -> dict[str, Any]:
+    """Raise :class:`CardError` unless ``card`` carries a fitted smear gate; return it unchanged.
+
+    The gate decides what the model may label at all, so it fails closed: a model without one is
+    neither archived nor loaded (an empty ``smear_gate`` is allowed only while a card is being built).
+    """
+    gate = card.get("smear_gate") or {}
+    missing = [k for k in ("kind", "threshold", "coef", "intercept") if k not in gate]
+    if missing:
+        raise CardError(f"model {card.get('name')!r} has no valid smear gate (missing {', '.join(missing)})")
     return card
 
 

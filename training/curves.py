@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training.registry import model_names
+from core.registry import model_names
 
 __all__ = ["read_epochs", "plot_training_curves", "main"]
 

@@ -24,7 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.registry import CLASS_NAMES
+from core.paths import ALL4_ORIGINAL
+from core.registry import CLASS_NAMES
 
 __all__ = [
     "DEFAULT_DATA_ROOT",
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 #: default data root, relative to the repository root
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "all4" / "original"
+DEFAULT_DATA_ROOT = ALL4_ORIGINAL
 BLOCK_SIZE = 24
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 SPLIT_RULE = (

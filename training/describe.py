@@ -16,8 +16,8 @@ import time
 
 import torch
 
+from core.registry import REGISTRY
 from training.models import count_parameters, create_model
-from training.registry import REGISTRY
 
 
 def measure_ms(model: torch.nn.Module, batch: torch.Tensor, repeats: int) -> float:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.registry import CLASS_NAMES, get_spec
 from training import compat  # noqa: F401  (before timm)
 from training.augment import PERTURBATIONS
 from training.calibrate import (
@@ -43,7 +44,6 @@ from training.curves import plot_training_curves
 from training.data import Sample, Split, load_split
 from training.features import VIEW_PERTURBATION, cache_dir_for, cache_path, load_cache, map_batches
 from training.models import HybridClassifier, count_parameters, load_model
-from training.registry import CLASS_NAMES, get_spec
 from training.smear_gate import SmearGate
 from training.transforms import build_eval_transform
 
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     artifacts = Path(args.artifacts)
-    from training.registry import model_names
+    from core.registry import model_names
 
     names = args.model or [n for n in model_names() if (artifacts / n / "model").is_dir()]
     for name in names:

@@ -24,10 +24,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from core.registry import ModelSpec
 from training import compat  # noqa: F401  (before timm)
 from training.augment import PERTURBATIONS, ColorAugment
 from training.data import Sample, load_split
-from training.registry import ModelSpec
 from training.transforms import build_eval_transform
 
 __all__ = [

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.registry import ModelSpec, SequenceStage, get_spec
 from training.provenance import file_sha256
-from training.registry import ModelSpec, SequenceStage, get_spec
 
 __all__ = [
     "HybridClassifier",

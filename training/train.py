@@ -42,12 +42,12 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from core.registry import get_spec
 from training import compat  # noqa: F401  (before timm)
 from training.augment import TrainAugment, geometric_grid
 from training.data import Sample, Split, load_split, manifest_sha256
 from training.features import cache_dir_for, cache_path, load_cache, map_batches
 from training.models import HybridClassifier, create_model, save_model
-from training.registry import get_spec
 from training.transforms import build_eval_transform
 
 __all__ = ["RECIPES", "hardware_info", "seed_everything", "train_cached", "train_end2end", "main"]

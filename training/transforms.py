@@ -9,16 +9,35 @@ applied first, by the same function in training and in serving.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from training.registry import ModelSpec
+from core.registry import ModelSpec
 
-__all__ = ["resize_frame", "to_normalized_tensor", "build_eval_transform"]
+__all__ = ["data_config", "resize_frame", "to_normalized_tensor", "build_eval_transform"]
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def data_config(spec: ModelSpec) -> dict[str, Any]:
+    """Input size, mean, std and interpolation of ``spec``, from its backbone's pretrained config in timm."""
+    import timm
+
+    from training import compat  # noqa: F401  (before timm)
+
+    cfg = timm.get_pretrained_cfg(spec.timm_name)
+    if cfg is None:
+        raise KeyError(f"timm has no pretrained config {spec.timm_name!r}")
+    return {
+        "input_size": (3, spec.input_size, spec.input_size),
+        "mean": tuple(float(v) for v in cfg.mean),
+        "std": tuple(float(v) for v in cfg.std),
+        "interpolation": "bicubic" if cfg.interpolation == "bicubic" else "bilinear",
+        "crop_pct": 1.0,  # never centre-crop: training frames are squashed whole
+    }
 
 
 def resize_frame(image: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
@@ -41,7 +60,7 @@ def to_normalized_tensor(image: Image.Image, mean: tuple[float, ...], std: tuple
 
 def build_eval_transform(spec: ModelSpec) -> Callable[[Image.Image], torch.Tensor]:
     """The deterministic transform used for validation, evaluation and serving."""
-    cfg = spec.data_config()
+    cfg = data_config(spec)
     size, mean, std, interp = spec.input_size, cfg["mean"], cfg["std"], cfg["interpolation"]
     stain = None
     if spec.stain_normalization:

@@ -19,7 +19,7 @@ from typing import Any
 import requests
 from django.conf import settings
 
-from handlers.errors import ERROR_STATUS
+from core.errors import ERROR_STATUS
 from handlers.serve import read_keys
 
 __all__ = [

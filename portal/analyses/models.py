@@ -17,12 +17,13 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
+from core.registry import CLASS_NAMES
 from portal.patients.models import Specimen
 
 __all__ = ["CLASS_LABELS", "FINAL_STATUSES", "Analysis", "Image", "ImmutableError", "Review"]
 
-# The four classes, in the order of the inference contract (DESIGN.md section 5).
-CLASS_LABELS: tuple[str, ...] = ("Benign", "Early", "Pre", "Pro")
+# The classes in the order of the inference contract, from the model registry (docs/serving.md).
+CLASS_LABELS: tuple[str, ...] = CLASS_NAMES
 LABEL_CHOICES = [(c, c) for c in CLASS_LABELS]
 FINAL_STATUSES = frozenset({"done", "failed", "rejected"})
 

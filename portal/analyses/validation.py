@@ -1,29 +1,39 @@
-"""Validation of uploaded images before anything is stored: real image, allowed format, sane size."""
+"""Validation of uploaded images before anything is stored, by the model server's own decoder.
+
+:func:`core.decode.open_image` is the one definition of an acceptable image (formats, still frames
+only, size and pixel limits, decompression bombs, corrupt files): the portal stores exactly what the
+models will decode, and refuses with the contract's codes (``not_an_image``, ``image_too_small``,
+``image_too_large``; ``empty`` for an empty file) and a message a user can act on.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import io
-import warnings
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from PIL import Image as PILImage
-from PIL import UnidentifiedImageError
 
-from handlers.decode import ALLOWED_FORMATS as HANDLER_FORMATS
+from core.decode import ALLOWED_FORMATS as DECODER_FORMATS
+from core.decode import open_image
+from core.errors import RequestError
 
 __all__ = ["ALLOWED_FORMATS", "ValidatedImage", "validate_image_bytes"]
 
-# Pillow format -> (content type, file extension), for exactly the formats the handler accepts.
+# Pillow format -> (content type, file extension), for exactly the formats the decoder accepts.
 _TYPES: dict[str, tuple[str, str]] = {
     "JPEG": ("image/jpeg", "jpg"),
     "PNG": ("image/png", "png"),
     "BMP": ("image/bmp", "bmp"),
     "TIFF": ("image/tiff", "tif"),
 }
-ALLOWED_FORMATS: dict[str, tuple[str, str]] = {fmt: _TYPES[fmt] for fmt in HANDLER_FORMATS}
+ALLOWED_FORMATS: dict[str, tuple[str, str]] = {fmt: _TYPES[fmt] for fmt in DECODER_FORMATS}
+_WHAT = {
+    "not_an_image": "not an image the models can read",
+    "image_too_small": "too small",
+    "image_too_large": "too large",
+    "bad_request": "not an image",
+}
 
 
 @dataclass(frozen=True)
@@ -41,51 +51,25 @@ class ValidatedImage:
 
 
 def validate_image_bytes(original_name: str, data: bytes) -> ValidatedImage:
-    """Check that ``data`` is a decodable JPEG/PNG/BMP/TIFF within the size limits; raise ValidationError."""
+    """Decode ``data`` as the model server will; raise ValidationError (with the contract's code) if refused."""
     label = original_name or "upload"
     if not data:
         raise ValidationError(f"{label}: the file is empty.", code="empty")
-    if len(data) > settings.PORTAL_MAX_UPLOAD_BYTES:
-        raise ValidationError(
-            f"{label}: {len(data) / 1e6:.1f} MB is over the {settings.PORTAL_MAX_UPLOAD_BYTES / 1e6:.0f} MB limit.",
-            code="too_large",
-        )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-            with PILImage.open(io.BytesIO(data)) as img:
-                fmt = img.format or ""
-                width, height = img.size
-                if width * height > settings.PORTAL_MAX_IMAGE_PIXELS:
-                    raise ValidationError(f"{label}: {width}x{height} pixels is too large.", code="too_large")
-                img.verify()
-            with PILImage.open(io.BytesIO(data)) as img:
-                img.load()
-    except ValidationError:
-        raise
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        PILImage.DecompressionBombError,
-        PILImage.DecompressionBombWarning,
-    ) as exc:
-        raise ValidationError(
-            f"{label}: not a readable image ({exc.__class__.__name__}).", code="not_an_image"
-        ) from exc
-    if fmt not in ALLOWED_FORMATS:
-        raise ValidationError(
-            f"{label}: format {fmt or 'unknown'} is not accepted (JPEG, PNG, BMP, TIFF).", code="format"
+        decoded = open_image(
+            data,
+            min_side=settings.PORTAL_MIN_IMAGE_SIDE,
+            max_pixels=settings.PORTAL_MAX_IMAGE_PIXELS,
+            max_bytes=settings.PORTAL_MAX_UPLOAD_BYTES,
         )
-    side = settings.PORTAL_MIN_IMAGE_SIDE
-    if width < side or height < side:
-        raise ValidationError(f"{label}: {width}x{height} is smaller than {side}x{side} pixels.", code="too_small")
-    content_type, extension = ALLOWED_FORMATS[fmt]
+    except RequestError as exc:
+        raise ValidationError(f"{label}: {_WHAT.get(exc.code, 'refused')}: {exc.message}.", code=exc.code) from None
+    content_type, extension = ALLOWED_FORMATS[decoded.format]
+    width, height = decoded.original_size
     return ValidatedImage(
         original_name=original_name[:255],
         data=data,
-        format=fmt,
+        format=decoded.format,
         content_type=content_type,
         extension=extension,
         width=width,

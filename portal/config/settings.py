@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from handlers import decode as image_limits
+from core import decode as image_limits
+from core.registry import model_names
 from portal.config.env import env_bool, env_int, env_list, env_str, parse_database_url
 
 REPO_DIR = Path(__file__).resolve().parent.parent.parent
@@ -108,7 +109,7 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise also serves collect
 # Uploaded images and heatmaps: a private directory that no URL maps to; files are served only
 # through authenticated, permission-checked views.
 PORTAL_STORAGE_DIR = Path(env_str("PORTAL_STORAGE_DIR", str(VAR_DIR / "storage")))
-# Upload limits default to the model server's own (handlers.decode), so the portal never stores an
+# Upload limits default to the model server's own (core.decode), so the portal never stores an
 # image that every model would refuse for its size, nor refuses one the models accept.
 PORTAL_MAX_UPLOAD_BYTES = env_int("PORTAL_MAX_UPLOAD_BYTES", image_limits.MAX_BYTES)
 PORTAL_MIN_IMAGE_SIDE = env_int("PORTAL_MIN_IMAGE_SIDE", image_limits.MIN_SIDE)
@@ -124,7 +125,7 @@ TORCHSERVE_KEY = env_str("TORCHSERVE_KEY", "")
 TORCHSERVE_WORKDIR = env_str("TORCHSERVE_WORKDIR", str(REPO_DIR / ".torchserve"))  # holds key_file.json
 TORCHSERVE_CONNECT_TIMEOUT_S = float(env_str("TORCHSERVE_CONNECT_TIMEOUT_S", "2"))
 TORCHSERVE_READ_TIMEOUT_S = float(env_str("TORCHSERVE_READ_TIMEOUT_S", "12"))
-PORTAL_MODELS = env_list("PORTAL_MODELS", ["xception_bigru", "effnetb3_bigru", "effnetb3_vit", "mobilenetv3_lstm"])
+PORTAL_MODELS = env_list("PORTAL_MODELS", model_names())  # default: every registered model
 
 # The job queue (portal/jobs.py; django-q2 with its ORM broker in this database). The timings nest:
 # worst job = backoff wait (<= PORTAL_RETRY_MAX_DELAY_S) + connect + read timeout < job timeout <

@@ -2,7 +2,7 @@
 
 ``build_artifact(name, root)`` writes ``root/<name>/model/{weights.safetensors,model_config.json}``
 and ``root/<name>/card.json`` (training.card.base_card, validated), with a smear gate fitted by
-``training.smear_gate.SmearGate.fit`` on real training images when that module exists.
+``training.smear_gate.SmearGate.fit`` on real training images.
 ``unpacked_model_dir`` lays the same files out as TorchServe unpacks a .mar.
 """
 
@@ -16,21 +16,13 @@ from typing import Any
 import torch
 from PIL import Image
 
+from core.registry import CLASS_NAMES
 from tests.conftest import DATA_ALL4
 from training import compat  # noqa: F401  (before timm)
 from training.card import base_card, validate_card
 from training.models import count_parameters, create_model, save_model
-from training.registry import CLASS_NAMES
 
-__all__ = ["real_images", "build_artifact", "unpacked_model_dir", "gate_available"]
-
-
-def gate_available() -> bool:
-    try:
-        import training.smear_gate  # noqa: F401
-    except ImportError:
-        return False
-    return True
+__all__ = ["real_images", "build_artifact", "unpacked_model_dir"]
 
 
 def real_images(per_class: int = 1, offset: int = 0) -> list[tuple[str, Path]]:
@@ -43,9 +35,7 @@ def real_images(per_class: int = 1, offset: int = 0) -> list[tuple[str, Path]]:
 
 
 def _fit_gate(name: str, model: Any) -> dict[str, Any]:
-    if not gate_available():
-        return {}
-    from training.smear_gate import SmearGate  # type: ignore[import-not-found,unused-ignore]
+    from training.smear_gate import SmearGate
 
     images = [Image.open(p).convert("RGB") for _, p in real_images(per_class=8, offset=40)]
     return SmearGate.fit(images, n_negatives=300).to_dict()

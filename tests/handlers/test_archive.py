@@ -18,11 +18,11 @@ def test_import_closure_holds_the_handler_and_training_modules() -> None:
         "handlers/__init__.py",
         "handlers/leukemia_handler.py",
         "handlers/runtime.py",
-        "handlers/decode.py",
+        "core/decode.py",
         "training/__init__.py",
         "training/compat.py",
         "training/models.py",
-        "training/registry.py",
+        "core/registry.py",
         "training/transforms.py",
         "training/card.py",
     ):
@@ -59,6 +59,20 @@ def test_archive_refuses_a_bad_card(mobilenet_artifact: Path, tmp_path: Path) ->
     card["temperature"] = -1
     (broken / "card.json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match="temperature"):
+        archive_all(broken.parent, tmp_path / "out")
+
+
+def test_archive_refuses_a_card_without_a_smear_gate(mobilenet_artifact: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from training.card import CardError
+
+    broken = tmp_path / "artifacts" / "mobilenetv3_lstm"
+    shutil.copytree(mobilenet_artifact, broken)
+    card = json.loads((broken / "card.json").read_text())
+    card["smear_gate"] = {}
+    (broken / "card.json").write_text(json.dumps(card))
+    with pytest.raises(CardError, match="smear gate"):
         archive_all(broken.parent, tmp_path / "out")
 
 

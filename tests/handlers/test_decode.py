@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handlers import decode
-from handlers.decode import MAX_BYTES, decode_request, extract_payload, open_image, to_rgb
-from handlers.errors import ERROR_STATUS, RequestError
+from core import decode
+from core.decode import MAX_BYTES, decode_request, extract_payload, open_image, to_rgb
+from core.errors import ERROR_STATUS, RequestError
 from tests.handlers.inputs import bad_cases, good_cases, smear_bytes, smear_path
 
 GOOD = good_cases()

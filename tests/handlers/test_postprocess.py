@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from handlers.postprocess import ABSTAIN_MESSAGE, build_prediction, calibrated_probabilities
+from core.prediction import ABSTAIN_MESSAGE, build_prediction
+from handlers.postprocess import calibrated_probabilities
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
 

@@ -14,13 +14,12 @@ import torch
 from PIL import Image
 from ts.context import Context, RequestProcessor
 
-from handlers.errors import RequestError
+from core.errors import RequestError
+from core.registry import get_spec
 from handlers.explain import colorize, grad_cam, overlay_png
 from handlers.runtime import ModelRuntime
-from tests.handlers.artifacts import gate_available
 from tests.handlers.inputs import bad_cases, good_cases, smear_bytes, smear_path
 from training.models import load_model
-from training.registry import get_spec
 from training.transforms import build_eval_transform
 
 
@@ -61,12 +60,28 @@ def test_batch_with_bad_members_keeps_good_ones(runtime: ModelRuntime) -> None:
     assert out[-1]["probabilities"] == pytest.approx(single["probabilities"], abs=1e-5)
 
 
-@pytest.mark.skipif(not gate_available(), reason="training.smear_gate not merged yet")
 @pytest.mark.parametrize("case", [c for c in bad_cases() if c.needs_gate], ids=lambda c: c.name)
 def test_gate_refuses_non_smears(runtime: ModelRuntime, case) -> None:
     (res,) = runtime.predict([case.row()])
     assert isinstance(res, RequestError) and res.code == "not_a_blood_smear"
     assert res.details["score"] < res.details["threshold"]
+
+
+def test_a_card_without_a_valid_gate_does_not_load(mobilenet_model_dir: Path, tmp_path: Path) -> None:
+    """The gate fails closed: no gate (or a broken one) means no model, never "accept everything"."""
+    import json
+    import shutil
+
+    from training.card import CardError
+
+    for gate, error in (({}, CardError), ({"kind": "other", "threshold": 0.5, "coef": [], "intercept": 0}, ValueError)):
+        model_dir = tmp_path / f"m{len(str(gate))}"
+        shutil.copytree(mobilenet_model_dir, model_dir)
+        card = json.loads((model_dir / "model_card.json").read_text())
+        card["smear_gate"] = gate
+        (model_dir / "model_card.json").write_text(json.dumps(card))
+        with pytest.raises(error):
+            ModelRuntime(model_dir)
 
 
 def test_explanation(runtime: ModelRuntime) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from core.registry import model_names
 from handlers.serve import DEFAULT_CONFIG, DEFAULT_PORTS, ServeError, _parse_properties, effective_config, start
-from training.registry import model_names
 
 
 def _props(text: str) -> dict[str, str]:

@@ -20,12 +20,12 @@ import requests
 import torch
 from PIL import Image
 
-from handlers.errors import ERROR_STATUS
+from core.errors import ERROR_STATUS
+from core.registry import model_names
 from handlers.serve import ServerInfo
 from tests.handlers.artifacts import real_images
 from tests.handlers.inputs import Case, bad_cases, good_cases, smear_bytes
 from training.models import load_model
-from training.registry import model_names
 from training.transforms import build_eval_transform
 
 pytestmark = pytest.mark.integration

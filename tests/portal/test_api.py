@@ -66,7 +66,7 @@ def test_upload_and_review_through_the_api(technologist: Any, reviewer: Any, spe
     assert len(images) == 2 and all(len(i["analyses"]) == 4 for i in images)
     assert {a["status"] for i in images for a in i["analyses"]} == {"pending"}
     bad = tech.post("/api/analyses/", {"specimen": specimen.pk, "images": [_fake_file()]}, format="multipart")
-    assert bad.status_code == 400 and "not a readable image" in str(bad.json())
+    assert bad.status_code == 400 and "not an image the models can read" in str(bad.json())
     analysis = complete(Analysis.objects.get(pk=images[0]["analyses"][0]["id"]), "Pro")
     got = tech.get(f"/api/analyses/{analysis.pk}/").json()
     assert got["label"] == "Pro" and got["heatmap_url"] == f"/analyses/{analysis.pk}/heatmap.png"

@@ -12,12 +12,12 @@ from django.conf import settings as dj_settings
 from django.test import Client
 from PIL import Image as PILImage
 
+from handlers.serve import free_ports
 from portal import actions, jobs
 from portal.analyses import storage
 from portal.analyses.models import Analysis, Image
 from portal.analyses.validation import validate_image_bytes
 from portal.audit.models import AuditEvent
-from tests.conftest import free_ports
 from tests.portal.conftest import smear_paths
 
 pytestmark = [pytest.mark.django_db, pytest.mark.integration, pytest.mark.slow]

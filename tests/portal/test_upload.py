@@ -62,9 +62,9 @@ def test_one_model_only(tech_client: Client, specimen: Any) -> None:
 @pytest.mark.parametrize(
     ("name", "payload", "message"),
     [
-        ("notes.jpg", b"this is not an image", "not a readable image"),
-        ("tiny.png", None, "smaller than"),
-        ("truncated.jpg", "truncated", "not a readable image"),
+        ("notes.jpg", b"this is not an image", "not an image the models can read"),
+        ("tiny.png", None, "too small"),
+        ("truncated.jpg", "truncated", "corrupt or truncated"),
         ("empty.jpg", b"", "empty"),
     ],
 )

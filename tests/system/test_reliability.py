@@ -23,7 +23,8 @@ import pytest
 import requests
 
 from bench.stack import MariaDB, PortalStack, storage_report, upload_load, wait_until
-from tests.conftest import DATA_ALL4, free_ports
+from handlers.serve import free_ports
+from tests.conftest import DATA_ALL4
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

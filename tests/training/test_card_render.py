@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from core.registry import get_spec
 from training.card import CardError, base_card, render_markdown, summary_table, validate_card, write_model_store_readme
-from training.registry import get_spec
 
 
 def _card() -> dict[str, Any]:

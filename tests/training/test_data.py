@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from core.registry import CLASS_NAMES
 from tests.conftest import DATA_ALL4
 from training.data import DataError, block_of, load_samples, split_samples
-from training.registry import CLASS_NAMES
 
 ROOT = DATA_ALL4 / "original"
 

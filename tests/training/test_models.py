@@ -8,9 +8,10 @@ import sys
 import pytest
 import torch
 
+from core.registry import CLASS_NAMES, REGISTRY, get_spec
 from tests.conftest import REPO, XCEPTION_WEIGHTS
 from training.models import HybridClassifier, create_model, load_model, save_model
-from training.registry import CLASS_NAMES, REGISTRY, get_spec
+from training.transforms import data_config
 
 MODEL_NAMES = list(REGISTRY)
 
@@ -45,11 +46,11 @@ def test_normalisation_comes_from_pretrained_config() -> None:
 
     for spec in REGISTRY.values():
         cfg = timm.get_pretrained_cfg(spec.timm_name)
-        dc = spec.data_config()
+        dc = data_config(spec)
         assert dc["mean"] == pytest.approx(cfg.mean) and dc["std"] == pytest.approx(cfg.std)
         assert dc["input_size"] == (3, spec.input_size, spec.input_size)
         assert dc["crop_pct"] == 1.0
-    assert get_spec("xception_bigru").data_config()["mean"] == (0.5, 0.5, 0.5)
+    assert data_config(get_spec("xception_bigru"))["mean"] == (0.5, 0.5, 0.5)
 
 
 def test_unknown_model_is_a_clear_error() -> None:

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from core.registry import get_spec
 from tests.conftest import DATA_ALL4
 from training import compat  # noqa: F401
 from training.data import Split, load_samples
 from training.models import HybridClassifier, load_model, save_model
-from training.registry import get_spec
 from training.train import _Log, seed_everything, train_cached, train_end2end
 
 

@@ -1,6 +1,6 @@
 """Turn one TorchServe request row into a validated RGB :class:`PIL.Image.Image`.
 
-Accepted (DESIGN.md section 5): the image bytes as the raw body, as the multipart field ``data``,
+Accepted (docs/serving.md): the image bytes as the raw body, as the multipart field ``data``,
 or base64 in JSON ``{"image": "<base64>"}`` (a ``data:image/...;base64,`` prefix is allowed).
 Formats: JPEG, PNG, BMP, TIFF, still images only. EXIF orientation is applied; grayscale, palette,
 RGBA/LA (composited on white), CMYK, YCbCr and 16-bit inputs are converted to 8-bit RGB.
@@ -8,7 +8,7 @@ RGBA/LA (composited on white), CMYK, YCbCr and 16-bit inputs are converted to 8-
 Limits: at least :data:`MIN_SIDE` px a side, at most :data:`MAX_PIXELS` pixels and
 :data:`MAX_BYTES` bytes. Pillow's decompression-bomb protection stays on: the pixel count is
 checked from the header before any pixel is decoded, and Pillow's own bomb warning is an error.
-Every refusal is a :class:`~handlers.errors.RequestError` with the contract's code.
+Every refusal is a :class:`~core.errors.RequestError` with the contract's code.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from handlers.errors import RequestError
+from core.errors import RequestError
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -151,10 +151,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def open_image(raw: bytes) -> DecodedImage:
-    """Decode and validate image bytes; raise :class:`RequestError` for anything unacceptable."""
-    if len(raw) > MAX_BYTES:
-        raise RequestError("image_too_large", f"image is {len(raw)} bytes; the limit is {MAX_BYTES}")
+def open_image(
+    raw: bytes, *, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES
+) -> DecodedImage:
+    """Decode and validate image bytes; raise :class:`RequestError` for anything unacceptable.
+
+    The limits default to the contract's; the portal passes its own settings (never looser than
+    these in production) so that it stores only what the models accept, by the same rules.
+    """
+    if len(raw) > max_bytes:
+        raise RequestError("image_too_large", f"image is {len(raw)} bytes; the limit is {max_bytes}")
     enforce_pillow_limits()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -170,13 +176,13 @@ def open_image(raw: bytes) -> DecodedImage:
             raise RequestError("not_an_image", f"cannot read the image header: {exc}") from None
         fmt = str(image.format)
         width, height = image.size
-        if width * height > MAX_PIXELS:
+        if width * height > max_pixels:
             raise RequestError(
-                "image_too_large", f"image is {width}x{height} = {width * height} pixels; the limit is {MAX_PIXELS}"
+                "image_too_large", f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
             )
-        if min(width, height) < MIN_SIDE:
+        if min(width, height) < min_side:
             raise RequestError(
-                "image_too_small", f"image is {width}x{height}; each side must be at least {MIN_SIDE} px"
+                "image_too_small", f"image is {width}x{height}; each side must be at least {min_side} px"
             )
         if getattr(image, "n_frames", 1) > 1:
             raise RequestError("not_an_image", "animated or multi-page images are not supported; send one frame")
@@ -191,7 +197,7 @@ def open_image(raw: bytes) -> DecodedImage:
             raise RequestError("image_too_large", f"image has too many pixels ({exc})") from None
         except (OSError, ValueError, SyntaxError, struct_error, MemoryError) as exc:
             raise RequestError("not_an_image", f"the image is corrupt or truncated ({exc})") from None
-    if min(rgb.size) < MIN_SIDE:  # EXIF rotation does not change sides, but stay safe
+    if min(rgb.size) < min_side:  # EXIF rotation does not change sides, but stay safe
         raise RequestError("image_too_small", f"image is {rgb.size[0]}x{rgb.size[1]}")
     return DecodedImage(rgb, fmt, original_mode, (width, height), len(raw))
 

@@ -3,8 +3,9 @@
 Archiving, the TorchServe handler and the portal read input size, normalisation and class names
 from here (or from the model card written from here into each .mar), never from a second copy.
 
-Normalisation and the default input size come from the backbone's pretrained configuration in
-timm (``timm.get_pretrained_cfg``), so they match the ImageNet weights a user may load.
+Normalisation comes from the backbone's pretrained configuration in timm
+(:func:`training.transforms.data_config`, which needs timm), so it matches the ImageNet weights a
+user may load; this module stays torch- and timm-free so the portal can import it.
 """
 
 from __future__ import annotations
@@ -73,23 +74,6 @@ class ModelSpec:
     @property
     def timm_name(self) -> str:
         return f"{self.backbone}.{self.pretrained_tag}"
-
-    def data_config(self) -> dict[str, Any]:
-        """Input size, mean, std and interpolation, from the backbone's pretrained config."""
-        import timm
-
-        from training import compat  # noqa: F401  (before timm)
-
-        cfg = timm.get_pretrained_cfg(self.timm_name)
-        if cfg is None:
-            raise KeyError(f"timm has no pretrained config {self.timm_name!r}")
-        return {
-            "input_size": (3, self.input_size, self.input_size),
-            "mean": tuple(float(v) for v in cfg.mean),
-            "std": tuple(float(v) for v in cfg.std),
-            "interpolation": "bicubic" if cfg.interpolation == "bicubic" else "bilinear",
-            "crop_pct": 1.0,  # never centre-crop: training frames are squashed whole
-        }
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,4 +1,4 @@
-"""Request errors of the public inference contract (DESIGN.md section 5).
+"""Request errors of the public inference contract (docs/serving.md).
 
 Every refusal is a JSON object ``{"code": ..., "message": ...}`` (plus optional detail fields such
 as the smear-gate ``score`` and ``threshold``) sent with a 4xx HTTP status. The code is the stable,

@@ -1,0 +1,13 @@
+"""The product's torch-free core: what the models, the handler and the portal must agree on.
+
+Imported by ``training/``, ``handlers/`` and ``portal/``; needs only NumPy and Pillow (never torch,
+timm or Django), so the portal (web and job workers) runs without torch.
+
+- :mod:`core.errors`: the inference contract's error codes and their HTTP statuses;
+- :mod:`core.decode`: image limits and the one decoder/validator (the handler and portal uploads);
+- :mod:`core.prediction`: the prediction body (label, abstention, probabilities) and its keys.
+
+The public contract these implement is docs/serving.md.
+"""
+
+__all__: list[str] = []
