@@ -6,15 +6,25 @@ DEVICE ?= $(shell $(PY) -c "import torch; print('cuda' if torch.cuda.is_availabl
 THREADS ?= 2
 TRAIN_ARGS ?=
 MAX_MINUTES ?= 55
-# distillation is optional: TEACHER=artifacts/xception_bigru uses its soft labels (the shipped models do not)
+# distillation is optional: TEACHER=artifacts/xception_bigru uses its soft labels (computed from its model/ if
+# its teacher_train.npy is missing, e.g. model/ unpacked from model_store/xception_bigru.mar)
 TEACHER ?=
+# domain pretraining of the random-init CNN stages on cell types first: PRETRAIN=pbc (../shared/data/pbc)
+PRETRAIN ?=
+# data-loading worker processes (0: in the main process; on a GPU machine the augmentation is the bottleneck)
+WORKERS ?= 0
+# effnetb3_vit on effnetb3_bigru's CNN stage: frozen + cached maps (CPU), or fine-tuned end to end (GPU)
+VIT_RECIPE ?= $(if $(filter cuda%,$(DEVICE)),end2end,cached)
+# The GPU recipe of the shipped random-init models (issue 13; one H100, four runs side by side, ~65 epochs each):
+#   make train-all DEVICE=cuda WORKERS=3 MAX_MINUTES=6 TRAIN_ARGS="--epochs 200 --val-every 5"
 DATA_ARG := $(if $(DATA),--data $(DATA),)
 
 .PHONY: train train-all evaluate smear-gate
 
 # One model; rerunning resumes from $(ARTIFACTS)/$(MODEL)/checkpoint.pt.
 train: setup
-	$(PY) -m training.train --model $(MODEL) --artifacts $(ARTIFACTS) --device $(DEVICE) --threads $(THREADS) $(DATA_ARG) $(TRAIN_ARGS)
+	$(PY) -m training.train --model $(MODEL) --artifacts $(ARTIFACTS) --device $(DEVICE) --threads $(THREADS) $(DATA_ARG) \
+	  --workers $(WORKERS) $(TRAIN_ARGS)
 
 # Xception first (frozen stem + cached features, last blocks fine-tuned), then the random-init models
 # (time-boxed, optionally distilled from TEACHER), then effnetb3_vit on effnetb3_bigru's CNN stage.
@@ -22,11 +32,14 @@ train-all: setup
 	$(PY) -m training.train --model xception_bigru --artifacts $(ARTIFACTS) --device $(DEVICE) --threads $(THREADS) $(DATA_ARG)
 	for m in mobilenetv3_lstm effnetb3_bigru; do \
 	  $(PY) -m training.train --model $$m --artifacts $(ARTIFACTS) --device $(DEVICE) --threads $(THREADS) $(DATA_ARG) \
-	    $(if $(TEACHER),--teacher $(TEACHER),) --max-minutes $(MAX_MINUTES) $(TRAIN_ARGS); \
+	    $(if $(TEACHER),--teacher $(TEACHER),) $(if $(PRETRAIN),--pretrain-data $(PRETRAIN),) --workers $(WORKERS) \
+	    --max-minutes $(MAX_MINUTES) $(TRAIN_ARGS); \
 	done
-	# effnetb3_vit shares effnetb3_bigru's trained CNN stage (frozen) and trains its transformer on cached maps
+	# effnetb3_vit starts from effnetb3_bigru's trained CNN stage: frozen, its transformer trained on cached maps
+	# (VIT_RECIPE=cached), or the whole model fine-tuned end to end at lr 1e-3 (VIT_RECIPE=end2end, the GPU default)
 	$(PY) -m training.train --model effnetb3_vit --artifacts $(ARTIFACTS) --device $(DEVICE) --threads $(THREADS) $(DATA_ARG) \
-	  --init-weights $(ARTIFACTS)/effnetb3_bigru/model
+	  --init-weights $(ARTIFACTS)/effnetb3_bigru/model --recipe $(VIT_RECIPE) \
+	  $(if $(filter end2end,$(VIT_RECIPE)),--lr 1e-3 --workers $(WORKERS) --max-minutes $(MAX_MINUTES) $(TRAIN_ARGS),)
 
 $(ARTIFACTS)/smear_gate.json:
 	$(PY) -m training.fit_gate --out $@ $(DATA_ARG)

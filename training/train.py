@@ -47,10 +47,19 @@ from training import compat  # noqa: F401  (before timm)
 from training.augment import TrainAugment, geometric_grid
 from training.data import Sample, Split, load_split, manifest_sha256
 from training.features import cache_dir_for, cache_path, load_cache, map_batches
-from training.models import HybridClassifier, create_model, save_model
+from training.models import HybridClassifier, create_model, load_backbone_weights, save_model
 from training.transforms import build_eval_transform
 
-__all__ = ["RECIPES", "hardware_info", "seed_everything", "train_cached", "train_end2end", "main"]
+__all__ = [
+    "RECIPES",
+    "hardware_info",
+    "seed_everything",
+    "train_cached",
+    "train_end2end",
+    "teacher_soft_labels",
+    "pretrain_backbone",
+    "main",
+]
 
 XCEPTION_WEIGHTS = (
     Path(__file__).resolve().parent.parent.parent
@@ -329,6 +338,7 @@ def train_end2end(
     max_steps: int | None = None,
     workers: int = 0,
     validate: bool = True,
+    val_every: int = 1,
 ) -> dict[str, Any]:
     """Train the whole model on augmented images; optional distillation from teacher probabilities."""
     ds = ImageDataset(split.train, model.spec, TrainAugment(seed=seed), teacher_soft)
@@ -394,7 +404,7 @@ def train_end2end(
             "train_loss": round(tot / max(seen, 1), 5),
             "seconds": round(time.time() - t0, 1),
         }
-        if validate:
+        if validate and ((epoch + 1) % max(1, val_every) == 0 or stop or epoch + 1 == epochs):
             acc, f1 = _macro_f1(
                 image_logits(model, split.val, device), torch.tensor([s.label for s in split.val]), model.num_classes
             )
@@ -413,6 +423,134 @@ def train_end2end(
         if stop:
             break
     return {"history": history, "step_losses": losses, "elapsed": elapsed_before + time.time() - t_start}
+
+
+# -- teacher soft labels --------------------------------------------------------------------------
+TEACHER_FILE = "teacher_train.npy"
+
+
+def teacher_soft_labels(
+    teacher: str | os.PathLike[str],
+    split: Split,
+    device: str = "cpu",
+    temperature: float = 2.0,
+    log: _Log | None = None,
+) -> np.ndarray:
+    """Soft labels (softmax at ``temperature``) of the training split, in ``split.train`` order.
+
+    ``teacher`` is a ``.npy`` file, or a teacher's artifacts directory: its ``teacher_train.npy``
+    (written by the cached recipe) is used, else it is computed from the directory's ``model/``
+    (e.g. ``model/`` unpacked from the teacher's .mar) on the images and written there.
+    """
+    path = Path(teacher)
+    if path.suffix == ".npy":
+        return np.load(path)
+    if (path / TEACHER_FILE).exists():
+        return np.load(path / TEACHER_FILE)
+    from training.models import load_model
+
+    model_dir = path / "model" if (path / "model").is_dir() else path
+    tmodel = load_model(model_dir).to(device)
+    if log is not None:
+        log(f"teacher soft labels from {model_dir} on {len(split.train)} training images (T={temperature})")
+    logits = image_logits(tmodel, split.train, device)
+    soft = torch.softmax(logits / temperature, dim=1).numpy().astype(np.float32)
+    np.save(path / TEACHER_FILE, soft)
+    return soft
+
+
+# -- domain pretraining of the CNN stage ----------------------------------------------------------
+#: PBC single-cell crops (8 types, CC BY 4.0, Acevedo et al. 2020): the same stain family, other cells
+PBC_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "pbc"
+PBC_CLASSES = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet")
+
+
+def pretrain_samples(root: str | os.PathLike[str]) -> list[Sample]:
+    """Images under ``root/<type>/`` (any class folder names), labelled by folder, sorted."""
+    from training.data import IMAGE_SUFFIXES
+
+    root = Path(root)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"no class folders under {root}")
+    out = []
+    for label, c in enumerate(classes):
+        for f in sorted((root / c).iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                out.append(Sample(f, f"{c}/{f.name}", label, f"{c}/{f.name}", ""))
+    return out
+
+
+def pretrain_backbone(
+    model: HybridClassifier,
+    root: str | os.PathLike[str],
+    out_file: Path,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: str,
+    log: _Log,
+    workers: int = 0,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Supervised domain pretraining of the CNN stage on cell-type folders (e.g. PBC).
+
+    The backbone plus a linear head on its pooled map learn the cell types with the same
+    augmentation and the same input transform (size, luminance standardisation) as the main
+    training; the backbone weights are written to ``out_file`` (safetensors), which then serves
+    as ``--init-weights``. Rerunning with ``out_file`` present reuses it.
+    """
+    from safetensors.torch import save_file
+
+    if out_file.exists():
+        log(f"pretrained CNN stage {out_file} exists, reused")
+        return {"reused": True}
+    samples = pretrain_samples(root)
+    n_cls = 1 + max(s.label for s in samples)
+    ds = ImageDataset(samples, model.spec, TrainAugment(seed=seed + 7919), None)
+    backbone = model.backbone.to(device)
+    with torch.no_grad():
+        size = model.spec.input_size
+        ch = model.forward_cnn(torch.zeros(1, 3, size, size, device=device)).shape[1]
+    head = nn.Linear(ch, n_cls).to(device)
+    params = list(backbone.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    steps_per_epoch = math.ceil(len(ds) / batch_size)
+    total, t_start, steps = steps_per_epoch * epochs, time.time(), 0
+    history = []
+    log(f"pretraining CNN stage on {len(samples)} images of {n_cls} types from {root}, {epochs} epochs")
+    for epoch in range(epochs):
+        ds.epoch = epoch
+        g = torch.Generator().manual_seed(seed * 1000 + 500 + epoch)
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=batch_size, shuffle=True, generator=g, num_workers=workers, drop_last=len(ds) > batch_size
+        )
+        backbone.train()
+        tot, correct, seen = 0.0, 0, 0
+        for step, (x, y, _) in enumerate(loader):
+            for group in opt.param_groups:
+                group["lr"] = lr * _cosine(epoch * steps_per_epoch + step, total, min(steps_per_epoch, 50))
+            logits = head(model.forward_cnn(x.to(device)).mean((2, 3)))
+            loss = F.cross_entropy(logits, y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 5.0)
+            opt.step()
+            tot += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1).cpu() == y).sum())
+            seen += len(y)
+            steps += 1
+            if max_steps is not None and steps >= max_steps:
+                break
+        rec = {"pretrain_epoch": epoch + 1, "loss": round(tot / seen, 5), "train_acc": round(correct / seen, 4)}
+        history.append(rec)
+        log(json.dumps(rec))
+        if max_steps is not None and steps >= max_steps:
+            break
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}, str(out_file))
+    return {"history": history, "seconds": round(time.time() - t_start, 1), "n_images": len(samples)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -435,7 +573,19 @@ def main(argv: list[str] | None = None) -> int:
         help="cached recipe: cache the CNN up to this backbone child, fine-tune the blocks after it ('none': frozen)",
     )
     p.add_argument("--max-minutes", type=float, default=None, help="end2end: time box")
-    p.add_argument("--teacher", default=None, help="end2end: teacher artifacts dir with teacher_train.npy")
+    p.add_argument(
+        "--teacher",
+        default=None,
+        help="end2end: teacher soft labels: a .npy, or a teacher artifacts dir (teacher_train.npy, else its model/)",
+    )
+    p.add_argument("--kd-weight", type=float, default=0.5, help="end2end: weight of the distillation loss")
+    p.add_argument(
+        "--pretrain-data",
+        default=None,
+        help="end2end: pretrain the CNN stage on cell-type folders first ('pbc': ../shared/data/pbc)",
+    )
+    p.add_argument("--pretrain-epochs", type=int, default=30)
+    p.add_argument("--val-every", type=int, default=1, help="end2end: validate every N epochs (and the last)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--note", default=None, help="free text recorded in train_info.json and the model card")
     args = p.parse_args(argv)
@@ -471,6 +621,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     model = create_model(args.model, init_weights=init)
     t0 = time.time()
+    pretrain_info: dict[str, Any] | None = None
+    if args.pretrain_data and recipe == "end2end":
+        root = PBC_ROOT if args.pretrain_data == "pbc" else Path(args.pretrain_data)
+        pre_file = out_dir / "pretrain_backbone.safetensors"
+        pretrain_info = pretrain_backbone(
+            model,
+            root,
+            pre_file,
+            args.pretrain_epochs,
+            lr,
+            args.batch_size,
+            args.seed,
+            args.device,
+            log,
+            workers=args.workers,
+        )
+        pretrain_info["data"] = root.name
+        load_backbone_weights(model, pre_file)
+        model.init_info["pretrained_on"] = root.name
+        init = f"{root.name}-pretrained ({init})"
     if recipe == "cached":
         cache_dir = cache_dir_for(Path(args.artifacts), args.model, cnn_split)
         from training.features import main as cache_main
@@ -515,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         soft = None
         if args.teacher:
-            soft = np.load(Path(args.teacher) / "teacher_train.npy")
+            soft = teacher_soft_labels(args.teacher, split, args.device, log=log)
             if len(soft) != len(split.train):
                 raise ValueError("teacher soft labels do not match the training split")
         result = train_end2end(
@@ -530,7 +700,9 @@ def main(argv: list[str] | None = None) -> int:
             log,
             max_minutes=args.max_minutes,
             teacher_soft=soft,
+            kd_weight=args.kd_weight,
             workers=args.workers,
+            val_every=args.val_every,
         )
         cache_seconds = 0.0
         recipe_text = (
@@ -538,7 +710,16 @@ def main(argv: list[str] | None = None) -> int:
             f"saturation/brightness/white-balance/grayscale augmentation, AdamW lr {lr}, cosine, "
             f"batch {args.batch_size}, "
             f"seed {args.seed}, up to {epochs} epochs, time box {args.max_minutes} min"
-            + (f", distilled from {Path(args.teacher).name} soft labels (T=2, weight 0.5)" if args.teacher else "")
+            + (
+                f", distilled from {Path(args.teacher).name} soft labels (T=2, weight {args.kd_weight})"
+                if args.teacher
+                else ""
+            )
+            + (
+                f"; CNN stage first pretrained {args.pretrain_epochs} epochs on {pretrain_info['data']} cell types"
+                if pretrain_info
+                else ""
+            )
         )
     wall = time.time() - t0
     model.eval().cpu()
@@ -566,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
         "hardware": hardware_info(args.device),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if pretrain_info:
+        info["pretrain"] = pretrain_info
     if args.note:
         info["notes"] = args.note
     info_path.write_text(json.dumps(info, indent=2))
