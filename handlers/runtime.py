@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 
+from core.card import require_gate, validate_card
 from core.decode import DecodedImage, decode_request
 from core.errors import RequestError
 from core.prediction import build_prediction
+from core.smear_gate import SmearGate
 from handlers.explain import grad_cam, overlay_png_base64
 from handlers.postprocess import calibrated_probabilities
-from training.card import require_gate, validate_card
 from training.models import load_model
 from training.transforms import build_eval_transform, data_config
 
@@ -78,8 +79,6 @@ class ModelRuntime:
         self.temperature = float(self.card["temperature"])
         self.abstain_threshold = float(self.card["abstain_threshold"])
         self.transform = build_eval_transform(self.spec)
-        from training.smear_gate import SmearGate
-
         self.gate = SmearGate.from_dict(self.card["smear_gate"])
 
     def _check_card_matches_spec(self) -> None:

@@ -34,8 +34,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from core.card import require_gate, validate_card
 from training import card as card_module
-from training.card import require_gate, validate_card
 from training.provenance import file_sha256
 
 __all__ = [
@@ -54,7 +54,7 @@ __all__ = [
 REPO = Path(__file__).resolve().parent.parent
 HANDLER = REPO / "handlers" / "leukemia_handler.py"
 #: Modules the handler loads lazily (by name, not at import time) and so must be packed too.
-LAZY_MODULES = ("training.smear_gate", "training.stain")
+LAZY_MODULES = ("training.stain",)
 LOCAL_PACKAGES = ("core", "handlers", "training")
 _ZIP_EPOCH_MIN = 315532800  # 1980-01-01, the earliest time a zip entry can hold
 

@@ -1,4 +1,6 @@
-"""Model cards: the JSON shipped inside each .mar (``model_card.json``) and its Markdown rendering.
+"""Model cards: building the JSON shipped inside each .mar (``model_card.json``) and its Markdown rendering.
+
+The schema and its validation are :mod:`core.card`.
 
 The card is the serving-side source of truth for everything that is fitted rather than designed:
 temperature, abstention threshold, smear-gate thresholds, metrics. Architecture, input size,
@@ -9,47 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.card import CARD_SCHEMA_VERSION, validate_card
 from core.registry import ModelSpec
 
 __all__ = [
-    "CARD_SCHEMA_VERSION",
-    "REQUIRED_KEYS",
-    "CardError",
     "base_card",
-    "validate_card",
-    "require_gate",
     "render_markdown",
     "summary_table",
     "write_model_store_readme",
 ]
-
-CARD_SCHEMA_VERSION = 1
-
-#: key -> type every card must carry (nested content is checked by validate_card).
-REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
-    "schema_version": int,
-    "name": str,
-    "version": str,
-    "architecture": dict,  # backbone, sequence, parameters
-    "input_size": int,
-    "mean": list,
-    "std": list,
-    "interpolation": str,
-    "classes": list,
-    "stain_normalization": (str, type(None)),
-    "temperature": (int, float),
-    "abstain_threshold": (int, float),
-    "smear_gate": dict,  # thresholds and statistics used by the handler's gate
-    "init_weights": dict,  # source, path/hub name, sha256
-    "training": dict,  # data (manifest hash, split rule), recipe, wall time, hardware
-    "metrics": dict,  # validation metrics, perturbations, calibration, coverage
-    "intended_use": str,
-    "limitations": list,
-}
-
-
-class CardError(ValueError):
-    """A model card is missing a field or has a wrong value."""
 
 
 def base_card(spec: ModelSpec, parameters: int, init_weights: dict[str, Any]) -> dict[str, Any]:
@@ -106,46 +76,6 @@ _NORMALISATION_TEXT: dict[str | None, str] = {
     ),
     "reinhard": "Reinhard LAB normalisation to the training reference",
 }
-
-
-def validate_card(card: dict[str, Any]) -> dict[str, Any]:
-    """Raise :class:`CardError` if ``card`` is not a valid model card; return it unchanged."""
-    if not isinstance(card, dict):
-        raise CardError("model card must be a JSON object")
-    for key, typ in REQUIRED_KEYS.items():
-        if key not in card:
-            raise CardError(f"model card lacks {key!r}")
-        if not isinstance(card[key], typ) or (typ is int and isinstance(card[key], bool)):
-            raise CardError(f"model card field {key!r} has type {type(card[key]).__name__}")
-    if card["schema_version"] != CARD_SCHEMA_VERSION:
-        raise CardError(f"unsupported card schema_version {card['schema_version']}")
-    if not card["classes"] or not all(isinstance(c, str) for c in card["classes"]):
-        raise CardError("classes must be a non-empty list of names")
-    for key in ("mean", "std"):
-        if len(card[key]) != 3 or not all(isinstance(v, (int, float)) for v in card[key]):
-            raise CardError(f"{key} must be three numbers")
-    if any(v <= 0 for v in card["std"]):
-        raise CardError("std must be positive")
-    if card["input_size"] < 32:
-        raise CardError("input_size must be at least 32")
-    if not card["temperature"] > 0:
-        raise CardError("temperature must be positive")
-    if not 0.0 <= card["abstain_threshold"] <= 1.0:
-        raise CardError("abstain_threshold must be in [0, 1]")
-    return card
-
-
-def require_gate(card: dict[str, Any]) -> dict[str, Any]:
-    """Raise :class:`CardError` unless ``card`` carries a fitted smear gate; return it unchanged.
-
-    The gate decides what the model may label at all, so it fails closed: a model without one is
-    neither archived nor loaded (an empty ``smear_gate`` is allowed only while a card is being built).
-    """
-    gate = card.get("smear_gate") or {}
-    missing = [k for k in ("kind", "threshold", "coef", "intercept") if k not in gate]
-    if missing:
-        raise CardError(f"model {card.get('name')!r} has no valid smear gate (missing {', '.join(missing)})")
-    return card
 
 
 # -- Markdown rendering -------------------------------------------------------------------------

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.card import validate_card
 from core.registry import CLASS_NAMES, get_spec
+from core.smear_gate import SmearGate
 from training import compat  # noqa: F401  (before timm)
 from training.augment import PERTURBATIONS
 from training.calibrate import (
@@ -39,12 +41,11 @@ from training.calibrate import (
     reliability_bins,
     softmax,
 )
-from training.card import base_card, render_markdown, validate_card, write_model_store_readme
+from training.card import base_card, render_markdown, write_model_store_readme
 from training.curves import plot_training_curves
 from training.data import Sample, Split, load_split
 from training.features import VIEW_PERTURBATION, cache_dir_for, cache_path, load_cache, map_batches
 from training.models import HybridClassifier, count_parameters, load_model
-from training.smear_gate import SmearGate
 from training.transforms import build_eval_transform
 
 __all__ = ["histogram_features", "baseline_metrics", "model_logits", "plot_confusion", "plot_reliability", "main"]

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from core.smear_gate import SmearGate
 from training.augment import PERTURBATIONS
 from training.data import DEFAULT_DATA_ROOT, load_split
-from training.smear_gate import NEGATIVE_KINDS, SmearGate, synthetic_negatives
+from training.smear_gate import NEGATIVE_KINDS, fit_smear_gate, synthetic_negatives
 
 __all__ = ["bccd_frames", "test_sets", "measure_rates", "main"]
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     split = load_split(args.data)
     train = [Image.open(s.path).convert("RGB") for s in split.train]
     extra = [Image.open(p).convert("RGB") for p in bccd_frames("fit")]
-    gate = SmearGate.fit(train, extra_positives=extra, n_negatives=900, seed=args.seed)
+    gate = fit_smear_gate(train, extra_positives=extra, n_negatives=900, seed=args.seed)
     gate.info["fitted_on"] = (
         f"{len(train)} training-split smear frames (+1 random colour view each), {len(extra)} BCCD frames "
         f"(even-numbered), 900 synthetic non-smear images ({', '.join(NEGATIVE_KINDS)}; seed {args.seed})"

@@ -1,157 +1,23 @@
-"""The smear gate: "is this image a stained peripheral blood smear field of view?".
+"""Fitting the smear gate (:class:`core.smear_gate.SmearGate`): synthetic non-smear images and the fit.
 
-The classifiers answer one of four classes for any input, so the handler first asks the gate and
-refuses images that are not smears (photos, documents, noise, flat colour, other imaging).
-
-How it decides: :func:`image_statistics` turns an image into a small vector of statistics that
-describe a smear independent of its exact colours (luminance distribution and bright-background
-fraction, chroma, gradient and Laplacian energies at two scales, colour quantisation, and the
-prototype's colour-histogram correlation to the training distribution). A logistic regression on
-the standardised vector separates smear frames (the training images, each also under random
-colour augmentation so that other stains / white balances stay accepted, plus any extra smear
-frames given, e.g. another lab's) from synthetic non-smear images (:func:`synthetic_negatives`:
-noise, flat colours, gradients, text pages, shapes, stripes, fluorescence-like frames, crops of
-natural photos). ``score`` is its probability in [0, 1]; ``accepted = score >= threshold``.
-
-Optionally (``pooled_features`` given and the gate fitted with feature statistics) the distance of
-the model's pooled features to the training distribution is reported in ``details`` as well.
-
-Everything fitted is plain numbers, so :meth:`SmearGate.to_dict` goes into the model card and
-:meth:`SmearGate.from_dict` rebuilds the gate in the handler without scikit-learn.
+:func:`synthetic_negatives` draws non-smear images (noise, flat colours, gradients, text pages,
+shapes, stripes, fluorescence-like frames, crops of natural photos); :func:`fit_smear_gate` fits the
+logistic regression (scikit-learn) on the statistics of smear frames, each also under random colour
+augmentation so that other stains / white balances stay accepted, against those negatives. Only the
+fitted numbers travel in the model card; serving uses core.smear_gate alone.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-__all__ = [
-    "FEATURE_NAMES",
-    "GateResult",
-    "SmearGate",
-    "image_statistics",
-    "synthetic_negatives",
-    "NEGATIVE_KINDS",
-]
+from core.smear_gate import SmearGate, _hue_sat_hist, _prepare, image_statistics
 
-_SIZE = 128
-_HIST_BINS = (12, 4)  # hue x saturation bins of the prototype's histogram correlation
-
-FEATURE_NAMES: tuple[str, ...] = (
-    "lum_mean",
-    "log_lum_std",
-    "lum_p05",
-    "lum_p50",
-    "lum_p95",
-    "bright_fraction",
-    "dark_fraction",
-    "chroma_mean",
-    "log_chroma_std",
-    "log_grad_mean",
-    "log_grad_p90",
-    "lap_ratio",
-    "log_grad_mean_coarse",
-    "lum_std_coarse_ratio",
-    "top_colour_fraction",
-    "log_unique_colour_fraction",
-    "hist_correlation",
-)
-
-
-#: features compared on a log scale (they span orders of magnitude between image kinds)
-_LOG_FEATURES = [
-    FEATURE_NAMES.index(n)
-    for n in (
-        "log_lum_std",
-        "log_chroma_std",
-        "log_grad_mean",
-        "log_grad_p90",
-        "log_grad_mean_coarse",
-        "log_unique_colour_fraction",
-    )
-]
-
-
-@dataclass
-class GateResult:
-    score: float
-    threshold: float
-    accepted: bool
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-def _prepare(image: Image.Image) -> np.ndarray:
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return np.asarray(image.resize((_SIZE, _SIZE), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
-
-
-def _hue_sat_hist(rgb: np.ndarray) -> np.ndarray:
-    img = Image.fromarray((rgb * 255).astype(np.uint8)).convert("HSV")
-    hsv = np.asarray(img, dtype=np.float32) / 255.0
-    hist, _, _ = np.histogram2d(
-        hsv[..., 0].ravel(), hsv[..., 1].ravel(), bins=_HIST_BINS, range=((0.0, 1.0), (0.0, 1.0))
-    )
-    hist = hist.ravel()
-    return hist / max(hist.sum(), 1.0)
-
-
-def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    a = a - a.mean()
-    b = b - b.mean()
-    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else 0.0
-
-
-def _grad(lum: np.ndarray) -> np.ndarray:
-    gy, gx = np.gradient(lum)
-    return np.hypot(gx, gy)
-
-
-def image_statistics(image: Image.Image, reference_hist: np.ndarray | None = None) -> np.ndarray:
-    """The gate's feature vector (see :data:`FEATURE_NAMES`)."""
-    rgb = _prepare(image)
-    lum = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)
-    chroma = mx - mn
-    g = _grad(lum)
-    lap = np.abs(4 * lum[1:-1, 1:-1] - lum[:-2, 1:-1] - lum[2:, 1:-1] - lum[1:-1, :-2] - lum[1:-1, 2:])
-    coarse = lum.reshape(_SIZE // 4, 4, _SIZE // 4, 4).mean(axis=(1, 3))
-    gc = _grad(coarse)
-    q = (rgb * 7.999).astype(np.int32)
-    codes = q[..., 0] * 64 + q[..., 1] * 8 + q[..., 2]
-    counts = np.bincount(codes.ravel(), minlength=512)
-    fine_q = (rgb * 31.999).astype(np.int32)
-    fine_codes = fine_q[..., 0] * 1024 + fine_q[..., 1] * 32 + fine_q[..., 2]
-    p05, p50, p95 = np.percentile(lum, [5, 50, 95])
-    hist_corr = _correlation(_hue_sat_hist(rgb), reference_hist) if reference_hist is not None else 0.0
-    feats = [
-        lum.mean(),
-        lum.std(),
-        p05,
-        p50,
-        p95,
-        (lum > 0.7).mean(),
-        (lum < 0.3).mean(),
-        chroma.mean(),
-        chroma.std(),
-        g.mean(),
-        np.percentile(g, 90),
-        lap.mean() / (g.mean() + 1e-4),
-        gc.mean(),
-        coarse.std() / (lum.std() + 1e-4),
-        counts.max() / counts.sum(),
-        len(np.unique(fine_codes)) / fine_codes.size,
-        hist_corr,
-    ]
-    out = np.asarray(feats, dtype=np.float64)
-    out[_LOG_FEATURES] = np.log(out[_LOG_FEATURES] + 1e-4)  # energies: compare on a log scale
-    return out
+__all__ = ["NEGATIVE_KINDS", "fit_smear_gate", "synthetic_negatives"]
 
 
 # -- synthetic non-smear images -----------------------------------------------------------------
@@ -313,178 +179,54 @@ def synthetic_negatives(
         yield kind, _negative(kind, np.random.default_rng([seed, i]), size, photos)
 
 
-# -- the gate -----------------------------------------------------------------------------------
-@dataclass
-class SmearGate:
-    """Logistic regression on :func:`image_statistics`; plain numbers only (card-serialisable)."""
+def fit_smear_gate(
+    images: Iterable[Image.Image],
+    extra_positives: Iterable[Image.Image] = (),
+    negatives: Iterable[Image.Image] | None = None,
+    n_negatives: int = 900,
+    augment_views: int = 1,
+    seed: int = 0,
+    target_acceptance: float = 0.99,
+) -> SmearGate:
+    """Fit on smear ``images`` (training frames), each also under ``augment_views`` random colour
+    augmentations, plus ``extra_positives``; negatives default to :func:`synthetic_negatives`.
+    The threshold is the largest of 0.5 and the value that keeps ``target_acceptance`` of
+    the positives accepted, whichever is lower (never above 0.5)."""
+    from sklearn.linear_model import LogisticRegression
 
-    threshold: float
-    mean: list[float]
-    scale: list[float]
-    coef: list[float]
-    intercept: float
-    reference_hist: list[float]
-    pos_mean: list[float] | None = None  # statistics of the smear images (novelty check)
-    pos_scale: list[float] | None = None
-    novelty_limit: float | None = None
-    feature_mean: list[float] | None = None  # pooled-feature statistics (optional)
-    feature_std: list[float] | None = None
-    feature_distance_p99: float | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    from training.augment import ColorAugment
 
-    version = 1
-
-    @classmethod
-    def fit(
-        cls,
-        images: Iterable[Image.Image],
-        extra_positives: Iterable[Image.Image] = (),
-        negatives: Iterable[Image.Image] | None = None,
-        n_negatives: int = 900,
-        augment_views: int = 1,
-        seed: int = 0,
-        target_acceptance: float = 0.99,
-    ) -> SmearGate:
-        """Fit on smear ``images`` (training frames), each also under ``augment_views`` random colour
-        augmentations, plus ``extra_positives``; negatives default to :func:`synthetic_negatives`.
-        The threshold is the largest of 0.5 and the value that keeps ``target_acceptance`` of
-        the positives accepted, whichever is lower (never above 0.5)."""
-        from sklearn.linear_model import LogisticRegression
-
-        from training.augment import ColorAugment
-
-        pos_images = [im.convert("RGB") for im in images] + [im.convert("RGB") for im in extra_positives]
-        if not pos_images:
-            raise ValueError("no smear images to fit on")
-        ref = np.mean([_hue_sat_hist(_prepare(im)) for im in pos_images], axis=0)
-        aug = ColorAugment()
-        rng = np.random.default_rng(seed)
-        pos = []
-        for im in pos_images:
-            pos.append(image_statistics(im, ref))
-            for _ in range(augment_views):
-                pos.append(image_statistics(aug(im, rng), ref))
-        negs = negatives if negatives is not None else (im for _, im in synthetic_negatives(n_negatives, seed))
-        neg = [image_statistics(im, ref) for im in negs]
-        x = np.asarray(pos + neg)
-        y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-        clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000)
-        clf.fit((x - mean) / scale, y)
-        gate = cls(
-            threshold=0.5,
-            mean=mean.tolist(),
-            scale=scale.tolist(),
-            coef=clf.coef_[0].tolist(),
-            intercept=float(clf.intercept_[0]),
-            reference_hist=ref.tolist(),
-        )
-        xp = np.asarray(pos)
-        gate.pos_mean = xp.mean(axis=0).tolist()
-        gate.pos_scale = (xp.std(axis=0) + 1e-6).tolist()
-        gate.novelty_limit = float(1.5 * np.quantile(gate._novelty(xp), 0.999))
-        scores = np.array([gate._score_vector(v) for v in pos])
-        gate.threshold = float(min(0.5, np.quantile(scores, 1.0 - target_acceptance)))
-        gate.info = {"n_positive": len(pos), "n_negative": len(neg), "augment_views": augment_views, "seed": seed}
-        return gate
-
-    def fit_feature_statistics(self, pooled: np.ndarray, quantile: float = 0.99) -> None:
-        """Store mean/std of training pooled features and the ``quantile`` of their distance."""
-        pooled = np.asarray(pooled, dtype=np.float64)
-        self.feature_mean = pooled.mean(axis=0).tolist()
-        self.feature_std = (pooled.std(axis=0) + 1e-6).tolist()
-        d = self._feature_distance(pooled)
-        self.feature_distance_p99 = float(np.quantile(d, quantile))
-
-    def _feature_distance(self, pooled: np.ndarray) -> np.ndarray:
-        assert self.feature_mean is not None and self.feature_std is not None
-        z = (np.atleast_2d(pooled) - np.asarray(self.feature_mean)) / np.asarray(self.feature_std)
-        return np.sqrt((z * z).mean(axis=1))
-
-    def _novelty(self, x: np.ndarray) -> np.ndarray:
-        """Largest |z-score| of the statistics against the smear images' distribution."""
-        assert self.pos_mean is not None and self.pos_scale is not None
-        z = (np.atleast_2d(x) - np.asarray(self.pos_mean)) / np.asarray(self.pos_scale)
-        return np.abs(z).max(axis=1)
-
-    def _score_vector(self, v: np.ndarray) -> float:
-        """Logistic probability, damped by exp(-excess) where the statistics are far from every smear seen."""
-        z = (v - np.asarray(self.mean)) / np.asarray(self.scale)
-        logit = float(z @ np.asarray(self.coef) + self.intercept)
-        p = 1.0 / (1.0 + math.exp(-max(min(logit, 50.0), -50.0)))
-        if self.novelty_limit is not None:
-            excess = float(self._novelty(v)[0]) - self.novelty_limit
-            if excess > 0:
-                p *= math.exp(-4.0 * excess)
-        return p
-
-    def score(self, image: Image.Image) -> float:
-        return self._score_vector(image_statistics(image, np.asarray(self.reference_hist)))
-
-    def evaluate(self, image: Image.Image, pooled_features: Any = None) -> GateResult:
-        """Score an image; if ``pooled_features`` (the model's pooled features of this image) and
-        stored feature statistics are given, the feature distance is reported in ``details`` and
-        an image whose distance exceeds 2x the training 99th percentile is refused as well."""
-        v = image_statistics(image, np.asarray(self.reference_hist))
-        s = self._score_vector(v)
-        details: dict[str, Any] = {"statistics": dict(zip(FEATURE_NAMES, (round(float(x), 5) for x in v), strict=True))}
-        if self.novelty_limit is not None:
-            details["novelty"] = round(float(self._novelty(v)[0]), 5)
-            details["novelty_limit"] = round(self.novelty_limit, 5)
-        accepted = s >= self.threshold
-        if pooled_features is not None and self.feature_mean is not None and self.feature_distance_p99:
-            arr = pooled_features
-            if hasattr(arr, "detach"):
-                arr = arr.detach().cpu().float().numpy()
-            dist = float(self._feature_distance(np.asarray(arr).reshape(1, -1))[0])
-            details["feature_distance"] = round(dist, 5)
-            details["feature_distance_limit"] = round(2.0 * self.feature_distance_p99, 5)
-            accepted = accepted and dist <= 2.0 * self.feature_distance_p99
-        return GateResult(score=round(s, 6), threshold=self.threshold, accepted=bool(accepted), details=details)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": "logistic_image_statistics",
-            "version": self.version,
-            "threshold": self.threshold,
-            "features": list(FEATURE_NAMES),
-            "mean": self.mean,
-            "scale": self.scale,
-            "coef": self.coef,
-            "intercept": self.intercept,
-            "reference_hist": self.reference_hist,
-            "reference_hist_bins": list(_HIST_BINS),
-            "pos_mean": self.pos_mean,
-            "pos_scale": self.pos_scale,
-            "novelty_limit": self.novelty_limit,
-            "feature_mean": self.feature_mean,
-            "feature_std": self.feature_std,
-            "feature_distance_p99": self.feature_distance_p99,
-            "info": self.info,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SmearGate:
-        if d.get("kind") != "logistic_image_statistics":
-            raise ValueError(f"unknown smear gate kind {d.get('kind')!r}")
-        if list(d.get("features", [])) != list(FEATURE_NAMES):
-            raise ValueError("smear gate was fitted on different image statistics")
-        n = len(FEATURE_NAMES)
-        for key in ("mean", "scale", "coef"):
-            if len(d[key]) != n:
-                raise ValueError(f"smear gate {key} must have {n} values")
-        return cls(
-            threshold=float(d["threshold"]),
-            mean=[float(v) for v in d["mean"]],
-            scale=[float(v) for v in d["scale"]],
-            coef=[float(v) for v in d["coef"]],
-            intercept=float(d["intercept"]),
-            reference_hist=[float(v) for v in d["reference_hist"]],
-            pos_mean=d.get("pos_mean"),
-            pos_scale=d.get("pos_scale"),
-            novelty_limit=d.get("novelty_limit"),
-            feature_mean=d.get("feature_mean"),
-            feature_std=d.get("feature_std"),
-            feature_distance_p99=d.get("feature_distance_p99"),
-            info=dict(d.get("info", {})),
-        )
+    pos_images = [im.convert("RGB") for im in images] + [im.convert("RGB") for im in extra_positives]
+    if not pos_images:
+        raise ValueError("no smear images to fit on")
+    ref = np.mean([_hue_sat_hist(_prepare(im)) for im in pos_images], axis=0)
+    aug = ColorAugment()
+    rng = np.random.default_rng(seed)
+    pos = []
+    for im in pos_images:
+        pos.append(image_statistics(im, ref))
+        for _ in range(augment_views):
+            pos.append(image_statistics(aug(im, rng), ref))
+    negs = negatives if negatives is not None else (im for _, im in synthetic_negatives(n_negatives, seed))
+    neg = [image_statistics(im, ref) for im in negs]
+    x = np.asarray(pos + neg)
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000)
+    clf.fit((x - mean) / scale, y)
+    gate = SmearGate(
+        threshold=0.5,
+        mean=mean.tolist(),
+        scale=scale.tolist(),
+        coef=clf.coef_[0].tolist(),
+        intercept=float(clf.intercept_[0]),
+        reference_hist=ref.tolist(),
+    )
+    xp = np.asarray(pos)
+    gate.pos_mean = xp.mean(axis=0).tolist()
+    gate.pos_scale = (xp.std(axis=0) + 1e-6).tolist()
+    gate.novelty_limit = float(1.5 * np.quantile(gate._novelty(xp), 0.999))
+    scores = np.array([gate._score_vector(v) for v in pos])
+    gate.threshold = float(min(0.5, np.quantile(scores, 1.0 - target_acceptance)))
+    gate.info = {"n_positive": len(pos), "n_negative": len(neg), "augment_views": augment_views, "seed": seed}
+    return gate

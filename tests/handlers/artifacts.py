@@ -2,7 +2,7 @@
 
 ``build_artifact(name, root)`` writes ``root/<name>/model/{weights.safetensors,model_config.json}``
 and ``root/<name>/card.json`` (training.card.base_card, validated), with a smear gate fitted by
-``training.smear_gate.SmearGate.fit`` on real training images.
+``training.smear_gate.fit_smear_gate`` on real training images.
 ``unpacked_model_dir`` lays the same files out as TorchServe unpacks a .mar.
 """
 
@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from PIL import Image
 
+from core.card import validate_card
 from core.registry import CLASS_NAMES
 from tests.conftest import DATA_ALL4
 from training import compat  # noqa: F401  (before timm)
-from training.card import base_card, validate_card
+from training.card import base_card
 from training.models import count_parameters, create_model, save_model
 
 __all__ = ["real_images", "build_artifact", "unpacked_model_dir"]
@@ -35,10 +36,10 @@ def real_images(per_class: int = 1, offset: int = 0) -> list[tuple[str, Path]]:
 
 
 def _fit_gate(name: str, model: Any) -> dict[str, Any]:
-    from training.smear_gate import SmearGate
+    from training.smear_gate import fit_smear_gate
 
     images = [Image.open(p).convert("RGB") for _, p in real_images(per_class=8, offset=40)]
-    return SmearGate.fit(images, n_negatives=300).to_dict()
+    return fit_smear_gate(images, n_negatives=300).to_dict()
 
 
 def build_artifact(

@@ -24,7 +24,7 @@ def test_import_closure_holds_the_handler_and_training_modules() -> None:
         "training/models.py",
         "core/registry.py",
         "training/transforms.py",
-        "training/card.py",
+        "core/card.py",
     ):
         assert needed in rel
     assert "handlers/serve.py" not in rel  # not needed by the worker
@@ -65,7 +65,7 @@ def test_archive_refuses_a_bad_card(mobilenet_artifact: Path, tmp_path: Path) ->
 def test_archive_refuses_a_card_without_a_smear_gate(mobilenet_artifact: Path, tmp_path: Path) -> None:
     import shutil
 
-    from training.card import CardError
+    from core.card import CardError
 
     broken = tmp_path / "artifacts" / "mobilenetv3_lstm"
     shutil.copytree(mobilenet_artifact, broken)

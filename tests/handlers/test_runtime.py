@@ -72,7 +72,7 @@ def test_a_card_without_a_valid_gate_does_not_load(mobilenet_model_dir: Path, tm
     import json
     import shutil
 
-    from training.card import CardError
+    from core.card import CardError
 
     for gate, error in (({}, CardError), ({"kind": "other", "threshold": 0.5, "coef": [], "intercept": 0}, ValueError)):
         model_dir = tmp_path / f"m{len(str(gate))}"

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from core.card import CardError, validate_card
 from core.registry import get_spec
-from training.card import CardError, base_card, render_markdown, summary_table, validate_card, write_model_store_readme
+from training.card import base_card, render_markdown, summary_table, write_model_store_readme
 
 
 def _card() -> dict[str, Any]:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.smear_gate import FEATURE_NAMES, GateResult, SmearGate, image_statistics
 from tests.conftest import DATA_ALL4, SHARED
-from training.smear_gate import FEATURE_NAMES, GateResult, SmearGate, image_statistics, synthetic_negatives
+from training.smear_gate import fit_smear_gate, synthetic_negatives
 
 BCCD = SHARED / "data" / "bccd" / "JPEGImages"
 
@@ -37,7 +38,7 @@ def split_paths() -> dict[str, list[Path]]:
 
 @pytest.fixture(scope="module")
 def gate(split_paths: dict[str, list[Path]]) -> SmearGate:
-    return SmearGate.fit(
+    return fit_smear_gate(
         _images(split_paths["train"]), extra_positives=_images(split_paths["bccd_fit"]), n_negatives=270, seed=0
     )
 
