@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "reliability.md")
     args = ap.parse_args(argv)
 
-    from handlers.serve import free_ports, start, stop
+    from serving.torchserve import free_ports, start, stop
 
     frames = sorted(ALL4_ORIGINAL.rglob("*.jpg"))
     if not frames:

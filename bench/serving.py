@@ -10,7 +10,7 @@ For each model (one TorchServe started per model, so its cold start is measured 
   worker with ``LEUKEMIA_TORCH_THREADS = --threads``, batch size / delay from config.properties;
 - a batch-size sweep of the forward pass alone (images/s at batch 1, 2, 4, 8) that chose the
   ``batchSize`` values in config.properties;
-- cold start to ready (handlers.serve.start for that model alone, and for all models together),
+- cold start to ready (serving.torchserve.start for that model alone, and for all models together),
   worker and frontend (JVM) resident memory after the run.
 
 Concurrency levels 1, 8, 32, each measured on both sides back to back (in-process, then TorchServe)
@@ -45,7 +45,7 @@ import torch
 from core.paths import ALL4_ORIGINAL
 from core.registry import CLASS_NAMES, model_names
 from handlers.runtime import ModelRuntime, configure_threads
-from handlers.serve import ServerInfo, start, stop
+from serving.torchserve import ServerInfo, start, stop
 
 __all__ = [
     "percentiles",
@@ -290,7 +290,7 @@ def _extract(mar: Path, dest: Path) -> Path:
 
 
 def _batch_size(config: Path, model: str) -> int:
-    from handlers.serve import _parse_properties
+    from serving.torchserve import _parse_properties
 
     props = dict(_parse_properties(config.read_text()))
     per_model = json.loads(props.get("models", "{}")).get(model, {})

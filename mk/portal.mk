@@ -1,4 +1,4 @@
-# Portal: `make run` starts TorchServe (handlers.serve) with the archives in model_store/, the portal's
+# Portal: `make run` starts TorchServe (serving.torchserve) with the archives in model_store/, the portal's
 # web server (gunicorn, DEBUG off) and its job workers (django-q2 cluster), supervised (portal/run.py);
 # prints the URL and the demo admin's login. `make dev`: the same with Django's development server and
 # DEBUG on. PORTAL_PORT, PORTAL_HOST, PORTAL_WORKERS, TS_PORT (first of five ports; default 8080...)

@@ -14,10 +14,10 @@ repack: setup
 	$(PY) -m training.archive --repack --out $(MODEL_STORE)
 
 serve: setup
-	$(PY) -m handlers.serve start --model-store $(MODEL_STORE) --config $(TS_CONFIG) --workdir $(TS_WORKDIR)
+	$(PY) -m serving.torchserve start --model-store $(MODEL_STORE) --config $(TS_CONFIG) --workdir $(TS_WORKDIR)
 
 stop: setup
-	$(PY) -m handlers.serve stop --workdir $(TS_WORKDIR)
+	$(PY) -m serving.torchserve stop --workdir $(TS_WORKDIR)
 
 bench: setup
 	OMP_NUM_THREADS=1 $(PY) -m bench.serving --model-store $(MODEL_STORE) --out docs/benchmarks

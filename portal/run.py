@@ -2,7 +2,7 @@
 workers, supervised.
 
 Steps: migrate the database (SQLite in var/portal/ unless DATABASE_URL says otherwise), create the
-demo admin on first run, start TorchServe through handlers.serve (or reuse the one already running
+demo admin on first run, start TorchServe through serving.torchserve (or reuse the one already running
 from the same working directory, or use ``--torchserve-url``), then start and supervise:
 
 - **web**: gunicorn (``portal/gunicorn.conf.py``, DEBUG off, static files by WhiteNoise); with
@@ -20,7 +20,7 @@ Why a small supervisor of our own: it is one Python process with no configuratio
 or honcho would need a generated config and a second tool to learn), and the children it watches are
 themselves supervisors (gunicorn restarts its web processes, the cluster restarts its worker
 processes, TorchServe restarts its model workers); it restarts those three and starts TorchServe
-through handlers.serve, which waits for the models to be ready.
+through serving.torchserve, which waits for the models to be ready.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import django
     from django.core.management import call_command
 
-    from handlers.serve import ServeError, ServerInfo, consecutive_ports, start, status, stop
+    from serving.torchserve import ServeError, ServerInfo, consecutive_ports, start, status, stop
 
     django.setup()
     from django.conf import settings

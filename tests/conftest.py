@@ -50,8 +50,8 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One real TorchServe for the whole session (serving and portal suites), started through handlers.serve."""
-    from handlers.serve import free_ports, start, stop
+    """One real TorchServe for the whole session (serving and portal suites), started through serving.torchserve."""
+    from serving.torchserve import free_ports, start, stop
 
     info = start(model_store, workdir=tmp_path_factory.mktemp("torchserve"), ports=free_ports(), torch_threads=1)
     try:

@@ -20,7 +20,7 @@ import requests
 from django.conf import settings
 
 from core.errors import ERROR_STATUS
-from handlers.serve import read_keys
+from serving.torchserve import read_keys
 
 __all__ = [
     "REFUSAL_CODES",
@@ -67,7 +67,7 @@ Outcome = Prediction | Refusal | ServerError | Unreachable
 def inference_key() -> str:
     """The inference API key: TORCHSERVE_KEY, else the current key in TorchServe's key file.
 
-    The key file lives in the TorchServe working directory (TORCHSERVE_WORKDIR, as handlers.serve
+    The key file lives in the TorchServe working directory (TORCHSERVE_WORKDIR, as serving.torchserve
     starts it); empty when TorchServe is not running.
     """
     if settings.TORCHSERVE_KEY:

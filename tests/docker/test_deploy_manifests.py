@@ -200,7 +200,11 @@ def test_portal_image_is_torch_free_and_carries_every_module_it_imports() -> Non
     for path in (REPO / "core").rglob("*.py"):
         lazy = {m for m in _imports(path) if m.split(".")[0] in heavy}
         assert lazy <= {"training", "training.compat"}, (path, lazy)  # registry.data_config: lazily, for timm
-    needed = {m.split(".")[1] for m in portal_imports if m.startswith("handlers.")} | {"__init__"}
+    if any(m.split(".")[0] == "serving" for m in portal_imports):
+        assert re.search(r"\bserving/ serving/", copies), "Dockerfile.portal must COPY serving/"
+        for path in (REPO / "serving").rglob("*.py"):
+            assert not {m for m in _imports(path) if m.split(".")[0] in heavy | {"handlers"}}, path
+    needed = {m.split(".")[1] for m in portal_imports if m.startswith("handlers.")}
     todo = list(needed)
     while todo:
         for m in _imports(REPO / "handlers" / f"{todo.pop()}.py"):

@@ -27,7 +27,7 @@ def test_import_closure_holds_the_handler_and_training_modules() -> None:
         "core/card.py",
     ):
         assert needed in rel
-    assert "handlers/serve.py" not in rel  # not needed by the worker
+    assert "serving/torchserve.py" not in rel  # not needed by the worker
 
 
 def test_archive_is_valid_and_reproducible(mobilenet_artifact: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""handlers.serve's configuration logic and the shipped config.properties (no TorchServe needed)."""
+"""serving.torchserve's configuration logic and the shipped config.properties (no TorchServe needed)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.registry import model_names
-from handlers.serve import DEFAULT_CONFIG, DEFAULT_PORTS, ServeError, _parse_properties, effective_config, start
+from serving.torchserve import DEFAULT_CONFIG, DEFAULT_PORTS, ServeError, _parse_properties, effective_config, start
 
 
 def _props(text: str) -> dict[str, str]:

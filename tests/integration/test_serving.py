@@ -22,7 +22,7 @@ from PIL import Image
 
 from core.errors import ERROR_STATUS
 from core.registry import model_names
-from handlers.serve import ServerInfo
+from serving.torchserve import ServerInfo
 from tests.handlers.artifacts import real_images
 from tests.handlers.inputs import Case, bad_cases, good_cases, smear_bytes
 from training.models import load_model
@@ -239,7 +239,7 @@ def test_key_file_is_private_and_metrics_are_prometheus(torchserve: ServerInfo) 
 
 
 def test_inference_key_rotation_with_the_api_key(torchserve: ServerInfo) -> None:
-    from handlers.serve import read_keys
+    from serving.torchserve import read_keys
 
     old = read_keys(torchserve.workdir)
     r = requests.post(

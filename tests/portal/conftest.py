@@ -99,7 +99,7 @@ def smear_paths(n: int) -> list[Path]:
     return out
 
 
-# --- a real TorchServe (handlers.serve), for the integration and browser tests -------------------
+# --- a real TorchServe (serving.torchserve), for the integration and browser tests -------------------
 
 
 @pytest.fixture

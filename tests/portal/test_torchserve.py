@@ -1,4 +1,4 @@
-"""The portal's jobs against a real TorchServe (started through handlers.serve): every state, retries, nothing lost."""
+"""The portal's jobs against a real TorchServe (serving.torchserve): every state, retries, nothing lost."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from django.conf import settings as dj_settings
 from django.test import Client
 from PIL import Image as PILImage
 
-from handlers.serve import free_ports
 from portal import actions, jobs
 from portal.analyses import storage
 from portal.analyses.models import Analysis, Image
 from portal.analyses.validation import validate_image_bytes
 from portal.audit.models import AuditEvent
+from serving.torchserve import free_ports
 from tests.portal.conftest import smear_paths
 
 pytestmark = [pytest.mark.django_db, pytest.mark.integration, pytest.mark.slow]
@@ -92,7 +92,7 @@ def test_refusal_is_final_and_a_server_error_is_retried_then_failed(
 def test_upload_while_torchserve_is_down_waits_and_completes_when_it_is_back(
     model_store: Path, technologist: Any, specimen: Any, settings: Any, tmp_path: Path
 ) -> None:
-    from handlers.serve import start, stop
+    from serving.torchserve import start, stop
 
     ports = free_ports()
     settings.TORCHSERVE_URL = f"http://127.0.0.1:{ports['inference']}"

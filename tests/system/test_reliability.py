@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from bench.stack import MariaDB, PortalStack, storage_report, upload_load, wait_until
-from handlers.serve import free_ports
+from serving.torchserve import free_ports
 from tests.conftest import DATA_ALL4
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -155,7 +155,7 @@ def test_job_worker_killed_mid_job_is_finished_by_another(stack_factory: Any, to
 
 
 def test_torchserve_stopped_and_restarted_mid_run(stack_factory: Any, model_store: Path, tmp_path: Path) -> None:
-    from handlers.serve import start, stop
+    from serving.torchserve import start, stop
 
     ports = free_ports()
     work = tmp_path / "ts"
