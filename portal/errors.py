@@ -29,6 +29,10 @@ def _wants_json(request: HttpRequest) -> bool:
 def _answer(request: HttpRequest, status: int, code: str, detail: str) -> HttpResponse:
     if _wants_json(request):
         return JsonResponse({"detail": detail, "code": code}, status=status)
+    if status == 400:  # the styled page; never for 5xx, whose cause (the database) may break rendering
+        from django.shortcuts import render
+
+        return render(request, "400.html", {"detail": detail}, status=400)
     title = {400: "Bad request", 500: "Server error", 503: "Temporarily unavailable"}.get(status, "Error")
     html = (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>'

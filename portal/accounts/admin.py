@@ -8,19 +8,62 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from portal import actions
+from portal.accounts.roles import ADMIN, REVIEWER, TECHNOLOGIST
 
 User = get_user_model()
 
 
+def _approve_with_role(role: str) -> Any:
+    """A bulk action: activate the selected accounts and put each in ``role`` (audited per user)."""
+
+    def action(model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        group = Group.objects.get(name=role)
+        with transaction.atomic():
+            for user in queryset.select_for_update():
+                before = {"is_active": user.is_active, "groups": sorted(user.groups.values_list("name", flat=True))}
+                user.is_active = True
+                user.is_staff = user.is_staff or role == ADMIN
+                user.save(update_fields=["is_active", "is_staff"])
+                user.groups.add(group)
+                actions.log_event(
+                    "user.admin_change",
+                    actor=request.user,
+                    obj=user,
+                    request=request,
+                    data={
+                        "bulk_action": f"approve as {role}",
+                        "before": before,
+                        "is_active": True,
+                        "groups": sorted(user.groups.values_list("name", flat=True)),
+                    },
+                )
+        model_admin.message_user(request, f"{queryset.count()} account(s) activated as {role}.", messages.SUCCESS)
+
+    action.__name__ = f"approve_as_{role}"
+    action.short_description = f"Activate and give the role: {role}"  # type: ignore[attr-defined]
+    return action
+
+
 class AuditedUserAdmin(UserAdmin):
-    list_display = ("username", "email", "first_name", "last_name", "is_active", "is_staff", "date_joined")
-    list_filter = ("is_active", "is_staff", "groups")
+    list_display = ("username", "email", "first_name", "last_name", "roles", "is_active", "is_staff", "date_joined")
+    list_filter = ("is_active", "groups", "is_staff")
+    actions = [_approve_with_role(TECHNOLOGIST), _approve_with_role(REVIEWER), _approve_with_role(ADMIN)]
+
+    @admin.display(description="Roles")
+    def roles(self, user: Any) -> str:
+        return ", ".join(sorted(g.name for g in user.groups.all())) or "(none: cannot use the portal)"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return super().get_queryset(request).prefetch_related("groups")
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)

@@ -2,9 +2,28 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib.auth import get_user_model
-from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
+from django.core.exceptions import ValidationError
 
-__all__ = ["RegistrationForm"]
+__all__ = ["LoginForm", "RegistrationForm"]
+
+
+class LoginForm(AuthenticationForm):
+    """Says "awaiting approval" to a registered, not yet approved account (only with its right password,
+    so the message tells nothing to someone guessing); any other failure keeps the generic message."""
+
+    def clean(self) -> dict[str, object]:
+        try:
+            return super().clean()
+        except ValidationError:
+            username, password = self.cleaned_data.get("username"), self.cleaned_data.get("password")
+            user = get_user_model().objects.filter(username=username).first() if username else None
+            if user is not None and not user.is_active and password and user.check_password(password):
+                raise ValidationError(
+                    "Your account is waiting for an administrator's approval; you can log in once it is approved.",
+                    code="inactive",
+                ) from None
+            raise
 
 
 class RegistrationForm(UserCreationForm):

@@ -26,6 +26,15 @@ __all__ = ["CLASS_LABELS", "FINAL_STATUSES", "Analysis", "Image", "ImmutableErro
 CLASS_LABELS: tuple[str, ...] = CLASS_NAMES
 LABEL_CHOICES = [(c, c) for c in CLASS_LABELS]
 FINAL_STATUSES = frozenset({"done", "failed", "rejected"})
+#: What each refusal code of the inference contract (core.errors) means for the person who uploaded.
+REFUSAL_TEXTS: dict[str, str] = {
+    "not_a_blood_smear": "This image does not look like a stained peripheral blood smear field of view, so the "
+    "models will not classify it. Upload a smear photographed through the microscope.",
+    "not_an_image": "The file is not an image the models can read (JPEG, PNG, BMP or TIFF, one frame).",
+    "image_too_small": "The image is too small for the models (each side must be at least 64 pixels).",
+    "image_too_large": "The image is too large for the models (at most 50 megapixels and 25 MB).",
+    "bad_request": "The model server could not read the upload.",
+}
 
 
 class ImmutableError(RuntimeError):
@@ -101,6 +110,7 @@ class Analysis(models.Model):
     )
 
     class Meta:
+        verbose_name_plural = "analyses"
         ordering = ["image_id", "model_name"]
         constraints = [models.UniqueConstraint(fields=["image", "model_name"], name="one_analysis_per_image_model")]
         permissions = [
@@ -119,6 +129,11 @@ class Analysis(models.Model):
         return Review.objects.filter(analysis_id=self.pk).exists() if self.pk else False
 
     @property
+    def refusal_text(self) -> str:
+        """The model server's refusal, in words a technologist can act on."""
+        return REFUSAL_TEXTS.get(self.error_code, self.error_message or self.error_code)
+
+    @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
 
@@ -127,7 +142,7 @@ class Analysis(models.Model):
         if self.status == self.Status.DONE:
             return "Done"
         if self.status == self.Status.REJECTED:
-            return f"Rejected by the model server ({self.error_code})"
+            return f"Refused: {self.refusal_text}"
         if self.status == self.Status.FAILED:
             return f"Failed: {self.error_message}"
         if self.stage == self.Stage.WAITING and self.waiting_since:

@@ -58,9 +58,12 @@ def _image_context(request: HttpRequest, image: Image) -> dict[str, object]:
         except Review.DoesNotExist:
             a.signed = None  # type: ignore[attr-defined]
         a.review_form = ReviewForm(auto_id=f"id_a{a.pk}_%s")  # type: ignore[attr-defined]
+    codes = {a.error_code for a in analyses}
+    refused_by_all = bool(analyses) and all(a.status == Analysis.Status.REJECTED for a in analyses) and len(codes) == 1
     return {
         "image": image,
         "analyses": analyses,
+        "refused": analyses[0].refusal_text if refused_by_all else "",
         "consensus": consensus(analyses),
         "pending": any(not a.is_final for a in analyses),
         "can_sign": request.user.has_perm("analyses.sign_off_analysis"),

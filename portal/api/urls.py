@@ -1,3 +1,4 @@
+from django.contrib.auth.decorators import login_required
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import IsAuthenticated
@@ -25,9 +26,9 @@ app_name = "api"
 urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="token"),
     path("schema/", SpectacularAPIView.as_view(permission_classes=[IsAuthenticated]), name="schema"),
-    path(
+    path(  # a page for people: anonymous visitors go to the login page, not to a bare 401
         "docs/",
-        SpectacularSwaggerView.as_view(url_name="api:schema", permission_classes=[IsAuthenticated]),
+        login_required(SpectacularSwaggerView.as_view(url_name="api:schema", permission_classes=[IsAuthenticated])),
         name="docs",
     ),
     path("", include(router.urls)),

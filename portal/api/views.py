@@ -81,7 +81,7 @@ class PatientViewSet(
         qs = Patient.objects.order_by("name", "mrn")
         query = self.request.query_params.get("q", "").strip()
         if query:
-            qs = qs.filter(Q(mrn__iexact=query) | Q(mrn__istartswith=query) | Q(name__icontains=query))
+            qs = qs.filter(Q(mrn__icontains=query) | Q(name__icontains=query))
         return qs
 
     def perform_create(self, serializer: Any) -> None:

@@ -115,6 +115,10 @@ PORTAL_MAX_UPLOAD_BYTES = env_int("PORTAL_MAX_UPLOAD_BYTES", image_limits.MAX_BY
 PORTAL_MIN_IMAGE_SIDE = env_int("PORTAL_MIN_IMAGE_SIDE", image_limits.MIN_SIDE)
 PORTAL_MAX_IMAGE_PIXELS = env_int("PORTAL_MAX_IMAGE_PIXELS", image_limits.MAX_PIXELS)
 PORTAL_MAX_FILES_PER_UPLOAD = env_int("PORTAL_MAX_FILES_PER_UPLOAD", 20)
+# Patient data rules (portal/patients/validators.py): an MRN regular expression if the lab has a
+# format (default: any printable text), and the oldest plausible date of birth.
+PORTAL_MRN_PATTERN = env_str("PORTAL_MRN_PATTERN", "")
+PORTAL_MAX_AGE_YEARS = env_int("PORTAL_MAX_AGE_YEARS", 130)
 # Django refuses more files than this before any view runs (400, answered by portal.errors).
 DATA_UPLOAD_MAX_NUMBER_FILES = PORTAL_MAX_FILES_PER_UPLOAD
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024

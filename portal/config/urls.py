@@ -1,5 +1,7 @@
 from django.contrib import admin
+from django.contrib.auth.decorators import login_not_required
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from portal import health
 
@@ -10,6 +12,11 @@ handler400 = "portal.errors.bad_request"
 handler500 = "portal.errors.server_error"
 
 urlpatterns = [
+    path(
+        "favicon.ico",
+        login_not_required(RedirectView.as_view(url="/static/portal/favicon.svg", permanent=True)),
+        name="favicon",
+    ),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("", include("portal.analyses.urls")),

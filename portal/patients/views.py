@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
@@ -21,7 +22,7 @@ def patient_list(request: HttpRequest) -> HttpResponse:
     query = request.GET.get("q", "").strip()
     patients = Patient.objects.annotate(n_specimens=Count("specimens"))
     if query:
-        patients = patients.filter(Q(mrn__iexact=query) | Q(mrn__istartswith=query) | Q(name__icontains=query))
+        patients = patients.filter(Q(mrn__icontains=query) | Q(name__icontains=query))
     page = Paginator(patients.order_by("name", "mrn"), PAGE_SIZE).get_page(request.GET.get("page"))
     actions.log_event(
         "patient.search",
@@ -39,6 +40,7 @@ def patient_create(request: HttpRequest) -> HttpResponse:
     form = PatientForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         patient = actions.create_patient(request.user, form.cleaned_data, request=request)
+        messages.success(request, f"Patient {patient} created.")
         return redirect(patient)
     return render(request, "patients/patient_form.html", {"form": form, "title": "New patient"})
 
@@ -50,6 +52,7 @@ def patient_edit(request: HttpRequest, pk: int) -> HttpResponse:
     form = PatientForm(request.POST or None, instance=patient)
     if request.method == "POST" and form.is_valid():
         patient = actions.update_patient(request.user, Patient.objects.get(pk=pk), form.cleaned_data, request=request)
+        messages.success(request, "Patient saved.")
         return redirect(patient)
     return render(request, "patients/patient_form.html", {"form": form, "title": f"Edit {patient}"})
 
@@ -69,6 +72,7 @@ def specimen_create(request: HttpRequest, patient_pk: int) -> HttpResponse:
     form = SpecimenForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         specimen = actions.create_specimen(request.user, patient, form.cleaned_data, request=request)
+        messages.success(request, f"{specimen} created for {patient}.")
         return redirect(specimen)
     return render(request, "patients/specimen_form.html", {"form": form, "patient": patient, "title": "New specimen"})
 
@@ -82,6 +86,7 @@ def specimen_edit(request: HttpRequest, pk: int) -> HttpResponse:
         specimen = actions.update_specimen(
             request.user, Specimen.objects.get(pk=pk), form.cleaned_data, request=request
         )
+        messages.success(request, "Specimen saved.")
         return redirect(specimen)
     return render(
         request, "patients/specimen_form.html", {"form": form, "patient": specimen.patient, "title": f"Edit {specimen}"}

@@ -14,7 +14,8 @@ from tests.portal.conftest import login
 pytestmark = pytest.mark.django_db
 
 # The only views an anonymous user may reach: logging in (web, admin, API token) and registering.
-PUBLIC = {"accounts:login", "accounts:register", "admin:login", "api:token", "healthz", "readyz"}  # probes: no data
+# probes and the icon: no data
+PUBLIC = {"accounts:login", "accounts:register", "admin:login", "api:token", "healthz", "readyz", "favicon"}
 
 
 def _walk(patterns: list[Any], prefix: str = "", namespace: str = "") -> list[tuple[str, str]]:
@@ -46,7 +47,9 @@ def test_every_url_except_login_and_registration_requires_login(patient: Any) ->
             continue
         url = _concrete(pattern)
         response = client.get(url)
-        if url.startswith("/api/"):
+        if name == "api:docs":  # a page for people: to the login page
+            assert response.status_code == 302 and response["Location"].startswith("/accounts/login/"), url
+        elif url.startswith("/api/"):
             assert response.status_code in (401, 403), (url, response.status_code)
         elif url.startswith("/admin/"):
             assert response.status_code == 302, (url, response.status_code)

@@ -125,3 +125,26 @@ def test_admin_approval_is_audited_and_patient_data_is_read_only_in_admin(admin_
     assert admin_client.post(f"/admin/patients/patient/{patient.pk}/change/", {"name": "X"}).status_code == 403
     assert admin_client.get(f"/admin/patients/patient/{patient.pk}/delete/").status_code == 403
     assert admin_client.get("/admin/patients/patient/add/").status_code == 403
+
+
+def test_admin_user_list_shows_roles_and_approves_in_bulk(admin_client: Client, make_user: Any) -> None:
+    from portal.audit.models import AuditEvent
+
+    waiting = [make_user(f"new{i}", is_active=False) for i in range(2)]
+    page = admin_client.get("/admin/auth/user/").content.decode()
+    assert "Roles" in page and "(none: cannot use the portal)" in page
+    response = admin_client.post(
+        "/admin/auth/user/",
+        {"action": "approve_as_reviewer", "_selected_action": [u.pk for u in waiting]},
+        follow=True,
+    )
+    assert "2 account(s) activated as reviewer" in response.content.decode()
+    for user in waiting:
+        user.refresh_from_db()
+        assert user.is_active and list(user.groups.values_list("name", flat=True)) == ["reviewer"]
+    events = AuditEvent.objects.filter(action="user.admin_change", data__bulk_action="approve as reviewer")
+    assert events.count() == 2
+    assert (
+        "Analyses" in admin_client.get("/admin/").content.decode()
+        and "Analysiss" not in admin_client.get("/admin/").content.decode()
+    )

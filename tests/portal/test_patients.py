@@ -74,3 +74,15 @@ def test_specimen_create_and_edit(tech_client: Client, patient: Any) -> None:
     assert "ACC-77" in page and "Upload images" in page
     actions_ = list(AuditEvent.objects.filter(object_type="specimen").values_list("action", flat=True))
     assert sorted(actions_) == ["specimen.create", "specimen.edit", "specimen.view"]
+
+
+def test_mrn_and_name_search_by_substring(tech_client: Client, technologist: Any) -> None:
+    actions.create_patient(
+        technologist, {"mrn": "MRN-2026-0042", "name": "Grace Hopper", "date_of_birth": "1960-01-01"}
+    )
+    actions.create_patient(technologist, {"mrn": "MRN-2026-0777", "name": "Alan Turing", "date_of_birth": "1960-01-01"})
+    page = tech_client.get("/patients/?q=0042").content.decode()
+    assert "Grace Hopper" in page and "Alan Turing" not in page
+    assert "Alan Turing" in tech_client.get("/patients/?q=turin").content.decode()
+    api = tech_client.get("/api/patients/?q=0042").json()
+    assert [p["mrn"] for p in api["results"]] == ["MRN-2026-0042"]
