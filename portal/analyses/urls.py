@@ -16,4 +16,5 @@ urlpatterns = [
     path("exports/", views.export, name="export"),
     path("specimens/<int:pk>/report/", views.specimen_report, name="report"),
     path("specimens/<int:pk>/report.pdf", views.specimen_report_pdf, name="report_pdf"),
+    path("specimens/<int:pk>/fhir.json", views.specimen_fhir, name="fhir"),
 ]

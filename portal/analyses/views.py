@@ -205,6 +205,24 @@ def specimen_report(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @permission_required("analyses.export_analyses", raise_exception=True)
+def specimen_fhir(request: HttpRequest, pk: int) -> HttpResponse:
+    """The specimen's results as a FHIR R4B Bundle (JSON), as a download."""
+    import json
+
+    from portal.analyses.fhir import specimen_bundle
+
+    specimen = get_object_or_404(Specimen.objects.select_related("patient"), pk=pk)
+    bundle = specimen_bundle(specimen)
+    actions.log_event(
+        "export.fhir", actor=request.user, obj=specimen, request=request, data={"entries": len(bundle["entry"])}
+    )
+    response = HttpResponse(json.dumps(bundle, indent=1), content_type="application/fhir+json")
+    response["Content-Disposition"] = f'attachment; filename="fhir_{specimen.accession}.json"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+@permission_required("analyses.export_analyses", raise_exception=True)
 def specimen_report_pdf(request: HttpRequest, pk: int) -> HttpResponse:
     specimen = get_object_or_404(Specimen.objects.select_related("patient"), pk=pk)
     if not request.user.is_authenticated:

@@ -7,9 +7,11 @@ from typing import Any
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Q, QuerySet
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
@@ -113,6 +115,20 @@ class SpecimenViewSet(
         data = dict(serializer.validated_data)
         patient = data.pop("patient")
         serializer.instance = actions.create_specimen(self.request.user, patient, data, request=self.request)
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT}, description="The specimen's results as a FHIR R4B Bundle.")
+    @action(detail=True, methods=["get"], url_path="fhir")
+    def fhir(self, request: Request, pk: str | None = None) -> Response:
+        if not request.user.has_perm("analyses.export_analyses"):
+            raise PermissionDenied("exporting needs analyses.export_analyses")
+        from portal.analyses.fhir import specimen_bundle
+
+        specimen = self.get_object()
+        bundle = specimen_bundle(specimen)
+        actions.log_event(
+            "export.fhir", actor=request.user, obj=specimen, request=request, data={"entries": len(bundle["entry"])}
+        )
+        return Response(bundle)
 
     def perform_update(self, serializer: Any) -> None:
         data = dict(serializer.validated_data)

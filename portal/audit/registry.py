@@ -33,6 +33,7 @@ ACTIONS: dict[str, str] = {
     "export.csv": "Exported analyses (CSV)",
     "export.report_html": "Viewed printable report",
     "export.report_pdf": "Exported report (PDF)",
+    "export.fhir": "Exported results (FHIR Bundle)",
     "api.token": "Issued API token",
 }
 

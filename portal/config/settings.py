@@ -119,6 +119,9 @@ PORTAL_MAX_FILES_PER_UPLOAD = env_int("PORTAL_MAX_FILES_PER_UPLOAD", 20)
 # format (default: any printable text), and the oldest plausible date of birth.
 PORTAL_MRN_PATTERN = env_str("PORTAL_MRN_PATTERN", "")
 PORTAL_MAX_AGE_YEARS = env_int("PORTAL_MAX_AGE_YEARS", 130)
+# FHIR export (portal/analyses/fhir.py): the identifier systems of this lab's MRNs and accession numbers.
+PORTAL_FHIR_MRN_SYSTEM = env_str("PORTAL_FHIR_MRN_SYSTEM", "urn:leukemia-portal:mrn")
+PORTAL_FHIR_ACCESSION_SYSTEM = env_str("PORTAL_FHIR_ACCESSION_SYSTEM", "urn:leukemia-portal:accession")
 # Django refuses more files than this before any view runs (400, answered by portal.errors).
 DATA_UPLOAD_MAX_NUMBER_FILES = PORTAL_MAX_FILES_PER_UPLOAD
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024

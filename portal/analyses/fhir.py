@@ -1,0 +1,187 @@
+"""FHIR export of a specimen's results: one ``Bundle`` another clinical system can read.
+
+Built and validated with the ``fhir.resources`` models of **FHIR R4B (4.3.0)**, whose Patient,
+Specimen, Device, Practitioner, Observation, DiagnosticReport and Bundle are the R4 (4.0.1)
+resources with compatible content. The bundle (type ``collection``) holds:
+
+- ``Patient``: the MRN as identifier (system ``PORTAL_FHIR_MRN_SYSTEM``), name, sex, birth date;
+- ``Specimen``: the accession as identifier, kind, collection time;
+- one ``Device`` per model and version (the software that pre-classified);
+- one ``Practitioner`` per reviewer who signed;
+- one ``Observation`` per model result on each image: ``valueCodeableConcept`` is the class (the
+  reviewer's final class once signed, else the model's; "refer for manual review" when it abstained),
+  ``component`` holds every class probability and P(malignant), ``device`` names model and version,
+  status ``final`` once signed, else ``preliminary``;
+- the ``DiagnosticReport``: status ``final`` once every result is signed, else ``preliminary``;
+  subject, specimen, results, the reviewers as ``resultsInterpreter``, the consensus per image and
+  the decision-support notice as ``conclusion``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+from fhir.resources.R4B.bundle import Bundle
+
+from core.prediction import NOTICE
+from core.registry import CLASS_DESCRIPTIONS
+from portal.analyses.consensus import consensus
+from portal.analyses.models import Analysis, Review
+from portal.patients.models import Patient, Specimen
+
+__all__ = ["CLASS_SYSTEM", "specimen_bundle"]
+
+CLASS_SYSTEM = "urn:leukemia-portal:b-all-class"
+_GENDER = {"F": "female", "M": "male", "O": "other", "U": "unknown"}
+_REFER = {"system": CLASS_SYSTEM, "code": "refer", "display": "Refer for manual review (the model abstained)"}
+
+
+def _ref(resource_type: str, rid: str) -> dict[str, str]:
+    return {"reference": f"{resource_type}/{rid}"}
+
+
+def _patient(p: Patient) -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "id": f"patient-{p.pk}",
+        "identifier": [{"system": settings.PORTAL_FHIR_MRN_SYSTEM, "value": p.mrn, "type": {"text": "MRN"}}],
+        "name": [{"text": p.name}],
+        "gender": _GENDER.get(p.sex, "unknown"),
+        "birthDate": p.date_of_birth.isoformat(),
+    }
+
+
+def _specimen(s: Specimen) -> dict[str, Any]:
+    return {
+        "resourceType": "Specimen",
+        "id": f"specimen-{s.pk}",
+        "accessionIdentifier": {"system": settings.PORTAL_FHIR_ACCESSION_SYSTEM, "value": s.accession},
+        "type": {"text": f"{s.get_kind_display()}, {s.stain}"},
+        "subject": _ref("Patient", f"patient-{s.patient_id}"),
+        "collection": {"collectedDateTime": s.collected_at.isoformat()},
+    }
+
+
+def _device_id(a: Analysis) -> str:
+    return f"device-{a.model_name}-{a.model_version or 'unknown'}".replace("_", "-").replace(".", "-")
+
+
+def _device(a: Analysis) -> dict[str, Any]:
+    return {
+        "resourceType": "Device",
+        "id": _device_id(a),
+        "deviceName": [{"name": a.model_name, "type": "model-name"}],
+        "version": [{"value": a.model_version or "unknown"}],
+        "note": [{"text": "Deep-learning pre-classification of peripheral blood smear images (decision support)."}],
+    }
+
+
+def _class(label: str) -> dict[str, Any]:
+    return {"system": CLASS_SYSTEM, "code": label, "display": CLASS_DESCRIPTIONS.get(label, label)}
+
+
+def _observation(a: Analysis, review: Review | None) -> dict[str, Any]:
+    coding = _class(review.final_label) if review else (_class(a.label) if a.label and not a.abstained else _REFER)
+    components = [
+        {
+            "code": {"text": f"P({cls})"},
+            "valueQuantity": {
+                "value": round(float(p), 6),
+                "unit": "probability",
+                "system": "http://unitsofmeasure.org",
+                "code": "1",
+            },
+        }
+        for cls, p in a.probability_rows()
+    ]
+    if a.malignant_probability is not None:
+        components.append(
+            {
+                "code": {"text": "P(malignant: Early, Pre or Pro B-ALL)"},
+                "valueQuantity": {
+                    "value": round(a.malignant_probability, 6),
+                    "unit": "probability",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "1",
+                },
+            }
+        )
+    notes = [
+        {
+            "text": f"Model {a.model_name} {a.model_version}: {a.label or 'abstained (refer)'}, "
+            f"confidence {a.confidence or 0.0:.3f}."
+        }
+    ]
+    if review:
+        notes.append(
+            {
+                "text": f"Signed by {review.reviewer_name} ({review.get_decision_display()}): {review.comment}".rstrip(
+                    ": "
+                )
+            }
+        )
+    return {
+        "resourceType": "Observation",
+        "id": f"analysis-{a.pk}",
+        "status": "final" if review else "preliminary",
+        "code": {"text": "B-ALL subtype pre-classification of a peripheral blood smear image"},
+        "subject": _ref("Patient", f"patient-{a.image.specimen.patient_id}"),
+        "specimen": _ref("Specimen", f"specimen-{a.image.specimen_id}"),
+        "device": _ref("Device", _device_id(a)),
+        "effectiveDateTime": (a.completed_at or a.created_at).isoformat(),
+        "valueCodeableConcept": {"coding": [coding], "text": coding["display"]},
+        "component": components,
+        "note": notes,
+    }
+
+
+def specimen_bundle(specimen: Specimen) -> dict[str, Any]:
+    """The specimen's FHIR Bundle as JSON-ready data, validated by the fhir.resources R4B models."""
+    done = list(
+        Analysis.objects.filter(image__specimen=specimen, status=Analysis.Status.DONE)
+        .select_related("image__specimen", "review")
+        .order_by("image_id", "model_name")
+    )
+    reviews: dict[int, Review] = {}
+    for a in done:
+        with contextlib.suppress(Review.DoesNotExist):
+            reviews[a.pk] = a.review
+    resources: list[dict[str, Any]] = [_patient(specimen.patient), _specimen(specimen)]
+    resources += list({_device_id(a): _device(a) for a in done}.values())
+    reviewers = sorted({r.reviewer_name for r in reviews.values()})
+    resources += [
+        {"resourceType": "Practitioner", "id": f"practitioner-{name}", "name": [{"text": name}]} for name in reviewers
+    ]
+    observations = [_observation(a, reviews.get(a.pk)) for a in done]
+    resources += observations
+    lines = []
+    for image_id in sorted({a.image_id for a in done}):
+        c = consensus([a for a in done if a.image_id == image_id])
+        name = next(a.image.original_name for a in done if a.image_id == image_id)
+        verdict = f"{c.label} ({c.agreement} models)" if c and c.label else "refer for manual review (no consensus)"
+        lines.append(f"{name}: {verdict}")
+    signed_all = bool(done) and len(reviews) == len(done)
+    report = {
+        "resourceType": "DiagnosticReport",
+        "id": f"report-specimen-{specimen.pk}",
+        "status": "final" if signed_all else "preliminary",
+        "code": {"text": "Peripheral blood smear image analysis, B-ALL subtype (decision support)"},
+        "subject": _ref("Patient", f"patient-{specimen.patient_id}"),
+        "specimen": [_ref("Specimen", f"specimen-{specimen.pk}")],
+        "effectiveDateTime": specimen.collected_at.isoformat(),
+        "issued": timezone.now().isoformat(),
+        "result": [_ref("Observation", o["id"]) for o in observations],
+        "resultsInterpreter": [_ref("Practitioner", f"practitioner-{n}") for n in reviewers],
+        "conclusion": ("; ".join(lines) + ". " if lines else "No completed analyses. ") + NOTICE,
+    }
+    resources.append(report)
+    data = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "timestamp": timezone.now().isoformat(),
+        "entry": [{"fullUrl": f"urn:leukemia-portal:{r['resourceType']}/{r['id']}", "resource": r} for r in resources],
+    }
+    return dict(Bundle.model_validate(data).model_dump(mode="json", exclude_none=True))
