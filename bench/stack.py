@@ -249,9 +249,13 @@ class PortalStack:
         )
 
 
-def storage_report(stack: PortalStack) -> dict[str, Any]:
-    """``manage.py check_storage --json`` for the stack: counts per status and stage, files vs rows."""
-    proc = stack.manage("check_storage", "--json")
+def storage_report(stack: PortalStack, sweep: bool = False) -> dict[str, Any]:
+    """``manage.py check_storage --json`` for the stack: counts per status and stage, files vs rows.
+
+    ``sweep``: first run the portal's own sweep with no grace period (re-queue orphaned analyses,
+    remove files no row references); only when nothing is being uploaded.
+    """
+    proc = stack.manage("check_storage", "--json", *(["--sweep-older-than", "0"] if sweep else []))
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"check_storage failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return dict(json.loads(proc.stdout))

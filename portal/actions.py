@@ -166,8 +166,11 @@ def upload_images(
     """Store validated images; commit them with one pending Analysis and one queued job per (image, model).
 
     Files are written first (random names); rows, jobs and the audit row are committed together
-    (the job queue lives in the same database), so an accepted upload always has its jobs; if the
-    transaction fails, the files just written are removed. Workers call TorchServe after commit.
+    (the job queue lives in the same database), so an accepted upload always has its jobs. If the
+    transaction fails before its commit, the files just written are removed; if the commit itself
+    fails (the connection dropped), whether it happened is unknown, so the files stay: a row may
+    reference them, and the sweep (portal.jobs.sweep) removes them later if none does.
+    Workers call TorchServe after commit.
     """
     from portal import jobs
 
@@ -177,6 +180,7 @@ def upload_images(
     if unknown or not model_names:
         raise ValidationError(f"unknown model(s): {', '.join(unknown) or '(none chosen)'}")
     written: list[str] = []
+    committing = False
     try:
         for item in images:
             written.append(storage.save("images", item.data, item.extension))
@@ -211,9 +215,11 @@ def upload_images(
                 },
             )
             jobs.enqueue(analysis_ids)
+            committing = True  # an error after this line comes from the commit: its outcome is unknown
     except BaseException:
-        for name in written:
-            storage.delete(name)
+        if not committing:
+            for name in written:
+                storage.delete(name)
         raise
     return created
 
@@ -226,6 +232,7 @@ def store_outcome(analysis_id: int, outcome: Prediction | Refusal | ServerError)
     first): the second result is dropped, never stored twice.
     """
     heatmap_name = ""
+    committing = False
     if isinstance(outcome, Prediction) and outcome.heatmap_png:
         heatmap_name = storage.save("heatmaps", outcome.heatmap_png, "png")
     try:
@@ -278,9 +285,10 @@ def store_outcome(analysis_id: int, outcome: Prediction | Refusal | ServerError)
                 obj=analysis,
                 data={"image_id": analysis.image_id, "model": analysis.model_name, **data},
             )
+            committing = True  # as in upload_images: a failed commit keeps the file for the sweep to judge
             return analysis.status
     except BaseException:
-        if heatmap_name:
+        if heatmap_name and not committing:
             storage.delete(heatmap_name)
         raise
 

@@ -124,3 +124,32 @@ def test_upload_needs_permission(norole: Any, specimen: Any) -> None:
     client = login(norole)
     response = client.post("/upload/", {"specimen": specimen.pk, "model": "all", "images": _files(smear_paths(1))})
     assert response.status_code == 403 and Image.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_that_fails_with_the_connection_keeps_the_files(
+    technologist: Any, specimen: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database committed but the answer was lost (a restart): the rows exist, so must their files."""
+    from django.db import OperationalError, connection
+
+    from portal import actions, jobs
+    from portal.analyses import storage
+    from portal.analyses.validation import validate_image_bytes
+
+    real_commit = connection.commit
+
+    def commit_then_lose_the_connection() -> None:
+        real_commit()
+        raise OperationalError(2013, "Lost connection to server during query")
+
+    monkeypatch.setattr(connection, "commit", commit_then_lose_the_connection)
+    path = smear_paths(1)[0]
+    with pytest.raises(OperationalError):
+        actions.upload_images(
+            technologist, specimen, [validate_image_bytes(path.name, path.read_bytes())], ["xception_bigru"]
+        )
+    monkeypatch.undo()
+    image = Image.objects.get()  # committed
+    assert storage.read(image.storage_name) == path.read_bytes()  # and its file is still there
+    assert jobs.sweep(orphan_grace_s=0)["orphans_removed"] == 0

@@ -20,8 +20,17 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--json", action="store_true", help="print one JSON object")
+        parser.add_argument(
+            "--sweep-older-than",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="first run the sweep (portal.jobs.sweep): re-queue orphaned analyses, remove files no row "
+            "references that are older than SECONDS (0 only on a quiet system)",
+        )
 
-    def handle(self, *args: Any, json: bool = False, **options: Any) -> None:
+    def handle(self, *args: Any, json: bool = False, sweep_older_than: float | None = None, **options: Any) -> None:
+        swept = jobs.sweep(orphan_grace_s=sweep_older_than) if sweep_older_than is not None else {}
         on_disk = {name for name, _ in storage.list_files()}
         image_names = set(Image.objects.values_list("storage_name", flat=True))
         heatmap_names = set(Analysis.objects.exclude(heatmap_name="").values_list("heatmap_name", flat=True))
@@ -35,6 +44,7 @@ class Command(BaseCommand):
             "queued_jobs": len(jobs.queued_analysis_ids()),
             "rows_without_file": sorted((image_names | heatmap_names) - on_disk),
             "files_without_row": sorted(on_disk - image_names - heatmap_names),
+            "swept": swept,
         }
         report["consistent"] = not report["rows_without_file"] and not report["files_without_row"]
         if json:
