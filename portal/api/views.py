@@ -39,7 +39,16 @@ class TokenView(ObtainAuthToken):
     """POST username + password -> {"token": ...} (audited)."""
 
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        response = super().post(request, *args, **kwargs)
+        try:
+            response = super().post(request, *args, **kwargs)
+        except ValidationError:
+            # django-axes marks the request it saw (DRF's) when the account is locked out
+            if getattr(request, "axes_locked_out", False) or getattr(request._request, "axes_locked_out", False):
+                return Response(
+                    {"detail": "Too many failed logins: this account is locked for a while.", "code": "locked_out"},
+                    status=status.HTTP_429_TOO_MANY_REQUESTS,
+                )
+            raise
         if response.status_code == 200:
             from django.contrib.auth import get_user_model
 

@@ -8,6 +8,7 @@ ACTIONS: dict[str, str] = {
     "user.login": "Logged in",
     "user.logout": "Logged out",
     "user.login_failed": "Failed login",
+    "user.locked_out": "Locked out after repeated failed logins",
     "user.register": "Registered (awaiting approval)",
     "user.password_change": "Changed password",
     "user.admin_change": "Changed user in admin (approval, roles)",

@@ -68,7 +68,9 @@ def test_preliminary_then_final_after_sign_off(
     final = json.loads(download.content)
     Bundle.model_validate(final)
     (report,) = _resources(final, "DiagnosticReport")
-    assert report["status"] == "final" and report["resultsInterpreter"] == [{"reference": "Practitioner/practitioner-rev"}]
+    assert report["status"] == "final" and report["resultsInterpreter"] == [
+        {"reference": "Practitioner/practitioner-rev"}
+    ]
     assert {o["status"] for o in _resources(final, "Observation")} == {"final"}
     assert all(o["valueCodeableConcept"]["coding"][0]["code"] == "Pre" for o in _resources(final, "Observation"))
     assert AuditEvent.objects.filter(action="export.fhir").count() == 2
