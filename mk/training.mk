@@ -15,8 +15,14 @@ PRETRAIN ?=
 WORKERS ?= 0
 # effnetb3_vit on effnetb3_bigru's CNN stage: frozen + cached maps (CPU), or fine-tuned end to end (GPU)
 VIT_RECIPE ?= $(if $(filter cuda%,$(DEVICE)),end2end,cached)
-# The GPU recipe of the shipped random-init models (issue 13; one H100, four runs side by side, ~65 epochs each):
+# The GPU recipe of the random-init models (issue 13; one H100, ~65 epochs each in a 6-min box, 3-4 runs side by side):
 #   make train-all DEVICE=cuda WORKERS=3 MAX_MINUTES=6 TRAIN_ARGS="--epochs 200 --val-every 5"
+# The shipped runs, each the best of 2-5 such runs on the validation blocks (see the cards' training notes):
+#   make train MODEL=effnetb3_bigru DEVICE=cuda WORKERS=3 \
+#     TRAIN_ARGS="--epochs 200 --max-minutes 6 --val-every 5 --pretrain-data pbc --pretrain-epochs 10"
+#   make train MODEL=mobilenetv3_lstm DEVICE=cuda WORKERS=5 TRAIN_ARGS="--epochs 300 --max-minutes 7.6 --val-every 5"
+#   make train MODEL=effnetb3_vit DEVICE=cuda WORKERS=5 TRAIN_ARGS="--recipe end2end --lr 1e-3 \
+#     --init-weights <a plain effnetb3_bigru run>/model --epochs 300 --max-minutes 7.6 --val-every 5"
 DATA_ARG := $(if $(DATA),--data $(DATA),)
 
 .PHONY: train train-all evaluate smear-gate
