@@ -207,9 +207,10 @@ def write_report(runs: list[dict[str, Any]], out: Path) -> None:
         "cpu": _cpu_name(),
     }
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, ax = plt.subplots(figsize=(11, 4))
     labels = [f"{r['scenario']}\n{r['database']}" for r in runs]
     ax.boxplot([r["latencies_s"] or [0] for r in runs], tick_labels=labels, showfliers=True)
+    ax.tick_params(axis="x", labelsize=8)
     ax.set_ylabel("upload latency (s)")
     ax.set_title("API upload latency per scenario (2 frames x 4 models per request)")
     fig.tight_layout()
