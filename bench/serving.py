@@ -290,9 +290,9 @@ def _extract(mar: Path, dest: Path) -> Path:
 
 
 def _batch_size(config: Path, model: str) -> int:
-    from serving.torchserve import _parse_properties
+    from serving.torchserve import parse_properties
 
-    props = dict(_parse_properties(config.read_text()))
+    props = dict(parse_properties(config.read_text()))
     per_model = json.loads(props.get("models", "{}")).get(model, {})
     for v in per_model.values():
         return int(v.get("batchSize", 1))

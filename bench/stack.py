@@ -55,6 +55,17 @@ def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.25, what:
     raise TimeoutError(f"{what} not reached within {timeout_s:.0f} s")
 
 
+def _stop(proc: subprocess.Popen[bytes] | None, grace_s: float = 60) -> None:
+    """SIGTERM (a clean shutdown), then SIGKILL if it has not exited within ``grace_s``."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class MariaDB:
     """A private MariaDB server (own datadir, socket and port), started and stopped at will."""
 
@@ -120,13 +131,7 @@ class MariaDB:
         )
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc)
         self.proc = None
 
 
@@ -229,13 +234,7 @@ class PortalStack:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc)
         self.proc = None
 
     def manage(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:

@@ -99,6 +99,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             name="effnetb3_bigru",
+            version="1.1",  # weights retrained on a GPU (model card: training)
             backbone="efficientnet_b3",
             pretrained_tag="ra2_in1k",
             sequence=SequenceStage(kind="bigru", hidden_size=256, bidirectional=True),
@@ -108,6 +109,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             name="effnetb3_vit",
+            version="1.1",  # weights retrained on a GPU (model card: training)
             backbone="efficientnet_b3",
             pretrained_tag="ra2_in1k",
             sequence=SequenceStage(kind="transformer", hidden_size=256, num_layers=2, num_heads=4),
@@ -117,6 +119,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             name="mobilenetv3_lstm",
+            version="1.1",  # weights retrained on a GPU (model card: training)
             backbone="mobilenetv3_large_100",
             pretrained_tag="ra_in1k",
             sequence=SequenceStage(kind="lstm", hidden_size=256, bidirectional=False),

@@ -28,6 +28,8 @@ import json
 import shutil
 from pathlib import Path
 
+from serving.torchserve import parse_properties as property_pairs
+
 DOCKER = Path(__file__).resolve().parent
 BASE_CONFIG = DOCKER / "torchserve" / "config.properties"
 KSERVE_MOUNT = "/mnt/models"
@@ -45,21 +47,8 @@ DROPPED = ("load_models", "models")
 
 
 def parse_properties(text: str) -> dict[str, str]:
-    """Java-properties lines (backslash continuations joined) as key -> raw value, comments dropped."""
-    out: dict[str, str] = {}
-    logical = ""
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not logical and (not stripped or stripped.startswith("#")):
-            continue
-        if stripped.endswith("\\") and not stripped.endswith("\\\\"):
-            logical += stripped[:-1]
-            continue
-        logical += stripped
-        key, _, value = logical.partition("=")
-        out[key.strip()] = value.strip()
-        logical = ""
-    return out
+    """Java-properties text as key -> raw value (serving.torchserve's reader: continuations joined)."""
+    return dict(property_pairs(text))
 
 
 def kserve_config(base_text: str, model: str) -> str:

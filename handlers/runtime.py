@@ -128,6 +128,18 @@ class ModelRuntime:
             )
         return {"is_blood_smear": True, "smear_score": score, "smear_threshold": threshold}
 
+    def _body(self, logits: torch.Tensor, quality: dict[str, Any], timing_ms: dict[str, float]) -> dict[str, Any]:
+        """The contract's success body from one image's logits (calibrated with the card's temperature)."""
+        return build_prediction(
+            calibrated_probabilities(logits, self.temperature).tolist(),
+            classes=self.classes,
+            model=self.name,
+            version=self.version,
+            abstain_threshold=self.abstain_threshold,
+            quality=quality,
+            timing_ms=timing_ms,
+        )
+
     # -- requests --------------------------------------------------------------------------
     def predict(self, rows: Sequence[Any]) -> list[dict[str, Any] | RequestError]:
         """One result per row: the prediction body, or the RequestError refusing that row."""
@@ -156,17 +168,7 @@ class ModelRuntime:
                 quality = self.gate_check(p.decoded, pooled)
                 gate_ms = _ms(t1)
                 t2 = time.perf_counter()
-                probs = calibrated_probabilities(logits, self.temperature).tolist()
-                timing = dict(p.timing_ms, inference=inference_ms, gate=gate_ms)
-                body = build_prediction(
-                    probs,
-                    classes=self.classes,
-                    model=self.name,
-                    version=self.version,
-                    abstain_threshold=self.abstain_threshold,
-                    quality=quality,
-                    timing_ms=timing,
-                )
+                body = self._body(logits, quality, dict(p.timing_ms, inference=inference_ms, gate=gate_ms))
                 body["timing_ms"]["postprocess"] = round(_ms(t2), 3)
                 body["timing_ms"]["total"] = round(sum(body["timing_ms"].values()), 3)
                 body["batch_size"] = len(idx)
@@ -210,16 +212,7 @@ class ModelRuntime:
         quality = self.gate_check(p.decoded, cam.pooled)
         gate_ms = _ms(t1)
         t2 = time.perf_counter()
-        probs = calibrated_probabilities(cam.logits, self.temperature).tolist()
-        body = build_prediction(
-            probs,
-            classes=self.classes,
-            model=self.name,
-            version=self.version,
-            abstain_threshold=self.abstain_threshold,
-            quality=quality,
-            timing_ms=dict(p.timing_ms, inference=inference_ms, gate=gate_ms),
-        )
+        body = self._body(cam.logits, quality, dict(p.timing_ms, inference=inference_ms, gate=gate_ms))
         body.update(
             explained_class=self.classes[cam.class_index],
             method="grad-cam",

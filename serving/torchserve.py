@@ -50,6 +50,7 @@ __all__ = [
     "ServeError",
     "read_keys",
     "effective_config",
+    "parse_properties",
     "start",
     "stop",
     "status",
@@ -133,7 +134,7 @@ def read_keys(workdir: str | os.PathLike[str] = DEFAULT_WORKDIR) -> Keys:
     return Keys(inference=data["inference"]["key"], management=data["management"]["key"], api=data["API"]["key"])
 
 
-def _parse_properties(text: str) -> list[tuple[str, str]]:
+def parse_properties(text: str) -> list[tuple[str, str]]:
     """Java-properties lines (continuations joined) as (key, raw value) pairs, comments dropped."""
     out: list[tuple[str, str]] = []
     logical = ""
@@ -158,7 +159,7 @@ def effective_config(
     ports: dict[str, int],
 ) -> str:
     """``base`` with the model store, the models to load and the ports substituted (still loopback)."""
-    props = dict(_parse_properties(Path(base).read_text()))
+    props = dict(parse_properties(Path(base).read_text()))
     props["inference_address"] = f"http://127.0.0.1:{ports['inference']}"
     props["management_address"] = f"http://127.0.0.1:{ports['management']}"
     props["metrics_address"] = f"http://127.0.0.1:{ports['metrics']}"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from core.registry import get_spec
 from training.archive import REPO, archive_all, import_closure, read_mar_card, repack, stale_code
 
 
@@ -43,7 +44,7 @@ def test_archive_is_valid_and_reproducible(mobilenet_artifact: Path, tmp_path: P
     assert manifest["model"] == {
         "handler": "leukemia_handler.py",
         "modelName": "mobilenetv3_lstm",
-        "modelVersion": "1.0",
+        "modelVersion": get_spec("mobilenetv3_lstm").version,
     }
     assert manifest["archiverVersion"]  # written by torch-model-archiver itself
     assert {"model/weights.safetensors", "model/model_config.json", "model_card.json", "training/models.py"} <= names

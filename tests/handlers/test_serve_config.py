@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from core.registry import model_names
-from serving.torchserve import DEFAULT_CONFIG, DEFAULT_PORTS, ServeError, _parse_properties, effective_config, start
+from serving.torchserve import DEFAULT_CONFIG, DEFAULT_PORTS, ServeError, effective_config, parse_properties, start
 
 
 def _props(text: str) -> dict[str, str]:
-    return dict(_parse_properties(text))
+    return dict(parse_properties(text))
 
 
 def test_shipped_config_is_hardened() -> None:
