@@ -312,7 +312,32 @@ def sign_off(
     comment: str = "",
     request: HttpRequest | None = None,
 ) -> Review:
-    """A reviewer agrees with the model's label or reclassifies it; the analysis is then immutable."""
+    """A reviewer agrees with the model's label or reclassifies it; the analysis is then immutable.
+
+    A refused sign-off (no permission, already signed, invalid) raises and leaves its own audit row.
+    """
+    try:
+        return _sign_off(actor, analysis, decision, final_label, comment, request)
+    except (PermissionDenied, ValidationError, ImmutableError) as exc:
+        reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+        log_event(
+            "analysis.sign_off_refused",
+            actor=None if isinstance(actor, AnonymousUser) else actor,
+            obj=analysis,
+            request=request,
+            data={"decision": decision, "final_label": final_label or "", "reason": reason[:500]},
+        )
+        raise
+
+
+def _sign_off(
+    actor: User,
+    analysis: Analysis,
+    decision: str,
+    final_label: str | None,
+    comment: str,
+    request: HttpRequest | None,
+) -> Review:
     if isinstance(actor, AnonymousUser) or not actor.has_perm("analyses.sign_off_analysis"):
         raise PermissionDenied("only reviewers can sign off")
     if decision not in Review.Decision.values:

@@ -6,6 +6,7 @@ app_name = "analyses"
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("upload/", views.upload, name="upload"),
+    path("worklist/", views.worklist, name="worklist"),
     path("images/<int:pk>/", views.image_detail, name="image"),
     path("images/<int:pk>/file/", views.image_file, name="image_file"),
     path("images/<int:pk>/progress/", views.image_progress, name="image_progress"),

@@ -1,12 +1,16 @@
-"""Dashboard, upload, results (side by side with consensus), review, private files, exports."""
+"""Dashboard, upload, results (side by side with consensus), review worklist, private files, exports."""
 
 from __future__ import annotations
+
+import datetime
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count
+from django.core.paginator import Paginator
+from django.db.models import Count, Q
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -29,6 +33,45 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         context["recent"] = Image.objects.select_related("specimen__patient").prefetch_related("analyses")[:10]
         context["unsigned"] = Analysis.objects.filter(status="done", review__isnull=True).count()
     return render(request, "analyses/dashboard.html", context)
+
+
+@permission_required("analyses.sign_off_analysis", raise_exception=True)
+def worklist(request: HttpRequest) -> HttpResponse:
+    """Images with finished results awaiting sign-off, oldest first; filter by patient/specimen text and date."""
+    images = (
+        Image.objects.filter(analyses__status=Analysis.Status.DONE, analyses__review__isnull=True)
+        .select_related("specimen__patient")
+        .prefetch_related("analyses", "analyses__review")
+        .distinct()
+        .order_by("uploaded_at", "id")
+    )
+    query = request.GET.get("q", "").strip()
+    if query:
+        images = images.filter(
+            Q(specimen__accession__icontains=query)
+            | Q(specimen__patient__mrn__icontains=query)
+            | Q(specimen__patient__name__icontains=query)
+        )
+    day = request.GET.get("date", "").strip()
+    if day:
+        try:
+            images = images.filter(uploaded_at__date=datetime.date.fromisoformat(day))
+        except ValueError:
+            messages.error(request, f"Not a date: {day!r} (use YYYY-MM-DD).")
+    page = Paginator(images, 25).get_page(request.GET.get("page"))
+    rows: list[dict[str, Any]] = []
+    for image in page:
+        analyses = list(image.analyses.all())
+        waiting = [a for a in analyses if a.status == Analysis.Status.DONE and not a.is_signed]
+        rows.append({"image": image, "consensus": consensus(analyses), "waiting": waiting})
+    actions.log_event(
+        "analysis.worklist",
+        actor=request.user,
+        request=request,
+        object_type="image",
+        data={"q": query[:100], "date": day[:10], "ids": [image.pk for image in page]},
+    )
+    return render(request, "analyses/worklist.html", {"page": page, "rows": rows, "q": query, "date": day})
 
 
 @permission_required(["analyses.add_image", "analyses.add_analysis"], raise_exception=True)
@@ -174,7 +217,8 @@ def _messages(exc: Exception) -> list[str]:
 
 @permission_required("analyses.export_analyses", raise_exception=True)
 def export(request: HttpRequest) -> HttpResponse:
-    form = ExportForm(request.GET or None)
+    today = timezone.localdate()
+    form = ExportForm(request.GET or None, initial={"start": today - datetime.timedelta(days=30), "end": today})
     if request.GET and form.is_valid():
         start, end = form.cleaned_data["start"], form.cleaned_data["end"]
         rows = analyses_in_range(start, end)
@@ -230,6 +274,7 @@ def specimen_report_pdf(request: HttpRequest, pk: int) -> HttpResponse:
     pdf = specimen_pdf(specimen, request.user.get_username())
     actions.log_event("export.report_pdf", actor=request.user, obj=specimen, request=request, data={"bytes": len(pdf)})
     response = HttpResponse(pdf, content_type="application/pdf")
-    response["Content-Disposition"] = f'inline; filename="report_{specimen.accession}.pdf"'
+    disposition = "attachment" if request.GET.get("download") else "inline"
+    response["Content-Disposition"] = f'{disposition}; filename="report_{specimen.accession}.pdf"'
     response["Cache-Control"] = "private, no-store"
     return response

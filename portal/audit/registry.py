@@ -35,6 +35,9 @@ ACTIONS: dict[str, str] = {
     "export.report_html": "Viewed printable report",
     "export.report_pdf": "Exported report (PDF)",
     "export.fhir": "Exported results (FHIR Bundle)",
+    "analysis.worklist": "Viewed the sign-off worklist",
+    "analysis.sign_off_refused": "Sign-off refused",
+    "access.denied": "Refused: the role does not allow it",
     "api.token": "Issued API token",
 }
 

@@ -9,6 +9,7 @@ admin.site.site_header = "Leukemia portal administration"
 admin.site.site_title = "Leukemia portal admin"
 
 handler400 = "portal.errors.bad_request"
+handler403 = "portal.errors.permission_denied"
 handler500 = "portal.errors.server_error"
 
 urlpatterns = [
