@@ -7,7 +7,7 @@ reachable. Checks: no server error (5xx) and every documented answer conforms to
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -31,7 +31,23 @@ def _with_token(app: Callable[..., Any], key: str) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def api_schema(django_user_model: Any, specimen: Any, settings: Any) -> Any:
+def _keep_the_test_connection() -> Iterator[None]:
+    """As Django's test client does: the handler must not close the test's database connection (it would
+    drop the test transaction on MySQL) at the start and end of each in-process request."""
+    from django.core import signals
+    from django.db import close_old_connections
+
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    try:
+        yield
+    finally:
+        signals.request_started.connect(close_old_connections)
+        signals.request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def api_schema(django_user_model: Any, specimen: Any, settings: Any, _keep_the_test_connection: None) -> Any:
     from django.core.wsgi import get_wsgi_application
     from rest_framework.authtoken.models import Token
 

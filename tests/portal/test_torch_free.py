@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -42,8 +43,16 @@ sys.exit(code or (3 if loaded else 0))
 """
 
 
-def test_portal_checks_and_pages_run_without_torch() -> None:
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="portal.config.settings", PYTHONPATH=str(REPO))
+def test_portal_checks_and_pages_run_without_torch(tmp_path: Path) -> None:
+    # its own SQLite database: a child pytest on this run's MySQL would create and then drop the
+    # same test database under the parent's feet
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="portal.config.settings",
+        PYTHONPATH=str(REPO),
+        DATABASE_URL=f"sqlite:///{tmp_path / 'portal.sqlite3'}",
+        PORTAL_VAR_DIR=str(tmp_path / "var"),
+    )
     proc = subprocess.run([sys.executable, "-c", CHILD], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
