@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from portal import actions
 from portal.audit.log import record
 from portal.audit.models import AppendOnlyError, AuditEvent
 from tests.portal.conftest import PASSWORD
@@ -92,3 +93,20 @@ def test_portal_audit_page_needs_the_permission_and_filters(
     assert 'title="patient.create"' in rows and "MRN0001" in rows
     assert 'title="specimen.create"' not in rows
     assert 'title="specimen.create"' in auditor.get("/audit/?action=specimen.create").content.decode()
+
+
+def test_audit_page_filters_by_date_hides_views_and_shows_readable_data(
+    admin_client: Client, technologist: Any, patient: Any
+) -> None:
+    from django.utils import timezone
+
+    actions.update_patient(technologist, patient, {"name": "Ada King"})
+    actions.log_event("patient.view", actor=technologist, obj=patient)
+    today = timezone.localdate().isoformat()
+    page = admin_client.get(f"/audit/?start={today}&end={today}").content.decode()
+    rows = page.split("<tbody>")[1]
+    assert "changes.name: Ada Lovelace → Ada King" in rows and "{&#x27;changes&#x27;" not in rows
+    assert 'title="patient.view"' in rows
+    changes = admin_client.get(f"/audit/?start={today}&changes_only=1").content.decode().split("<tbody>")[1]
+    assert "changes.name: Ada Lovelace → Ada King" in changes and 'title="patient.view"' not in changes
+    assert "Ada King" not in admin_client.get("/audit/?end=2001-01-01").content.decode()
