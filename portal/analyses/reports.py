@@ -6,10 +6,13 @@ import csv
 import io
 from collections.abc import Iterable
 from datetime import date, datetime, time, timedelta
+from typing import Any
 
 from django.db.models import QuerySet
 from django.utils import timezone
+from PIL import Image as PILImage
 
+from portal.analyses import storage
 from portal.analyses.consensus import consensus
 from portal.analyses.models import CLASS_LABELS, Analysis, Review
 from portal.patients.models import Specimen
@@ -101,12 +104,30 @@ def csv_bytes(analyses: Iterable[Analysis]) -> bytes:
 
 
 def specimen_pdf(specimen: Specimen, generated_by: str) -> bytes:
-    """A printable A4 report: patient, specimen, every image's model answers, consensus and sign-offs."""
+    """A printable A4 report: patient, specimen, every image with its heatmaps, the model answers,
+    consensus and sign-offs, the decision-support notice, page numbers."""
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.styles import getSampleStyleSheet
     from reportlab.lib.units import mm
+    from reportlab.platypus import Image as PdfImage
     from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+    def picture(name: str, width_mm: float) -> Any:
+        try:
+            data = storage.read(name)
+            with PILImage.open(io.BytesIO(data)) as im:
+                w, h = im.size
+        except (OSError, ValueError):
+            return Paragraph("(file missing)", styles["Normal"])
+        return PdfImage(io.BytesIO(data), width=width_mm * mm, height=width_mm * mm * h / w)
+
+    def footer(canvas: Any, document: Any) -> None:
+        canvas.saveState()
+        canvas.setFont("Helvetica", 7)
+        canvas.drawString(15 * mm, 8 * mm, f"{specimen.accession} · decision support only, not a diagnosis")
+        canvas.drawRightString(A4[0] - 15 * mm, 8 * mm, f"Page {document.page}")
+        canvas.restoreState()
 
     styles = getSampleStyleSheet()
     buf = io.BytesIO()
@@ -142,6 +163,12 @@ def specimen_pdf(specimen: Specimen, generated_by: str) -> bytes:
         story.append(
             Paragraph(f"Image {image.pk}: {image.original_name} ({image.width}x{image.height})", styles["Heading3"])
         )
+        with_heatmap = [a for a in analyses if a.heatmap_name]
+        pictures = [picture(image.storage_name, 55)] + [picture(a.heatmap_name, 30) for a in with_heatmap]
+        captions = ["original"] + [f"{a.model_name} heatmap ({a.heatmap_label})" for a in with_heatmap]
+        gallery = Table([pictures, [Paragraph(c, styles["Normal"]) for c in captions]])
+        gallery.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("FONTSIZE", (0, 1), (-1, 1), 7)]))
+        story.append(gallery)
         rows = [["Model", "Version", "Status", "Label", "Confidence", "P(malignant)", "Review"]]
         for a in analyses:
             r = _review(a)
@@ -174,5 +201,5 @@ def specimen_pdf(specimen: Specimen, generated_by: str) -> bytes:
             story.append(Paragraph(text, styles["Normal"]))
         story.append(Spacer(1, 3 * mm))
     story.append(Paragraph(DISCLAIMER, styles["Italic"]))
-    doc.build(story)
+    doc.build(story, onFirstPage=footer, onLaterPages=footer)
     return buf.getvalue()

@@ -66,6 +66,9 @@ def test_printable_and_pdf_report(rev_client: Client, done: list[Analysis], spec
     pdf = rev_client.get(f"/specimens/{specimen.pk}/report.pdf")
     assert pdf.status_code == 200 and pdf["Content-Type"] == "application/pdf"
     assert pdf.content.startswith(b"%PDF") and len(pdf.content) > 1500
+    # the image and each model's heatmap are in it, and its pages are numbered
+    n_pictures = 1 + sum(1 for a in done if a.heatmap_name)
+    assert pdf.content.count(b"/Subtype /Image") >= n_pictures, pdf.content.count(b"/Subtype /Image")
     assert set(AuditEvent.objects.filter(object_type="specimen").values_list("action", flat=True)) >= {
         "export.report_html",
         "export.report_pdf",
