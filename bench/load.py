@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.stack import MariaDB, PortalStack, UploadResult, storage_report, upload_load, wait_until
+from core.host import cpu_model
 from core.paths import ALL4_ORIGINAL
 
 REPO = Path(__file__).resolve().parent.parent
@@ -204,7 +205,7 @@ def write_report(runs: list[dict[str, Any]], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-        "cpu": _cpu_name(),
+        "cpu": cpu_model(),
     }
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
     fig, ax = plt.subplots(figsize=(11, 4))
@@ -262,16 +263,6 @@ def write_report(runs: list[dict[str, Any]], out: Path) -> None:
         "",
     ]
     out.write_text("\n".join(lines))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

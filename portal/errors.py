@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-__all__ = ["bad_request", "permission_denied", "server_error", "DATABASE_RETRY_AFTER_S"]
+__all__ = ["audit_access_denied", "bad_request", "permission_denied", "server_error", "DATABASE_RETRY_AFTER_S"]
 
 log = logging.getLogger("portal.errors")
 DATABASE_RETRY_AFTER_S = 10
@@ -54,21 +55,27 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
     return _answer(request, 400, "bad_request", "The request could not be understood.")
 
 
-def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    """The styled 403 page; an authenticated user's refused attempt leaves an audit row (who, what, where)."""
-    from django.shortcuts import render
-
+def audit_access_denied(request: Any, reason: str) -> None:
+    """An authenticated user's refused attempt (web page or API) leaves an audit row: who, what, where."""
+    if not request.user.is_authenticated:
+        return
     from portal.actions import log_event
 
-    if request.user.is_authenticated:
-        log_event(
-            "access.denied",
-            actor=request.user,
-            request=request,
-            object_type="url",
-            object_id=request.path[:64],
-            data={"method": request.method, "path": request.path[:300], "reason": str(exception or "")[:300]},
-        )
+    log_event(
+        "access.denied",
+        actor=request.user,
+        request=request,
+        object_type="url",
+        object_id=request.path[:64],
+        data={"method": request.method, "path": request.path[:300], "reason": reason[:300]},
+    )
+
+
+def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """The styled 403 page, after the audit row."""
+    from django.shortcuts import render
+
+    audit_access_denied(request, str(exception or ""))
     return render(request, "403.html", status=403)
 
 

@@ -48,6 +48,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from core.host import cpu_model
 from core.registry import get_spec
 from training import compat  # noqa: F401  (before timm)
 from training.augment import TrainAugment, geometric_grid
@@ -98,20 +99,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def hardware_info(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "device": device,
-        "cpu": _cpu_model() or platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
