@@ -19,7 +19,6 @@ resources with compatible content. The bundle (type ``collection``) holds:
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from django.conf import settings
@@ -145,10 +144,7 @@ def specimen_bundle(specimen: Specimen) -> dict[str, Any]:
         .select_related("image__specimen", "review")
         .order_by("image_id", "model_name")
     )
-    reviews: dict[int, Review] = {}
-    for a in done:
-        with contextlib.suppress(Review.DoesNotExist):
-            reviews[a.pk] = a.review
+    reviews: dict[int, Review] = {a.pk: r for a in done if (r := a.signed_review) is not None}
     resources: list[dict[str, Any]] = [_patient(specimen.patient), _specimen(specimen)]
     resources += list({_device_id(a): _device(a) for a in done}.values())
     reviewers = sorted({r.reviewer_name for r in reviews.values()})

@@ -125,6 +125,14 @@ class Analysis(models.Model):
         return reverse("analyses:analysis", args=[self.pk])
 
     @property
+    def signed_review(self) -> Review | None:
+        """The sign-off, or None; uses ``select_related``/``prefetch_related("review")`` when the query did."""
+        try:
+            return self.review  # type: ignore[no-any-return]
+        except Review.DoesNotExist:
+            return None
+
+    @property
     def is_signed(self) -> bool:
         return Review.objects.filter(analysis_id=self.pk).exists() if self.pk else False
 

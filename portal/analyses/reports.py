@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 
 from portal.analyses import storage
 from portal.analyses.consensus import consensus
-from portal.analyses.models import CLASS_LABELS, Analysis, Review
+from portal.analyses.models import CLASS_LABELS, Analysis
 from portal.patients.models import Specimen
 
 __all__ = ["CSV_COLUMNS", "DISCLAIMER", "analyses_in_range", "csv_bytes", "specimen_pdf"]
@@ -61,19 +61,12 @@ def analyses_in_range(start: date, end: date) -> QuerySet[Analysis]:
     )
 
 
-def _review(a: Analysis) -> Review | None:
-    try:
-        return a.review
-    except Review.DoesNotExist:
-        return None
-
-
 def csv_bytes(analyses: Iterable[Analysis]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     for a in analyses:
-        r = _review(a)
+        r = a.signed_review
         specimen = a.image.specimen
         writer.writerow(
             [
@@ -171,7 +164,7 @@ def specimen_pdf(specimen: Specimen, generated_by: str) -> bytes:
         story.append(gallery)
         rows = [["Model", "Version", "Status", "Label", "Confidence", "P(malignant)", "Review"]]
         for a in analyses:
-            r = _review(a)
+            r = a.signed_review
             label = "refer for manual review" if a.abstained else (a.label or a.error_code or "")
             rows.append(
                 [

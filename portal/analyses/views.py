@@ -21,7 +21,7 @@ from portal import actions
 from portal.analyses import storage
 from portal.analyses.consensus import consensus
 from portal.analyses.forms import ExportForm, ReviewForm, UploadForm
-from portal.analyses.models import Analysis, Image, ImmutableError, Review
+from portal.analyses.models import Analysis, Image, ImmutableError
 from portal.analyses.reports import analyses_in_range, csv_bytes, specimen_pdf
 from portal.patients.models import Specimen
 
@@ -62,7 +62,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
     rows: list[dict[str, Any]] = []
     for image in page:
         analyses = list(image.analyses.all())
-        waiting = [a for a in analyses if a.status == Analysis.Status.DONE and not a.is_signed]
+        waiting = [a for a in analyses if a.status == Analysis.Status.DONE and a.signed_review is None]
         rows.append({"image": image, "consensus": consensus(analyses), "waiting": waiting})
     actions.log_event(
         "analysis.worklist",
@@ -96,10 +96,7 @@ def upload(request: HttpRequest) -> HttpResponse:
 def _image_context(request: HttpRequest, image: Image) -> dict[str, object]:
     analyses = list(image.analyses.select_related("review").all())
     for a in analyses:
-        try:
-            a.signed = a.review  # type: ignore[attr-defined]
-        except Review.DoesNotExist:
-            a.signed = None  # type: ignore[attr-defined]
+        a.signed = a.signed_review  # type: ignore[attr-defined]
         a.review_form = ReviewForm(auto_id=f"id_a{a.pk}_%s")  # type: ignore[attr-defined]
     codes = {a.error_code for a in analyses}
     refused_by_all = bool(analyses) and all(a.status == Analysis.Status.REJECTED for a in analyses) and len(codes) == 1
