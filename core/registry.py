@@ -22,6 +22,13 @@ __all__ = [
     "REGISTRY",
     "get_spec",
     "model_names",
+    "CELL_CLASSES",
+    "CELL_DESCRIPTIONS",
+    "CellModelSpec",
+    "CELL_REGISTRY",
+    "get_cell_spec",
+    "cell_model_names",
+    "served_model_names",
 ]
 
 #: Output classes, in logit order. Short names are the folder names of the public data set.
@@ -133,6 +140,7 @@ REGISTRY: dict[str, ModelSpec] = {
 
 
 def model_names() -> list[str]:
+    """The frame classifiers (leukemia models); :func:`served_model_names` adds the cell-level model."""
     return list(REGISTRY)
 
 
@@ -141,3 +149,84 @@ def get_spec(name: str) -> ModelSpec:
         return REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(REGISTRY)}") from None
+
+
+# -- cell-level model ----------------------------------------------------------------------------
+
+#: Cell types the cell-level model tells apart, in logit order: the eight classes of the PBC data set
+#: (Acevedo et al. 2020). Red cells are not typed (they are not listed in answers at all).
+CELL_CLASSES: tuple[str, ...] = (
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "ig",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+    "platelet",
+)
+CELL_DESCRIPTIONS: dict[str, str] = {
+    "basophil": "Basophil",
+    "eosinophil": "Eosinophil",
+    "erythroblast": "Erythroblast (nucleated red cell)",
+    "ig": "Immature granulocyte (promyelocyte, myelocyte, metamyelocyte)",
+    "lymphocyte": "Lymphocyte",
+    "monocyte": "Monocyte",
+    "neutrophil": "Neutrophil",
+    "platelet": "Platelet",
+}
+
+
+@dataclass(frozen=True)
+class CellModelSpec:
+    """The cell-level model: a classical cell finder (:mod:`cells.segment`) and a CNN typing each crop."""
+
+    name: str
+    backbone: str  # timm model name of the cell typer
+    input_size: int  # square side of a cell crop fed to the typer
+    version: str = "1.0"
+    classes: tuple[str, ...] = CELL_CLASSES
+    #: crop = the cell's box grown by this fraction of its side on every side (context, as the PBC crops)
+    crop_margin: float = 0.25
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["classes"] = list(self.classes)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+
+CELL_REGISTRY: dict[str, CellModelSpec] = {
+    spec.name: spec
+    for spec in (
+        CellModelSpec(
+            name="wbc_cells",
+            # the only ImageNet-initialised small backbone available offline (mean = std = 0.5)
+            backbone="mobilenetv2_100",
+            input_size=128,
+        ),
+    )
+}
+
+
+def get_cell_spec(name: str) -> CellModelSpec:
+    try:
+        return CELL_REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown cell model {name!r}; registered: {', '.join(CELL_REGISTRY)}") from None
+
+
+def cell_model_names() -> list[str]:
+    return list(CELL_REGISTRY)
+
+
+def served_model_names() -> list[str]:
+    """Every model TorchServe serves: the four frame classifiers, then the cell-level model(s)."""
+    return model_names() + cell_model_names()
