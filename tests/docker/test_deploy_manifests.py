@@ -5,6 +5,7 @@ non-root users, health checks, start order, KServe storage layout)."""
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import importlib.util
 import json
 import re
@@ -20,6 +21,11 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from core.registry import cell_model_names, get_cell_spec, get_spec, model_names, served_model_names
+from training.archive import LAZY_MODULES, LOCAL_PACKAGES, handler_of, import_closure
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -316,17 +322,43 @@ def _rendered(kind: str) -> list[dict[str, Any]]:
     return [o for o in validate.render(K8S / "base") if o["kind"] == kind]
 
 
-def _models() -> list[str]:
+def _model_config() -> dict[str, dict[str, dict[str, Any]]]:
+    """The per-model ``models`` entry of docker/torchserve/config.properties."""
     props = kserve_layout.parse_properties((DOCKER / "torchserve" / "config.properties").read_text())
-    return sorted(json.loads(props["models"]))
+    config: dict[str, dict[str, dict[str, Any]]] = json.loads(props["models"])
+    return config
+
+
+def _models() -> list[str]:
+    return sorted(_model_config())
+
+
+def test_torchserve_config_lists_every_served_model_at_its_registry_version() -> None:
+    """One entry per model TorchServe serves, in the registry's order: the next model cannot be forgotten."""
+    config = _model_config()
+    assert list(config) == served_model_names()
+    for name, versions in config.items():
+        spec = get_spec(name) if name in model_names() else get_cell_spec(name)
+        ((version, settings),) = versions.items()
+        assert version == spec.version, f"{name}: config.properties {version}, registry {spec.version}"
+        assert settings["marName"] == f"{name}.mar" and settings["defaultVersion"] is True
+        assert settings["minWorkers"] == settings["maxWorkers"] == 1, name  # one worker per model on 2 cores
+        assert settings["responseTimeout"] >= 60 and settings["maxBatchDelay"] >= 0, name
+    for name in cell_model_names():
+        # one frame per request, with a variable number of cells: never batched
+        assert next(iter(config[name].values()))["batchSize"] == 1, name
 
 
 def test_one_inference_service_per_model_with_its_own_target() -> None:
     services = _rendered("InferenceService")
     by_model = {s["spec"]["predictor"]["model"]["storageUri"].rsplit("/", 1)[1]: s for s in services}
-    assert sorted(by_model) == _models()
+    assert sorted(by_model) == _models() == sorted(served_model_names())
+    (policy,) = _rendered("NetworkPolicy")
+    guarded = policy["spec"]["podSelector"]["matchLabels"].items()
     for name, isvc in by_model.items():
         predictor = isvc["spec"]["predictor"]
+        assert isvc["metadata"]["labels"]["leukemia.model"] == name
+        assert guarded <= predictor["labels"].items(), f"{name}: model pods outside the NetworkPolicy"
         assert predictor["model"]["modelFormat"]["name"] == "pytorch"
         assert predictor["model"]["runtime"] == "leukemia-torchserve"
         assert predictor["scaleMetric"] == "concurrency" and predictor["scaleTarget"] >= 1
@@ -382,3 +414,78 @@ def test_kserve_storage_layout(tmp_path: Path) -> None:
     assert re.fullmatch(
         props["allowed_urls"].replace("\\\\", "\\"), "file:///mnt/models/model-store/xception_bigru.mar"
     )
+
+
+def test_kserve_layout_of_every_served_model_keeps_its_settings(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    for name in served_model_names():
+        (store / f"{name}.mar").write_bytes(b"PK-not-a-real-archive")
+    roots = kserve_layout.write_layout(store, tmp_path / "out")
+    assert sorted(r.name for r in roots) == sorted(served_model_names())
+    base = _model_config()
+    for root in roots:
+        props = kserve_layout.parse_properties((root / "config" / "config.properties").read_text())
+        snapshot = json.loads(props["model_snapshot"])
+        assert snapshot["models"] == {root.name: base[root.name]}, root.name  # not the fallback settings
+
+
+# --- the TorchServe images carry what the handlers import -------------------------------------------------
+
+
+def _handler_closure() -> list[Path]:
+    """Every repository module packed into some served model's archive (training.archive's own reading)."""
+    roots = {f"handlers.{handler_of(name).stem}" for name in served_model_names()} | set(LAZY_MODULES)
+    return import_closure(sorted(roots))
+
+
+def _third_party_distributions(files: list[Path]) -> set[str]:
+    modules = {m.split(".")[0] for p in files for m in _imports(p)}
+    modules -= set(sys.stdlib_module_names) | set(LOCAL_PACKAGES) | {"__future__"}
+    dists = importlib.metadata.packages_distributions()
+    missing = sorted(m for m in modules if m not in dists)
+    assert not missing, f"imported but not installed: {missing}"
+    return {canonicalize_name(d) for m in modules for d in dists[m]}
+
+
+def test_torchserve_image_copies_every_package_the_handlers_import() -> None:
+    packages = {p.relative_to(REPO).parts[0] for p in _handler_closure()}
+    assert {"cells", "core", "handlers", "training"} <= packages
+    copies = _instructions(DOCKER / "Dockerfile.torchserve", "COPY")
+    ignore = (DOCKER / "Dockerfile.torchserve.dockerignore").read_text().split()
+    for package in sorted(packages):
+        assert f"{package}/ {package}/" in copies, f"Dockerfile.torchserve must COPY {package}/"
+        assert f"!{package}/" in ignore, f"Dockerfile.torchserve.dockerignore must admit {package}/"
+
+
+def test_torchserve_requirements_cover_the_handlers_imports_and_their_dependencies() -> None:
+    serving = {canonicalize_name(k): v for k, v in _pins(DOCKER / "torchserve" / "requirements.txt").items()}
+    needed = _third_party_distributions(_handler_closure())
+    assert {"scikit-image", "scipy", "timm", "torch"} <= needed
+    assert needed <= set(serving), f"not in docker/torchserve/requirements.txt: {sorted(needed - set(serving))}"
+    # closed under install requirements (read from the project venv, which holds the lock's versions);
+    # pip's own tools come with the python base image
+    for name, version in serving.items():
+        for text in importlib.metadata.requires(name) or []:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            dep = canonicalize_name(req.name)
+            if dep in {"pip", "setuptools", "wheel"}:
+                continue
+            assert dep in serving, f"{name}=={version} requires {req}, not pinned"
+            assert req.specifier.contains(serving[dep].split("+")[0], prereleases=True), (name, str(req))
+
+
+#: What pytorch/torchserve-kfs already ships among the handlers' imports (Dockerfile.kserve adds the rest).
+KSERVE_BASE_PROVIDES = {"torch", "numpy", "pillow"}
+
+
+def test_kserve_image_adds_the_handlers_imports_at_the_serving_pins() -> None:
+    serving = {canonicalize_name(k): v for k, v in _pins(DOCKER / "torchserve" / "requirements.txt").items()}
+    (run,) = _instructions(DOCKER / "Dockerfile.kserve", "RUN")
+    pins = {canonicalize_name(n): v for n, v in re.findall(r"([A-Za-z0-9_.-]+)==(\S+)", run)}
+    needed = _third_party_distributions(_handler_closure()) - KSERVE_BASE_PROVIDES
+    assert needed <= set(pins), f"Dockerfile.kserve must pip install {sorted(needed - set(pins))}"
+    for name, version in pins.items():
+        assert serving.get(name) == version, f"{name}: Dockerfile.kserve {version}, serving {serving.get(name)}"
