@@ -1,0 +1,125 @@
+"""The cell finder on real BCCD / PBC / B-ALL images and on inputs that are not smears at all."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cells import FoundCell, find_cells, segment_masks
+from cells.outline import polygon_area
+from core.paths import ALL4_ORIGINAL, BCCD, PBC
+from training.cell_eval import box_iou
+
+
+def _rgb(path) -> np.ndarray:
+    if not path.is_file():
+        pytest.fail(f"shared data missing: {path}")
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _check_geometry(cells: list[FoundCell], shape: tuple[int, ...]) -> None:
+    h, w = shape[:2]
+    for c in cells:
+        x0, y0, x1, y1 = c.box
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        assert 0.0 <= c.score <= 1.0 and c.kind in {"wbc", "platelet"}
+        for poly in (c.nucleus_polygon, c.cell_polygon):
+            assert len(poly) >= 3
+            xy = np.asarray(poly)
+            assert (xy[:, 0] >= x0).all() and (xy[:, 0] < x1).all() and (xy[:, 1] >= y0).all() and (xy[:, 1] < y1).all()
+        assert 0 < c.nucleus_area_px <= c.cell_area_px <= (x1 - x0) * (y1 - y0)
+        assert 0 < c.nc_ratio <= 1
+        if c.cell_area_px >= 200:  # the traced outline runs through boundary pixel centres: ~half a perimeter less
+            area = polygon_area(c.cell_polygon)
+            assert 0.75 * c.cell_area_px <= area <= 1.1 * c.cell_area_px, (area, c.cell_area_px)
+    scores = [c.score for c in cells]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("name", ["BloodImage_00014", "BloodImage_00047", "BloodImage_00093"])
+def test_bccd_white_cell_found(name: str) -> None:
+    from training.cell_data import bccd_frames
+
+    frame = next(f for f in bccd_frames() if f.name == name)
+    rgb = _rgb(frame.image)
+    cells = find_cells(rgb)
+    _check_geometry(cells, rgb.shape)
+    wbcs = [c for c in cells if c.kind == "wbc"]
+    for gt in frame.wbc_boxes:
+        assert max((box_iou(c.box, gt.as_list()) for c in wbcs), default=0.0) >= 0.5, (name, gt, wbcs)
+
+
+def test_pbc_centred_cell_found() -> None:
+    path = sorted((PBC / "neutrophil").glob("*.jpg"))[0]
+    rgb = _rgb(path)
+    cells = find_cells(rgb)
+    _check_geometry(cells, rgb.shape)
+    h, w = rgb.shape[:2]
+    centred = [c for c in cells if c.kind == "wbc" and c.box[0] < w / 2 < c.box[2] and c.box[1] < h / 2 < c.box[3]]
+    assert len(centred) == 1
+    x0, y0, x1, y1 = centred[0].box
+    assert 60 <= x1 - x0 <= 250 and 60 <= y1 - y0 <= 250  # a white cell, not the frame nor a speck
+
+
+def test_all4_frame_has_several_small_white_cells() -> None:
+    path = sorted((ALL4_ORIGINAL / "Pre").glob("*.jpg"))[100]
+    rgb = _rgb(path)
+    cells = find_cells(rgb)
+    _check_geometry(cells, rgb.shape)
+    wbcs = [c for c in cells if c.kind == "wbc"]
+    assert len(wbcs) >= 2
+    assert all(c.box[2] - c.box[0] < 80 for c in wbcs)  # cells are ~15-25 px here
+
+
+def test_segment_masks_match_found_cells() -> None:
+    rgb = _rgb(BCCD / "JPEGImages" / "BloodImage_00014.jpg")
+    labels, nucleus, cell = segment_masks(rgb)
+    assert labels.shape == nucleus.shape == cell.shape == rgb.shape[:2]
+    assert not (nucleus & ~cell).any()
+    wbc_area = sum(c.cell_area_px for c in find_cells(rgb) if c.kind == "wbc")
+    assert int(cell.sum()) == wbc_area
+
+
+def test_deterministic() -> None:
+    rgb = _rgb(BCCD / "JPEGImages" / "BloodImage_00014.jpg")
+    assert find_cells(rgb) == find_cells(rgb.copy())
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((240, 320, 3), 255, np.uint8),
+        np.full((240, 320, 3), 128, np.uint8),
+        np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8),
+    ],
+    ids=["white", "grey", "noise"],
+)
+def test_non_smears_give_nothing(image: np.ndarray) -> None:
+    cells = find_cells(image)
+    _check_geometry(cells, image.shape)
+    assert [c for c in cells if c.kind == "wbc"] == []
+
+
+@pytest.mark.parametrize("shape", [(1, 50), (50, 1), (16, 16), (1500, 2000)])
+def test_odd_sizes_do_not_crash(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(1)
+    image = np.full((*shape, 3), 230, np.uint8) - rng.integers(0, 20, (*shape, 3), dtype=np.uint8)
+    cells = find_cells(image)
+    _check_geometry(cells, image.shape)
+
+
+def test_large_real_frame_upscaled() -> None:
+    """A 2000x1500 rendering of a BCCD frame still finds its white cell, at the right place."""
+    rgb = _rgb(BCCD / "JPEGImages" / "BloodImage_00014.jpg")
+    big = np.asarray(Image.fromarray(rgb).resize((2000, 1500), Image.BILINEAR))
+    cells = [c for c in find_cells(big) if c.kind == "wbc"]
+    scale = 2000 / 640
+    gt = [236 * scale, 211 * scale, 379 * scale, 353 * scale]
+    assert max((box_iou(c.box, gt) for c in cells), default=0.0) >= 0.5
+
+
+def test_rejects_non_rgb() -> None:
+    with pytest.raises(ValueError):
+        find_cells(np.zeros((10, 10), np.uint8))
