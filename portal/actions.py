@@ -19,9 +19,19 @@ from django.db import models, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
+from core.registry import CELL_CLASSES
 from portal.analyses import storage
-from portal.analyses.inference import Prediction, Refusal, ServerError
-from portal.analyses.models import CLASS_LABELS, Analysis, Image, ImmutableError, Review
+from portal.analyses.inference import CellPrediction, Prediction, Refusal, ServerError
+from portal.analyses.models import (
+    CLASS_LABELS,
+    Analysis,
+    Cell,
+    CellAnalysis,
+    Image,
+    ImmutableError,
+    Review,
+    image_is_signed,
+)
 from portal.analyses.validation import ValidatedImage
 from portal.audit.log import record
 from portal.patients.models import Patient, Specimen
@@ -31,8 +41,10 @@ __all__ = [
     "create_patient",
     "create_specimen",
     "log_event",
+    "reclassify_cell",
     "register_user",
     "sign_off",
+    "store_cell_outcome",
     "store_outcome",
     "update_patient",
     "update_specimen",
@@ -163,7 +175,8 @@ def upload_images(
     model_names: Sequence[str],
     request: HttpRequest | None = None,
 ) -> list[Image]:
-    """Store validated images; commit them with one pending Analysis and one queued job per (image, model).
+    """Store validated images; commit them with one pending Analysis and one queued job per (image, model),
+    and one pending CellAnalysis with its job per image when a cell model is configured (PORTAL_CELL_MODEL).
 
     Files are written first (random names); rows, jobs and the audit row are committed together
     (the job queue lives in the same database), so an accepted upload always has its jobs. If the
@@ -187,6 +200,8 @@ def upload_images(
         with transaction.atomic():
             created: list[Image] = []
             analysis_ids: list[int] = []
+            cell_analysis_ids: list[int] = []
+            cell_model = settings.PORTAL_CELL_MODEL
             for item, name in zip(images, written, strict=True):
                 image = Image.objects.create(
                     specimen=specimen,
@@ -204,6 +219,10 @@ def upload_images(
                     analysis_ids.append(
                         Analysis.objects.create(image=image, model_name=model_name, requested_by=actor).pk
                     )
+                if cell_model:
+                    cell_analysis_ids.append(
+                        CellAnalysis.objects.create(image=image, model_name=cell_model, requested_by=actor).pk
+                    )
             record(
                 "image.upload",
                 actor=actor,
@@ -212,9 +231,11 @@ def upload_images(
                 data={
                     "images": [{"id": i.pk, "name": i.original_name, "sha256": i.sha256} for i in created],
                     "models": list(model_names),
+                    "cell_model": cell_model,
                 },
             )
             jobs.enqueue(analysis_ids)
+            jobs.enqueue_cells(cell_analysis_ids)
             committing = True  # an error after this line comes from the commit: its outcome is unknown
     except BaseException:
         if not committing:
@@ -298,6 +319,155 @@ def _float(value: Any) -> float | None:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
+
+
+# --- cells ------------------------------------------------------------------------------------
+
+
+def _cells_from(body: dict[str, Any], width: int, height: int) -> list[dict[str, Any]]:
+    """The answer's cells as Cell fields; ValueError when the answer breaks the contract."""
+    rows = []
+    for index, item in enumerate(body["cells"]):
+        if not isinstance(item, dict):
+            raise ValueError(f"cell {index} is not an object")
+        box = [round(float(v)) for v in item["box"]]
+        if len(box) != 4 or box[0] > box[2] or box[1] > box[3]:
+            raise ValueError(f"cell {index}: box {box} is not [x0, y0, x1, y1]")
+        box = [min(max(v, 0), limit) for v, limit in zip(box, (width, height, width, height), strict=True)]
+        label = item.get("label")
+        if label is not None and label not in CELL_CLASSES:
+            raise ValueError(f"cell {index}: unknown type {label!r}")
+        probs = {str(k): float(v) for k, v in dict(item.get("probabilities") or {}).items()}
+        if set(probs) - set(CELL_CLASSES):
+            raise ValueError(f"cell {index}: unknown types in probabilities {sorted(set(probs) - set(CELL_CLASSES))}")
+        rows.append(
+            {
+                "index": index,
+                "box": box,
+                "score": float(item.get("score", 0.0)),
+                "label": label or "",
+                "probabilities": probs,
+                "abstained": bool(item.get("abstained", label is None)),
+                "nucleus_polygon": _polygon(item.get("nucleus_polygon")),
+                "cell_polygon": _polygon(item.get("cell_polygon")),
+                "nucleus_area_px": _int(item.get("nucleus_area_px")),
+                "cell_area_px": _int(item.get("cell_area_px")),
+                "nc_ratio": _float(item.get("nc_ratio")),
+            }
+        )
+    return rows
+
+
+def _polygon(points: Any) -> list[list[float]]:
+    return [[round(float(x), 1), round(float(y), 1)] for x, y in points or []]
+
+
+def _int(value: Any) -> int | None:
+    number = _float(value)
+    return None if number is None else max(0, round(number))
+
+
+def store_cell_outcome(cell_analysis_id: int, outcome: CellPrediction | Refusal | ServerError) -> str | None:
+    """Store the final outcome of a pending cell analysis (its cells and annotated image), audited, at
+    most once; the same contract as :func:`store_outcome`. An answer that breaks the cell contract fails."""
+    annotated_name = ""
+    committing = False
+    cells: list[dict[str, Any]] = []
+    if isinstance(outcome, CellPrediction):
+        image = Image.objects.only("width", "height").get(cell_analysis__pk=cell_analysis_id)
+        try:
+            cells = _cells_from(outcome.body, image.width, image.height)
+        except (KeyError, TypeError, ValueError) as exc:
+            outcome = ServerError(f"the cell model's answer breaks the contract: {exc}")
+        else:
+            if outcome.annotated_png:
+                annotated_name = storage.save("annotated", outcome.annotated_png, "png")
+    try:
+        with transaction.atomic():
+            job = CellAnalysis.objects.select_for_update().get(pk=cell_analysis_id)
+            if job.is_final:
+                if annotated_name:
+                    transaction.on_commit(lambda: storage.delete(annotated_name))
+                return None
+            now = timezone.now()
+            job.locked_until = None
+            job.next_attempt_at = None
+            job.completed_at = now
+            job.stage_since = now
+            if isinstance(outcome, CellPrediction):
+                body = outcome.body
+                job.status = CellAnalysis.Status.DONE
+                job.model_version = str(body.get("version", ""))[:20]
+                job.counts = {str(k): int(v) for k, v in dict(body.get("counts") or {}).items()}
+                job.timing_ms = dict(body.get("timing_ms") or {})
+                job.latency_ms = round(outcome.latency_ms, 1)
+                job.error_code = ""
+                job.error_message = "" if annotated_name else "annotated image unavailable"
+                job.annotated_name = annotated_name
+                Cell.objects.bulk_create(Cell(cell_analysis=job, image_id=job.image_id, **row) for row in cells)
+                action, data = "cells.complete", {"cells": len(cells), "version": job.model_version}
+            elif isinstance(outcome, Refusal):
+                job.status = CellAnalysis.Status.REJECTED
+                job.error_code = outcome.code
+                job.error_message = outcome.message
+                action, data = "cells.reject", {"code": outcome.code, "message": outcome.message}
+            else:
+                job.status = CellAnalysis.Status.FAILED
+                job.error_code = "server_error"
+                job.error_message = outcome.message
+                action, data = "cells.fail", {"error": outcome.message, "attempts": job.attempts}
+            job.save()
+            record(action, actor=None, obj=job, data={"image_id": job.image_id, "model": job.model_name, **data})
+            committing = True
+            return job.status
+    except BaseException:
+        if annotated_name and not committing:
+            storage.delete(annotated_name)
+        raise
+
+
+def reclassify_cell(actor: User, cell: Cell, label: str, request: HttpRequest | None = None) -> Cell:
+    """A technologist sets a cell's type (the differential counts it there), audited old -> new.
+
+    Refused (and audited as refused) without analyses.reclassify_cell, for a type outside the
+    registry, or once a reviewer signed off the cell's frame.
+    """
+    try:
+        return _reclassify_cell(actor, cell, label, request)
+    except (PermissionDenied, ValidationError, ImmutableError) as exc:
+        reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+        log_event(
+            "cell.reclassify_refused",
+            actor=None if isinstance(actor, AnonymousUser) else actor,
+            obj=cell,
+            request=request,
+            data={"image_id": cell.image_id, "new": label[:40], "reason": reason[:500]},
+        )
+        raise
+
+
+def _reclassify_cell(actor: User, cell: Cell, label: str, request: HttpRequest | None) -> Cell:
+    if isinstance(actor, AnonymousUser) or not actor.has_perm("analyses.reclassify_cell"):
+        raise PermissionDenied("only technologists and reviewers can reclassify cells")
+    if label not in CELL_CLASSES:
+        raise ValidationError(f"unknown cell type {label!r}")
+    with transaction.atomic():
+        cell = Cell.objects.select_for_update().get(pk=cell.pk)
+        if image_is_signed(cell.image_id):
+            raise ImmutableError("this frame is signed off: its cells cannot be reclassified")
+        old = cell.final_label
+        cell.reviewed_label = label
+        cell.reviewed_by = actor
+        cell.reviewed_at = timezone.now()
+        cell.save(update_fields=["reviewed_label", "reviewed_by", "reviewed_at"])
+        record(
+            "cell.reclassify",
+            actor=actor,
+            obj=cell,
+            request=request,
+            data={"image_id": cell.image_id, "model_label": cell.label, "old": old, "new": label},
+        )
+    return cell
 
 
 # --- review -------------------------------------------------------------------------------------

@@ -19,6 +19,10 @@ Life of a job (:func:`run_analysis`):
    (stage *waiting*, backoff capped at ``PORTAL_RETRY_MAX_DELAY_S``) up to ``PORTAL_WAIT_GIVE_UP_S``.
    A retry is a new job written in the same transaction as the analysis's new state.
 
+:func:`run_cell_analysis` runs the cell model's job for one image (a CellAnalysis) the same way:
+same lease, retries, waiting and failure states; its outcome is stored by
+:func:`portal.actions.store_cell_outcome`.
+
 :func:`sweep` (scheduled every minute in the cluster) re-queues any pending analysis without a
 queued job (a job dropped after repeated crashes, a queue row deleted by hand) and removes stored
 files that no row references.
@@ -30,9 +34,9 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
@@ -46,14 +50,36 @@ from django_q.tasks import async_task
 
 from portal import actions
 from portal.analyses import storage
-from portal.analyses.inference import Prediction, Refusal, ServerError, TorchServeClient, Unreachable
-from portal.analyses.models import Analysis, Image
+from portal.analyses.inference import (
+    CellPrediction,
+    Prediction,
+    Refusal,
+    ServerError,
+    TorchServeClient,
+    Unreachable,
+)
+from portal.analyses.models import Analysis, CellAnalysis, Image, QueuedJob
 
-__all__ = ["TASK", "enqueue", "queued_analysis_ids", "run_analysis", "run_queued", "sweep", "worker_id"]
+__all__ = [
+    "CELL_TASK",
+    "TASK",
+    "enqueue",
+    "enqueue_cells",
+    "queued_analysis_ids",
+    "queued_cell_analysis_ids",
+    "run_analysis",
+    "run_cell_analysis",
+    "run_queued",
+    "sweep",
+    "worker_id",
+]
 
 log = logging.getLogger("portal.jobs")
 
 TASK = "portal.jobs.run_analysis"
+CELL_TASK = "portal.jobs.run_cell_analysis"
+
+_J = TypeVar("_J", bound=QueuedJob)
 
 
 def worker_id() -> str:
@@ -67,16 +93,32 @@ def enqueue(analysis_ids: Iterable[int]) -> None:
         async_task(TASK, pk, task_name=f"analysis-{pk}")
 
 
+def enqueue_cells(cell_analysis_ids: Iterable[int]) -> None:
+    """One job per cell analysis (as :func:`enqueue`)."""
+    for pk in cell_analysis_ids:
+        async_task(CELL_TASK, pk, task_name=f"cells-{pk}")
+
+
+def _enqueuer(model: type[QueuedJob]) -> Callable[[Iterable[int]], None]:
+    """How jobs of this kind are queued (the cell analyses have their own task)."""
+    return enqueue_cells if model is CellAnalysis else enqueue
+
+
+def _store(model: type[QueuedJob]) -> Callable[[int, Any], str | None]:
+    """Where the final outcome of this kind of job is stored (portal.actions)."""
+    return actions.store_cell_outcome if model is CellAnalysis else actions.store_outcome
+
+
 def _backoff(n: int) -> float:
     """Seconds before retry ``n`` (1, 2, ...): exponential from PORTAL_RETRY_BASE_S, capped."""
     return float(min(settings.PORTAL_RETRY_MAX_DELAY_S, settings.PORTAL_RETRY_BASE_S * 2 ** max(0, n - 1)))
 
 
-def _claim(analysis_id: int) -> Analysis | str:
+def _claim(model: type[_J], analysis_id: int) -> _J | str:
     """Lease a pending analysis for this worker; else why not: "final", "held" or "missing"."""
     now = timezone.now()
     with transaction.atomic():
-        analysis = Analysis.objects.select_for_update().filter(pk=analysis_id).first()
+        analysis = model._default_manager.select_for_update().filter(pk=analysis_id).first()
         if analysis is None:
             return "missing"
         if analysis.is_final:
@@ -91,11 +133,12 @@ def _claim(analysis_id: int) -> Analysis | str:
     return analysis
 
 
-def _defer(analysis_id: int, outcome: ServerError | Unreachable) -> str:
+def _defer(model: type[QueuedJob], analysis_id: int, outcome: ServerError | Unreachable) -> str:
     """A transient outcome: record it and queue the retry in one transaction, or fail for good."""
     now = timezone.now()
+    store = _store(model)
     with transaction.atomic():
-        analysis = Analysis.objects.select_for_update().get(pk=analysis_id)
+        analysis = model._default_manager.select_for_update().get(pk=analysis_id)
         if analysis.is_final:
             return analysis.status
         analysis.locked_until = None
@@ -104,7 +147,7 @@ def _defer(analysis_id: int, outcome: ServerError | Unreachable) -> str:
             analysis.attempts += 1
             if analysis.attempts >= settings.PORTAL_MAX_ATTEMPTS:
                 analysis.save(update_fields=["attempts", "locked_until", "error_message"])
-                final = actions.store_outcome(analysis_id, outcome)
+                final = store(analysis_id, outcome)
                 return final or "failed"
             analysis.error_code = "server_error"
             analysis.stage, analysis.stage_since = Analysis.Stage.RETRYING, now
@@ -114,7 +157,7 @@ def _defer(analysis_id: int, outcome: ServerError | Unreachable) -> str:
             waiting_since = analysis.waiting_since or now
             if (now - waiting_since).total_seconds() > settings.PORTAL_WAIT_GIVE_UP_S:
                 analysis.save(update_fields=["locked_until", "error_message"])
-                final = actions.store_outcome(
+                final = store(
                     analysis_id,
                     ServerError(
                         f"the model server was unreachable for more than {settings.PORTAL_WAIT_GIVE_UP_S} s "
@@ -131,21 +174,22 @@ def _defer(analysis_id: int, outcome: ServerError | Unreachable) -> str:
             delay = min(settings.PORTAL_RETRY_MAX_DELAY_S, max(settings.PORTAL_RETRY_BASE_S, waited / 2))
         analysis.next_attempt_at = now + timedelta(seconds=delay)
         analysis.save()
-        enqueue([analysis_id])
+        _enqueuer(model)([analysis_id])
     return "pending"
 
 
-def run_analysis(analysis_id: int) -> str:
-    """The job: one TorchServe call for one analysis, its outcome stored once. Returns what happened."""
-    claimed = _claim(analysis_id)
+def _run(model: type[QueuedJob], analysis_id: int, call: Callable[[TorchServeClient, QueuedJob, bytes], Any]) -> str:
+    """Claim, call the model server once, store the outcome once (or defer it). Returns what happened."""
+    store = _store(model)
+    claimed = _claim(model, analysis_id)
     if claimed == "held":
         # Another delivery of this job is running, or its worker died and the lease has not run out
         # yet: wait a little, then keep the job alive rather than drop it; the next delivery decides.
-        lease = Analysis.objects.filter(pk=analysis_id).values_list("locked_until", flat=True).first()
+        lease = model._default_manager.filter(pk=analysis_id).values_list("locked_until", flat=True).first()
         if lease is not None:
             time.sleep(max(0.0, min((lease - timezone.now()).total_seconds(), settings.PORTAL_RETRY_MAX_DELAY_S)))
         with transaction.atomic():
-            enqueue([analysis_id])
+            _enqueuer(model)([analysis_id])
         return "requeued"
     if isinstance(claimed, str):
         return claimed
@@ -155,30 +199,49 @@ def run_analysis(analysis_id: int) -> str:
         if wait > 0:
             time.sleep(min(wait, settings.PORTAL_RETRY_MAX_DELAY_S))
     try:
-        data = storage.read(analysis.image.storage_name)
+        data = storage.read(analysis.image.storage_name)  # type: ignore[attr-defined]
     except OSError as exc:
-        return actions.store_outcome(analysis_id, ServerError(f"stored image unreadable: {exc}")) or "final"
+        return store(analysis_id, ServerError(f"stored image unreadable: {exc}")) or "final"
     try:
-        outcome = TorchServeClient().analyze(analysis.model_name, data)
+        outcome = call(TorchServeClient(), analysis, data)
     except Exception as exc:  # noqa: BLE001 - a bug must not leave the analysis pending forever
-        log.exception("analysis %s: unexpected error calling the model server", analysis_id)
+        log.exception("%s %s: unexpected error calling the model server", model.__name__, analysis_id)
         outcome = ServerError(f"internal error: {exc.__class__.__name__}")
-    if isinstance(outcome, Prediction | Refusal):
-        return actions.store_outcome(analysis_id, outcome) or "final"
-    return _defer(analysis_id, outcome)
+    if isinstance(outcome, Prediction | CellPrediction | Refusal):
+        return store(analysis_id, outcome) or "final"
+    return _defer(model, analysis_id, outcome)
 
 
-def queued_analysis_ids() -> set[int]:
-    """Analyses that have a job in the queue (waiting or being run)."""
+def run_analysis(analysis_id: int) -> str:
+    """The job: one TorchServe call for one analysis, its outcome stored once. Returns what happened."""
+    return _run(Analysis, analysis_id, lambda client, a, data: client.analyze(a.model_name, data))
+
+
+def run_cell_analysis(cell_analysis_id: int) -> str:
+    """The cell job: the cell model on one image (cells and annotated image), stored once."""
+    return _run(CellAnalysis, cell_analysis_id, lambda client, a, data: client.cells(a.model_name, data))
+
+
+def _queued_ids(func: str) -> set[int]:
     ids: set[int] = set()
     for payload in OrmQ.objects.using(settings.Q_CLUSTER["orm"]).values_list("payload", flat=True):
         try:
             task = SignedPackage.loads(payload)
         except (BadSignature, TypeError, ValueError):
             continue
-        if task.get("func") == TASK and task.get("args"):
+        if task.get("func") == func and task.get("args"):
             ids.add(int(task["args"][0]))
     return ids
+
+
+def queued_analysis_ids() -> set[int]:
+    """Analyses that have a job in the queue (waiting or being run)."""
+    return _queued_ids(TASK)
+
+
+def queued_cell_analysis_ids() -> set[int]:
+    """Cell analyses that have a job in the queue (waiting or being run)."""
+    return _queued_ids(CELL_TASK)
 
 
 def sweep(orphan_grace_s: float | None = None) -> dict[str, int]:
@@ -189,26 +252,32 @@ def sweep(orphan_grace_s: float | None = None) -> dict[str, int]:
     """
     grace = settings.PORTAL_ORPHAN_GRACE_S if orphan_grace_s is None else orphan_grace_s
     now = timezone.now()
-    queued = queued_analysis_ids()
-    stale = (
-        Analysis.objects.filter(status=Analysis.Status.PENDING)
-        .filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
-        .exclude(pk__in=queued)
-        .values_list("pk", flat=True)
-    )
-    requeued = list(stale)
-    if requeued:
-        with transaction.atomic():
-            enqueue(requeued)
-        log.warning("sweep: re-queued %d pending analyses that had no job: %s", len(requeued), requeued[:20])
+    requeued: list[int] = []
+    for model, task in ((Analysis, TASK), (CellAnalysis, CELL_TASK)):
+        stale = list(
+            model._default_manager.filter(status=QueuedJob.Status.PENDING)
+            .filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
+            .exclude(pk__in=_queued_ids(task))
+            .values_list("pk", flat=True)
+        )
+        if stale:
+            with transaction.atomic():
+                _enqueuer(model)(stale)
+            log.warning("sweep: re-queued %d pending %s that had no job: %s", len(stale), model.__name__, stale[:20])
+        requeued += stale
     referenced = set(Image.objects.values_list("storage_name", flat=True))
     referenced |= set(Analysis.objects.exclude(heatmap_name="").values_list("heatmap_name", flat=True))
+    referenced |= set(CellAnalysis.objects.exclude(annotated_name="").values_list("annotated_name", flat=True))
     removed = 0
     for name, mtime in storage.list_files():
         if name in referenced or time.time() - mtime <= grace:
             continue
         # re-check against the database right before deleting: an upload may just have committed
-        in_use = Image.objects.filter(storage_name=name).exists() or Analysis.objects.filter(heatmap_name=name).exists()
+        in_use = (
+            Image.objects.filter(storage_name=name).exists()
+            or Analysis.objects.filter(heatmap_name=name).exists()
+            or CellAnalysis.objects.filter(annotated_name=name).exists()
+        )
         if not in_use:
             storage.delete(name)
             removed += 1

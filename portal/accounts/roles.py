@@ -22,6 +22,9 @@ _TECH = [
     "analyses.view_analysis",
     "analyses.add_analysis",
     "analyses.view_review",
+    "analyses.view_cellanalysis",
+    "analyses.view_cell",
+    "analyses.reclassify_cell",
 ]
 _REVIEWER = [*_TECH, "analyses.sign_off_analysis", "analyses.add_review", "analyses.export_analyses"]
 _ADMIN = [
@@ -62,5 +65,12 @@ def sync_roles(apps: Any = None, **kwargs: Any) -> None:
         wanted = []
         for perm in perms:
             app_label, codename = perm.split(".")
-            wanted.append(permission_model.objects.get(content_type__app_label=app_label, codename=codename))
+            found = permission_model.objects.filter(content_type__app_label=app_label, codename=codename).first()
+            if found is None and apps is not None:
+                # An early migration sees models added later as absent; a later migration
+                # (0002_cell_roles) and every post_migrate sync grant their permissions.
+                continue
+            if found is None:
+                raise permission_model.DoesNotExist(f"permission {perm} does not exist")
+            wanted.append(found)
         group.permissions.set(wanted)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.apps import AppConfig
 
 SWEEP_SCHEDULE = "portal: sweep analyses and storage"
@@ -11,9 +13,29 @@ class AnalysesConfig(AppConfig):
     verbose_name = "Images, analyses and reviews"
 
     def ready(self) -> None:
+        from django.core import checks
         from django.db.models.signals import post_migrate
 
         post_migrate.connect(_schedule_sweep, sender=self, dispatch_uid="portal.analyses.schedule_sweep")
+        checks.register(_check_cell_model)
+
+
+def _check_cell_model(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """PORTAL_CELL_MODEL names a registered cell model (or is empty: no cell analysis)."""
+    from django.conf import settings
+    from django.core import checks
+
+    from core.registry import cell_model_names
+
+    name = settings.PORTAL_CELL_MODEL
+    if name and name not in cell_model_names():
+        return [
+            checks.Error(
+                f"PORTAL_CELL_MODEL={name!r} is not a registered cell model ({', '.join(cell_model_names())})",
+                id="portal.E001",
+            )
+        ]
+    return []
 
 
 def _schedule_sweep(sender: AppConfig, **kwargs: object) -> None:

@@ -6,6 +6,9 @@ forward pass. Every call returns an outcome instead of raising, so the caller ma
 analysis state: ``Prediction`` -> done, ``Refusal`` (4xx with a contract code) -> rejected,
 ``ServerError`` (5xx, timeouts, unexpected answers) -> retried with backoff, then failed,
 ``Unreachable`` (connection refused) -> waits for the model server.
+
+The cell model answers ``POST /predictions/{model}?annotate=1`` (every white cell with its box,
+outlines and type, and the annotated image): ``CellPrediction`` -> done, the other outcomes as above.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from serving.torchserve import read_keys
 
 __all__ = [
     "REFUSAL_CODES",
+    "CellPrediction",
     "Outcome",
     "Prediction",
     "Refusal",
@@ -46,6 +50,13 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class CellPrediction:
+    body: dict[str, Any]  # the answer without its annotated image: cells, counts, model, version, timing_ms
+    latency_ms: float
+    annotated_png: bytes | None = None
+
+
+@dataclass(frozen=True)
 class Refusal:
     code: str
     message: str
@@ -62,6 +73,7 @@ class Unreachable:
 
 
 Outcome = Prediction | Refusal | ServerError | Unreachable
+CellOutcome = CellPrediction | Refusal | ServerError | Unreachable
 
 
 def inference_key() -> str:
@@ -86,20 +98,24 @@ class TorchServeClient:
         self.key = inference_key() if key is None else key
         self.timeout = (settings.TORCHSERVE_CONNECT_TIMEOUT_S, settings.TORCHSERVE_READ_TIMEOUT_S)
 
-    def _post(self, endpoint: str, model: str, data: bytes) -> requests.Response | Unreachable | ServerError:
-        response = self._post_once(endpoint, model, data)
+    def _post(
+        self, endpoint: str, model: str, data: bytes, params: dict[str, str] | None = None
+    ) -> requests.Response | Unreachable | ServerError:
+        response = self._post_once(endpoint, model, data, params)
         if isinstance(response, requests.Response) and _key_refused(response) and not settings.TORCHSERVE_KEY:
             self.key = inference_key()  # keys expire and rotate: re-read the key file once
-            response = self._post_once(endpoint, model, data)
+            response = self._post_once(endpoint, model, data, params)
         return response
 
-    def _post_once(self, endpoint: str, model: str, data: bytes) -> requests.Response | Unreachable | ServerError:
+    def _post_once(
+        self, endpoint: str, model: str, data: bytes, params: dict[str, str] | None = None
+    ) -> requests.Response | Unreachable | ServerError:
         headers = {"Content-Type": "application/octet-stream"}
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"
         try:
             return requests.post(
-                f"{self.base_url}/{endpoint}/{model}", data=data, headers=headers, timeout=self.timeout
+                f"{self.base_url}/{endpoint}/{model}", data=data, headers=headers, timeout=self.timeout, params=params
             )
         except requests.ConnectTimeout as exc:
             return Unreachable(f"model server did not accept the connection: {exc.__class__.__name__}")
@@ -126,6 +142,24 @@ class TorchServeClient:
             return Prediction(
                 body=body, latency_ms=latency_ms, heatmap_png=png, explained_class=str(body.get("explained_class", ""))
             )
+        if 400 <= response.status_code < 500 and isinstance(body, dict) and body.get("code") in REFUSAL_CODES:
+            return Refusal(code=str(body["code"]), message=str(body.get("message", "")))
+        return ServerError(_describe_error(response, body))
+
+    def cells(self, model: str, data: bytes) -> CellOutcome:
+        """Every white cell in one image, with the annotated image, in one request (``/predictions/{model}``)."""
+        start = time.perf_counter()
+        response = self._post("predictions", model, data, {"annotate": "1"})
+        if not isinstance(response, requests.Response):
+            return response
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        body = _json_or_none(response)
+        if response.status_code == 200 and isinstance(body, dict) and isinstance(body.get("cells"), list):
+            encoded = body.pop("annotated_png", None)
+            png = _png_or_none(encoded)
+            if encoded is not None and png is None:
+                return ServerError("the model server's annotated image is not a valid base64 PNG")
+            return CellPrediction(body=body, latency_ms=latency_ms, annotated_png=png)
         if 400 <= response.status_code < 500 and isinstance(body, dict) and body.get("code") in REFUSAL_CODES:
             return Refusal(code=str(body["code"]), message=str(body.get("message", "")))
         return ServerError(_describe_error(response, body))

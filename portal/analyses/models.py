@@ -6,6 +6,9 @@ is called; it ends ``done``, ``rejected`` (the model server refused the image: t
 unreachable for longer than PORTAL_WAIT_GIVE_UP_S). While pending, ``stage`` says where it is:
 queued, running, waiting (model server unreachable; ``waiting_since``) or retrying (after a server
 error; ``next_attempt_at``). Once a Review exists the analysis is immutable.
+
+The cell model runs once per image (CellAnalysis, the same job states) and stores one Cell per white
+cell found; a technologist may reclassify a cell until a reviewer signs off any analysis of its frame.
 """
 
 from __future__ import annotations
@@ -17,10 +20,22 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
-from core.registry import CLASS_NAMES
+from core.registry import CELL_CLASSES, CELL_DESCRIPTIONS, CLASS_NAMES
 from portal.patients.models import Specimen
 
-__all__ = ["CLASS_LABELS", "FINAL_STATUSES", "Analysis", "Image", "ImmutableError", "Review"]
+__all__ = [
+    "CELL_LABEL_CHOICES",
+    "CLASS_LABELS",
+    "FINAL_STATUSES",
+    "Analysis",
+    "Cell",
+    "CellAnalysis",
+    "Image",
+    "ImmutableError",
+    "QueuedJob",
+    "Review",
+    "image_is_signed",
+]
 
 # The classes in the order of the inference contract, from the model registry (docs/serving.md).
 CLASS_LABELS: tuple[str, ...] = CLASS_NAMES
@@ -65,7 +80,10 @@ class Image(models.Model):
         return reverse("analyses:image", args=[self.pk])
 
 
-class Analysis(models.Model):
+class QueuedJob(models.Model):
+    """One model server call run by a job (portal.jobs): its state machine, shared by the leukemia
+    analyses (one per image and model) and the cell analysis (one per image)."""
+
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
         DONE = "done", "Done"
@@ -80,20 +98,11 @@ class Analysis(models.Model):
         WAITING = "waiting", "Waiting for the model server"
         RETRYING = "retrying", "Retrying after a model server error"
 
-    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="analyses")
     model_name = models.CharField(max_length=40)
     model_version = models.CharField(max_length=20, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
-    label = models.CharField(max_length=10, choices=LABEL_CHOICES, blank=True)
-    confidence = models.FloatField(null=True, blank=True)
-    probabilities = models.JSONField(default=dict, blank=True)
-    malignant_probability = models.FloatField(null=True, blank=True)
-    abstained = models.BooleanField(default=False)
-    quality = models.JSONField(default=dict, blank=True)
     timing_ms = models.JSONField(default=dict, blank=True)
     latency_ms = models.FloatField(null=True, blank=True, help_text="Round trip measured by the portal")
-    heatmap_name = models.CharField(max_length=80, blank=True, editable=False)
-    heatmap_label = models.CharField(max_length=10, blank=True)
     error_code = models.CharField(max_length=40, blank=True)
     error_message = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0, help_text="Attempts that ended in a model server error")
@@ -110,31 +119,7 @@ class Analysis(models.Model):
     )
 
     class Meta:
-        verbose_name_plural = "analyses"
-        ordering = ["image_id", "model_name"]
-        constraints = [models.UniqueConstraint(fields=["image", "model_name"], name="one_analysis_per_image_model")]
-        permissions = [
-            ("sign_off_analysis", "Can sign off (review) analyses"),
-            ("export_analyses", "Can export analyses and reports"),
-        ]
-
-    def __str__(self) -> str:
-        return f"Analysis {self.pk} {self.model_name} [{self.status}]"
-
-    def get_absolute_url(self) -> str:
-        return reverse("analyses:analysis", args=[self.pk])
-
-    @property
-    def signed_review(self) -> Review | None:
-        """The sign-off, or None; uses ``select_related``/``prefetch_related("review")`` when the query did."""
-        try:
-            return self.review  # type: ignore[no-any-return]
-        except Review.DoesNotExist:
-            return None
-
-    @property
-    def is_signed(self) -> bool:
-        return Review.objects.filter(analysis_id=self.pk).exists() if self.pk else False
+        abstract = True
 
     @property
     def refusal_text(self) -> str:
@@ -164,6 +149,45 @@ class Analysis(models.Model):
         if self.stage == self.Stage.RUNNING:
             return "Running on the model server"
         return f"Queued since {timezone.localtime(self.stage_since).strftime('%H:%M:%S')}"
+
+
+class Analysis(QueuedJob):
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="analyses")
+    label = models.CharField(max_length=10, choices=LABEL_CHOICES, blank=True)
+    confidence = models.FloatField(null=True, blank=True)
+    probabilities = models.JSONField(default=dict, blank=True)
+    malignant_probability = models.FloatField(null=True, blank=True)
+    abstained = models.BooleanField(default=False)
+    quality = models.JSONField(default=dict, blank=True)
+    heatmap_name = models.CharField(max_length=80, blank=True, editable=False)
+    heatmap_label = models.CharField(max_length=10, blank=True)
+
+    class Meta:
+        verbose_name_plural = "analyses"
+        ordering = ["image_id", "model_name"]
+        constraints = [models.UniqueConstraint(fields=["image", "model_name"], name="one_analysis_per_image_model")]
+        permissions = [
+            ("sign_off_analysis", "Can sign off (review) analyses"),
+            ("export_analyses", "Can export analyses and reports"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Analysis {self.pk} {self.model_name} [{self.status}]"
+
+    def get_absolute_url(self) -> str:
+        return reverse("analyses:analysis", args=[self.pk])
+
+    @property
+    def signed_review(self) -> Review | None:
+        """The sign-off, or None; uses ``select_related``/``prefetch_related("review")`` when the query did."""
+        try:
+            return self.review  # type: ignore[no-any-return]
+        except Review.DoesNotExist:
+            return None
+
+    @property
+    def is_signed(self) -> bool:
+        return Review.objects.filter(analysis_id=self.pk).exists() if self.pk else False
 
     @property
     def top_class(self) -> str:
@@ -208,3 +232,109 @@ class Review(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise ImmutableError("a review is signed and cannot be deleted")
+
+
+# --- cell-level analysis (the cell model, core.registry.CELL_REGISTRY) ---------------------------
+
+CELL_LABEL_CHOICES = [(c, CELL_DESCRIPTIONS.get(c, c)) for c in CELL_CLASSES]
+
+
+def image_is_signed(image_id: int) -> bool:
+    """A reviewer signed off any of the frame's analyses: that sign-off covers the frame's cells too."""
+    return Review.objects.filter(analysis__image_id=image_id).exists()
+
+
+class CellAnalysis(QueuedJob):
+    """The cell model run once per image: every white cell found, outlined and typed (``cells``)."""
+
+    image = models.OneToOneField(Image, on_delete=models.PROTECT, related_name="cell_analysis")
+    annotated_name = models.CharField(max_length=80, blank=True, editable=False)
+    counts = models.JSONField(default=dict, blank=True, help_text="The model's count per cell type")
+
+    class Meta:
+        verbose_name_plural = "cell analyses"
+        ordering = ["image_id"]
+
+    def __str__(self) -> str:
+        return f"Cell analysis {self.pk} of image {self.image_id} [{self.status}]"
+
+
+class Cell(models.Model):
+    """One white cell (or platelet, erythroblast) the cell model found in a frame, in image pixels.
+
+    ``label`` is the model's (empty when it abstained); ``reviewed_label`` the technologist's
+    reclassification (null until then). Once the frame is signed off the cell cannot change.
+    """
+
+    cell_analysis = models.ForeignKey(CellAnalysis, on_delete=models.PROTECT, related_name="cells")
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="cells")
+    index = models.PositiveIntegerField(help_text="Position in the model's answer")
+    box = models.JSONField(help_text="[x0, y0, x1, y1] in input-image pixels")
+    score = models.FloatField()
+    label = models.CharField(max_length=20, choices=CELL_LABEL_CHOICES, blank=True)
+    probabilities = models.JSONField(default=dict, blank=True)
+    abstained = models.BooleanField(default=False)
+    nucleus_polygon = models.JSONField(default=list, blank=True)
+    cell_polygon = models.JSONField(default=list, blank=True)
+    nucleus_area_px = models.PositiveIntegerField(null=True, blank=True)
+    cell_area_px = models.PositiveIntegerField(null=True, blank=True)
+    nc_ratio = models.FloatField(null=True, blank=True)
+    reviewed_label = models.CharField(max_length=20, choices=CELL_LABEL_CHOICES, null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["image_id", "index"]
+        constraints = [models.UniqueConstraint(fields=["cell_analysis", "index"], name="one_cell_per_index")]
+        permissions = [("reclassify_cell", "Can reclassify a cell (differential)")]
+
+    def __str__(self) -> str:
+        return f"Cell {self.pk} of image {self.image_id}: {self.final_label}"
+
+    @property
+    def final_label(self) -> str:
+        """The technologist's type, else the model's; "unclassified" when the model abstained."""
+        from portal.analyses.differential import UNCLASSIFIED
+
+        return self.reviewed_label or ("" if self.abstained else self.label) or UNCLASSIFIED
+
+    @property
+    def top_class(self) -> str:
+        """The most probable type (shown beside an abstention, never as the label)."""
+        if not self.probabilities:
+            return ""
+        return max(CELL_CLASSES, key=lambda c: float(self.probabilities.get(c, 0.0)))
+
+    @property
+    def confidence(self) -> float | None:
+        """The probability of the model's label (of its most probable type when it abstained)."""
+        key = self.label or self.top_class
+        return float(self.probabilities[key]) if key in self.probabilities else None
+
+    @property
+    def is_reviewed(self) -> bool:
+        return bool(self.reviewed_label)
+
+    # SVG overlay geometry (the page draws boxes and outlines over the original image)
+    @property
+    def box_width(self) -> int:
+        return int(self.box[2]) - int(self.box[0])
+
+    @property
+    def box_height(self) -> int:
+        return int(self.box[3]) - int(self.box[1])
+
+    @property
+    def nucleus_points(self) -> str:
+        return " ".join(f"{x:g},{y:g}" for x, y in self.nucleus_polygon)
+
+    @property
+    def cell_points(self) -> str:
+        return " ".join(f"{x:g},{y:g}" for x, y in self.cell_polygon)
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and not self._state.adding and image_is_signed(self.image_id):
+            raise ImmutableError(f"cell {self.pk}: its frame is signed off and cannot change")
+        super().save(*args, **kwargs)

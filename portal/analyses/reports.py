@@ -12,12 +12,15 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from PIL import Image as PILImage
 
+from core.registry import CELL_CLASSES
 from portal.analyses import storage
+from portal.analyses.cell_review import specimen_cells
 from portal.analyses.consensus import consensus
-from portal.analyses.models import CLASS_LABELS, Analysis
+from portal.analyses.differential import differential
+from portal.analyses.models import CLASS_LABELS, Analysis, CellAnalysis, Review
 from portal.patients.models import Specimen
 
-__all__ = ["CSV_COLUMNS", "DISCLAIMER", "analyses_in_range", "csv_bytes", "specimen_pdf"]
+__all__ = ["CSV_COLUMNS", "DISCLAIMER", "analyses_in_range", "csv_bytes", "differential_csv_bytes", "specimen_pdf"]
 
 DISCLAIMER = (
     "Decision support only, not a diagnosis. Model outputs are pre-classifications for trained laboratory "
@@ -96,9 +99,40 @@ def csv_bytes(analyses: Iterable[Analysis]) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
+def differential_csv_bytes(specimen: Specimen) -> bytes:
+    """The differential (type, count, percent), then every cell with its model and final type."""
+    cells = list(specimen_cells(specimen))
+    diff = differential(cells)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["specimen_accession", "patient_mrn", "cell_type", "count", "percent"])
+    for row in diff.rows:
+        writer.writerow([specimen.accession, specimen.patient.mrn, row.category, row.count, f"{row.percent:.1f}"])
+    writer.writerow([specimen.accession, specimen.patient.mrn, "total", diff.total, "100.0" if diff.total else "0.0"])
+    writer.writerow([])
+    writer.writerow(
+        ["cell_id", "image_id", "image_name", "box", "score", "model_label", "abstained"]
+        + [f"p_{c}" for c in CELL_CLASSES]
+        + ["nc_ratio", "reviewed_label", "reviewed_by", "reviewed_at", "final_label"]
+    )
+    for c in cells:
+        writer.writerow(
+            [c.pk, c.image_id, c.image.original_name, " ".join(str(v) for v in c.box), f"{c.score:.3f}", c.label]
+            + [c.abstained]
+            + ["" if k not in c.probabilities else f"{c.probabilities[k]:.4f}" for k in CELL_CLASSES]
+            + ["" if c.nc_ratio is None else f"{c.nc_ratio:.3f}", c.reviewed_label or ""]
+            + [
+                c.reviewed_by.get_username() if c.reviewed_by else "",
+                c.reviewed_at.isoformat() if c.reviewed_at else "",
+            ]
+            + [c.final_label]
+        )
+    return out.getvalue().encode("utf-8")
+
+
 def specimen_pdf(specimen: Specimen, generated_by: str) -> bytes:
     """A printable A4 report: patient, specimen, every image with its heatmaps, the model answers,
-    consensus and sign-offs, the decision-support notice, page numbers."""
+    consensus and sign-offs, the white-cell differential, the decision-support notice, page numbers."""
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.styles import getSampleStyleSheet
@@ -159,6 +193,10 @@ def specimen_pdf(specimen: Specimen, generated_by: str) -> bytes:
         with_heatmap = [a for a in analyses if a.heatmap_name]
         pictures = [picture(image.storage_name, 55)] + [picture(a.heatmap_name, 30) for a in with_heatmap]
         captions = ["original"] + [f"{a.model_name} heatmap ({a.heatmap_label})" for a in with_heatmap]
+        cell_job = CellAnalysis.objects.filter(image=image).first()
+        if cell_job is not None and cell_job.annotated_name:
+            pictures.append(picture(cell_job.annotated_name, 40))
+            captions.append(f"{cell_job.model_name}: {image.cells.count()} cells")
         gallery = Table([pictures, [Paragraph(c, styles["Normal"]) for c in captions]])
         gallery.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("FONTSIZE", (0, 1), (-1, 1), 7)]))
         story.append(gallery)
@@ -192,6 +230,35 @@ def specimen_pdf(specimen: Specimen, generated_by: str) -> bytes:
         if c is not None:
             text = f"Consensus: {c.label} ({c.agreement})" if c.label else "Consensus: none, refer for manual review"
             story.append(Paragraph(text, styles["Normal"]))
+        story.append(Spacer(1, 3 * mm))
+    cells = list(specimen_cells(specimen))
+    if cells:
+        diff = differential(cells)
+        story.append(Paragraph("White-cell differential", styles["Heading2"]))
+        signed = {r.analysis.image_id for r in Review.objects.filter(analysis__image__specimen=specimen)}
+        frames = {c.image_id for c in cells}
+        story.append(
+            Paragraph(
+                f"{diff.total} cells in {len(frames)} frame(s); {diff.reviewed} reclassified by a technologist; "
+                f"{len(frames & signed)} of {len(frames)} frame(s) signed off by a reviewer.",
+                styles["Normal"],
+            )
+        )
+        rows = [["Cell type", "Count", "%"]] + [
+            [r.description, str(r.count), f"{r.percent:.1f}"] for r in diff.rows if r.count
+        ]
+        rows.append(["Total", str(diff.total), "100.0"])
+        table = Table(rows, repeatRows=1)
+        table.setStyle(
+            TableStyle(
+                [
+                    ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
+                    ("BACKGROUND", (0, 0), (-1, 0), colors.lightgrey),
+                    ("FONTSIZE", (0, 0), (-1, -1), 8),
+                ]
+            )
+        )
+        story.append(table)
         story.append(Spacer(1, 3 * mm))
     story.append(Paragraph(DISCLAIMER, styles["Italic"]))
     doc.build(story, onFirstPage=footer, onLaterPages=footer)

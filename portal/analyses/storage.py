@@ -1,4 +1,4 @@
-"""Private file storage for uploaded images and heatmaps.
+"""Private file storage for uploaded images, heatmaps and annotated images (cells).
 
 Files live under settings.PORTAL_STORAGE_DIR with random names (no user-chosen part), in a
 directory no URL maps to; views stream them only after a permission check.
@@ -14,7 +14,7 @@ from django.conf import settings
 
 __all__ = ["delete", "list_files", "path_for", "read", "save"]
 
-_KINDS = ("images", "heatmaps")
+_KINDS = ("images", "heatmaps", "annotated")  # annotated: the cell model's annotated images
 
 
 def _root() -> Path:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from portal.analyses import views
+from portal.analyses import cell_views, views
 
 app_name = "analyses"
 urlpatterns = [
@@ -18,4 +18,9 @@ urlpatterns = [
     path("specimens/<int:pk>/report/", views.specimen_report, name="report"),
     path("specimens/<int:pk>/report.pdf", views.specimen_report_pdf, name="report_pdf"),
     path("specimens/<int:pk>/fhir.json", views.specimen_fhir, name="fhir"),
+    path("specimens/<int:pk>/differential/", cell_views.specimen_differential_page, name="differential"),
+    path("specimens/<int:pk>/differential.csv", cell_views.differential_csv, name="differential_csv"),
+    path("images/<int:pk>/annotated.png", cell_views.annotated_file, name="annotated"),
+    path("cells/<int:pk>/crop.png", cell_views.cell_crop, name="cell_crop"),
+    path("cells/<int:pk>/reclassify/", cell_views.reclassify, name="reclassify_cell"),
 ]

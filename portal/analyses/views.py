@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
@@ -19,9 +20,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from portal import actions
 from portal.analyses import storage
+from portal.analyses.cell_review import differential_context
 from portal.analyses.consensus import consensus
+from portal.analyses.differential import differential
 from portal.analyses.forms import ExportForm, ReviewForm, UploadForm
-from portal.analyses.models import Analysis, Image, ImmutableError
+from portal.analyses.models import CELL_LABEL_CHOICES, Analysis, CellAnalysis, Image, ImmutableError, QueuedJob
 from portal.analyses.reports import analyses_in_range, csv_bytes, specimen_pdf
 from portal.patients.models import Specimen
 
@@ -100,13 +103,22 @@ def _image_context(request: HttpRequest, image: Image) -> dict[str, object]:
         a.review_form = ReviewForm(auto_id=f"id_a{a.pk}_%s")  # type: ignore[attr-defined]
     codes = {a.error_code for a in analyses}
     refused_by_all = bool(analyses) and all(a.status == Analysis.Status.REJECTED for a in analyses) and len(codes) == 1
+    cell_analysis = CellAnalysis.objects.filter(image=image).first()
+    cells = list(image.cells.select_related("reviewed_by")) if cell_analysis else []
+    frame_review = next((a.signed for a in sorted(analyses, key=lambda a: a.pk) if a.signed), None)  # type: ignore[attr-defined]
     return {
         "image": image,
         "analyses": analyses,
         "refused": analyses[0].refusal_text if refused_by_all else "",
         "consensus": consensus(analyses),
-        "pending": any(not a.is_final for a in analyses),
+        "pending": any(not a.is_final for a in analyses) or bool(cell_analysis and not cell_analysis.is_final),
         "can_sign": request.user.has_perm("analyses.sign_off_analysis"),
+        "cell_analysis": cell_analysis,
+        "cells": cells,
+        "cell_counts": differential(cells) if cells else None,
+        "frame_review": frame_review,
+        "can_reclassify": request.user.has_perm("analyses.reclassify_cell") and frame_review is None,
+        "cell_types": CELL_LABEL_CHOICES,
     }
 
 
@@ -117,19 +129,24 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "analyses/image_detail.html", _image_context(request, image))
 
 
-def progress_payload(analyses: list[Analysis]) -> dict[str, object]:
-    """Where each analysis is, for the live progress script (portal/static/portal/progress.js)."""
+def progress_payload(analyses: list[Analysis], cell_analyses: Sequence[CellAnalysis] = ()) -> dict[str, object]:
+    """Where each analysis is, for the live progress script (portal/static/portal/progress.js).
+
+    A cell analysis's id is ``cells-<pk>``, so it never collides with an analysis's.
+    """
+    jobs: list[tuple[str, QueuedJob]] = [(str(a.pk), a) for a in analyses]
+    jobs += [(f"cells-{c.pk}", c) for c in cell_analyses]
     return {
-        "final": all(a.is_final for a in analyses),
+        "final": all(job.is_final for _, job in jobs),
         "analyses": [
             {
-                "id": a.pk,
-                "model": a.model_name,
-                "status": a.status,
-                "stage": "" if a.is_final else a.stage,
-                "text": a.progress_text(),
+                "id": key,
+                "model": job.model_name,
+                "status": job.status,
+                "stage": "" if job.is_final else job.stage,
+                "text": job.progress_text(),
             }
-            for a in analyses
+            for key, job in jobs
         ],
     }
 
@@ -139,7 +156,7 @@ def progress_payload(analyses: list[Analysis]) -> dict[str, object]:
 @require_GET
 def image_progress(request: HttpRequest, pk: int) -> JsonResponse:
     image = get_object_or_404(Image, pk=pk)
-    return JsonResponse(progress_payload(list(image.analyses.all())))
+    return JsonResponse(progress_payload(list(image.analyses.all()), list(CellAnalysis.objects.filter(image=image))))
 
 
 @permission_required(["analyses.view_image", "analyses.view_analysis"], raise_exception=True)
@@ -147,7 +164,12 @@ def image_progress(request: HttpRequest, pk: int) -> JsonResponse:
 @require_GET
 def specimen_progress(request: HttpRequest, pk: int) -> JsonResponse:
     specimen = get_object_or_404(Specimen, pk=pk)
-    return JsonResponse(progress_payload(list(Analysis.objects.filter(image__specimen=specimen))))
+    return JsonResponse(
+        progress_payload(
+            list(Analysis.objects.filter(image__specimen=specimen)),
+            list(CellAnalysis.objects.filter(image__specimen=specimen)),
+        )
+    )
 
 
 @permission_required(["analyses.view_image"], raise_exception=True)
@@ -242,7 +264,8 @@ def specimen_report(request: HttpRequest, pk: int) -> HttpResponse:
     for image in specimen.images.order_by("uploaded_at", "id"):
         ctx = _image_context(request, image)
         images.append(ctx)
-    return render(request, "analyses/report.html", {"specimen": specimen, "images": images, "now": timezone.now()})
+    context = {**differential_context(specimen), "images": images, "now": timezone.now()}
+    return render(request, "analyses/report.html", context)
 
 
 @permission_required("analyses.export_analyses", raise_exception=True)

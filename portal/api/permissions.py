@@ -7,7 +7,7 @@ from typing import Any
 from rest_framework.permissions import DjangoModelPermissions
 from rest_framework.request import Request
 
-__all__ = ["ModelPermissions", "SignOffPermission"]
+__all__ = ["CellPermission", "ModelPermissions", "SignOffPermission"]
 
 
 class ModelPermissions(DjangoModelPermissions):
@@ -31,3 +31,16 @@ class SignOffPermission(ModelPermissions):
         if request.method == "POST":
             return bool(request.user.has_perm("analyses.sign_off_analysis"))
         return True
+
+
+class CellPermission(ModelPermissions):
+    """Reading cells needs analyses.view_cell; reclassifying one (POST) needs analyses.reclassify_cell too."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        if not request.user or not request.user.is_authenticated:
+            return False
+        if not request.user.has_perm("analyses.view_cell"):
+            return False
+        if request.method == "POST":
+            return bool(request.user.has_perm("analyses.reclassify_cell"))
+        return request.method in ("GET", "HEAD", "OPTIONS")

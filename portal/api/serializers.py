@@ -5,12 +5,16 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
+from portal.analyses.differential import CATEGORIES
 from portal.analyses.forms import ALL_MODELS
-from portal.analyses.models import CLASS_LABELS, Analysis, Image, Review
+from portal.analyses.models import CELL_LABEL_CHOICES, CLASS_LABELS, Analysis, Cell, Image, Review
 from portal.patients.models import Patient, Specimen
 
 __all__ = [
     "AnalysisSerializer",
+    "CellSerializer",
+    "DifferentialSerializer",
+    "ReclassifySerializer",
     "ImageSerializer",
     "PatientSerializer",
     "ReviewCreateSerializer",
@@ -136,3 +140,65 @@ class UploadSerializer(serializers.Serializer):
         if len(value) > settings.PORTAL_MAX_FILES_PER_UPLOAD:
             raise serializers.ValidationError(f"at most {settings.PORTAL_MAX_FILES_PER_UPLOAD} images per upload")
         return value
+
+
+class CellSerializer(serializers.ModelSerializer):
+    """One cell as the cell model found it (contract: box, polygons, areas in image pixels), plus its review."""
+
+    specimen = serializers.IntegerField(source="image.specimen_id", read_only=True)
+    model_name = serializers.CharField(source="cell_analysis.model_name", read_only=True)
+    model_version = serializers.CharField(source="cell_analysis.model_version", read_only=True)
+    final_label = serializers.ChoiceField(choices=list(CATEGORIES), read_only=True, help_text="reviewed, else model")
+    reviewed_by = serializers.SerializerMethodField()
+    crop_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Cell
+        fields = [
+            "id",
+            "image",
+            "specimen",
+            "model_name",
+            "model_version",
+            "index",
+            "box",
+            "score",
+            "label",
+            "probabilities",
+            "abstained",
+            "nucleus_polygon",
+            "cell_polygon",
+            "nucleus_area_px",
+            "cell_area_px",
+            "nc_ratio",
+            "reviewed_label",
+            "reviewed_by",
+            "reviewed_at",
+            "final_label",
+            "crop_url",
+        ]
+        read_only_fields = fields
+
+    def get_reviewed_by(self, obj: Cell) -> str | None:
+        return obj.reviewed_by.get_username() if obj.reviewed_by else None
+
+    def get_crop_url(self, obj: Cell) -> str:
+        from django.urls import reverse
+
+        return reverse("analyses:cell_crop", args=[obj.pk])
+
+
+class ReclassifySerializer(serializers.Serializer):
+    label = serializers.ChoiceField(choices=CELL_LABEL_CHOICES)  # type: ignore[assignment]  # the field is "label"
+
+
+class DifferentialSerializer(serializers.Serializer):
+    """The specimen's differential: counts and percentages per final cell type (abstentions: unclassified)."""
+
+    specimen = serializers.IntegerField()
+    total = serializers.IntegerField()
+    reviewed = serializers.IntegerField(help_text="cells a technologist reclassified")
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="per type, unclassified included")
+    percent = serializers.DictField(child=serializers.FloatField(), help_text="of total, 0-100")
+    frames = serializers.IntegerField(help_text="frames with a finished cell analysis")
+    signed_frames = serializers.IntegerField(help_text="frames a reviewer signed off (their cells are locked)")

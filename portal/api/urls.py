@@ -21,6 +21,7 @@ router.register("patients", views.PatientViewSet, basename="patient")
 router.register("specimens", views.SpecimenViewSet, basename="specimen")
 router.register("analyses", views.AnalysisViewSet, basename="analysis")
 router.register("reviews", views.ReviewViewSet, basename="review")
+router.register("cells", views.CellViewSet, basename="cell")
 
 app_name = "api"
 urlpatterns = [

@@ -18,13 +18,17 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from portal import actions
-from portal.analyses.models import Analysis, ImmutableError, Review
+from portal.analyses.cell_review import frame_reviews, specimen_differential
+from portal.analyses.models import Analysis, Cell, CellAnalysis, ImmutableError, Review
 from portal.analyses.validation import validate_image_bytes
-from portal.api.permissions import SignOffPermission
+from portal.api.permissions import CellPermission, SignOffPermission
 from portal.api.serializers import (
     AnalysisSerializer,
+    CellSerializer,
+    DifferentialSerializer,
     ImageSerializer,
     PatientSerializer,
+    ReclassifySerializer,
     ReviewCreateSerializer,
     ReviewSerializer,
     SpecimenSerializer,
@@ -32,7 +36,14 @@ from portal.api.serializers import (
 )
 from portal.patients.models import Patient, Specimen
 
-__all__ = ["AnalysisViewSet", "PatientViewSet", "ReviewViewSet", "SpecimenViewSet", "TokenView"]
+__all__ = [
+    "AnalysisViewSet",
+    "CellViewSet",
+    "PatientViewSet",
+    "ReviewViewSet",
+    "SpecimenViewSet",
+    "TokenView",
+]
 
 
 class TokenView(ObtainAuthToken):
@@ -139,6 +150,27 @@ class SpecimenViewSet(
         )
         return Response(bundle)
 
+    @extend_schema(
+        responses={200: DifferentialSerializer},
+        description="The specimen's white-cell differential: counts and percentages per final cell type "
+        "(a technologist's reclassification, else the cell model's label; abstentions count as unclassified).",
+    )
+    @action(detail=True, methods=["get"], url_path="differential")
+    def differential(self, request: Request, pk: str | None = None) -> Response:
+        if not request.user.has_perm("analyses.view_cell"):
+            raise PermissionDenied("the differential needs analyses.view_cell")
+        specimen = self.get_object()
+        diff = specimen_differential(specimen)
+        images = list(specimen.images.all())
+        body = {
+            "specimen": specimen.pk,
+            **diff.as_dict(),
+            "frames": CellAnalysis.objects.filter(image__in=images, status=CellAnalysis.Status.DONE).count(),
+            "signed_frames": len(frame_reviews(images)),
+        }
+        actions.log_event("specimen.differential", actor=request.user, obj=specimen, request=request, data=body)
+        return Response(DifferentialSerializer(body).data)
+
     def perform_update(self, serializer: Any) -> None:
         data = dict(serializer.validated_data)
         data.pop("patient", None)
@@ -219,3 +251,37 @@ class ReviewViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
         except ImmutableError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(ReviewSerializer(review).data, status=status.HTTP_201_CREATED)
+
+
+class CellViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Cells the cell model found (filter by ``image`` or ``specimen``); POST ``reclassify`` sets a cell's type."""
+
+    serializer_class = CellSerializer
+    permission_classes = [CellPermission]
+    audit_action = "cell.view"
+    audit_list_action = "cell.list"
+
+    def get_queryset(self) -> QuerySet[Cell]:
+        qs = Cell.objects.select_related("image", "cell_analysis", "reviewed_by").order_by("image_id", "index")
+        for param, field in (("specimen", "image__specimen_id"), ("image", "image_id")):
+            value = self.request.query_params.get(param)
+            if value and value.isdigit():
+                qs = qs.filter(**{field: int(value)})
+        return qs
+
+    @extend_schema(request=ReclassifySerializer, responses={200: CellSerializer})
+    @action(detail=True, methods=["post"], url_path="reclassify")
+    def reclassify(self, request: Request, pk: str | None = None) -> Response:
+        """Set the cell's type (audited old -> new); 409 once its frame is signed off."""
+        cell = self.get_object()
+        serializer = ReclassifySerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            cell = actions.reclassify_cell(request.user, cell, serializer.validated_data["label"], request=request)
+        except DjangoPermissionDenied as exc:
+            raise PermissionDenied(str(exc)) from exc
+        except DjangoValidationError as exc:
+            raise ValidationError({"detail": exc.messages}) from exc
+        except ImmutableError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(CellSerializer(cell).data)

@@ -39,6 +39,15 @@ ACTIONS: dict[str, str] = {
     "analysis.sign_off_refused": "Sign-off refused",
     "access.denied": "Refused: the role does not allow it",
     "api.token": "Issued API token",
+    "cells.complete": "Cell analysis completed",
+    "cells.reject": "Cell analysis rejected by the model server",
+    "cells.fail": "Cell analysis failed",
+    "cell.list": "Listed cells",
+    "cell.view": "Viewed cell",
+    "cell.reclassify": "Reclassified a cell",
+    "cell.reclassify_refused": "Cell reclassification refused",
+    "specimen.differential": "Viewed the differential",
+    "export.differential_csv": "Exported the differential (CSV)",
 }
 
 

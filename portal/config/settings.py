@@ -2,7 +2,7 @@
 
 Environment: DJANGO_SECRET_KEY, DJANGO_DEBUG (off unless set: `make dev` sets it), DJANGO_ALLOWED_HOSTS,
 DATABASE_URL (default: SQLite in var/portal/), PORTAL_STORAGE_DIR (uploaded images and heatmaps,
-never under a public URL), TORCHSERVE_URL, TORCHSERVE_KEY / TORCHSERVE_WORKDIR, PORTAL_MODELS,
+never under a public URL), TORCHSERVE_URL, TORCHSERVE_KEY / TORCHSERVE_WORKDIR, PORTAL_MODELS, PORTAL_CELL_MODEL,
 PORTAL_WORKERS (job worker processes per `manage.py qcluster`).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core import decode as image_limits
-from core.registry import model_names
+from core.registry import cell_model_names, model_names
 from portal.config.env import env_bool, env_int, env_list, env_str, parse_database_url
 
 REPO_DIR = Path(__file__).resolve().parent.parent.parent
@@ -145,6 +145,8 @@ TORCHSERVE_WORKDIR = env_str("TORCHSERVE_WORKDIR", str(REPO_DIR / ".torchserve")
 TORCHSERVE_CONNECT_TIMEOUT_S = float(env_str("TORCHSERVE_CONNECT_TIMEOUT_S", "2"))
 TORCHSERVE_READ_TIMEOUT_S = float(env_str("TORCHSERVE_READ_TIMEOUT_S", "12"))
 PORTAL_MODELS = env_list("PORTAL_MODELS", model_names())  # default: every registered model
+# The cell model run once per uploaded image (cells, annotated image, differential); "" turns it off.
+PORTAL_CELL_MODEL = env_str("PORTAL_CELL_MODEL", cell_model_names()[0] if cell_model_names() else "")
 
 # The job queue (portal/jobs.py; django-q2 with its ORM broker in this database). The timings nest:
 # worst job = backoff wait (<= PORTAL_RETRY_MAX_DELAY_S) + connect + read timeout < job timeout <
@@ -187,12 +189,16 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Leukemia portal API",
-    "DESCRIPTION": "Patients, specimens, image analyses (upload) and reviews. Decision support only.",
+    "DESCRIPTION": "Patients, specimens, image analyses (upload), reviews, cells and the differential. "
+    "Decision support only.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"ClassLabelEnum": "portal.analyses.models.LABEL_CHOICES"},
+    "ENUM_NAME_OVERRIDES": {
+        "ClassLabelEnum": "portal.analyses.models.LABEL_CHOICES",
+        "CellTypeEnum": "portal.analyses.models.CELL_LABEL_CHOICES",
+    },
 }
 
 SESSION_COOKIE_HTTPONLY = True

@@ -97,8 +97,11 @@ def specimen_edit(request: HttpRequest, pk: int) -> HttpResponse:
 def specimen_detail(request: HttpRequest, pk: int) -> HttpResponse:
     specimen = get_object_or_404(Specimen.objects.select_related("patient"), pk=pk)
     actions.log_event("specimen.view", actor=request.user, obj=specimen, request=request)
-    images = specimen.images.prefetch_related("analyses", "analyses__review")
-    pending = specimen.images.filter(analyses__status="pending").exists()
+    images = specimen.images.prefetch_related("analyses", "analyses__review").select_related("cell_analysis")
+    pending = (
+        specimen.images.filter(analyses__status="pending").exists()
+        or specimen.images.filter(cell_analysis__status="pending").exists()
+    )
     return render(
         request, "patients/specimen_detail.html", {"specimen": specimen, "images": images, "pending": pending}
     )

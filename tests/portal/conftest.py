@@ -21,9 +21,12 @@ def _portal_settings(settings: Any, tmp_path: Path) -> None:
     """Private storage in a temp dir; no waiting between retries; fast hashing.
 
     Uploads queue their jobs in the test database; a test runs them with ``portal.jobs.run_queued``.
-    Login lockout (django-axes) is off except in tests/portal/test_security.py.
+    Login lockout (django-axes) is off except in tests/portal/test_security.py. The cell analysis
+    (PORTAL_CELL_MODEL) is off, so the leukemia-model tests count only their own jobs;
+    tests/portal/test_cells.py turns it on.
     """
     settings.PORTAL_STORAGE_DIR = tmp_path / "storage"
+    settings.PORTAL_CELL_MODEL = ""
     settings.PORTAL_RETRY_MAX_DELAY_S = 0
     settings.AXES_ENABLED = False  # Client.login() authenticates without a request; test_security turns it on
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
