@@ -33,11 +33,8 @@ import argparse
 import json
 import math
 import os
-import platform
-import random
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,34 +43,28 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from tqdm import tqdm
 
-from core.host import cpu_model
+from core.paths import WEIGHTS
 from core.registry import get_spec
 from training import compat  # noqa: F401  (before timm)
 from training.augment import TrainAugment, geometric_grid
 from training.data import Sample, Split, load_split, manifest_sha256
 from training.features import cache_dir_for, cache_path, load_cache, map_batches
+from training.loop import Checkpoint, Log, Source, fit, hardware_info, macro_f1, seed_everything
 from training.models import HybridClassifier, create_model, load_backbone_weights, save_model
 from training.transforms import build_eval_transform
 
 __all__ = [
     "RECIPES",
-    "hardware_info",
-    "seed_everything",
+    "ImageDataset",
+    "image_batches",
     "train_cached",
     "train_end2end",
     "teacher_soft_labels",
-    "pretrain_backbone",
     "main",
 ]
 
-XCEPTION_WEIGHTS = (
-    Path(__file__).resolve().parent.parent.parent
-    / "shared"
-    / "weights"
-    / "legacy_xception.keras_in1k.backbone.fp16.safetensors"
-)
+XCEPTION_WEIGHTS = WEIGHTS / "legacy_xception.keras_in1k.backbone.fp16.safetensors"
 
 #: default recipe and initial weights per model
 RECIPES: dict[str, dict[str, Any]] = {
@@ -91,63 +82,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     # shares effnetb3_bigru's trained CNN stage (frozen): train effnetb3_bigru first
     "effnetb3_vit": {"recipe": "cached", "init_weights": "artifacts/effnetb3_bigru/model", "epochs": 12, "lr": 1e-3},
 }
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def hardware_info(device: str) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "device": device,
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-class _Log:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, msg: str) -> None:
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
-        print(line, flush=True)
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
-
-
-def _checkpoint_save(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
-def _cosine(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
-@torch.no_grad()
-def _macro_f1(logits: torch.Tensor, labels: torch.Tensor, n: int) -> tuple[float, float]:
-    pred = logits.argmax(1)
-    acc = float((pred == labels).float().mean())
-    f1s = []
-    for c in range(n):
-        tp = float(((pred == c) & (labels == c)).sum())
-        fp = float(((pred == c) & (labels != c)).sum())
-        fn = float(((pred != c) & (labels == c)).sum())
-        f1s.append(2 * tp / max(1.0, 2 * tp + fp + fn))
-    return acc, float(np.mean(f1s))
 
 
 # -- cached recipe ------------------------------------------------------------------------------
@@ -183,7 +117,7 @@ def train_cached(
     batch_size: int,
     seed: int,
     device: str,
-    log: _Log,
+    log: Log,
     weight_decay: float = 0.05,
     cnn_split: str | None = None,
     tail_lr_scale: float = 0.1,
@@ -216,69 +150,54 @@ def train_cached(
         if cache_path(cache_dir, "val", v).exists()
     }
     val_labels = torch.tensor([s.label for s in split.val])
-    params = model.sequence_parameters() + tail_params
     groups = [{"params": model.sequence_parameters(), "base_lr": lr}]
     if tail_params:
         groups.append({"params": tail_params, "base_lr": lr * tail_lr_scale})
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(n * len(arrays) / batch_size)
-    total = steps_per_epoch * epochs
-    ckpt = out_dir / "checkpoint.pt"
-    start_epoch = 0
-    elapsed_before = 0.0
-    history: list[dict[str, Any]] = []
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start_epoch = state["epoch"] + 1
-        history = list(state.get("history", []))
-        # checkpoints written before elapsed time was stored: the epochs' own times
-        elapsed_before = float(state.get("elapsed", sum(h.get("seconds", 0.0) for h in history)))
-        log(f"resumed from {ckpt} at epoch {start_epoch}")
-    t_start = time.time()
-    model.to(device)
-    for epoch in range(start_epoch, epochs):
-        model.train()
-        model.backbone.eval()
-        if tail is not None:
-            tail.train()  # its batch-norm statistics adapt too
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(seed * 1000 + epoch)
         order = torch.randperm(n * len(arrays), generator=g)
-        t0, tot_loss, seen = time.time(), 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", mininterval=20, file=sys.stdout)
-        for step in bar:
+        for step in range(steps_per_epoch):
             idx = order[step * batch_size : (step + 1) * batch_size]
             view_idx, sample_idx = idx // n, idx % n
             x = torch.stack([arrays[int(v)][int(s)] for v, s in zip(view_idx, sample_idx, strict=True)]).float()
             k = int(torch.randint(0, 4, (1,), generator=g))
             flip = bool(torch.randint(0, 2, (1,), generator=g))
-            x = geometric_grid(x, k, flip)  # type: ignore[assignment]
-            y = labels[sample_idx]
-            for group in opt.param_groups:
-                group["lr"] = group["base_lr"] * _cosine(epoch * steps_per_epoch + step, total, steps_per_epoch)
-            logits = _head_logits(model, x.to(device), tail)  # type: ignore[arg-type]
-            loss = F.cross_entropy(logits, y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 5.0)
-            opt.step()
-            tot_loss += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            bar.set_postfix(loss=f"{tot_loss / seen:.4f}")
-        rec: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": round(tot_loss / seen, 5),
-            "seconds": round(time.time() - t0, 1),
-        }
+            yield geometric_grid(x, k, flip), labels[sample_idx]  # type: ignore[misc]
+
+    def loss(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        x, y = batch
+        return F.cross_entropy(_head_logits(model, x.to(device), tail), y.to(device)), len(y)
+
+    def train_mode() -> None:
+        model.train()
+        model.backbone.eval()
+        if tail is not None:
+            tail.train()  # its batch-norm statistics adapt too
+
+    def validate(epoch: int, last: bool) -> dict[str, Any]:
+        rec = {}
         for v, maps in val_maps.items():
-            acc, f1 = _macro_f1(cached_logits(model, maps, device, cnn_split=cnn_split), val_labels, model.num_classes)
+            acc, f1 = macro_f1(cached_logits(model, maps, device, cnn_split=cnn_split), val_labels, model.num_classes)
             rec[f"val_{v}_acc"], rec[f"val_{v}_macro_f1"] = round(acc, 4), round(f1, 4)
-        history.append(rec)
-        log(json.dumps(rec))
-        state = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "history": history}
-        _checkpoint_save(ckpt, state | {"elapsed": elapsed_before + time.time() - t_start})
-    return {"views": used_views, "history": history, "elapsed": elapsed_before + time.time() - t_start}
+        return rec
+
+    steps_per_epoch = math.ceil(n * len(arrays) / batch_size)
+    model.to(device)
+    result = fit(
+        model=model,
+        opt=opt,
+        source=Source(steps_per_epoch, batches),
+        loss=loss,
+        epochs=epochs,
+        log=log,
+        clip=model.sequence_parameters() + tail_params,
+        train_mode=train_mode,
+        validate=validate,
+        checkpoint=Checkpoint(out_dir / "checkpoint.pt"),
+    )
+    return {"views": used_views, "history": result["history"], "elapsed": result["elapsed"]}
 
 
 # -- end-to-end recipe --------------------------------------------------------------------------
@@ -318,6 +237,21 @@ def image_logits(model: HybridClassifier, samples: Sequence[Sample], device: str
     return torch.cat(out)
 
 
+def image_batches(
+    ds: ImageDataset, batch_size: int, seed_base: int, workers: int = 0
+) -> Callable[[int], Iterable[Any]]:
+    """An epoch's shuffled, augmented batches of ``ds`` (shuffle seeded by ``seed_base + epoch``)."""
+
+    def batches(epoch: int) -> Iterable[Any]:
+        ds.epoch = epoch
+        g = torch.Generator().manual_seed(seed_base + epoch)
+        return torch.utils.data.DataLoader(
+            ds, batch_size=batch_size, shuffle=True, generator=g, num_workers=workers, drop_last=len(ds) > batch_size
+        )
+
+    return batches
+
+
 def train_end2end(
     model: HybridClassifier,
     split: Split,
@@ -327,7 +261,7 @@ def train_end2end(
     batch_size: int,
     seed: int,
     device: str,
-    log: _Log,
+    log: Log,
     max_minutes: float | None = None,
     teacher_soft: np.ndarray | None = None,
     kd_weight: float = 0.5,
@@ -340,86 +274,41 @@ def train_end2end(
     """Train the whole model on augmented images; optional distillation from teacher probabilities."""
     ds = ImageDataset(split.train, model.spec, TrainAugment(seed=seed), teacher_soft)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.05)
-    steps_per_epoch = math.ceil(len(ds) / batch_size)
-    total = steps_per_epoch * epochs
-    ckpt = out_dir / "checkpoint.pt"
-    start_epoch, elapsed_before = 0, 0.0
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start_epoch, elapsed_before = state["epoch"] + 1, float(state.get("elapsed", 0.0))
-        log(f"resumed from {ckpt} at epoch {start_epoch}")
-    model.to(device)
-    t_start = time.time()
-    history: list[dict[str, Any]] = []
-    losses: list[float] = []
-    stop = False
-    for epoch in range(start_epoch, epochs):
-        ds.epoch = epoch
-        g = torch.Generator().manual_seed(seed * 1000 + epoch)
-        loader = torch.utils.data.DataLoader(
-            ds, batch_size=batch_size, shuffle=True, generator=g, num_workers=workers, drop_last=len(ds) > batch_size
-        )
-        model.train()
-        t0, tot, seen = time.time(), 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", mininterval=20, file=sys.stdout)
-        for step, (x, y, soft) in enumerate(bar):
-            global_step = epoch * steps_per_epoch + step
-            warmup = min(steps_per_epoch, 50)
-            factor = _cosine(global_step, total, warmup)
-            if max_minutes is not None and global_step >= warmup:
-                # with a time box the schedule anneals by whichever ends first: steps or time
-                done = max(global_step / total, (elapsed_before + time.time() - t_start) / (60 * max_minutes))
-                factor = 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
-            for group in opt.param_groups:
-                group["lr"] = lr * factor
-            logits = model(x.to(device))
-            loss = F.cross_entropy(logits, y.to(device))
-            if teacher_soft is not None and soft.numel():
-                kd = F.kl_div(F.log_softmax(logits / kd_temperature, 1), soft.to(device), reduction="batchmean") * (
-                    kd_temperature**2
-                )
-                loss = (1 - kd_weight) * loss + kd_weight * kd
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            losses.append(float(loss.detach()))
-            tot += float(loss.detach()) * len(y)
-            seen += len(y)
-            bar.set_postfix(loss=f"{tot / seen:.4f}")
-            if max_steps is not None and len(losses) >= max_steps:
-                stop = True
-                break
-            if max_minutes is not None and (elapsed_before + time.time() - t_start) / 60 > max_minutes:
-                stop = True
-                log(f"time box of {max_minutes} min reached in epoch {epoch + 1}")
-                break
-        rec: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": round(tot / max(seen, 1), 5),
-            "seconds": round(time.time() - t0, 1),
-        }
-        if validate and ((epoch + 1) % max(1, val_every) == 0 or stop or epoch + 1 == epochs):
-            acc, f1 = _macro_f1(
-                image_logits(model, split.val, device), torch.tensor([s.label for s in split.val]), model.num_classes
+    val_labels = torch.tensor([s.label for s in split.val])
+
+    def loss(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        x, y, soft = batch
+        logits = model(x.to(device))
+        value = F.cross_entropy(logits, y.to(device))
+        if teacher_soft is not None and soft.numel():
+            kd = F.kl_div(F.log_softmax(logits / kd_temperature, 1), soft.to(device), reduction="batchmean") * (
+                kd_temperature**2
             )
-            rec["val_orig_acc"], rec["val_orig_macro_f1"] = round(acc, 4), round(f1, 4)
-        history.append(rec)
-        log(json.dumps(rec))
-        _checkpoint_save(
-            ckpt,
-            {
-                "model": model.state_dict(),
-                "opt": opt.state_dict(),
-                "epoch": epoch,
-                "elapsed": elapsed_before + time.time() - t_start,
-            },
-        )
-        if stop:
-            break
-    return {"history": history, "step_losses": losses, "elapsed": elapsed_before + time.time() - t_start}
+            value = (1 - kd_weight) * value + kd_weight * kd
+        return value, len(y)
+
+    def validate_every(epoch: int, last: bool) -> dict[str, Any]:
+        if not ((epoch + 1) % max(1, val_every) == 0 or last):
+            return {}
+        acc, f1 = macro_f1(image_logits(model, split.val, device), val_labels, model.num_classes)
+        return {"val_orig_acc": round(acc, 4), "val_orig_macro_f1": round(f1, 4)}
+
+    model.to(device)
+    steps_per_epoch = math.ceil(len(ds) / batch_size)
+    return fit(
+        model=model,
+        opt=opt,
+        source=Source(steps_per_epoch, image_batches(ds, batch_size, seed * 1000, workers)),
+        loss=loss,
+        epochs=epochs,
+        log=log,
+        clip=list(model.parameters()),
+        validate=validate_every if validate else None,
+        checkpoint=Checkpoint(out_dir / "checkpoint.pt"),
+        warmup=min(steps_per_epoch, 50),
+        max_steps=max_steps,
+        max_minutes=max_minutes,
+    )
 
 
 # -- teacher soft labels --------------------------------------------------------------------------
@@ -431,7 +320,7 @@ def teacher_soft_labels(
     split: Split,
     device: str = "cpu",
     temperature: float = 2.0,
-    log: _Log | None = None,
+    log: Log | None = None,
 ) -> np.ndarray:
     """Soft labels (softmax at ``temperature``) of the training split, in ``split.train`` order.
 
@@ -454,100 +343,6 @@ def teacher_soft_labels(
     soft = torch.softmax(logits / temperature, dim=1).numpy().astype(np.float32)
     np.save(path / TEACHER_FILE, soft)
     return soft
-
-
-# -- domain pretraining of the CNN stage ----------------------------------------------------------
-#: PBC single-cell crops (8 types, CC BY 4.0, Acevedo et al. 2020): the same stain family, other cells
-PBC_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "pbc"
-PBC_CLASSES = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet")
-
-
-def pretrain_samples(root: str | os.PathLike[str]) -> list[Sample]:
-    """Images under ``root/<type>/`` (any class folder names), labelled by folder, sorted."""
-    from training.data import IMAGE_SUFFIXES
-
-    root = Path(root)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    if not classes:
-        raise FileNotFoundError(f"no class folders under {root}")
-    out = []
-    for label, c in enumerate(classes):
-        for f in sorted((root / c).iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                out.append(Sample(f, f"{c}/{f.name}", label, f"{c}/{f.name}", ""))
-    return out
-
-
-def pretrain_backbone(
-    model: HybridClassifier,
-    root: str | os.PathLike[str],
-    out_file: Path,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    device: str,
-    log: _Log,
-    workers: int = 0,
-    max_steps: int | None = None,
-) -> dict[str, Any]:
-    """Supervised domain pretraining of the CNN stage on cell-type folders (e.g. PBC).
-
-    The backbone plus a linear head on its pooled map learn the cell types with the same
-    augmentation and the same input transform (size, luminance standardisation) as the main
-    training; the backbone weights are written to ``out_file`` (safetensors), which then serves
-    as ``--init-weights``. Rerunning with ``out_file`` present reuses it.
-    """
-    from safetensors.torch import save_file
-
-    if out_file.exists():
-        log(f"pretrained CNN stage {out_file} exists, reused")
-        return {"reused": True}
-    samples = pretrain_samples(root)
-    n_cls = 1 + max(s.label for s in samples)
-    ds = ImageDataset(samples, model.spec, TrainAugment(seed=seed + 7919), None)
-    backbone = model.backbone.to(device)
-    with torch.no_grad():
-        size = model.spec.input_size
-        ch = model.forward_cnn(torch.zeros(1, 3, size, size, device=device)).shape[1]
-    head = nn.Linear(ch, n_cls).to(device)
-    params = list(backbone.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    steps_per_epoch = math.ceil(len(ds) / batch_size)
-    total, t_start, steps = steps_per_epoch * epochs, time.time(), 0
-    history = []
-    log(f"pretraining CNN stage on {len(samples)} images of {n_cls} types from {root}, {epochs} epochs")
-    for epoch in range(epochs):
-        ds.epoch = epoch
-        g = torch.Generator().manual_seed(seed * 1000 + 500 + epoch)
-        loader = torch.utils.data.DataLoader(
-            ds, batch_size=batch_size, shuffle=True, generator=g, num_workers=workers, drop_last=len(ds) > batch_size
-        )
-        backbone.train()
-        tot, correct, seen = 0.0, 0, 0
-        for step, (x, y, _) in enumerate(loader):
-            for group in opt.param_groups:
-                group["lr"] = lr * _cosine(epoch * steps_per_epoch + step, total, min(steps_per_epoch, 50))
-            logits = head(model.forward_cnn(x.to(device)).mean((2, 3)))
-            loss = F.cross_entropy(logits, y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 5.0)
-            opt.step()
-            tot += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1).cpu() == y).sum())
-            seen += len(y)
-            steps += 1
-            if max_steps is not None and steps >= max_steps:
-                break
-        rec = {"pretrain_epoch": epoch + 1, "loss": round(tot / seen, 5), "train_acc": round(correct / seen, 4)}
-        history.append(rec)
-        log(json.dumps(rec))
-        if max_steps is not None and steps >= max_steps:
-            break
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}, str(out_file))
-    return {"history": history, "seconds": round(time.time() - t_start, 1), "n_images": len(samples)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -599,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     get_spec(args.model)
     out_dir = Path(args.artifacts) / args.model
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = _Log(out_dir / "train.log")
+    log = Log(out_dir / "train.log")
     if init not in ("random", "hub") and Path(init).is_dir():
         # a trained model's directory: its CNN stage becomes this model's (shared) initial backbone
         from safetensors.torch import save_file
@@ -620,7 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     pretrain_info: dict[str, Any] | None = None
     if args.pretrain_data and recipe == "end2end":
-        root = PBC_ROOT if args.pretrain_data == "pbc" else Path(args.pretrain_data)
+        from training.pretrain import pretrain_backbone, pretrain_root
+
+        root = pretrain_root(args.pretrain_data)
         pre_file = out_dir / "pretrain_backbone.safetensors"
         pretrain_info = pretrain_backbone(
             model,

@@ -14,8 +14,9 @@ from core.registry import get_spec
 from tests.conftest import DATA_ALL4
 from training import compat  # noqa: F401
 from training.data import Split, load_samples
+from training.loop import Log, seed_everything
 from training.models import HybridClassifier, load_model, save_model
-from training.train import _Log, seed_everything, train_cached, train_end2end
+from training.train import train_cached, train_end2end
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_end2end_lowers_loss_and_resumes(tiny_split: Split, tmp_path: Path) -> N
     seed_everything(0)
     spec = dataclasses.replace(get_spec("mobilenetv3_lstm"), input_size=64)
     model = HybridClassifier(spec)
-    log = _Log(tmp_path / "train.log")
+    log = Log(tmp_path / "train.log")
     soft = np.full((len(tiny_split.train), 4), 0.25, dtype=np.float32)
     res = train_end2end(model, tiny_split, tmp_path, 5, 3e-3, 8, 0, "cpu", log, teacher_soft=soft, validate=False)
     losses = [h["train_loss"] for h in res["history"]]
@@ -44,7 +45,7 @@ def test_end2end_lowers_loss_and_resumes(tiny_split: Split, tmp_path: Path) -> N
     # resume: one more epoch starts where the checkpoint ended
     model2 = HybridClassifier(spec)
     res2 = train_end2end(model2, tiny_split, tmp_path, 6, 3e-3, 8, 0, "cpu", log, validate=False)
-    assert [h["epoch"] for h in res2["history"]] == [6]
+    assert [h["epoch"] for h in res2["history"]] == [1, 2, 3, 4, 5, 6]  # the checkpoint keeps the history
     save_model(model2, tmp_path / "model", dtype=torch.float16)
     loaded = load_model(tmp_path / "model")
     assert json.loads((tmp_path / "model" / "model_config.json").read_text())["dtype"] == "float16"
@@ -76,7 +77,7 @@ def test_cached_recipe_lowers_loss(tiny_split: Split, tmp_path: Path) -> None:
     model = HybridClassifier(spec)
     _write_separable_cache(tiny_split, tmp_path / "cache", int(model.backbone.num_features), 2)
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    log = _Log(tmp_path / "train.log")
+    log = Log(tmp_path / "train.log")
     res = train_cached(model, tiny_split, tmp_path / "cache", ["orig", "gray"], tmp_path, 8, 5e-3, 8, 0, "cpu", log)
     assert res["views"] == ["orig"]
     losses = [h["train_loss"] for h in res["history"]]
@@ -97,7 +98,7 @@ def test_cached_recipe_fine_tunes_the_cnn_tail(tiny_split: Split, tmp_path: Path
     _write_separable_cache(tiny_split, tmp_path / "cache", channels, 2)
     stem_before = {k: v.clone() for k, v in stem.state_dict().items()}
     tail_before = {k: v.clone() for k, v in tail.state_dict().items()}
-    log = _Log(tmp_path / "train.log")
+    log = Log(tmp_path / "train.log")
     res = train_cached(
         model, tiny_split, tmp_path / "cache", ["orig"], tmp_path, 8, 5e-3, 8, 0, "cpu", log, cnn_split="blocks"
     )
@@ -113,7 +114,7 @@ def test_pretrain_backbone_writes_loadable_cnn_stage(tiny_split: Split, tmp_path
     import shutil
 
     from training.models import load_backbone_weights
-    from training.train import pretrain_backbone, pretrain_samples
+    from training.pretrain import pretrain_backbone, pretrain_samples
 
     root = tmp_path / "cells"
     for s in tiny_split.train:
@@ -124,7 +125,7 @@ def test_pretrain_backbone_writes_loadable_cnn_stage(tiny_split: Split, tmp_path
     torch.set_num_threads(2)
     spec = dataclasses.replace(get_spec("mobilenetv3_lstm"), input_size=64)
     model = HybridClassifier(spec)
-    log = _Log(tmp_path / "train.log")
+    log = Log(tmp_path / "train.log")
     out = tmp_path / "pretrain_backbone.safetensors"
     res = pretrain_backbone(model, root, out, 2, 3e-3, 8, 0, "cpu", log, max_steps=3)
     assert out.exists() and res["n_images"] == len(samples)
