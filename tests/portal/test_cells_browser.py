@@ -1,0 +1,88 @@
+"""Cells in real headless Chromium against a live portal: the annotation toggle and reclassification.
+
+The frame's cells are stored through the worker's own code path (``actions.store_cell_outcome`` with an
+answer in the wbc_cells contract, as in test_cells.py), so this test exercises the pages, not the model.
+The toggle must hide and show the overlay without leaving the page; reclassifying a cell in the gallery
+must update the differential. Screenshots go to test-artifacts/portal-cells*.png.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from portal import actions
+from portal.analyses.models import Cell
+from portal.audit.models import AuditEvent
+from tests.portal.conftest import smear_paths
+from tests.portal.test_cells import FRAME_A, answer
+from tests.portal.test_e2e_browser import ARTIFACTS, _login, page  # noqa: F401 (the page fixture)
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def test_annotation_toggle_and_reclassify_in_the_gallery(
+    page: Any,  # noqa: F811
+    live_server: Any,
+    settings: Any,
+    make_user: Any,
+) -> None:
+    from portal.analyses.validation import validate_image_bytes
+
+    settings.PORTAL_CELL_MODEL = "wbc_cells"
+    tech = make_user("tech", "technologist")
+    patient = actions.create_patient(
+        tech, {"mrn": "CELL-0001", "name": "Marie Curie", "date_of_birth": "1967-11-07", "sex": "F"}
+    )
+    specimen = actions.create_specimen(tech, patient, {"accession": "CELL-ACC-1"})
+    path = smear_paths(1)[0]
+    image = actions.upload_images(
+        tech, specimen, [validate_image_bytes(path.name, path.read_bytes())], ["mobilenetv3_lstm"]
+    )[0]
+    assert actions.store_cell_outcome(image.cell_analysis.pk, answer(FRAME_A)) == "done"
+    base = live_server.url
+
+    _login(page, base, "tech")
+    page.goto(f"{base}/images/{image.pk}/")
+    overlay = page.locator("#cells svg.overlay")
+    assert overlay.is_visible()
+    assert page.locator("#cells svg.overlay rect.box").count() == 3
+    assert page.locator("#cells svg.overlay polygon.nucleus").count() == 3
+    # the overlay lies exactly over the picture
+    img_box = page.locator("#cells .cellview img").bounding_box()
+    svg_box = overlay.bounding_box()
+    assert img_box and svg_box and abs(img_box["width"] - svg_box["width"]) < 2
+    assert abs(img_box["height"] - svg_box["height"]) < 2
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "portal-cells-annotated.png"), full_page=True)
+    url = page.url
+    page.click("label.overlay-label")  # original only
+    assert not overlay.is_visible() and page.locator("#cells .cellview img").is_visible() and page.url == url
+    page.screenshot(path=str(ARTIFACTS / "portal-cells-original.png"), full_page=True)
+    page.click("label.overlay-label")  # annotated again, still the same page
+    assert overlay.is_visible() and page.url == url
+
+    # the differential: 1 neutrophil, 1 lymphocyte, 1 unclassified (the abstention)
+    page.click("text=Specimen differential")
+    page.wait_for_selector("h1:has-text('Differential')")
+    assert page.inner_text("#differential tr[data-type=unclassified] td.count") == "1"
+    assert page.inner_text("#differential tr[data-type=monocyte] td.count") == "0"
+    assert page.locator(".gallery figure img").count() == 3
+    for i in range(3):  # lazy-loaded crops: each loads once scrolled into view
+        crop = page.locator(".gallery figure img").nth(i)
+        crop.scroll_into_view_if_needed()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=crop.element_handle())
+    unclassified = Cell.objects.get(image=image, index=2)
+    figure = page.locator(f"#cell-{unclassified.pk}")
+    figure.locator("select[name=label]").select_option("monocyte")
+    figure.locator("button:has-text('Reclassify')").click()
+    page.wait_for_selector("text=now Monocyte")
+    assert page.inner_text("#differential tr[data-type=monocyte] td.count") == "1"
+    assert page.inner_text("#differential tr[data-type=monocyte] td.percent") == "33.3"
+    assert page.inner_text("#differential tr[data-type=unclassified] td.count") == "0"
+    assert page.locator("#type-monocyte figure").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "portal-cells-differential.png"), full_page=True)
+    event = AuditEvent.objects.get(action="cell.reclassify")
+    assert (event.actor_username, event.data["old"], event.data["new"]) == ("tech", "unclassified", "monocyte")
+    assert page.outside_requests == []  # type: ignore[attr-defined]

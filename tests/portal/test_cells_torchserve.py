@@ -1,0 +1,98 @@
+"""The cell analysis end to end: real BCCD frames uploaded, the job calls the real TorchServe's wbc_cells
+(``/predictions/wbc_cells?annotate=1``, once per image, not per leukemia model) and the portal stores the
+cells in image pixels, the annotated image, and shows them on the results and differential pages.
+
+Frames come from the validation split (training.cell_data.bccd_split), with their VOC WBC boxes: the
+portal must place the model's boxes on the frame it was given (not on a resized copy).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from core.registry import CELL_CLASSES
+from portal import actions, jobs
+from portal.analyses import storage
+from portal.analyses.models import CellAnalysis, Image
+from portal.analyses.validation import validate_image_bytes
+from portal.audit.models import AuditEvent
+from training.cell_data import BccdFrame, bccd_split
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db]
+
+
+def _iou(a: list[int], b: list[int]) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+@pytest.fixture
+def cell_frames() -> list[BccdFrame]:
+    """Three validation frames with exactly one annotated white cell each."""
+    _, val = bccd_split()
+    chosen = [f for f in val if len(f.wbc_boxes) == 1][:3]
+    assert len(chosen) == 3, "BCCD validation split has too few single-WBC frames"
+    return chosen
+
+
+def test_wbc_cells_through_the_real_model_server(
+    use_torchserve: Any, technologist: Any, specimen: Any, settings: Any, tech_client: Client, cell_frames: list[Any]
+) -> None:
+    if "wbc_cells" not in use_torchserve.models:
+        pytest.fail(f"TorchServe serves no wbc_cells (models: {use_torchserve.models}); `make archive` builds it")
+    settings.PORTAL_CELL_MODEL = "wbc_cells"
+    log = Path(use_torchserve.workdir) / "logs" / "access_log.log"
+    before = log.read_text().count("/predictions/wbc_cells") if log.exists() else 0
+    images = actions.upload_images(
+        technologist,
+        specimen,
+        [validate_image_bytes(f.image.name, f.image.read_bytes()) for f in cell_frames],
+        ["mobilenetv3_lstm", "effnetb3_vit"],
+    )
+    assert jobs.run_queued() == {"done": 3 * 2 + 3}  # two leukemia analyses and one cell analysis per image
+
+    matched = 0
+    for image, frame in zip(images, cell_frames, strict=True):
+        job = CellAnalysis.objects.get(image=image)
+        assert job.status == "done", job.error_message
+        assert job.model_version and job.latency_ms and job.latency_ms > 0
+        assert storage.read(job.annotated_name).startswith(b"\x89PNG")  # asked for with ?annotate=1
+        cells = list(image.cells.all())
+        for c in cells:
+            x0, y0, x1, y1 = c.box
+            assert 0 <= x0 < x1 <= image.width and 0 <= y0 < y1 <= image.height
+            assert set(c.probabilities) <= set(CELL_CLASSES)
+            assert sum(c.probabilities.values()) == pytest.approx(1.0, abs=1e-3)
+            assert (c.label == "") == c.abstained and (c.abstained or c.label in CELL_CLASSES)
+            assert 0.0 <= c.score <= 1.0
+        truth = frame.wbc_boxes[0].as_list()
+        matched += any(_iou(c.box, truth) >= 0.5 for c in cells)
+        counts = {k: v for k, v in job.counts.items() if v}
+        assert sum(counts.values()) == sum(1 for c in cells if c.label)
+    assert matched >= 2, "the stored boxes do not land on the annotated white cells"
+
+    # one request per image for the cell model, whatever the number of leukemia models
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and log.read_text().count("/predictions/wbc_cells") < before + 3:
+        time.sleep(0.2)
+    assert log.read_text().count("/predictions/wbc_cells") == before + 3
+    assert AuditEvent.objects.filter(action="cells.complete").count() == 3
+
+    image = Image.objects.get(pk=images[0].pk)
+    page = tech_client.get(f"/images/{image.pk}/").content.decode()
+    n = image.cells.count()
+    assert page.count('<rect class="box"') == n and page.count("data-cell-row=") == n
+    assert "progress.js" not in page
+    differential = tech_client.get(f"/specimens/{specimen.pk}/differential/").content.decode()
+    total = sum(i.cells.count() for i in images)
+    assert f'<th class="num" data-total>{total}</th>' in differential
+    crop = tech_client.get(f"/cells/{image.cells.first().pk}/crop.png") if n else None
+    assert crop is None or (crop.status_code == 200 and crop.content.startswith(b"\x89PNG"))
