@@ -1,6 +1,7 @@
 """Training: ``python -m training.train --model NAME [...]`` (``make train MODEL=NAME``).
 
-Two recipes, chosen per model by :data:`RECIPES` (overridable with ``--recipe``):
+Two kinds of recipe; each model's recipe and its numbers are :data:`training.recipes.RECIPES`
+(every field can be overridden on the command line):
 
 ``cached`` (frozen CNN stage, e.g. xception_bigru from the shared ImageNet Xception weights):
     the CNN's feature maps of every training image under several colour views (original,
@@ -35,6 +36,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from core.paths import WEIGHTS
 from core.registry import get_spec
 from training import compat  # noqa: F401  (before timm)
 from training.augment import TrainAugment, geometric_grid
@@ -52,10 +53,10 @@ from training.data import Sample, Split, load_split, manifest_sha256
 from training.features import cache_dir_for, cache_path, load_cache, map_batches
 from training.loop import Checkpoint, Log, Source, fit, hardware_info, macro_f1, seed_everything
 from training.models import HybridClassifier, create_model, load_backbone_weights, save_model
+from training.recipes import describe, recipe_for
 from training.transforms import build_eval_transform
 
 __all__ = [
-    "RECIPES",
     "ImageDataset",
     "image_batches",
     "train_cached",
@@ -63,25 +64,6 @@ __all__ = [
     "teacher_soft_labels",
     "main",
 ]
-
-XCEPTION_WEIGHTS = WEIGHTS / "legacy_xception.keras_in1k.backbone.fp16.safetensors"
-
-#: default recipe and initial weights per model
-RECIPES: dict[str, dict[str, Any]] = {
-    # ImageNet Xception: stem (up to block12) frozen and cached, conv3/conv4 fine-tuned with the head
-    "xception_bigru": {
-        "recipe": "cached",
-        "init_weights": str(XCEPTION_WEIGHTS),
-        "epochs": 12,
-        "lr": 1e-3,
-        "finetune_after": "block12",
-        "views": "orig,color0",
-    },
-    "mobilenetv3_lstm": {"recipe": "end2end", "init_weights": "random", "epochs": 30, "lr": 3e-3},
-    "effnetb3_bigru": {"recipe": "end2end", "init_weights": "random", "epochs": 30, "lr": 3e-3},
-    # shares effnetb3_bigru's trained CNN stage (frozen): train effnetb3_bigru first
-    "effnetb3_vit": {"recipe": "cached", "init_weights": "artifacts/effnetb3_bigru/model", "epochs": 12, "lr": 1e-3},
-}
 
 
 # -- cached recipe ------------------------------------------------------------------------------
@@ -354,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifacts", default="artifacts")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--views", default=None, help="cached recipe: training views (see training.features)")
@@ -376,21 +358,40 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="end2end: pretrain the CNN stage on cell-type folders first ('pbc': ../shared/data/pbc)",
     )
-    p.add_argument("--pretrain-epochs", type=int, default=30)
-    p.add_argument("--val-every", type=int, default=1, help="end2end: validate every N epochs (and the last)")
+    p.add_argument("--pretrain-epochs", type=int, default=None)
+    p.add_argument("--val-every", type=int, default=None, help="end2end: validate every N epochs (and the last)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--note", default=None, help="free text recorded in train_info.json and the model card")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
-    defaults = RECIPES.get(args.model, {"recipe": "end2end", "init_weights": "random", "epochs": 30, "lr": 2e-3})
-    recipe = args.recipe or defaults["recipe"]
-    init = args.init_weights or defaults["init_weights"]
-    epochs = args.epochs or defaults["epochs"]
-    lr = args.lr or defaults["lr"]
-    views = args.views or defaults.get("views", "orig,color0")
-    cnn_split = args.finetune_after or defaults.get("finetune_after")
-    cnn_split = None if cnn_split in (None, "none") else cnn_split
+    get_spec(args.model)
+    # the model's recipe (training.recipes), any field overridden on the command line
+    rc = recipe_for(
+        args.model,
+        kind=args.recipe,
+        init_weights=args.init_weights,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        max_minutes=args.max_minutes,
+        val_every=args.val_every,
+        finetune_after=args.finetune_after,
+        views=args.views,
+        pretrain_data=args.pretrain_data,
+        pretrain_epochs=args.pretrain_epochs,
+    )
+    if rc.finetune_after == "none":
+        rc = replace(rc, finetune_after=None)
+    seed_everything(rc.seed)
+    recipe, init, epochs, lr, views, cnn_split = (
+        rc.kind,
+        rc.init_path(args.artifacts),
+        rc.epochs,
+        rc.lr,
+        rc.views,
+        rc.finetune_after,
+    )
     get_spec(args.model)
     out_dir = Path(args.artifacts) / args.model
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -414,19 +415,19 @@ def main(argv: list[str] | None = None) -> int:
     model = create_model(args.model, init_weights=init)
     t0 = time.time()
     pretrain_info: dict[str, Any] | None = None
-    if args.pretrain_data and recipe == "end2end":
+    if rc.pretrain_data and recipe == "end2end":
         from training.pretrain import pretrain_backbone, pretrain_root
 
-        root = pretrain_root(args.pretrain_data)
+        root = pretrain_root(rc.pretrain_data)
         pre_file = out_dir / "pretrain_backbone.safetensors"
         pretrain_info = pretrain_backbone(
             model,
             root,
             pre_file,
-            args.pretrain_epochs,
+            rc.pretrain_epochs,
             lr,
-            args.batch_size,
-            args.seed,
+            rc.batch_size,
+            rc.seed,
             args.device,
             log,
             workers=args.workers,
@@ -455,8 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             out_dir,
             epochs,
             lr,
-            args.batch_size,
-            args.seed,
+            rc.batch_size,
+            rc.seed,
             args.device,
             log,
             cnn_split=cnn_split,
@@ -464,17 +465,12 @@ def main(argv: list[str] | None = None) -> int:
         cache_seconds = 0.0
         for f in cache_dir.glob("*.json"):
             cache_seconds += float(json.loads(f.read_text()).get("seconds", 0.0))
-        frozen = (
-            f"CNN stage up to {cnn_split} frozen, blocks after it fine-tuned at 0.1x lr"
-            if cnn_split
-            else ("frozen CNN stage")
-        )
-        recipe_text = (
-            f"{frozen} (weights {Path(init).name}); feature maps cached for training views "
-            f"{', '.join(result['views'])}; token projection + {model.spec.sequence.kind} + head trained "
-            f"{epochs} epochs "
-            f"on the cache with random grid flips/90-degree rotations, AdamW lr {lr}, wd 0.05, cosine, batch "
-            f"{args.batch_size}, seed {args.seed}; last epoch kept (no selection on validation)"
+        recipe_text = describe(
+            rc,
+            input_size=model.spec.input_size,
+            sequence=model.spec.sequence.kind,
+            init=init,
+            views_used=result["views"],
         )
     else:
         soft = None
@@ -488,32 +484,24 @@ def main(argv: list[str] | None = None) -> int:
             out_dir,
             epochs,
             lr,
-            args.batch_size,
-            args.seed,
+            rc.batch_size,
+            rc.seed,
             args.device,
             log,
-            max_minutes=args.max_minutes,
+            max_minutes=rc.max_minutes,
             teacher_soft=soft,
             kd_weight=args.kd_weight,
             workers=args.workers,
-            val_every=args.val_every,
+            val_every=rc.val_every,
         )
         cache_seconds = 0.0
-        recipe_text = (
-            f"end to end from {init} init at {model.spec.input_size}px with flips, rotations, crop jitter, HED/hue/"
-            f"saturation/brightness/white-balance/grayscale augmentation, AdamW lr {lr}, cosine, "
-            f"batch {args.batch_size}, "
-            f"seed {args.seed}, up to {epochs} epochs, time box {args.max_minutes} min"
-            + (
-                f", distilled from {Path(args.teacher).name} soft labels (T=2, weight {args.kd_weight})"
-                if args.teacher
-                else ""
-            )
-            + (
-                f"; CNN stage first pretrained {args.pretrain_epochs} epochs on {pretrain_info['data']} cell types"
-                if pretrain_info
-                else ""
-            )
+        recipe_text = describe(
+            rc,
+            input_size=model.spec.input_size,
+            sequence=model.spec.sequence.kind,
+            init=init,
+            teacher=args.teacher,
+            kd_weight=args.kd_weight,
         )
     wall = time.time() - t0
     model.eval().cpu()
