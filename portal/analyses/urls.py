@@ -5,6 +5,7 @@ from portal.analyses import cell_views, views
 app_name = "analyses"
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
+    path("about/", views.about, name="about"),
     path("upload/", views.upload, name="upload"),
     path("worklist/", views.worklist, name="worklist"),
     path("images/<int:pk>/", views.image_detail, name="image"),

@@ -38,6 +38,16 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     return render(request, "analyses/dashboard.html", context)
 
 
+def about(request: HttpRequest) -> HttpResponse:
+    """The models this portal runs and the data sets they were built from, with the credits their licences ask for."""
+    context = {
+        "models": settings.PORTAL_MODELS,
+        "cell_model": settings.PORTAL_CELL_MODEL,
+        "cell_types": [label for _, label in CELL_LABEL_CHOICES],
+    }
+    return render(request, "analyses/about.html", context)
+
+
 @permission_required("analyses.sign_off_analysis", raise_exception=True)
 def worklist(request: HttpRequest) -> HttpResponse:
     """Images with finished results awaiting sign-off, oldest first; filter by patient/specimen text and date."""

@@ -398,3 +398,10 @@ def test_refused_reclassification_raises_validation_for_unknown_type(technologis
     assert cell is not None
     with pytest.raises(ValidationError):
         actions.reclassify_cell(technologist, cell, "")
+
+
+def test_about_page_credits_the_cell_data(tech_client: Client) -> None:
+    page = tech_client.get("/about/").content.decode()
+    assert "doi:10.1016/j.dib.2020.105474" in page and "CC BY 4.0" in page  # PBC, as its licence asks
+    assert "<code>wbc_cells</code>" in page and "BCCD" in page
+    assert Client().get("/about/").status_code == 302  # behind the login, as every page
