@@ -12,6 +12,9 @@ resources with compatible content. The bundle (type ``collection``) holds:
   reviewer's final class once signed, else the model's; "refer for manual review" when it abstained),
   ``component`` holds every class probability and P(malignant), ``device`` names model and version,
   status ``final`` once signed, else ``preliminary``;
+- one ``Observation`` per cell type of the white-cell differential (types with at least one cell):
+  ``valueQuantity`` the count, a ``component`` the percentage; ``device`` the cell model; ``final``
+  once every frame with cells is signed off, else ``preliminary``;
 - the ``DiagnosticReport``: status ``final`` once every result is signed, else ``preliminary``;
   subject, specimen, results, the reviewers as ``resultsInterpreter``, the consensus per image and
   the decision-support notice as ``conclusion``.
@@ -27,8 +30,10 @@ from fhir.resources.R4B.bundle import Bundle
 
 from core.prediction import NOTICE
 from core.registry import CLASS_DESCRIPTIONS
+from portal.analyses.cell_review import frame_reviews, specimen_cells
 from portal.analyses.consensus import consensus
-from portal.analyses.models import Analysis, Review
+from portal.analyses.differential import differential
+from portal.analyses.models import Analysis, QueuedJob, Review
 from portal.patients.models import Patient, Specimen
 
 __all__ = ["CLASS_SYSTEM", "specimen_bundle"]
@@ -64,11 +69,11 @@ def _specimen(s: Specimen) -> dict[str, Any]:
     }
 
 
-def _device_id(a: Analysis) -> str:
+def _device_id(a: QueuedJob) -> str:
     return f"device-{a.model_name}-{a.model_version or 'unknown'}".replace("_", "-").replace(".", "-")
 
 
-def _device(a: Analysis) -> dict[str, Any]:
+def _device(a: QueuedJob) -> dict[str, Any]:
     return {
         "resourceType": "Device",
         "id": _device_id(a),
@@ -137,6 +142,44 @@ def _observation(a: Analysis, review: Review | None) -> dict[str, Any]:
     }
 
 
+def _cell_observations(specimen: Specimen) -> tuple[list[dict[str, Any]], list[QueuedJob]]:
+    """The differential as one Observation per cell type counted, and the cell model(s) as devices."""
+    cells = list(specimen_cells(specimen))
+    if not cells:
+        return [], []
+    diff = differential(cells)
+    frames = {c.image_id for c in cells}
+    signed = frames <= set(frame_reviews(list(specimen.images.filter(pk__in=frames))))
+    jobs: list[QueuedJob] = list({_device_id(c.cell_analysis): c.cell_analysis for c in cells}.values())
+    observations: list[dict[str, Any]] = [
+        {
+            "resourceType": "Observation",
+            "id": f"differential-{specimen.pk}-{row.category}",
+            "status": "final" if signed else "preliminary",
+            "code": {"text": f"{row.description}, count in the image-based white-cell differential"},
+            "subject": _ref("Patient", f"patient-{specimen.patient_id}"),
+            "specimen": _ref("Specimen", f"specimen-{specimen.pk}"),
+            "device": _ref("Device", _device_id(jobs[0])),
+            "effectiveDateTime": specimen.collected_at.isoformat(),
+            "valueQuantity": {"value": row.count, "unit": "cells"},
+            "component": [
+                {
+                    "code": {"text": f"{row.description}, percent of {diff.total} cells"},
+                    "valueQuantity": {
+                        "value": round(row.percent, 1),
+                        "unit": "%",
+                        "system": "http://unitsofmeasure.org",
+                        "code": "%",
+                    },
+                }
+            ],
+        }
+        for row in diff.rows
+        if row.count
+    ]
+    return observations, jobs
+
+
 def specimen_bundle(specimen: Specimen) -> dict[str, Any]:
     """The specimen's FHIR Bundle as JSON-ready data, validated by the fhir.resources R4B models."""
     done = list(
@@ -152,6 +195,9 @@ def specimen_bundle(specimen: Specimen) -> dict[str, Any]:
         {"resourceType": "Practitioner", "id": f"practitioner-{name}", "name": [{"text": name}]} for name in reviewers
     ]
     observations = [_observation(a, reviews.get(a.pk)) for a in done]
+    cell_observations, cell_jobs = _cell_observations(specimen)
+    resources += [_device(job) for job in cell_jobs]
+    observations += cell_observations
     resources += observations
     lines = []
     for image_id in sorted({a.image_id for a in done}):

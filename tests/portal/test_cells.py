@@ -405,3 +405,25 @@ def test_about_page_credits_the_cell_data(tech_client: Client) -> None:
     assert "doi:10.1016/j.dib.2020.105474" in page and "CC BY 4.0" in page  # PBC, as its licence asks
     assert "<code>wbc_cells</code>" in page and "BCCD" in page
     assert Client().get("/about/").status_code == 302  # behind the login, as every page
+
+
+def test_fhir_bundle_has_the_differential(
+    rev_client: Client, reviewer: Any, frames: list[Image], specimen: Any
+) -> None:
+    bundle = rev_client.get(f"/specimens/{specimen.pk}/fhir.json").json()  # validated by fhir.resources
+    resources = [e["resource"] for e in bundle["entry"]]
+    diff = {r["id"]: r for r in resources if r["id"].startswith("differential-")}
+    assert set(diff) == {f"differential-{specimen.pk}-{t}" for t in ("neutrophil", "lymphocyte", UNCLASSIFIED)}
+    neutrophil = diff[f"differential-{specimen.pk}-neutrophil"]
+    assert neutrophil["valueQuantity"]["value"] == 2 and neutrophil["component"][0]["valueQuantity"]["value"] == 50.0
+    assert neutrophil["status"] == "preliminary"
+    assert any(r["resourceType"] == "Device" and r["deviceName"][0]["name"] == "wbc_cells" for r in resources)
+    report = next(r for r in resources if r["resourceType"] == "DiagnosticReport")
+    assert {"reference": f"Observation/differential-{specimen.pk}-neutrophil"} in report["result"]
+    for image in frames:  # every frame signed: the differential is final
+        analysis = image.analyses.first()
+        assert analysis is not None
+        actions.sign_off(reviewer, analysis, decision="agree")
+    bundle = rev_client.get(f"/specimens/{specimen.pk}/fhir.json").json()
+    statuses = {e["resource"]["status"] for e in bundle["entry"] if e["resource"]["id"].startswith("differential-")}
+    assert statuses == {"final"}
