@@ -1,0 +1,417 @@
+"""Train the cell typer of ``wbc_cells`` on PBC crops plus BCCD white-cell crops, then evaluate it.
+
+    python -m training.train_cells [--out artifacts/wbc_cells] [--epochs 12] [--resume]
+
+Data (fixed splits from :mod:`training.cell_data`): the PBC training images (the whole image is
+the crop: PBC images are centred single-cell crops with their neighbourhood, as
+:func:`training.cell_typer.crop_cell` makes for a detected box) and the BCCD training frames'
+white cell (``frame.wbc_boxes[0]`` of frames with one type and one box, cropped by ``crop_cell``)
+so the typer also sees the other lab's stain, camera and magnification.
+
+Why it is built this way: the run must fit ~40 minutes on 2 CPU cores shared with other jobs, where
+fine-tuning the whole MobileNetV2 at 128 px measured 3.5 images/s (about 15 minutes per epoch).
+
+- **Frozen stem, cached features** (the project's "cached" recipe, as in :mod:`training.train`): the
+  stem and ``blocks[0..freeze_through]`` (stride 16; 0.24 M of 2.2 M parameters, most of the FLOPs)
+  keep the ImageNet-derived initialisation. Every crop is decoded once, resized to ``--cache-size``
+  and passed through the stem in ``--views`` independently augmented views; the training epochs then
+  run only the later blocks, the head convolution and the classifier on the cached maps (~200/s),
+  with a random 90-degree rotation / flip of the map per draw
+  (:func:`training.augment.geometric_grid`). The saved model is the whole network: evaluation and
+  serving run it end to end on image crops.
+- **Augmentation** of each cached view (:class:`training.augment.TrainAugment`): flips, 90-degree
+  rotations (cells have no orientation), scale jitter (a random 70-100% crop), HED stain jitter, hue,
+  saturation, brightness/contrast, white-balance gains and random grayscale: the colour robustness
+  the perturbation evaluation measures.
+- **Sampling**: each epoch draws ``(1 + bccd_share) x len(PBC train)`` crops with replacement; PBC is
+  balanced (same weight per image), BCCD gets ``bccd_share`` of the draws, spread over its classes
+  in proportion to sqrt(count) (BCCD is mostly neutrophils; full balancing would repeat its two
+  basophils hundreds of times).
+- AdamW, cosine learning rate with warm-up, label smoothing 0.05; the last epoch's model is kept
+  (no selection on the validation set it is measured on).
+- A checkpoint after every epoch (``checkpoint.pt``) and the feature cache (``feature_cache.pt``):
+  ``--resume`` continues from both. One JSON line per epoch in ``train.log``.
+
+At the end the model is saved to ``<out>/model`` (:func:`training.cell_typer.save_typer`) and
+:func:`training.cell_typer_eval.evaluate` fits the temperature and abstention threshold and writes
+``typer_metrics.json`` and the confusion matrices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from core.host import cpu_model
+from core.paths import WEIGHTS
+from core.registry import CellModelSpec, get_cell_spec
+from training.augment import ColorAugment, GeometricAugment, TrainAugment, geometric_grid
+from training.cell_data import bccd_split, pbc_split
+from training.cell_typer import build_typer_transform, create_typer, crop_cell, save_typer, typer_split
+
+__all__ = ["DEFAULT_INIT", "CropSet", "pbc_crops", "bccd_crops", "sample_weights", "train", "main"]
+
+DEFAULT_INIT = WEIGHTS / "mobilenetv2_100.ft_dogbreeds19.pad_same.fp16.safetensors"
+MODEL_NAME = "wbc_cells"
+
+
+class CropSet:
+    """Square cell crops with labels (indices into ``spec.classes``) and a source name per crop."""
+
+    def __init__(self) -> None:
+        self.images: list[Image.Image] = []
+        self.labels: list[int] = []
+        self.sources: list[str] = []
+        self.names: list[str] = []
+
+    def add(self, image: Image.Image, label: int, source: str, name: str) -> None:
+        self.images.append(image)
+        self.labels.append(label)
+        self.sources.append(source)
+        self.names.append(name)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _resized(image: Image.Image, size: int | None) -> Image.Image:
+    image = image.convert("RGB")
+    if size is None or image.size == (size, size):
+        return image
+    return image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+
+
+def pbc_crops(samples: Sequence[Any], size: int | None, out: CropSet | None = None) -> CropSet:
+    """PBC images as crops (the whole image), resized to ``size`` (``None``: as stored)."""
+    out = out if out is not None else CropSet()
+    for s in samples:
+        with Image.open(s.path) as im:
+            if size is not None:
+                im.draft("RGB", (size, size))  # JPEG DCT scaling: decode at >= size, much faster
+            out.add(_resized(im, size), s.label, "pbc", s.path.name)
+    return out
+
+
+def bccd_crops(
+    frames: Sequence[Any], spec: CellModelSpec, size: int | None, out: CropSet | None = None, perturb: Any = None
+) -> CropSet:
+    """The white cell of each single-type, single-box BCCD frame, cropped by ``crop_cell``.
+
+    ``perturb`` (a PIL -> PIL function) is applied to the whole frame first, as a served frame
+    would arrive.
+    """
+    out = out if out is not None else CropSet()
+    for f in frames:
+        if f.single_type is None:
+            continue
+        with Image.open(f.image) as im:
+            frame = im.convert("RGB")
+        if perturb is not None:
+            frame = perturb(frame)
+        crop = crop_cell(frame, f.wbc_boxes[0].as_list(), spec)
+        out.add(_resized(crop, size), spec.classes.index(f.single_type), "bccd", f.name)
+    return out
+
+
+def sample_weights(crops: CropSet, bccd_share: float) -> np.ndarray:
+    """Draw weights: PBC 1 per image; BCCD ``bccd_share`` x (PBC total), spread as sqrt(class count)."""
+    src = np.array(crops.sources)
+    labels = np.array(crops.labels)
+    w = np.zeros(len(crops), dtype=np.float64)
+    w[src == "pbc"] = 1.0
+    n_pbc = int((src == "pbc").sum())
+    bccd_counts = Counter(labels[src == "bccd"].tolist())
+    if bccd_counts and bccd_share > 0:
+        root = {c: math.sqrt(n) for c, n in bccd_counts.items()}
+        total_root = sum(root.values())
+        for c, n in bccd_counts.items():
+            mass = bccd_share * n_pbc * root[c] / total_root
+            w[(src == "bccd") & (labels == c)] = mass / n
+    return w / w.sum()
+
+
+class _Views(Dataset):
+    """Augmented views for the feature cache: item ``k`` is crop ``k % n`` in view ``k // n``."""
+
+    def __init__(self, crops: CropSet, views: int, augment: TrainAugment, transform: Any) -> None:
+        self.crops, self.views, self.augment, self.transform = crops, views, augment, transform
+
+    def __len__(self) -> int:
+        return len(self.crops) * self.views
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        n = len(self.crops)
+        return self.transform(self.augment(self.crops.images[k % n], k % n, k // n))
+
+
+def _one_thread(_: int) -> None:
+    """Augmentation workers use one thread: the stem's forward pass has the others."""
+    torch.set_num_threads(1)
+
+
+@torch.no_grad()
+def cache_views(
+    stem: torch.nn.Module, crops: CropSet, views: int, augment: TrainAugment, transform: Any, workers: int, log: Any
+) -> torch.Tensor:
+    """Stem feature maps of ``views`` augmented views of every crop: (views, N, C, H, W) float16."""
+    stem.eval()
+    loader = DataLoader(
+        _Views(crops, views, augment, transform), batch_size=64, num_workers=workers, worker_init_fn=_one_thread
+    )
+    maps, t0, done = [], time.time(), 0
+    for x in loader:
+        maps.append(stem(x).half())
+        done += len(x)
+        if len(maps) % 20 == 0:
+            log(f"  cached {done}/{len(crops) * views} views ({done / (time.time() - t0):.1f}/s)")
+    out = torch.cat(maps)
+    return out.view(views, len(crops), *out.shape[1:])
+
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _log(path: Path, msg: str) -> None:
+    line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
+    print(line, flush=True)
+    with open(path, "a") as fh:
+        fh.write(line + "\n")
+
+
+@torch.no_grad()
+def _eval_logits(model: torch.nn.Module, x: torch.Tensor, batch: int = 128) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]) if len(x) else torch.zeros(0)
+
+
+def _macro_f1(preds: np.ndarray, labels: np.ndarray, n: int) -> float:
+    from training.calibrate import confusion_matrix, per_class_prf
+
+    return float(per_class_prf(confusion_matrix(labels, preds, n))["f1"].mean())
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Cache stem features, train the tail, checkpoint every epoch; returns the saved model directory."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    spec = get_cell_spec(MODEL_NAME)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "train.log"
+    log = lambda msg: _log(log_path, msg)  # noqa: E731
+
+    t0 = time.time()
+    model = create_typer(spec, args.init_weights)
+    stem, tail = typer_split(model, args.freeze_through)
+    for p in stem.parameters():
+        p.requires_grad_(False)
+    transform = build_typer_transform(spec)
+    cache_path = out / "feature_cache.pt"
+    key = {k: getattr(args, k) for k in ("views", "cache_size", "freeze_through", "seed", "limit", "init_weights")}
+    cache = torch.load(cache_path, weights_only=False) if args.resume and cache_path.is_file() else None
+    if cache is not None and cache["key"] != key:
+        log(f"feature cache {cache_path} was built with {cache['key']}, not {key}: rebuilding")
+        cache = None
+    if cache is None:
+        pbc_train, pbc_val = pbc_split()
+        bccd_train, bccd_val = bccd_split()
+        if args.limit:
+            cap = args.limit
+            pbc_train = [s for c in range(spec.num_classes) for s in [x for x in pbc_train if x.label == c][:cap]]
+            pbc_val = [s for c in range(spec.num_classes) for s in [x for x in pbc_val if x.label == c][:cap]]
+            bccd_train, bccd_val = bccd_train[: cap * 4], bccd_val[: cap * 4]
+        train_set = pbc_crops(pbc_train, args.cache_size)
+        bccd_crops(bccd_train, spec, args.cache_size, out=train_set)
+        counts = Counter(zip(train_set.sources, (spec.classes[i] for i in train_set.labels), strict=True))
+        log(f"data: {len(train_set)} training crops {dict(sorted(counts.items()))}; decoded in {time.time() - t0:.0f}s")
+        augment = TrainAugment(
+            seed=args.seed, geometric=GeometricAugment(min_scale=0.7, p_crop=0.8), color=ColorAugment()
+        )
+        train_maps = cache_views(stem, train_set, args.views, augment, transform, args.workers, log)
+        # validation: the clean crops exactly as evaluation / serving preprocess them (full decode, crop, resize)
+        val_sets = {"pbc": pbc_crops(pbc_val, None), "bccd": bccd_crops(bccd_val, spec, None)}
+        with torch.no_grad():
+            val_maps = {
+                k: torch.cat(
+                    [stem(torch.stack([transform(im) for im in v.images[i : i + 64]])) for i in range(0, len(v), 64)]
+                )
+                for k, v in val_sets.items()
+                if len(v)
+            }
+        cache = {
+            "key": key,
+            "train_maps": train_maps,
+            "train_labels": torch.tensor(train_set.labels),
+            "train_sources": list(train_set.sources),
+            "val_maps": val_maps,
+            "val_labels": {k: torch.tensor(v.labels) for k, v in val_sets.items() if len(v)},
+        }
+        torch.save(cache, cache_path)
+        log(f"feature cache: {tuple(train_maps.shape)} in {time.time() - t0:.0f}s -> {cache_path}")
+    train_maps, labels = cache["train_maps"], cache["train_labels"]
+    crops = CropSet()
+    crops.labels, crops.sources = labels.tolist(), cache["train_sources"]
+    crops.images = [None] * len(crops.labels)  # type: ignore[list-item]
+    weights = sample_weights(crops, args.bccd_share)
+    n_pbc = sum(1 for s in crops.sources if s == "pbc")
+    per_epoch = int(round(n_pbc * (1.0 + args.bccd_share)))
+    steps_per_epoch = math.ceil(per_epoch / args.batch_size)
+    total_steps = steps_per_epoch * args.epochs
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
+    ckpt_path = out / "checkpoint.pt"
+    start_epoch = 0
+    if args.resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch = int(ckpt["epoch"]) + 1
+        log(f"resumed from {ckpt_path} after epoch {ckpt['epoch']}")
+    log(
+        f"start: {args.epochs} epochs x {steps_per_epoch} steps (batch {args.batch_size}, {per_epoch} draws) on "
+        f"cached stem maps (frozen through blocks[{args.freeze_through}], {args.views} views), input "
+        f"{spec.input_size}px, trainable {sum(p.numel() for p in trainable)} params, init {model.init_info}, "
+        f"threads {torch.get_num_threads()}"
+    )
+
+    def head(maps: torch.Tensor) -> torch.Tensor:
+        return model.forward_head(tail(maps.float()))
+
+    for epoch in range(start_epoch, args.epochs):
+        te = time.time()
+        tail.train()
+        model.net.classifier.train()
+        gen = np.random.default_rng([args.seed, epoch])
+        order = gen.choice(len(labels), size=per_epoch, replace=True, p=weights)
+        view = gen.integers(0, train_maps.shape[0], size=per_epoch)
+        rot = gen.integers(0, 4, size=per_epoch)
+        flip = gen.random(per_epoch) < 0.5
+        loss_sum, correct, seen = 0.0, 0, 0
+        for b in range(steps_per_epoch):
+            sl = slice(b * args.batch_size, (b + 1) * args.batch_size)
+            x = torch.stack(
+                [
+                    geometric_grid(train_maps[v, i], int(k), bool(f))  # type: ignore[misc]
+                    for i, v, k, f in zip(order[sl], view[sl], rot[sl], flip[sl], strict=True)
+                ]
+            )
+            y = labels[order[sl]]
+            for g in optimizer.param_groups:
+                g["lr"] = args.lr * _cosine(epoch * steps_per_epoch + b, total_steps, args.warmup_steps)
+            logits = head(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        train_s = time.time() - te
+        tail.eval()
+        model.eval()
+        rec: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": round(loss_sum / max(seen, 1), 4),
+            "train_acc": round(correct / max(seen, 1), 4),
+        }
+        with torch.no_grad():
+            for k, maps in cache["val_maps"].items():
+                pred = torch.cat([head(maps[i : i + 256]) for i in range(0, len(maps), 256)]).argmax(1).numpy()
+                yv = cache["val_labels"][k].numpy()
+                rec[f"val_{k}_acc"] = round(float((pred == yv).mean()), 4)
+                if k == "pbc":
+                    rec["val_orig_macro_f1"] = round(_macro_f1(pred, yv, spec.num_classes), 4)
+        rec |= {
+            "lr": round(optimizer.param_groups[0]["lr"], 6),
+            "train_img_per_s": round(seen / train_s, 1),
+            "epoch_s": round(time.time() - te, 1),
+        }
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}, tmp)
+        tmp.replace(ckpt_path)
+        log(json.dumps(rec))
+
+    model.eval()
+    model_dir = save_typer(
+        model,
+        out / "model",
+        extra={
+            "training": {
+                "recipe": "cached stem features (frozen through blocks[freeze_through]), tail + head trained",
+                "data": {
+                    "pbc_train": n_pbc,
+                    "bccd_train": len(labels) - n_pbc,
+                    "split": "training.cell_data.pbc_split / bccd_split (seeded)",
+                },
+                **{
+                    k: getattr(args, k)
+                    for k in (
+                        "epochs",
+                        "batch_size",
+                        "lr",
+                        "weight_decay",
+                        "label_smoothing",
+                        "bccd_share",
+                        "cache_size",
+                        "views",
+                        "freeze_through",
+                        "seed",
+                        "limit",
+                    )
+                },
+                "hardware": {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+                "wall_s": round(time.time() - t0, 1),
+            }
+        },
+    )
+    log(f"saved {model_dir} after {time.time() - t0:.0f}s")
+    return model_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="artifacts/wbc_cells")
+    p.add_argument("--init-weights", default=str(DEFAULT_INIT), help="'random', 'hub' or a timm safetensors file")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=48)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.02)
+    p.add_argument("--warmup-steps", type=int, default=60)
+    p.add_argument("--label-smoothing", type=float, default=0.05)
+    p.add_argument("--bccd-share", type=float, default=0.2)
+    p.add_argument("--cache-size", type=int, default=144)
+    p.add_argument("--views", type=int, default=6, help="augmented views per crop in the feature cache")
+    p.add_argument("--freeze-through", type=int, default=3, help="backbone blocks[0..N] (and the stem) frozen")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1, help="augmentation worker processes (0: in the main process)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=0, help="per-class cap for a quick smoke run (0: all)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-eval", action="store_true", help="skip evaluation after training")
+    args = p.parse_args(argv)
+    model_dir = train(args)
+    if not args.no_eval:
+        from training.cell_typer_eval import evaluate
+
+        evaluate(model_dir, Path(args.out), threads=args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
