@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from core.paths import BCCD
 from core.smear_gate import SmearGate
 from training.augment import PERTURBATIONS
 from training.data import DEFAULT_DATA_ROOT, load_split
@@ -27,7 +28,7 @@ from training.smear_gate import NEGATIVE_KINDS, fit_smear_gate, synthetic_negati
 
 __all__ = ["bccd_frames", "test_sets", "measure_rates", "main"]
 
-BCCD_DIR = DEFAULT_DATA_ROOT.parent.parent / "bccd" / "JPEGImages"
+BCCD_DIR = BCCD / "JPEGImages"
 
 
 def bccd_frames(part: str, root: Path = BCCD_DIR) -> list[Path]:

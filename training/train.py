@@ -49,7 +49,7 @@ from torch import nn
 from core.registry import get_spec
 from training import compat  # noqa: F401  (before timm)
 from training.augment import TrainAugment, geometric_grid
-from training.data import Sample, Split, load_split, manifest_sha256
+from training.data import DEFAULT_DATA_ROOT, Sample, Split, load_split, manifest_sha256
 from training.features import cache_dir_for, cache_path, load_cache, map_batches
 from training.loop import Checkpoint, Log, Source, fit, hardware_info, macro_f1, seed_everything
 from training.models import HybridClassifier, create_model, load_backbone_weights, save_model
@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         "recipe_kind": recipe,
         "cnn_split": cnn_split if recipe == "cached" else None,
         "init_weights": model.init_info,
-        "data_root": str(args.data or "../shared/data/all4/original"),
+        "data_root": str(args.data or DEFAULT_DATA_ROOT),
         "manifest_sha256": manifest_sha256(args.data),
         "split_rule": split.rule(),
         "n_train": len(split.train),
