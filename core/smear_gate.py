@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from core.errors import RequestError
+
 __all__ = ["FEATURE_NAMES", "GateResult", "SmearGate", "image_statistics"]
 
 _SIZE = 128
@@ -217,6 +219,20 @@ class SmearGate:
             details["feature_distance_limit"] = round(2.0 * self.feature_distance_p99, 5)
             accepted = accepted and dist <= 2.0 * self.feature_distance_p99
         return GateResult(score=round(s, 6), threshold=self.threshold, accepted=bool(accepted), details=details)
+
+    def check(self, image: Image.Image, pooled_features: Any = None) -> dict[str, Any]:
+        """The answer's ``quality`` block; raises ``not_a_blood_smear`` when the gate refuses the image."""
+        result = self.evaluate(image, pooled_features)
+        score, threshold = float(result.score), float(result.threshold)
+        if not result.accepted:
+            raise RequestError(
+                "not_a_blood_smear",
+                f"this does not look like a peripheral blood smear field of view "
+                f"(smear score {score:.3f} < threshold {threshold:.3f})",
+                score=score,
+                threshold=threshold,
+            )
+        return {"is_blood_smear": True, "smear_score": score, "smear_threshold": threshold}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -16,7 +16,6 @@ Torch intra-op threads: ``LEUKEMIA_TORCH_THREADS`` (environment of the TorchServ
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 from core.decode import enforce_pillow_limits
 from core.errors import RequestError
+from handlers.respond import request_header, respond
 from handlers.runtime import ModelRuntime, configure_threads
 
 __all__ = ["LeukemiaHandler"]
@@ -57,10 +57,7 @@ class LeukemiaHandler:
 
     @staticmethod
     def _is_explain(context: Any, idx: int) -> bool:
-        try:
-            return str(context.get_request_header(idx, "explain")) == "True"
-        except (AttributeError, IndexError, KeyError):
-            return False
+        return request_header(context, idx, "explain") == "True"
 
     def handle(self, data: list[Any], context: Any) -> list[Any]:
         if self.runtime is None:
@@ -87,15 +84,4 @@ class LeukemiaHandler:
                 answers = [RequestError("internal_error", "prediction failed")] * len(predict_idx)
             for i, answer in zip(predict_idx, answers, strict=True):
                 results[i] = answer
-        out: list[Any] = []
-        for i, result in enumerate(results):
-            context.set_response_content_type(i, "application/json")
-            if isinstance(result, RequestError):
-                context.set_response_status(result.status, result.phrase, i)
-                body = result.to_dict()
-            else:
-                context.set_response_status(200, "OK", i)
-                body = result
-            # Compact JSON (TorchServe would pretty-print a dict with indent=2).
-            out.append(json.dumps(body, separators=(",", ":")))
-        return out
+        return respond(results, context)

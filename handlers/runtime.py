@@ -116,17 +116,7 @@ class ModelRuntime:
 
     def gate_check(self, decoded: DecodedImage, pooled: torch.Tensor | None) -> dict[str, Any]:
         """Quality block of the response; raises ``not_a_blood_smear`` when the gate refuses."""
-        result = self.gate.evaluate(decoded.image, pooled)
-        score, threshold = float(result.score), float(result.threshold)
-        if not result.accepted:
-            raise RequestError(
-                "not_a_blood_smear",
-                f"this does not look like a peripheral blood smear field of view "
-                f"(smear score {score:.3f} < threshold {threshold:.3f})",
-                score=score,
-                threshold=threshold,
-            )
-        return {"is_blood_smear": True, "smear_score": score, "smear_threshold": threshold}
+        return self.gate.check(decoded.image, pooled)
 
     def _body(self, logits: torch.Tensor, quality: dict[str, Any], timing_ms: dict[str, float]) -> dict[str, Any]:
         """The contract's success body from one image's logits (calibrated with the card's temperature)."""

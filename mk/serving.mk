@@ -4,7 +4,7 @@ MODEL_STORE ?= model_store
 TS_CONFIG ?= docker/torchserve/config.properties
 TS_WORKDIR ?= .torchserve
 
-.PHONY: archive repack serve stop bench loadtest test-serving
+.PHONY: bench-cells archive repack serve stop bench loadtest test-serving
 
 archive: setup
 	$(PY) -m training.archive --artifacts $(ARTIFACTS) --out $(MODEL_STORE)
@@ -21,6 +21,11 @@ stop: setup
 
 bench: setup
 	OMP_NUM_THREADS=1 $(PY) -m bench.serving --model-store $(MODEL_STORE) --out docs/benchmarks
+	OMP_NUM_THREADS=1 $(PY) -m bench.cells --model-store $(MODEL_STORE) --out docs/benchmarks_cells
+
+# the cell-level model alone (docs/benchmarks_cells.md)
+bench-cells: setup
+	OMP_NUM_THREADS=1 $(PY) -m bench.cells --model-store $(MODEL_STORE) --out docs/benchmarks_cells
 
 # Uploads under load and faults through the real stack (bench/load.py) -> docs/reliability.md
 LOAD_ARGS ?= --fault-after 8 --outage 20

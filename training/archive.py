@@ -4,9 +4,10 @@
 ``artifacts/<model>/`` written by training (``model/weights.safetensors``, ``model/model_config.json``
 from :func:`training.models.save_model`, and ``card.json``) and writes ``model_store/<model>.mar``:
 
-- the handler ``leukemia_handler.py`` (TorchServe's entry point) and the packages it imports, as
-  packages: ``handlers/`` and the ``training/`` modules in the handler's import closure (registry,
-  compat, models, transforms, card, stain, smear_gate, ...), found by reading the imports;
+- the handler (TorchServe's entry point: ``leukemia_handler.py`` for the frame classifiers,
+  ``cells_handler.py`` for the cell-level model) and the local modules in its import closure
+  (``core/``, ``handlers/``, ``cells/`` and the ``training/`` modules it imports), found by reading
+  the imports, as packages;
 - ``model/`` (weights + config), ``model_card.json`` (validated), ``index_to_name.json``;
 - ``MAR-INF/MANIFEST.json`` written by ``torch-model-archiver`` itself, with archive version =
   the card's model version.
@@ -14,8 +15,8 @@ from :func:`training.models.save_model`, and ``card.json``) and writes ``model_s
 ``torch-model-archiver`` builds the archive layout (``--archive-format no-archive``); this module then
 zips it deterministically (sorted entries, fixed timestamps and permissions, the manifest's
 ``createdOn`` from ``SOURCE_DATE_EPOCH``, default 1980-01-01), so the same inputs give the same bytes.
-Beside each .mar it writes ``<model>.card.json`` and, when :mod:`training.card` provides
-``render_markdown``, ``<model>.md`` (the same file ``make evaluate`` writes).
+Beside each .mar it writes ``<model>.card.json`` and ``<model>.md`` (the same file ``make evaluate``
+writes: :func:`training.card.render_markdown`, :func:`training.cell_card.render_cell_markdown`).
 """
 
 from __future__ import annotations
@@ -35,12 +36,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from core.card import require_gate, validate_card
+from core.registry import cell_model_names
 from training import card as card_module
 from training.provenance import file_sha256
 
 __all__ = [
     "REPO",
     "HANDLER",
+    "CELLS_HANDLER",
+    "handler_of",
     "archive_model",
     "archive_all",
     "import_closure",
@@ -53,9 +57,11 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parent.parent
 HANDLER = REPO / "handlers" / "leukemia_handler.py"
-#: Modules the handler loads lazily (by name, not at import time) and so must be packed too.
+#: The cell-level models' handler (the frame classifiers use HANDLER).
+CELLS_HANDLER = REPO / "handlers" / "cells_handler.py"
+#: Modules a handler loads lazily (by name, not at import time) and so must be packed too.
 LAZY_MODULES = ("training.stain",)
-LOCAL_PACKAGES = ("core", "handlers", "training")
+LOCAL_PACKAGES = ("cells", "core", "handlers", "training")
 _ZIP_EPOCH_MIN = 315532800  # 1980-01-01, the earliest time a zip entry can hold
 
 
@@ -103,6 +109,18 @@ def import_closure(roots: Iterable[str]) -> list[Path]:
     return sorted(files)
 
 
+def handler_of(model: str) -> Path:
+    """The handler file that serves ``model`` (cell-level models have their own)."""
+    return CELLS_HANDLER if model in cell_model_names() else HANDLER
+
+
+def _code_roots(model: str) -> list[str]:
+    """Modules whose import closure is packed into ``model``'s archive."""
+    handler = handler_of(model)
+    module = f"handlers.{handler.stem}"
+    return [module] if handler == CELLS_HANDLER else [module, *LAZY_MODULES]
+
+
 def deterministic_zip(src_dir: Path, dest: Path, epoch: int) -> None:
     """Zip ``src_dir`` into ``dest`` with sorted names, fixed times and modes (weights stored, rest deflated)."""
     stamp = datetime.fromtimestamp(max(epoch, _ZIP_EPOCH_MIN), tz=UTC).timetuple()[:6]
@@ -137,7 +155,7 @@ def archive_model(artifact_dir: Path, out_dir: Path, epoch: int | None = None) -
     with tempfile.TemporaryDirectory(prefix=f"archive-{name}-") as tmp_str:
         tmp = Path(tmp_str)
         content = tmp / "content"
-        for path in import_closure(["handlers.leukemia_handler", *LAZY_MODULES]):
+        for path in import_closure(_code_roots(name)):
             dest = content / path.relative_to(REPO)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, dest)
@@ -154,7 +172,7 @@ def archive_model(artifact_dir: Path, out_dir: Path, epoch: int | None = None) -
             "--version",
             version,
             "--handler",
-            str(content / "handlers" / "leukemia_handler.py"),
+            str(content / "handlers" / handler_of(name).name),
             "--extra-files",
             str(content),
             "--export-path",
@@ -174,9 +192,12 @@ def archive_model(artifact_dir: Path, out_dir: Path, epoch: int | None = None) -
         mar = out_dir / f"{name}.mar"
         deterministic_zip(staged, mar, epoch)
     (out_dir / f"{name}.card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
-    render = getattr(card_module, "render_markdown", None)
-    if callable(render):
-        (out_dir / f"{name}.md").write_text(render(card))
+    if name in cell_model_names():
+        from training.cell_card import render_cell_markdown  # its gate fitting needs scikit-learn: import late
+
+        (out_dir / f"{name}.md").write_text(render_cell_markdown(card))
+    else:
+        (out_dir / f"{name}.md").write_text(card_module.render_markdown(card))
     return mar
 
 
@@ -194,18 +215,15 @@ def read_mar_card(mar: Path) -> dict:
     return card
 
 
-def _packed_code() -> dict[str, bytes]:
-    """The tree's code that :func:`archive_model` packs: archive path -> bytes."""
-    return {
-        path.relative_to(REPO).as_posix(): path.read_bytes()
-        for path in import_closure(["handlers.leukemia_handler", *LAZY_MODULES])
-    }
+def _packed_code(model: str) -> dict[str, bytes]:
+    """The tree's code that :func:`archive_model` packs for ``model``: archive path -> bytes."""
+    return {path.relative_to(REPO).as_posix(): path.read_bytes() for path in import_closure(_code_roots(model))}
 
 
 def stale_code(mar: Path) -> list[str]:
     """Python files of ``mar`` that differ from the tree (changed, missing or extra); empty when current."""
-    tree = _packed_code()
     with zipfile.ZipFile(mar) as z:
+        tree = _packed_code(json.loads(z.read("model_card.json"))["name"])
         packed = {n: z.read(n) for n in z.namelist() if n.endswith(".py") and n.split("/")[0] in LOCAL_PACKAGES}
     names = sorted(set(tree) | set(packed))
     return [n for n in names if tree.get(n) != packed.get(n)]

@@ -101,7 +101,7 @@ def compute_cache(
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(samples), *fmap.shape[1:]))
         arr[start : start + len(batch)] = fmap
     assert arr is not None
-    arr.flush()
+    arr.flush()  # type: ignore[attr-defined]
     del arr
     tmp.rename(out)
     meta = {"relpaths": [s.relpath for s in samples], "view": view, "seconds": round(time.time() - t0, 1)}

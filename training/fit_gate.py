@@ -41,8 +41,8 @@ def _photos() -> dict[str, Image.Image]:
 
     out = {}
     for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png"):
-        with cbook.get_sample_data(name) as f:
-            out[name] = Image.open(f).convert("RGB")
+        with Image.open(cbook.get_sample_data(name, asfileobj=False)) as im:
+            out[name] = im.convert("RGB")
     return out
 
 
@@ -56,11 +56,11 @@ def test_sets(
         "val_original": (True, lambda: (Image.open(p).convert("RGB") for p in val)),
     }
     for name, fn in PERTURBATIONS.items():
-        sets[f"val_{name}"] = (True, lambda fn=fn: (fn(Image.open(p).convert("RGB")) for p in val[::3]))
+        sets[f"val_{name}"] = (True, lambda fn=fn: (fn(Image.open(p).convert("RGB")) for p in val[::3]))  # type: ignore[misc]
     sets["bccd_other_lab"] = (True, lambda: (Image.open(p).convert("RGB") for p in bccd_frames("test")))
     negs = list(synthetic_negatives(n_negatives, seed=seed))
     for kind in NEGATIVE_KINDS:
-        sets[f"negative_{kind}"] = (False, lambda kind=kind: (im for k, im in negs if k == kind))
+        sets[f"negative_{kind}"] = (False, lambda kind=kind: (im for k, im in negs if k == kind))  # type: ignore[misc]
     sets["negative_unseen_photos"] = (False, lambda: iter(_photos().values()))
     root = Path(data_root) if data_root else DEFAULT_DATA_ROOT
     seg = sorted((root.parent / "segmented").glob("*/*.jpg"))[::25]

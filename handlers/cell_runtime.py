@@ -1,0 +1,147 @@
+"""The cell-level model and everything it needs to answer requests, independent of TorchServe.
+
+:class:`CellRuntime` reads a model directory as unpacked from ``wbc_cells.mar`` (``model/`` with the
+typer's weights and config written by :func:`training.cell_typer.save_typer`, ``model_card.json``).
+One request: decode and validate (:mod:`core.decode`, the same limits as the frame models), the smear
+gate from the card (fails closed), the cell finder (:func:`cells.segment.find_cells`: boxes, nucleus
+and cell outlines), one batched typer pass over the cells' crops, temperature-scaled probabilities
+and abstention per cell (:func:`core.cell_answer.build_cell`), counts, and on request the annotated
+image.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cells.segment import find_cells
+from core.card import require_gate, validate_card
+from core.cell_answer import build_cell, counts_of
+from core.decode import decode_request
+from core.prediction import NOTICE
+from core.smear_gate import SmearGate
+from handlers.annotate import annotated_png_base64
+from handlers.postprocess import calibrated_probabilities
+from training.cell_typer import build_typer_transform, crop_cell, load_typer
+
+__all__ = ["CARD_FILE", "MODEL_SUBDIR", "CellRuntime", "wants_annotation"]
+
+CARD_FILE = "model_card.json"
+MODEL_SUBDIR = "model"
+#: crops typed per forward pass (a crowded frame has a few dozen cells)
+TYPER_BATCH = 32
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+def wants_annotation(row: Any, header: str | None = None) -> bool:
+    """Whether a request asks for ``annotated_png``: query parameter ``annotate=1`` or header ``annotate: 1``."""
+    value: Any = row.get("annotate") if isinstance(row, dict) else None
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("utf-8", "replace")
+    if value is None:
+        value = header
+    return str(value).strip().lower() in _TRUE if value is not None else False
+
+
+class CellRuntime:
+    """The cell finder, the cell typer, its card and its gate."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        model_dir = Path(model_dir)
+        # fails closed: a card without a valid smear gate does not load
+        self.card: dict[str, Any] = require_gate(validate_card(json.loads((model_dir / CARD_FILE).read_text())))
+        self.typer = load_typer(model_dir / MODEL_SUBDIR).eval()
+        for p in self.typer.parameters():
+            p.requires_grad_(False)
+        self.spec = self.typer.spec
+        self._check_card_matches_spec()
+        self.name: str = self.card["name"]
+        self.version: str = self.card["version"]
+        self.classes: list[str] = list(self.card["classes"])
+        self.temperature = float(self.card["temperature"])
+        self.abstain_threshold = float(self.card["abstain_threshold"])
+        self.transform = build_typer_transform(self.spec)
+        self.gate = SmearGate.from_dict(self.card["smear_gate"])
+
+    def _check_card_matches_spec(self) -> None:
+        spec, card = self.spec, self.card
+        problems = []
+        if card["name"] != spec.name:
+            problems.append(f"name {card['name']!r} != {spec.name!r}")
+        if list(card["classes"]) != list(spec.classes):
+            problems.append("classes differ")
+        if card["input_size"] != spec.input_size:
+            problems.append("input_size differs")
+        for key in ("mean", "std"):
+            if any(abs(a - b) > 1e-6 for a, b in zip(card[key], getattr(spec, key), strict=True)):
+                problems.append(f"{key} differs")
+        if problems:
+            raise ValueError(f"model card does not match the model's config: {'; '.join(problems)}")
+
+    def type_crops(self, crops: list[torch.Tensor]) -> torch.Tensor:
+        """Calibrated probabilities (N x classes) of preprocessed crops, in batches."""
+        if not crops:
+            return torch.zeros((0, len(self.classes)))
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(crops), TYPER_BATCH):
+                logits = self.typer(torch.stack(crops[i : i + TYPER_BATCH]))
+                out.append(calibrated_probabilities(logits, self.temperature))
+        return torch.cat(out)
+
+    def analyse(self, row: Any, annotate: bool = False) -> dict[str, Any]:
+        """The answer for one request row (raises :class:`core.errors.RequestError` for bad input)."""
+        timing: dict[str, float] = {}
+        t = time.perf_counter()
+        decoded = decode_request(row)
+        timing["decode"] = _ms(t)
+        t = time.perf_counter()
+        quality = self.gate.check(decoded.image)
+        timing["gate"] = _ms(t)
+        t = time.perf_counter()
+        found = find_cells(np.asarray(decoded.image))
+        timing["segment"] = _ms(t)
+        t = time.perf_counter()
+        crops = [self.transform(crop_cell(decoded.image, c.box, self.spec)) for c in found]
+        probs = self.type_crops(crops).tolist()
+        timing["type"] = _ms(t)
+        cells = [
+            build_cell(
+                box=c.box,
+                score=c.score,
+                kind=c.kind,
+                probabilities=p,
+                classes=self.classes,
+                abstain_threshold=self.abstain_threshold,
+                nucleus_polygon=c.nucleus_polygon,
+                cell_polygon=c.cell_polygon,
+                nucleus_area_px=c.nucleus_area_px,
+                cell_area_px=c.cell_area_px,
+            )
+            for c, p in zip(found, probs, strict=True)
+        ]
+        body: dict[str, Any] = {
+            "model": self.name,
+            "version": self.version,
+            "cells": cells,
+            "counts": counts_of(cells, self.classes),
+            "abstain_threshold": self.abstain_threshold,
+            "quality": quality,
+            "notice": NOTICE,
+        }
+        if annotate:
+            t = time.perf_counter()
+            body["annotated_png"] = annotated_png_base64(decoded.image, cells)
+            timing["annotate"] = _ms(t)
+        timing["total"] = sum(timing.values())
+        body["timing_ms"] = {k: round(v, 3) for k, v in timing.items()}
+        return body

@@ -1,0 +1,61 @@
+"""TorchServe entry point for the cell-level model ``wbc_cells`` (see :mod:`handlers.cell_runtime`).
+
+As :mod:`handlers.leukemia_handler`: TorchServe instantiates the one class defined here, calls
+:meth:`CellsHandler.initialize` once and :meth:`CellsHandler.handle` per batch; every request of a
+batch gets its own body and status (:func:`handlers.respond.respond`). ``?annotate=1`` (or the header
+``annotate: 1``) adds ``annotated_png``. Torch threads: ``LEUKEMIA_TORCH_THREADS``, else 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from core.decode import enforce_pillow_limits
+from core.errors import RequestError
+from handlers.cell_runtime import CellRuntime, wants_annotation
+from handlers.respond import request_header, respond
+from handlers.runtime import configure_threads
+
+__all__ = ["CellsHandler"]
+
+log = logging.getLogger(__name__)
+
+
+class CellsHandler:
+    """Validating TorchServe handler: cells found, outlined and typed, per request."""
+
+    def __init__(self) -> None:
+        self.runtime: CellRuntime | None = None
+        self.initialized = False
+
+    def initialize(self, context: Any) -> None:
+        threads = int(os.environ.get("LEUKEMIA_TORCH_THREADS", "1"))
+        configure_threads(threads)
+        enforce_pillow_limits()
+        t0 = time.perf_counter()
+        self.runtime = CellRuntime(context.system_properties.get("model_dir"))
+        self.initialized = True
+        log.info(
+            "loaded %s %s in %.1f s (torch threads %d)",
+            self.runtime.name,
+            self.runtime.version,
+            time.perf_counter() - t0,
+            threads,
+        )
+
+    def handle(self, data: list[Any], context: Any) -> list[Any]:
+        if self.runtime is None:
+            raise RuntimeError("handler used before initialize()")
+        results: list[dict[str, Any] | RequestError] = []
+        for i, row in enumerate(data):
+            try:
+                results.append(self.runtime.analyse(row, wants_annotation(row, request_header(context, i, "annotate"))))
+            except RequestError as exc:
+                results.append(exc)
+            except Exception:  # noqa: BLE001 - never let one request kill the batch
+                log.exception("cell analysis failed")
+                results.append(RequestError("internal_error", "cell analysis failed"))
+        return respond(results, context)

@@ -1,0 +1,238 @@
+"""The cell-level model's card: its smear gate, its metrics, its data sources; JSON and Markdown.
+
+``python -m training.cell_card`` (part of ``make evaluate``) reads ``artifacts/wbc_cells/``:
+
+- ``model/`` (the typer, :func:`training.cell_typer.save_typer`),
+- ``typer_metrics.json`` (:mod:`training.train_cells`: per-class precision/recall, BCCD crops,
+  perturbations, temperature, abstention threshold),
+- ``finder_metrics.json`` (:mod:`training.cell_eval`: WBC detection AP, nucleus Dice, timing),
+
+fits the model's smear gate on smear images of the three kinds it is sent (B-ALL frames, BCCD
+frames, PBC single-cell crops: training parts only) against synthetic non-smear images, measures the
+gate's accept rates on the validation parts and on unseen negatives, and writes ``card.json`` (valid
+under :mod:`core.card`, so ``make archive`` packs it) and ``card.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from core.card import CARD_SCHEMA_VERSION, require_gate, validate_card
+from core.registry import CellModelSpec, get_cell_spec
+from core.smear_gate import SmearGate
+from training.cell_data import SEED, bccd_split, pbc_split
+from training.data import load_split
+from training.fit_gate import measure_rates
+from training.smear_gate import NEGATIVE_KINDS, fit_smear_gate, synthetic_negatives
+
+__all__ = ["CREDITS", "fit_cell_gate", "cell_gate_test_sets", "build_cell_card", "render_cell_markdown", "main"]
+
+MODEL = "wbc_cells"
+#: Data sources the card and the portal's about page credit.
+CREDITS: list[dict[str, str]] = [
+    {
+        "data": "PBC (peripheral blood cell images, 8 types)",
+        "citation": (
+            "A. Acevedo, A. Merino, S. Alférez, Á. Molina, L. Boldú, J. Rodellar. A dataset of microscopic peripheral "
+            "blood cell images for development of automatic recognition systems. Data in Brief 30 (2020) 105474, "
+            "doi:10.1016/j.dib.2020.105474; Mendeley Data doi:10.17632/snkd93bnjr.1"
+        ),
+        "licence": "CC BY 4.0",
+    },
+    {
+        "data": "BCCD (blood cell frames with boxes)",
+        "citation": (
+            "BCCD Dataset, github.com/Shenggan/BCCD_Dataset; white-cell types from the Kaggle "
+            "'Blood Cell Images' release"
+        ),
+        "licence": "MIT",
+    },
+    {
+        "data": "BCCD nucleus/cytoplasm masks",
+        "citation": (
+            "P. P. Banik, R. Saha, K.-D. Kim. An automatic nucleus segmentation and CNN model based classification "
+            "method of white blood cell. Expert Systems with Applications 149 (2020) 113211"
+        ),
+        "licence": "MIT",
+    },
+]
+
+
+def _open(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def fit_cell_gate(seed: int = 0) -> SmearGate:
+    """The gate, fitted on the training parts of the three kinds of input (one colour view each)."""
+    all4 = [_open(s.path) for s in load_split(None).train[::2]]
+    bccd_train, _ = bccd_split()
+    pbc_train, _ = pbc_split()
+    extra = [_open(f.image) for f in bccd_train] + [_open(s.path) for s in pbc_train[::4]]
+    gate = fit_smear_gate(all4, extra_positives=extra, n_negatives=900, seed=seed)
+    gate.info["fitted_on"] = (
+        f"{len(all4)} B-ALL training frames (every 2nd; +1 random colour view each), {len(bccd_train)} BCCD training "
+        f"frames and {len(pbc_train[::4])} PBC training crops (every 4th), 900 synthetic non-smear images "
+        f"({', '.join(NEGATIVE_KINDS)}; seed {seed})"
+    )
+    return gate
+
+
+def cell_gate_test_sets(seed: int = 777) -> dict[str, tuple[bool, Any]]:
+    """name -> (should_accept, image iterator factory), none of it seen by :func:`fit_cell_gate`."""
+    all4_val = [s.path for s in load_split(None).val]
+    _, bccd_val = bccd_split()
+    _, pbc_val = pbc_split()
+    negs = list(synthetic_negatives(270, seed=seed))
+    sets: dict[str, tuple[bool, Any]] = {
+        "all4_val_frames": (True, lambda: (_open(p) for p in all4_val)),
+        "bccd_val_frames": (True, lambda: (_open(f.image) for f in bccd_val)),
+        "pbc_val_crops": (True, lambda: (_open(s.path) for s in pbc_val)),
+    }
+    for kind in NEGATIVE_KINDS:
+        sets[f"negative_{kind}"] = (False, lambda kind=kind: (im for k, im in negs if k == kind))  # type: ignore[misc]
+    return sets
+
+
+def build_cell_card(
+    spec: CellModelSpec,
+    model_config: dict[str, Any],
+    typer: dict[str, Any],
+    finder: dict[str, Any],
+    gate: dict[str, Any],
+    gate_rates: dict[str, Any],
+) -> dict[str, Any]:
+    """The card (validated, gate required) from the registry spec and the measured metrics."""
+    card = {
+        "schema_version": CARD_SCHEMA_VERSION,
+        "name": spec.name,
+        "version": spec.version,
+        "kind": "cells",
+        "architecture": {
+            "finder": finder.get("method", "classical (cells.segment)"),
+            "typer_backbone": spec.backbone,
+            "parameters": model_config.get("parameters"),
+            "crop_margin": spec.crop_margin,
+        },
+        "input_size": spec.input_size,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "interpolation": "bilinear",
+        "classes": list(spec.classes),
+        "stain_normalization": None,
+        "temperature": float(typer["temperature"]),
+        "abstain_threshold": float(typer["abstain_threshold"]),
+        "smear_gate": gate,
+        "init_weights": dict(model_config.get("init") or {}),
+        "training": {
+            "typer": typer.get("training", {}),
+            "split": {"seed": SEED, "pbc": "per image, stratified per class", "bccd": "per frame, by name hash"},
+        },
+        "metrics": {"typer": typer, "finder": finder, "smear_gate": gate_rates},
+        "credits": CREDITS,
+        "intended_use": (
+            "Decision support for trained haematology laboratory staff: white cells of a Giemsa/May-Grünwald-Giemsa "
+            "stained peripheral blood smear field of view located, outlined and pre-classified into eight types for a "
+            "differential, every cell to be confirmed or reclassified by a technologist. Not a diagnosis."
+        ),
+        "limitations": [
+            "Cell types learned from one analyser and lab (PBC, CellaVision DM96, healthy donors) plus BCCD crops; "
+            "blasts and other abnormal cells are not among the eight types and are typed as the nearest one or "
+            "abstained on.",
+            "The cell finder is classical (stain colour, thresholds, watershed), tuned on BCCD frames; other "
+            "magnifications and stains shift its thresholds.",
+            "Not clinically validated.",
+        ],
+    }
+    return require_gate(validate_card(card))
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "n/a"
+
+
+def render_cell_markdown(card: dict[str, Any]) -> str:
+    """The human-readable card (model_store/wbc_cells.md)."""
+    m = card["metrics"]
+    typer, finder, rates = m.get("typer", {}), m.get("finder", {}), m.get("smear_gate", {})
+    lines = [
+        f"# {card['name']} {card['version']}: white cells found, outlined and typed",
+        "",
+        "> **Decision support only — not a diagnosis.** " + card["intended_use"],
+        "",
+        "## What it does",
+        f"- Finder: {card['architecture']['finder']}.",
+        f"- Typer: `{card['architecture']['typer_backbone']}` on {card['input_size']} px crops "
+        f"(the cell's box grown by {card['architecture']['crop_margin']:.0%} per side), "
+        f"classes {', '.join(card['classes'])}; temperature {card['temperature']:.3f}, "
+        f"abstains under top probability {card['abstain_threshold']:.3f}.",
+        "",
+        "## Measured (validation parts)",
+        "",
+        "```json",
+        json.dumps({"typer": typer.get("summary", typer), "finder": finder.get("summary", finder)}, indent=2)[:6000],
+        "```",
+        "",
+        "## Smear gate (accept rates)",
+        "",
+        "| set | n | accepted | should |",
+        "|---|---|---|---|",
+    ]
+    for name, r in rates.items():
+        lines.append(f"| {name} | {r['n']} | {_pct(r['accepted'])} | {'accept' if r['should_accept'] else 'refuse'} |")
+    lines += ["", "## Data and credits", ""]
+    lines += [f"- {c['data']}: {c['citation']} ({c['licence']})" for c in card["credits"]]
+    lines += ["", "## Limitations", ""] + [f"- {x}" for x in card["limitations"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gate-only", action="store_true", help="only fit (if needed) and measure the smear gate")
+    ap.add_argument("--refit-gate", action="store_true", help="fit the smear gate again even if smear_gate.json exists")
+    args = ap.parse_args(argv)
+    d = args.artifacts / MODEL
+    if args.gate_only:
+        args.refit_gate = args.refit_gate or not (d / "smear_gate.json").is_file()
+    spec = get_cell_spec(MODEL)
+    gate_file = d / "smear_gate.json"  # fitted once; delete it (or --refit-gate) to fit again
+    if gate_file.is_file() and not args.refit_gate:
+        saved = json.loads(gate_file.read_text())
+        gate, rates = SmearGate.from_dict(saved["gate"]), saved["rates"]
+        print(f"[{MODEL}] smear gate from {gate_file}", flush=True)
+    else:
+        t0 = time.time()
+        print(f"[{MODEL}] fitting the smear gate ...", flush=True)
+        gate = fit_cell_gate(args.seed)
+        print(f"[{MODEL}] gate fitted in {time.time() - t0:.0f} s; measuring accept rates ...", flush=True)
+        rates = measure_rates(gate, cell_gate_test_sets())
+        d.mkdir(parents=True, exist_ok=True)
+        gate_file.write_text(json.dumps({"gate": gate.to_dict(), "rates": rates}, indent=2))
+    for name, r in rates.items():
+        print(f"  {name:28s} n={r['n']:4d} accepted={r['accepted']}", flush=True)
+    if args.gate_only:
+        return 0
+    card = build_cell_card(
+        spec,
+        json.loads((d / "model" / "model_config.json").read_text()),
+        json.loads((d / "typer_metrics.json").read_text()),
+        json.loads((d / "finder_metrics.json").read_text()),
+        gate.to_dict(),
+        rates,
+    )
+    (d / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    (d / "card.md").write_text(render_cell_markdown(card))
+    print(f"[{MODEL}] wrote {d / 'card.json'} and card.md", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
