@@ -8,16 +8,15 @@ Cell types and their names come from the registry (core.registry.CELL_CLASSES, C
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from core.cell_answer import UNCLASSIFIED, count_cells
 from core.registry import CELL_CLASSES, CELL_DESCRIPTIONS
 
 __all__ = ["CATEGORIES", "UNCLASSIFIED", "Differential", "DifferentialRow", "describe", "differential"]
 
-UNCLASSIFIED = "unclassified"
 #: The differential's rows, in a fixed order: the registry's cell types, then the unclassified cells.
 CATEGORIES: tuple[str, ...] = (*CELL_CLASSES, UNCLASSIFIED)
 
@@ -61,11 +60,9 @@ class Differential:
 def differential(cells: Iterable[_Typed]) -> Differential:
     """Count ``cells`` by final type; every category appears (zero counts included)."""
     cells = list(cells)
-    counts = Counter(c.final_label for c in cells)
+    # the handler's own counting rule (core.cell_answer): None is an unclassified cell
+    counts = count_cells((None if c.final_label == UNCLASSIFIED else c.final_label for c in cells), CELL_CLASSES)
     reviewed = sum(1 for c in cells if c.reviewed_label)
-    unknown = set(counts) - set(CATEGORIES)
-    if unknown:
-        raise ValueError(f"cells with types outside the registry: {sorted(unknown)}")
     total = sum(counts.values())
     rows = tuple(
         DifferentialRow(

@@ -20,6 +20,7 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
+from core.cell_answer import CELL_COLOURS, UNCLASSIFIED
 from core.registry import CELL_CLASSES, CELL_DESCRIPTIONS, CLASS_NAMES
 from portal.patients.models import Specimen
 
@@ -296,8 +297,6 @@ class Cell(models.Model):
     @property
     def final_label(self) -> str:
         """The technologist's type, else the model's; "unclassified" when the model abstained."""
-        from portal.analyses.differential import UNCLASSIFIED
-
         return self.reviewed_label or ("" if self.abstained else self.label) or UNCLASSIFIED
 
     @property
@@ -312,6 +311,11 @@ class Cell(models.Model):
         """The probability of the model's label (of its most probable type when it abstained)."""
         key = self.label or self.top_class
         return float(self.probabilities[key]) if key in self.probabilities else None
+
+    @property
+    def colour(self) -> str:
+        """The type's drawing colour, as on the cell model's annotated image (core.cell_answer)."""
+        return CELL_COLOURS.get(self.final_label, CELL_COLOURS[UNCLASSIFIED])
 
     @property
     def is_reviewed(self) -> bool:

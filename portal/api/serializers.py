@@ -3,15 +3,17 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from portal.analyses.differential import CATEGORIES
 from portal.analyses.forms import ALL_MODELS
-from portal.analyses.models import CELL_LABEL_CHOICES, CLASS_LABELS, Analysis, Cell, Image, Review
+from portal.analyses.models import CELL_LABEL_CHOICES, CLASS_LABELS, Analysis, Cell, CellAnalysis, Image, Review
 from portal.patients.models import Patient, Specimen
 
 __all__ = [
     "AnalysisSerializer",
+    "CellAnalysisSerializer",
     "CellSerializer",
     "DifferentialSerializer",
     "ReclassifySerializer",
@@ -102,8 +104,46 @@ class AnalysisSerializer(serializers.ModelSerializer):
         return obj.progress_text()
 
 
+class CellAnalysisSerializer(serializers.ModelSerializer):
+    """Where the image's cell analysis is: its cells (GET /api/cells/?image=) are complete once ``done``."""
+
+    progress = serializers.SerializerMethodField(help_text="Where the cell analysis is, in words")
+    cells = serializers.SerializerMethodField(help_text="Cells found (once done)")
+    annotated_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = CellAnalysis
+        fields = [
+            "id",
+            "model_name",
+            "model_version",
+            "status",
+            "error_code",
+            "error_message",
+            "progress",
+            "cells",
+            "counts",
+            "annotated_url",
+            "created_at",
+            "completed_at",
+        ]
+        read_only_fields = fields
+
+    def get_progress(self, obj: CellAnalysis) -> str:
+        return obj.progress_text()
+
+    def get_cells(self, obj: CellAnalysis) -> int:
+        return obj.cells.count()
+
+    def get_annotated_url(self, obj: CellAnalysis) -> str | None:
+        from django.urls import reverse
+
+        return reverse("analyses:annotated", args=[obj.image_id]) if obj.annotated_name else None
+
+
 class ImageSerializer(serializers.ModelSerializer):
     analyses = AnalysisSerializer(many=True, read_only=True)
+    cell_analysis = serializers.SerializerMethodField(help_text="The cell model's run on this image (null: not run)")
 
     class Meta:
         model = Image
@@ -118,8 +158,14 @@ class ImageSerializer(serializers.ModelSerializer):
             "sha256",
             "uploaded_at",
             "analyses",
+            "cell_analysis",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(CellAnalysisSerializer(allow_null=True))
+    def get_cell_analysis(self, obj: Image) -> dict[str, Any] | None:
+        job = CellAnalysis.objects.filter(image=obj).first()
+        return None if job is None else dict(CellAnalysisSerializer(job).data)
 
 
 class UploadSerializer(serializers.Serializer):

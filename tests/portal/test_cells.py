@@ -121,7 +121,7 @@ def test_differential_counts_percentages_and_unclassified() -> None:
     assert diff.as_dict()["counts"]["neutrophil"] == 6
     empty = differential([])
     assert empty.total == 0 and all(r.percent == 0.0 for r in empty.rows)
-    with pytest.raises(ValueError, match="outside the registry"):
+    with pytest.raises(ValueError, match="unknown cell labels"):
         differential([_typed("blast")])
 
 
@@ -427,3 +427,21 @@ def test_fhir_bundle_has_the_differential(
     bundle = rev_client.get(f"/specimens/{specimen.pk}/fhir.json").json()
     statuses = {e["resource"]["status"] for e in bundle["entry"] if e["resource"]["id"].startswith("differential-")}
     assert statuses == {"final"}
+
+
+def test_api_upload_answers_the_cell_analysis_per_image(technologist: Any, specimen: Any) -> None:
+    api = _token_client(technologist)
+    path = smear_paths(1)[0]
+    with path.open("rb") as fh:
+        response = api.post(
+            "/api/analyses/", {"specimen": specimen.pk, "model": "mobilenetv3_lstm", "images": [fh]}, format="multipart"
+        )
+    assert response.status_code == 201, response.content
+    image = response.json()[0]
+    job = image["cell_analysis"]
+    assert (job["model_name"], job["status"], job["cells"], job["annotated_url"]) == ("wbc_cells", "pending", 0, None)
+    assert actions.store_cell_outcome(job["id"], answer(FRAME_A)) == "done"
+    body = api.get(f"/api/analyses/?image={image['id']}").json()
+    assert body["count"] == 1  # the cell analysis is not one of the leukemia analyses
+    cells = api.get(f"/api/cells/?image={image['id']}").json()
+    assert cells["count"] == 3 and [c["index"] for c in cells["results"]] == [0, 1, 2]
