@@ -8,12 +8,15 @@ portal must place the model's boxes on the frame it was given (not on a resized 
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings as dj_settings
 from django.test import Client
+from PIL import Image as PILImage
 
 from core.registry import CELL_CLASSES
 from portal import actions, jobs
@@ -21,6 +24,7 @@ from portal.analyses import storage
 from portal.analyses.models import CellAnalysis, Image
 from portal.analyses.validation import validate_image_bytes
 from portal.audit.models import AuditEvent
+from tests.portal.conftest import smear_paths
 from training.cell_data import BccdFrame, bccd_split
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db]
@@ -96,3 +100,31 @@ def test_wbc_cells_through_the_real_model_server(
     assert f'<th class="num" data-total>{total}</th>' in differential
     crop = tech_client.get(f"/cells/{image.cells.first().pk}/crop.png") if n else None
     assert crop is None or (crop.status_code == 200 and crop.content.startswith(b"\x89PNG"))
+
+
+def test_cell_job_refusal_is_final_and_a_server_error_is_retried_then_failed(
+    use_torchserve: Any, technologist: Any, specimen: Any, settings: Any
+) -> None:
+    settings.PORTAL_MIN_IMAGE_SIDE = 16  # let a 32 px image through the portal so the handler judges it
+    settings.PORTAL_CELL_MODEL = "wbc_cells"
+    buf = io.BytesIO()
+    PILImage.new("RGB", (32, 32), (128, 0, 128)).save(buf, "PNG")
+    (small,) = actions.upload_images(
+        technologist, specimen, [validate_image_bytes("small.png", buf.getvalue())], ["mobilenetv3_lstm"]
+    )
+    settings.PORTAL_CELL_MODEL = "no_such_cells"  # TorchServe answers 404: a server error, retried
+    path = smear_paths(1)[0]
+    (real,) = actions.upload_images(
+        technologist, specimen, [validate_image_bytes(path.name, path.read_bytes())], ["mobilenetv3_lstm"]
+    )
+    counts = jobs.run_queued()
+    # two leukemia analyses: one refused (too small), one done; the cell jobs: refused / retried then failed
+    assert counts == {"rejected": 2, "done": 1, "pending": dj_settings.PORTAL_MAX_ATTEMPTS - 1, "failed": 1}
+    rejected = CellAnalysis.objects.get(image=small)
+    assert (rejected.status, rejected.error_code, rejected.attempts) == ("rejected", "image_too_small", 0)
+    failed = CellAnalysis.objects.get(image=real)
+    assert failed.status == "failed" and "HTTP 404" in failed.error_message
+    assert failed.attempts == dj_settings.PORTAL_MAX_ATTEMPTS
+    assert jobs.queued_cell_analysis_ids() == set()
+    assert AuditEvent.objects.filter(action="cells.fail").count() == 1
+    assert AuditEvent.objects.filter(action="cells.reject").count() == 1
