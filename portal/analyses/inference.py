@@ -7,7 +7,7 @@ analysis state: ``Prediction`` -> done, ``Refusal`` (4xx with a contract code) -
 ``ServerError`` (5xx, timeouts, unexpected answers) -> retried with backoff, then failed,
 ``Unreachable`` (connection refused) -> waits for the model server.
 
-The cell model answers ``POST /predictions/{model}?annotate=1`` (every white cell with its box,
+The cell model answers ``POST /predictions/{model}`` with the header ``annotate: 1`` (every white cell with its box,
 outlines and type, and the annotated image): ``CellPrediction`` -> done, the other outcomes as above.
 """
 
@@ -99,23 +99,24 @@ class TorchServeClient:
         self.timeout = (settings.TORCHSERVE_CONNECT_TIMEOUT_S, settings.TORCHSERVE_READ_TIMEOUT_S)
 
     def _post(
-        self, endpoint: str, model: str, data: bytes, params: dict[str, str] | None = None
+        self, endpoint: str, model: str, data: bytes, extra_headers: dict[str, str] | None = None
     ) -> requests.Response | Unreachable | ServerError:
-        response = self._post_once(endpoint, model, data, params)
+        response = self._post_once(endpoint, model, data, extra_headers)
         if isinstance(response, requests.Response) and _key_refused(response) and not settings.TORCHSERVE_KEY:
             self.key = inference_key()  # keys expire and rotate: re-read the key file once
-            response = self._post_once(endpoint, model, data, params)
+            response = self._post_once(endpoint, model, data, extra_headers)
         return response
 
     def _post_once(
-        self, endpoint: str, model: str, data: bytes, params: dict[str, str] | None = None
+        self, endpoint: str, model: str, data: bytes, extra_headers: dict[str, str] | None = None
     ) -> requests.Response | Unreachable | ServerError:
-        headers = {"Content-Type": "application/octet-stream"}
+        # TorchServe hands the handler the body and the headers, never the query string
+        headers = {"Content-Type": "application/octet-stream", **(extra_headers or {})}
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"
         try:
             return requests.post(
-                f"{self.base_url}/{endpoint}/{model}", data=data, headers=headers, timeout=self.timeout, params=params
+                f"{self.base_url}/{endpoint}/{model}", data=data, headers=headers, timeout=self.timeout
             )
         except requests.ConnectTimeout as exc:
             return Unreachable(f"model server did not accept the connection: {exc.__class__.__name__}")
