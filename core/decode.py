@@ -1,7 +1,8 @@
 """Turn one TorchServe request row into a validated RGB :class:`PIL.Image.Image`.
 
 Accepted (docs/serving.md): the image bytes as the raw body, as the multipart field ``data``,
-or base64 in JSON ``{"image": "<base64>"}`` (a ``data:image/...;base64,`` prefix is allowed).
+or base64 in JSON ``{"image": "<base64>"}`` (a ``data:image/...;base64,`` prefix is allowed), or an
+Open Inference Protocol (v2) request whose BYTES input holds the base64 image (:mod:`core.v2`).
 Formats: JPEG, PNG, BMP, TIFF, still images only. EXIF orientation is applied; grayscale, palette,
 RGBA/LA (composited on white), CMYK, YCbCr and 16-bit inputs are converted to 8-bit RGB.
 
@@ -26,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.errors import RequestError
+from core.v2 import v2_image, v2_request
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -35,6 +37,7 @@ __all__ = [
     "DecodedImage",
     "enforce_pillow_limits",
     "extract_payload",
+    "request_json",
     "open_image",
     "to_rgb",
     "decode_request",
@@ -71,7 +74,8 @@ def enforce_pillow_limits(max_pixels: int = MAX_PIXELS) -> None:
 def _from_json(obj: Any) -> bytes:
     if not isinstance(obj, dict):
         raise RequestError("bad_request", 'JSON body must be an object {"image": "<base64>"}')
-    value = obj.get("image")
+    request = v2_request(obj)
+    value = v2_image(request) if request is not None else obj.get("image")
     if value is None:
         raise RequestError("bad_request", 'JSON body has no "image" field (expected {"image": "<base64>"})')
     if not isinstance(value, str):
@@ -90,6 +94,25 @@ def _from_json(obj: Any) -> bytes:
     if not raw:
         raise RequestError("bad_request", 'JSON field "image" is empty')
     return raw
+
+
+def request_json(row: Any) -> Any:
+    """The request's JSON body (an object or a list) when it sent JSON, else None (never raises)."""
+    value = row
+    if isinstance(row, dict):
+        value = next((row[k] for k in _PAYLOAD_FIELDS if row.get(k) is not None), None)
+    if isinstance(value, dict | list):
+        return value
+    if isinstance(value, bytes | bytearray):
+        if value[:1] != b"{":
+            return None
+        value = bytes(value).decode("utf-8", "replace")
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    return None
 
 
 def extract_payload(row: Any) -> bytes:

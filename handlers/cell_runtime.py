@@ -22,9 +22,10 @@ import torch
 from cells.segment import find_cells
 from core.card import require_gate, validate_card
 from core.cell_answer import build_cell, counts_of
-from core.decode import decode_request
+from core.decode import decode_request, request_json
 from core.prediction import NOTICE
 from core.smear_gate import SmearGate
+from core.v2 import v2_parameters
 from handlers.annotate import annotated_png_base64
 from handlers.postprocess import calibrated_probabilities
 from training.cell_typer import build_typer_transform, crop_cell, load_typer
@@ -42,14 +43,18 @@ def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def wants_annotation(row: Any, header: str | None = None) -> bool:
-    """Whether a request asks for ``annotated_png``: query parameter ``annotate=1`` or header ``annotate: 1``."""
-    value: Any = row.get("annotate") if isinstance(row, dict) else None
-    if isinstance(value, (bytes, bytearray)):
-        value = value.decode("utf-8", "replace")
-    if value is None:
-        value = header
-    return str(value).strip().lower() in _TRUE if value is not None else False
+def wants_annotation(row: Any, header: str | None = None, explain: str | None = None) -> bool:
+    """Whether a request asks for ``annotated_png``.
+
+    Asked by the header ``annotate: 1``, by ``"annotate": true`` in a JSON body (``parameters`` of a
+    v2 request), or by calling ``/explanations/wbc_cells`` (TorchServe sets the header ``explain: True``).
+    TorchServe does not hand the query string to the handler, so ``?annotate=1`` cannot be read.
+    """
+    body = request_json(row)
+    values: list[Any] = [header, explain]
+    if isinstance(body, dict):
+        values += [body.get("annotate"), v2_parameters(body).get("annotate")]
+    return any(str(v).strip().lower() in _TRUE for v in values if v is not None)
 
 
 class CellRuntime:

@@ -2,8 +2,10 @@
 
 As :mod:`handlers.leukemia_handler`: TorchServe instantiates the one class defined here, calls
 :meth:`CellsHandler.initialize` once and :meth:`CellsHandler.handle` per batch; every request of a
-batch gets its own body and status (:func:`handlers.respond.respond`). ``?annotate=1`` (or the header
-``annotate: 1``) adds ``annotated_png``. Torch threads: ``LEUKEMIA_TORCH_THREADS``, else 1.
+batch gets its own body and status (:func:`handlers.respond.respond`). The header ``annotate: 1``, the
+JSON field ``"annotate": true`` (v2: ``parameters.annotate``) or ``/explanations/wbc_cells`` adds
+``annotated_png`` (TorchServe does not pass the query string to handlers). Torch threads:
+``LEUKEMIA_TORCH_THREADS``, else 1.
 """
 
 from __future__ import annotations
@@ -52,10 +54,13 @@ class CellsHandler:
         results: list[dict[str, Any] | RequestError] = []
         for i, row in enumerate(data):
             try:
-                results.append(self.runtime.analyse(row, wants_annotation(row, request_header(context, i, "annotate"))))
+                annotate = wants_annotation(
+                    row, request_header(context, i, "annotate"), request_header(context, i, "explain")
+                )
+                results.append(self.runtime.analyse(row, annotate))
             except RequestError as exc:
                 results.append(exc)
             except Exception:  # noqa: BLE001 - never let one request kill the batch
                 log.exception("cell analysis failed")
                 results.append(RequestError("internal_error", "cell analysis failed"))
-        return respond(results, context)
+        return respond(results, context, data)

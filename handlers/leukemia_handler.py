@@ -84,4 +84,4 @@ class LeukemiaHandler:
                 answers = [RequestError("internal_error", "prediction failed")] * len(predict_idx)
             for i, answer in zip(predict_idx, answers, strict=True):
                 results[i] = answer
-        return respond(results, context)
+        return respond(results, context, data)

@@ -71,15 +71,18 @@ def test_annotation_draws_in_the_cells_colour_and_keeps_the_size() -> None:
 
 
 @pytest.mark.parametrize(
-    ("row", "header", "expected"),
+    ("row", "header", "explain", "expected"),
     [
-        ({"body": b"x", "annotate": b"1"}, None, True),
-        ({"body": b"x", "annotate": "true"}, None, True),
-        ({"body": b"x", "annotate": b"0"}, None, False),
-        ({"body": b"x"}, "1", True),
-        ({"body": b"x"}, None, False),
-        (b"raw", None, False),
+        ({"body": b"x"}, "1", "False", True),
+        ({"body": b"x"}, None, "True", True),  # /explanations/wbc_cells
+        ({"body": {"image": "eA==", "annotate": True}}, None, None, True),
+        ({"body": b'{"image": "eA==", "annotate": "yes"}'}, None, None, True),
+        ({"body": {"inputs": [], "parameters": {"annotate": 1}}}, None, None, True),
+        ({"body": b"x"}, "0", "False", False),
+        ({"body": b"x", "annotate": b"1"}, None, None, False),  # TorchServe never builds such a row
+        ({"body": b"x"}, None, None, False),
+        (b"raw", None, None, False),
     ],
 )
-def test_annotation_is_asked_by_query_parameter_or_header(row, header, expected) -> None:
-    assert wants_annotation(row, header) is expected
+def test_annotation_is_asked_by_header_json_field_or_explanations(row, header, explain, expected) -> None:
+    assert wants_annotation(row, header, explain) is expected

@@ -1,0 +1,104 @@
+"""The Open Inference Protocol (KServe v2) form of a request and of an answer.
+
+Every model also accepts a v2 inference request, so it runs unchanged behind TorchServe's own
+``POST /v2/models/{model}/infer``, KServe's v2 endpoint or another v2 server::
+
+    {"id": "r1", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["<base64>"]}],
+     "parameters": {"annotate": true}}
+
+and answers in v2 form: the contract's body as one JSON string (output ``result``), with the
+classifier's probabilities (FP32, ``parameters.classes`` naming the columns) and label, or the cell
+model's counts (INT64), as tensors beside it::
+
+    {"model_name": "...", "model_version": "...", "id": "r1",
+     "outputs": [{"name": "result", "datatype": "BYTES", "shape": [1], "data": ["{...}"],
+                  "parameters": {"content_type": "application/json"}},
+                 {"name": "probabilities", "datatype": "FP32", "shape": [1, 4], "data": [...], ...}, ...]}
+
+A refusal keeps its HTTP status and is ``{"error": message, "code": code}`` (the v2 error object).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from core.errors import RequestError
+
+__all__ = ["INPUT_NAME", "v2_request", "v2_image", "v2_parameters", "to_v2", "v2_error"]
+
+#: the name clients give the image tensor (any name is accepted when there is one BYTES input)
+INPUT_NAME = "image"
+
+
+def v2_request(obj: Any) -> dict[str, Any] | None:
+    """``obj`` when it is a v2 inference request (a JSON object with an ``inputs`` list), else None."""
+    if isinstance(obj, dict) and isinstance(obj.get("inputs"), list):
+        return obj
+    return None
+
+
+def v2_image(request: dict[str, Any]) -> str:
+    """The base64 string of the request's one image (raises ``bad_request`` with the reason)."""
+    inputs = [i for i in request["inputs"] if isinstance(i, dict)]
+    named = [i for i in inputs if i.get("name") == INPUT_NAME] or [i for i in inputs if i.get("datatype") == "BYTES"]
+    if len(named) != 1:
+        raise RequestError("bad_request", f'a v2 request needs one BYTES input named "{INPUT_NAME}"')
+    tensor = named[0]
+    if tensor.get("datatype") != "BYTES":
+        raise RequestError("bad_request", f'v2 input "{tensor.get("name")}" must have datatype BYTES')
+    data = tensor.get("data")
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], list):
+        data = data[0]  # shape [1, 1]
+    if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], str):
+        raise RequestError("bad_request", "a v2 image input holds exactly one base64 string (shape [1])")
+    return data[0]
+
+
+def v2_parameters(request: dict[str, Any]) -> dict[str, Any]:
+    params = request.get("parameters")
+    return params if isinstance(params, dict) else {}
+
+
+def to_v2(body: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """The v2 answer for the contract's success ``body`` (see the module docstring)."""
+    outputs: list[dict[str, Any]] = [
+        {
+            "name": "result",
+            "datatype": "BYTES",
+            "shape": [1],
+            "data": [json.dumps(body, separators=(",", ":"))],
+            "parameters": {"content_type": "application/json"},
+        }
+    ]
+    probs = body.get("probabilities")
+    if isinstance(probs, dict) and "cells" not in body:
+        outputs.append(
+            {
+                "name": "probabilities",
+                "datatype": "FP32",
+                "shape": [1, len(probs)],
+                "data": [float(p) for p in probs.values()],
+                "parameters": {"classes": list(probs)},
+            }
+        )
+        outputs.append({"name": "label", "datatype": "BYTES", "shape": [1], "data": [body.get("label") or ""]})
+    counts = body.get("counts")
+    if isinstance(counts, dict):
+        outputs.append(
+            {
+                "name": "counts",
+                "datatype": "INT64",
+                "shape": [len(counts)],
+                "data": [int(n) for n in counts.values()],
+                "parameters": {"classes": list(counts)},
+            }
+        )
+    answer: dict[str, Any] = {"model_name": body.get("model"), "model_version": body.get("version"), "outputs": outputs}
+    if "id" in request:
+        answer["id"] = request["id"]
+    return answer
+
+
+def v2_error(error: RequestError) -> dict[str, Any]:
+    return {"error": error.message, "code": error.code}
