@@ -294,7 +294,8 @@ def write_model_store_readme(cards: list[dict[str, Any]], path: Any) -> None:
             "",
             summary_table(cards),
             "",
-            "The cell-level model `wbc_cells` (white cells found, outlined and typed for a differential) has its own card with its own measures: [wbc_cells.md](wbc_cells.md).",
+            "The cell-level model `wbc_cells` (white cells found, outlined and typed for a differential) has its own "
+            "card with its own measures: [wbc_cells.md](wbc_cells.md).",
             "",
         ]
     )
