@@ -86,3 +86,68 @@ def test_annotation_toggle_and_reclassify_in_the_gallery(
     event = AuditEvent.objects.get(action="cell.reclassify")
     assert (event.actor_username, event.data["old"], event.data["new"]) == ("tech", "unclassified", "monocyte")
     assert page.outside_requests == []  # type: ignore[attr-defined]
+
+
+def test_real_cell_model_upload_toggle_and_reclassify(
+    page: Any,  # noqa: F811
+    live_server: Any,
+    use_torchserve: Any,
+    settings: Any,
+    make_user: Any,
+) -> None:
+    """The same flow on a real BCCD frame analysed by the real TorchServe's wbc_cells, uploaded in the browser."""
+    import threading
+
+    from tests.portal.test_e2e_browser import _run_jobs_until_idle
+    from training.cell_data import bccd_split
+
+    settings.PORTAL_CELL_MODEL = "wbc_cells"
+    tech = make_user("tech", "technologist")
+    patient = actions.create_patient(
+        tech, {"mrn": "CELL-0002", "name": "Dorothy Hodgkin", "date_of_birth": "1970-05-12", "sex": "F"}
+    )
+    specimen = actions.create_specimen(tech, patient, {"accession": "CELL-ACC-2"})
+    frame = next(f for f in bccd_split()[1] if len(f.wbc_boxes) == 1)
+    base = live_server.url
+
+    _login(page, base, "tech")
+    page.goto(f"{base}/upload/?specimen={specimen.pk}")
+    page.set_input_files("input[name=images]", [str(frame.image)])
+    page.select_option("select[name=model]", "mobilenetv3_lstm")
+    page.click("#upload-submit")
+    page.wait_for_selector("h1:has-text('Results')")
+    assert page.locator("#cells [data-analysis-status^=cells-]").count() == 1  # queued, followed live
+    worker = threading.Thread(target=_run_jobs_until_idle, daemon=True)
+    worker.start()
+    page.wait_for_selector("#cells[data-status=done]", timeout=300_000)  # the page reloads itself when all are in
+    worker.join(timeout=300)
+    image = specimen.images.get()
+    n = image.cells.count()
+    assert n >= 1, "the cell model found no white cell on a BCCD frame with one"
+    overlay = page.locator("#cells svg.overlay")
+    assert overlay.is_visible() and page.locator("#cells svg.overlay rect.box").count() == n
+    assert page.locator("#cells tr[data-cell-row]").count() == n
+    page.screenshot(path=str(ARTIFACTS / "portal-cells-real.png"), full_page=True)
+    url = page.url
+    page.click("label.overlay-label")
+    assert not overlay.is_visible() and page.url == url
+    page.click("label.overlay-label")
+    assert overlay.is_visible()
+
+    page.click("text=Specimen differential")
+    page.wait_for_selector("h1:has-text('Differential')")
+    assert page.inner_text("#differential [data-total]") == str(n)
+    cell = image.cells.order_by("index").first()
+    assert cell is not None
+    new = "basophil" if cell.final_label != "basophil" else "eosinophil"
+    before = int(page.inner_text(f"#differential tr[data-type={new}] td.count"))
+    figure = page.locator(f"#cell-{cell.pk}")
+    figure.locator("select[name=label]").select_option(new)
+    figure.locator("button:has-text('Reclassify')").click()
+    page.wait_for_selector(f"text=Cell {cell.pk}: now")
+    assert int(page.inner_text(f"#differential tr[data-type={new}] td.count")) == before + 1
+    assert page.inner_text("#differential [data-total]") == str(n)
+    page.screenshot(path=str(ARTIFACTS / "portal-cells-real-differential.png"), full_page=True)
+    event = AuditEvent.objects.get(action="cell.reclassify")
+    assert (event.data["old"], event.data["new"]) == (cell.final_label, new)
+    assert page.outside_requests == []  # type: ignore[attr-defined]
