@@ -7,9 +7,24 @@ training's job (:mod:`training.card`); checking one needs nothing but this modul
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["CARD_SCHEMA_VERSION", "REQUIRED_KEYS", "CardError", "require_gate", "validate_card"]
+__all__ = [
+    "CARD_FILE",
+    "CARD_SCHEMA_VERSION",
+    "REQUIRED_KEYS",
+    "CardError",
+    "check_card_matches",
+    "read_card",
+    "require_gate",
+    "validate_card",
+]
+
+#: the card's file name in a model directory as TorchServe unpacks a .mar
+CARD_FILE = "model_card.json"
 
 CARD_SCHEMA_VERSION = 1
 
@@ -78,3 +93,32 @@ def require_gate(card: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise CardError(f"model {card.get('name')!r} has no valid smear gate (missing {', '.join(missing)})")
     return card
+
+
+def read_card(model_dir: str | Path) -> dict[str, Any]:
+    """The validated card of an unpacked model directory; fails closed without a fitted smear gate."""
+    return require_gate(validate_card(json.loads((Path(model_dir) / CARD_FILE).read_text())))
+
+
+def check_card_matches(
+    card: dict[str, Any],
+    *,
+    name: str,
+    classes: Sequence[str],
+    input_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> None:
+    """Raise ValueError when the card disagrees with the loaded model's own configuration."""
+    problems = []
+    if card["name"] != name:
+        problems.append(f"name {card['name']!r} != {name!r}")
+    if list(card["classes"]) != list(classes):
+        problems.append("classes differ")
+    if card["input_size"] != input_size:
+        problems.append("input_size differs")
+    for key, ours in (("mean", mean), ("std", std)):
+        if any(abs(a - b) > 1e-6 for a, b in zip(card[key], ours, strict=True)):
+            problems.append(f"{key} differs")
+    if problems:
+        raise ValueError(f"model card does not match the model's config: {'; '.join(problems)}")

@@ -11,7 +11,6 @@ image.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from cells.segment import find_cells
-from core.card import require_gate, validate_card
+from core.card import check_card_matches, read_card
 from core.cell_answer import build_cell, counts_of
 from core.decode import decode_request, request_json
 from core.prediction import NOTICE
@@ -28,12 +27,10 @@ from core.smear_gate import SmearGate
 from core.v2 import v2_parameters
 from handlers.annotate import annotated_png_base64
 from handlers.postprocess import calibrated_probabilities
+from handlers.runtime import MODEL_SUBDIR
 from training.cell_typer import build_typer_transform, crop_cell, load_typer
 
-__all__ = ["CARD_FILE", "MODEL_SUBDIR", "CellRuntime", "wants_annotation"]
-
-CARD_FILE = "model_card.json"
-MODEL_SUBDIR = "model"
+__all__ = ["CellRuntime", "wants_annotation"]
 #: crops typed per forward pass (a crowded frame has a few dozen cells)
 TYPER_BATCH = 32
 _TRUE = {"1", "true", "yes", "on"}
@@ -63,12 +60,15 @@ class CellRuntime:
     def __init__(self, model_dir: str | Path) -> None:
         model_dir = Path(model_dir)
         # fails closed: a card without a valid smear gate does not load
-        self.card: dict[str, Any] = require_gate(validate_card(json.loads((model_dir / CARD_FILE).read_text())))
+        self.card: dict[str, Any] = read_card(model_dir)
         self.typer = load_typer(model_dir / MODEL_SUBDIR).eval()
         for p in self.typer.parameters():
             p.requires_grad_(False)
         self.spec = self.typer.spec
-        self._check_card_matches_spec()
+        spec = self.spec
+        check_card_matches(
+            self.card, name=spec.name, classes=spec.classes, input_size=spec.input_size, mean=spec.mean, std=spec.std
+        )
         self.name: str = self.card["name"]
         self.version: str = self.card["version"]
         self.classes: list[str] = list(self.card["classes"])
@@ -76,21 +76,6 @@ class CellRuntime:
         self.abstain_threshold = float(self.card["abstain_threshold"])
         self.transform = build_typer_transform(self.spec)
         self.gate = SmearGate.from_dict(self.card["smear_gate"])
-
-    def _check_card_matches_spec(self) -> None:
-        spec, card = self.spec, self.card
-        problems = []
-        if card["name"] != spec.name:
-            problems.append(f"name {card['name']!r} != {spec.name!r}")
-        if list(card["classes"]) != list(spec.classes):
-            problems.append("classes differ")
-        if card["input_size"] != spec.input_size:
-            problems.append("input_size differs")
-        for key in ("mean", "std"):
-            if any(abs(a - b) > 1e-6 for a, b in zip(card[key], getattr(spec, key), strict=True)):
-                problems.append(f"{key} differs")
-        if problems:
-            raise ValueError(f"model card does not match the model's config: {'; '.join(problems)}")
 
     def type_crops(self, crops: list[torch.Tensor]) -> torch.Tensor:
         """Calibrated probabilities (N x classes) of preprocessed crops, in batches."""

@@ -11,15 +11,13 @@ JSON field ``"annotate": true`` (v2: ``parameters.annotate``) or ``/explanations
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
-from core.decode import enforce_pillow_limits
 from core.errors import RequestError
 from handlers.cell_runtime import CellRuntime, wants_annotation
 from handlers.respond import request_header, respond
-from handlers.runtime import configure_threads
+from handlers.runtime import prepare_worker
 
 __all__ = ["CellsHandler"]
 
@@ -34,9 +32,7 @@ class CellsHandler:
         self.initialized = False
 
     def initialize(self, context: Any) -> None:
-        threads = int(os.environ.get("LEUKEMIA_TORCH_THREADS", "1"))
-        configure_threads(threads)
-        enforce_pillow_limits()
+        threads = prepare_worker()
         t0 = time.perf_counter()
         self.runtime = CellRuntime(context.system_properties.get("model_dir"))
         self.initialized = True

@@ -17,14 +17,12 @@ Torch intra-op threads: ``LEUKEMIA_TORCH_THREADS`` (environment of the TorchServ
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
-from core.decode import enforce_pillow_limits
 from core.errors import RequestError
 from handlers.respond import request_header, respond
-from handlers.runtime import ModelRuntime, configure_threads
+from handlers.runtime import ModelRuntime, prepare_worker
 
 __all__ = ["LeukemiaHandler"]
 
@@ -39,9 +37,7 @@ class LeukemiaHandler:
         self.initialized = False
 
     def initialize(self, context: Any) -> None:
-        threads = int(os.environ.get("LEUKEMIA_TORCH_THREADS", "1"))
-        configure_threads(threads)
-        enforce_pillow_limits()
+        threads = prepare_worker()
         t0 = time.perf_counter()
         model_dir = context.system_properties.get("model_dir")
         self.runtime = ModelRuntime(model_dir)

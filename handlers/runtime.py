@@ -12,8 +12,8 @@ image never fails its batch-mates. :meth:`ModelRuntime.explain` answers an expla
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from core.card import require_gate, validate_card
-from core.decode import DecodedImage, decode_request
+from core.card import check_card_matches, read_card
+from core.decode import DecodedImage, decode_request, enforce_pillow_limits
 from core.errors import RequestError
 from core.prediction import build_prediction
 from core.smear_gate import SmearGate
@@ -32,11 +32,10 @@ from handlers.postprocess import calibrated_probabilities
 from training.models import load_model
 from training.transforms import build_eval_transform, data_config
 
-__all__ = ["CARD_FILE", "MODEL_SUBDIR", "Prepared", "ModelRuntime", "configure_threads"]
+__all__ = ["MODEL_SUBDIR", "Prepared", "ModelRuntime", "configure_threads", "prepare_worker"]
 
 log = logging.getLogger(__name__)
 
-CARD_FILE = "model_card.json"
 MODEL_SUBDIR = "model"
 
 
@@ -46,6 +45,15 @@ def configure_threads(threads: int) -> None:
     # Only settable before the first parallel work; harmless if too late.
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
+
+
+def prepare_worker() -> int:
+    """Per-worker set-up both handlers do first: torch threads (``LEUKEMIA_TORCH_THREADS``, else 1, so
+    that workers do not oversubscribe the CPU) and Pillow's decompression-bomb limit; returns the threads."""
+    threads = int(os.environ.get("LEUKEMIA_TORCH_THREADS", "1"))
+    configure_threads(threads)
+    enforce_pillow_limits()
+    return threads
 
 
 def _ms(start: float) -> float:
@@ -67,7 +75,7 @@ class ModelRuntime:
     def __init__(self, model_dir: str | Path) -> None:
         model_dir = Path(model_dir)
         # fails closed: a card without a valid smear gate does not load (CardError / ValueError)
-        self.card: dict[str, Any] = require_gate(validate_card(json.loads((model_dir / CARD_FILE).read_text())))
+        self.card: dict[str, Any] = read_card(model_dir)
         self.model = load_model(model_dir / MODEL_SUBDIR).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -82,20 +90,15 @@ class ModelRuntime:
         self.gate = SmearGate.from_dict(self.card["smear_gate"])
 
     def _check_card_matches_spec(self) -> None:
-        spec, card = self.spec, self.card
-        cfg = data_config(spec)
-        problems = []
-        if card["name"] != spec.name:
-            problems.append(f"name {card['name']!r} != {spec.name!r}")
-        if list(card["classes"]) != list(spec.classes):
-            problems.append("classes differ")
-        if card["input_size"] != spec.input_size:
-            problems.append("input_size differs")
-        for key in ("mean", "std"):
-            if any(abs(a - b) > 1e-6 for a, b in zip(card[key], cfg[key], strict=True)):
-                problems.append(f"{key} differs")
-        if problems:
-            raise ValueError(f"model card does not match the model's config: {'; '.join(problems)}")
+        cfg = data_config(self.spec)
+        check_card_matches(
+            self.card,
+            name=self.spec.name,
+            classes=self.spec.classes,
+            input_size=self.spec.input_size,
+            mean=cfg["mean"],
+            std=cfg["std"],
+        )
 
     # -- steps -----------------------------------------------------------------------------
     def prepare(self, row: Any) -> Prepared:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.registry import model_names
+from core.registry import served_model_names
 from serving.torchserve import DEFAULT_CONFIG, DEFAULT_PORTS, ServeError, effective_config, parse_properties, start
 
 
@@ -28,7 +28,7 @@ def test_shipped_config_is_hardened() -> None:
     assert "model_store" in p["allowed_urls"] and "http" not in p["allowed_urls"]
     assert int(p["default_workers_per_model"]) == 1
     per_model = json.loads(p["models"])
-    assert set(per_model) == set(model_names())
+    assert set(per_model) == set(served_model_names())
     for versions in per_model.values():
         (cfg,) = versions.values()
         assert cfg["minWorkers"] == cfg["maxWorkers"] == 1
