@@ -1,6 +1,7 @@
 """The cell analysis end to end: real BCCD frames uploaded, the job calls the real TorchServe's wbc_cells
-(``/predictions/wbc_cells?annotate=1``, once per image, not per leukemia model) and the portal stores the
-cells in image pixels, the annotated image, and shows them on the results and differential pages.
+(``/predictions/wbc_cells`` with the header ``annotate: 1``, once per image, not per leukemia model) and
+the portal stores the cells in image pixels, the annotated image, and shows them on the results and
+differential pages.
 
 Frames come from the validation split (training.cell_data.bccd_split), with their VOC WBC boxes: the
 portal must place the model's boxes on the frame it was given (not on a resized copy).
@@ -69,7 +70,7 @@ def test_wbc_cells_through_the_real_model_server(
         job = CellAnalysis.objects.get(image=image)
         assert job.status == "done", job.error_message
         assert job.model_version and job.latency_ms and job.latency_ms > 0
-        assert storage.read(job.annotated_name).startswith(b"\x89PNG")  # asked for with ?annotate=1
+        assert storage.read(job.annotated_name).startswith(b"\x89PNG")  # asked for with the header annotate: 1
         cells = list(image.cells.all())
         for c in cells:
             x0, y0, x1, y1 = c.box
