@@ -11,7 +11,16 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["CELL_KEYS", "ANSWER_KEYS", "UNCLASSIFIED", "build_cell", "count_cells", "counts_of", "CELL_COLOURS"]
+__all__ = [
+    "CELL_KEYS",
+    "ANSWER_KEYS",
+    "UNCLASSIFIED",
+    "build_cell",
+    "count_cells",
+    "counts_of",
+    "CELL_COLOURS",
+    "ARTEFACT",
+]
 
 #: Keys of every cell entry.
 CELL_KEYS = frozenset(
@@ -33,6 +42,9 @@ CELL_KEYS = frozenset(
 #: Keys of every success body (``annotated_png`` only when the request asks for it).
 ANSWER_KEYS = frozenset({"model", "version", "cells", "counts", "abstain_threshold", "quality", "timing_ms", "notice"})
 UNCLASSIFIED = "unclassified"
+#: A reviewer's label only (never the model's): the detection is not a cell (debris, smudge, stain
+#: precipitate, a red cell taken for a white one); counted apart, never in the differential.
+ARTEFACT = "artefact"
 
 
 def build_cell(
@@ -95,4 +107,5 @@ CELL_COLOURS: dict[str, str] = {
     "neutrophil": "#17becf",
     "platelet": "#bcbd22",
     UNCLASSIFIED: "#7f7f7f",
+    ARTEFACT: "#000000",
 }

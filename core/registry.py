@@ -23,6 +23,7 @@ __all__ = [
     "get_spec",
     "model_names",
     "CELL_CLASSES",
+    "LEUKOCYTE_CLASSES",
     "CELL_DESCRIPTIONS",
     "CellModelSpec",
     "CELL_REGISTRY",
@@ -165,6 +166,10 @@ CELL_CLASSES: tuple[str, ...] = (
     "neutrophil",
     "platelet",
 )
+#: The white-cell (leukocyte) types: the differential's percentages are of these (plus white cells not yet
+#: typed), as in a manual 100-cell differential; nucleated red cells (erythroblasts) are reported per 100
+#: white cells and platelets as a count, never in the white-cell denominator.
+LEUKOCYTE_CLASSES: tuple[str, ...] = tuple(c for c in CELL_CLASSES if c not in ("erythroblast", "platelet"))
 CELL_DESCRIPTIONS: dict[str, str] = {
     "basophil": "Basophil",
     "eosinophil": "Eosinophil",

@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from core.cell_answer import CELL_COLOURS, CELL_KEYS, UNCLASSIFIED, build_cell, count_cells, counts_of
+from core.cell_answer import ARTEFACT, CELL_COLOURS, CELL_KEYS, UNCLASSIFIED, build_cell, count_cells, counts_of
 from core.registry import CELL_CLASSES
 from handlers.annotate import annotate, annotated_png_base64
 from handlers.cell_runtime import wants_annotation
@@ -56,7 +56,7 @@ def test_counts_list_every_class_and_unclassified() -> None:
 
 
 def test_every_label_has_a_colour() -> None:
-    assert set(CELL_COLOURS) == {*CELL_CLASSES, UNCLASSIFIED}
+    assert set(CELL_COLOURS) == {*CELL_CLASSES, UNCLASSIFIED, ARTEFACT}
 
 
 def test_annotation_draws_in_the_cells_colour_and_keeps_the_size() -> None:
