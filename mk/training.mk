@@ -40,12 +40,13 @@ $(ARTIFACTS)/smear_gate.json:
 smear-gate: setup $(ARTIFACTS)/smear_gate.json
 
 # Every trained model (or MODEL=...): metrics, plots, calibration, abstention, gate, card.json + Markdown.
-# MODEL=wbc_cells (or no MODEL, once its typer is trained): cell finder metrics, smear gate, card.
+# MODEL=wbc_cells (or no MODEL, once its typer is trained): typer and finder metrics, smear gate, card.
 evaluate: setup $(ARTIFACTS)/smear_gate.json
 ifeq ($(filter $(MODEL),$(CELL_MODELS)),)
 	$(PY) -m training.evaluate --artifacts $(ARTIFACTS) --threads $(THREADS) $(DATA_ARG) $(if $(filter command line,$(origin MODEL)),--model $(MODEL),)
 endif
 ifneq ($(or $(filter $(MODEL),$(CELL_MODELS)),$(if $(MODEL),,$(wildcard $(ARTIFACTS)/wbc_cells/model))),)
+	$(PY) -m training.cell_typer_eval --model $(ARTIFACTS)/wbc_cells/model --out $(ARTIFACTS)/wbc_cells --threads $(THREADS)
 	$(PY) -m training.cell_eval --out $(ARTIFACTS)/wbc_cells/finder_metrics.json
 	$(PY) -m training.cell_card --artifacts $(ARTIFACTS)
 endif
