@@ -221,7 +221,7 @@ def evaluate(
     config = json.loads(config_path.read_text())
     config["calibration"] = {
         "temperature": round(temperature, 4),
-        "abstain_below": round(threshold, 4),
+        "abstain_threshold": round(threshold, 4),
         "fitted_on": (
             f"PBC validation split ({len(y_pbc)} images): temperature by NLL, threshold keeps >= {coverage:.0%}"
         ),

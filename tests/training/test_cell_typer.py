@@ -21,7 +21,8 @@ from training.cell_typer import (
     typer_split,
 )
 from training.cell_typer_eval import coverage_threshold
-from training.train_cells import DEFAULT_INIT, CropSet, sample_weights
+from training.stain import lab_stats
+from training.train_cells import DEFAULT_INIT, CropSet, LabStatsJitter, sample_weights
 
 SPEC = get_cell_spec("wbc_cells")
 INIT = WEIGHTS / "mobilenetv2_100.ft_dogbreeds19.pad_same.fp16.safetensors"
@@ -107,11 +108,11 @@ def test_logits_and_pooled_features(typer: CellTyper) -> None:
 
 
 def test_save_and_load_give_identical_logits(typer: CellTyper, tmp_path) -> None:
-    typer.calibration = {"temperature": 1.5, "abstain_below": 0.6}
+    typer.calibration = {"temperature": 1.5, "abstain_threshold": 0.6}
     save_typer(typer, tmp_path / "m", extra={"note": "test"})
     loaded = load_typer(tmp_path / "m")
     assert not loaded.training and loaded.spec == SPEC
-    assert loaded.calibration == {"temperature": 1.5, "abstain_below": 0.6}
+    assert loaded.calibration == {"temperature": 1.5, "abstain_threshold": 0.6}
     x = _batch(3)
     with torch.no_grad():
         assert torch.equal(typer(x), loaded(x))
@@ -170,3 +171,20 @@ def test_coverage_threshold_keeps_the_requested_share() -> None:
     kept = (probs.max(axis=1) >= t).mean()
     assert 0.95 <= kept <= 0.952
     assert coverage_threshold(probs, 1.0) == probs.max(axis=1).min()
+
+
+def test_lab_stats_jitter_moves_colour_statistics_within_range() -> None:
+    rng = np.random.default_rng(3)
+    arr = rng.integers(60, 230, size=(48, 48, 3), dtype=np.uint8)
+    image = Image.fromarray(arr)
+    assert LabStatsJitter(p=0.0)(image, rng) is image
+    jitter = LabStatsJitter(p=1.0)
+    mean0, _ = lab_stats(image)
+    shifts = []
+    for seed in range(8):
+        out = jitter(image, np.random.default_rng(seed))
+        assert out.size == image.size and out.mode == "RGB"
+        shifts.append(np.asarray(lab_stats(out)[0]) - np.asarray(mean0))
+    shifts = np.abs(np.array(shifts))
+    assert shifts.max() > 2.0  # it does change the colour
+    assert (shifts <= np.asarray(jitter.mean_shift) + 3.0).all()  # within range (+ gamut clipping)
