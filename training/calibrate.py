@@ -165,12 +165,12 @@ def cross_fitted_calibration(
     """
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels)
-    groups = np.asarray(groups)
-    names = np.unique(groups)
-    majority = {g: int(np.bincount(labels[groups == g]).argmax()) for g in names}
+    group_arr = np.asarray(groups)
+    names = np.unique(group_arr)
+    majority = {g: int(np.bincount(labels[group_arr == g]).argmax()) for g in names}
     ordered = sorted(names, key=lambda g: (majority[g], g))
     fold_of = {g: i % folds for i, g in enumerate(ordered)}
-    fold = np.array([fold_of[g] for g in groups])
+    fold = np.array([fold_of[g] for g in group_arr])
     probs = np.zeros_like(logits)
     accepted = np.zeros(len(labels), dtype=bool)
     temperatures, thresholds = [], []
