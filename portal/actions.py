@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from core.registry import CELL_CLASSES
 from portal.analyses import storage
+from portal.analyses.differential import REVIEW_LABELS
 from portal.analyses.inference import CellPrediction, Prediction, Refusal, ServerError
 from portal.analyses.models import (
     CLASS_LABELS,
@@ -427,10 +428,11 @@ def store_cell_outcome(cell_analysis_id: int, outcome: CellPrediction | Refusal 
 
 
 def reclassify_cell(actor: User, cell: Cell, label: str, request: HttpRequest | None = None) -> Cell:
-    """A technologist sets a cell's type (the differential counts it there), audited old -> new.
+    """A technologist sets a cell's type (the differential counts it there), audited old -> new; the
+    type may be "artefact" (not a cell: left out of every count, reported as excluded).
 
-    Refused (and audited as refused) without analyses.reclassify_cell, for a type outside the
-    registry, or once a reviewer signed off the cell's frame.
+    Refused (and audited as refused) without analyses.reclassify_cell, for a label outside
+    portal.analyses.differential.REVIEW_LABELS, or once a reviewer signed off the cell's frame.
     """
     try:
         return _reclassify_cell(actor, cell, label, request)
@@ -449,7 +451,7 @@ def reclassify_cell(actor: User, cell: Cell, label: str, request: HttpRequest | 
 def _reclassify_cell(actor: User, cell: Cell, label: str, request: HttpRequest | None) -> Cell:
     if isinstance(actor, AnonymousUser) or not actor.has_perm("analyses.reclassify_cell"):
         raise PermissionDenied("only technologists and reviewers can reclassify cells")
-    if label not in CELL_CLASSES:
+    if label not in REVIEW_LABELS:
         raise ValidationError(f"unknown cell type {label!r}")
     with transaction.atomic():
         cell = Cell.objects.select_for_update().get(pk=cell.pk)

@@ -14,8 +14,8 @@ from PIL import Image as PILImage
 
 from core.registry import CELL_REGISTRY
 from portal.analyses import storage
-from portal.analyses.differential import CATEGORIES, Differential, describe, differential
-from portal.analyses.models import CELL_LABEL_CHOICES, Cell, CellAnalysis, Image, Review
+from portal.analyses.differential import ARTEFACT, CATEGORIES, Differential, describe, differential
+from portal.analyses.models import REVIEWED_LABEL_CHOICES, Cell, CellAnalysis, Image, Review
 from portal.patients.models import Specimen
 
 __all__ = [
@@ -60,14 +60,15 @@ class GalleryGroup:
     category: str
     description: str
     cells: list[Cell]
+    excluded: bool = False  # artefacts: shown for review, left out of the differential
 
 
 def gallery(cells: list[Cell]) -> list[GalleryGroup]:
-    """Cells grouped by final type, in the differential's order; empty types left out."""
+    """Cells grouped by final type, in the differential's order (artefacts last); empty types left out."""
     groups: dict[str, list[Cell]] = {c: [] for c in CATEGORIES}
     for cell in cells:
         groups[cell.final_label].append(cell)
-    return [GalleryGroup(c, describe(c), groups[c]) for c in CATEGORIES if groups[c]]
+    return [GalleryGroup(c, describe(c), groups[c], c == ARTEFACT) for c in CATEGORIES if groups[c]]
 
 
 def _margin(model_name: str) -> float:
@@ -122,5 +123,5 @@ def differential_context(specimen: Specimen) -> dict[str, object]:
         "groups": gallery(cells),
         "frames": frames,
         "signed_frames": sum(1 for f in frames if f["review"]),
-        "cell_types": CELL_LABEL_CHOICES,
+        "cell_types": REVIEWED_LABEL_CHOICES,
     }

@@ -14,10 +14,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from core.registry import CELL_DESCRIPTIONS
 from portal import actions
 from portal.analyses.cell_review import crop_png, differential_context
-from portal.analyses.differential import Differential
+from portal.analyses.differential import Differential, describe
 from portal.analyses.models import Cell, CellAnalysis, ImmutableError
 from portal.analyses.reports import differential_csv_bytes
 from portal.analyses.views import _private_file
@@ -39,7 +38,7 @@ def specimen_differential_page(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required("analyses.export_analyses", raise_exception=True)
 def differential_csv(request: HttpRequest, pk: int) -> HttpResponse:
-    """The differential (type, count, percent), then every cell with its model and final type."""
+    """The differential (per type: count, percent of white cells, NRBC per 100 WBC), then every cell."""
     specimen = get_object_or_404(Specimen.objects.select_related("patient"), pk=pk)
     body = differential_csv_bytes(specimen)
     actions.log_event("export.differential_csv", actor=request.user, obj=specimen, request=request)
@@ -56,7 +55,7 @@ def reclassify(request: HttpRequest, pk: int) -> HttpResponse:
     label = request.POST.get("label", "")
     try:
         actions.reclassify_cell(request.user, cell, label, request=request)
-        messages.success(request, f"Cell {cell.pk}: now {CELL_DESCRIPTIONS.get(label, label)}.")
+        messages.success(request, f"Cell {cell.pk}: now {describe(label)}.")
     except (ValidationError, ImmutableError) as exc:
         reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
         messages.error(request, f"Cell {cell.pk}: not reclassified: {reason}")

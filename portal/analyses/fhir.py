@@ -12,9 +12,12 @@ resources with compatible content. The bundle (type ``collection``) holds:
   reviewer's final class once signed, else the model's; "refer for manual review" when it abstained),
   ``component`` holds every class probability and P(malignant), ``device`` names model and version,
   status ``final`` once signed, else ``preliminary``;
-- one ``Observation`` per cell type of the white-cell differential (types with at least one cell):
-  ``valueQuantity`` the count, a ``component`` the percentage; ``device`` the cell model; ``final``
-  once every frame with cells is signed off, else ``preliminary``;
+- the white-cell differential (portal.analyses.differential), ``device`` the cell model, ``final`` once
+  every frame with cells is signed off, else ``preliminary``: one ``Observation`` with the white cells
+  counted (a note gives the artefacts excluded); one per white-cell type with at least one cell
+  (``valueQuantity`` the count, a ``component`` the percentage of the white cells); the nucleated red
+  cells (count, a ``component`` per 100 white cells, UCUM ``/100{WBCs}``) and the platelets (count only,
+  never a percentage), each when any was counted;
 - the ``DiagnosticReport``: status ``final`` once every result is signed, else ``preliminary``;
   subject, specimen, results, the reviewers as ``resultsInterpreter``, the consensus per image and
   the decision-support notice as ``conclusion``.
@@ -32,7 +35,7 @@ from core.prediction import NOTICE
 from core.registry import CLASS_DESCRIPTIONS
 from portal.analyses.cell_review import frame_reviews, specimen_cells
 from portal.analyses.consensus import consensus
-from portal.analyses.differential import differential
+from portal.analyses.differential import PLATELET, differential
 from portal.analyses.models import Analysis, QueuedJob, Review
 from portal.patients.models import Patient, Specimen
 
@@ -142,8 +145,16 @@ def _observation(a: Analysis, review: Review | None) -> dict[str, Any]:
     }
 
 
+_PERCENT = {"unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}
+#: UCUM for "per 100 white cells" (the unit LOINC gives nucleated red cells per 100 leukocytes)
+_PER_100_WBC = {"unit": "/100 WBC", "system": "http://unitsofmeasure.org", "code": "/100{WBCs}"}
+
+
 def _cell_observations(specimen: Specimen) -> tuple[list[dict[str, Any]], list[QueuedJob]]:
-    """The differential as one Observation per cell type counted, and the cell model(s) as devices."""
+    """The differential as Observations (one computation: portal.analyses.differential), and the cell
+    model(s) as devices: the white cells counted (artefacts excluded, in a note); one per white-cell type
+    counted with its percentage of the white cells; the nucleated red cells with their number per 100
+    white cells; the platelets as a count only (no percentage: they are not white cells)."""
     cells = list(specimen_cells(specimen))
     if not cells:
         return [], []
@@ -151,32 +162,46 @@ def _cell_observations(specimen: Specimen) -> tuple[list[dict[str, Any]], list[Q
     frames = {c.image_id for c in cells}
     signed = frames <= set(frame_reviews(list(specimen.images.filter(pk__in=frames))))
     jobs: list[QueuedJob] = list({_device_id(c.cell_analysis): c.cell_analysis for c in cells}.values())
-    observations: list[dict[str, Any]] = [
-        {
+
+    def observation(key: str, text: str, count: int, components: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
             "resourceType": "Observation",
-            "id": f"differential-{specimen.pk}-{row.category}",
+            "id": f"differential-{specimen.pk}-{key}",
             "status": "final" if signed else "preliminary",
-            "code": {"text": f"{row.description}, count in the image-based white-cell differential"},
+            "code": {"text": f"{text}, count in the image-based white-cell differential"},
             "subject": _ref("Patient", f"patient-{specimen.patient_id}"),
             "specimen": _ref("Specimen", f"specimen-{specimen.pk}"),
             "device": _ref("Device", _device_id(jobs[0])),
             "effectiveDateTime": specimen.collected_at.isoformat(),
-            "valueQuantity": {"value": row.count, "unit": "cells"},
-            "component": [
-                {
-                    "code": {"text": f"{row.description}, percent of {diff.total} cells"},
-                    "valueQuantity": {
-                        "value": round(row.percent, 1),
-                        "unit": "%",
-                        "system": "http://unitsofmeasure.org",
-                        "code": "%",
-                    },
-                }
-            ],
+            "valueQuantity": {"value": count, "unit": "cells"},
+            **({"component": components} if components else {}),
         }
-        for row in diff.rows
-        if row.count
+
+    total = observation("white-cells", "White cells (typed and unclassified)", diff.white_cells, [])
+    total["note"] = [
+        {"text": f"Excluded: {diff.excluded} detection(s) a technologist marked as artefacts (not cells)."}
     ]
+    observations = [total]
+    for row in diff.white_rows:
+        if row.count:
+            percent = {
+                "code": {"text": f"{row.description}, percent of {diff.white_cells} white cells"},
+                "valueQuantity": {"value": round(row.percent or 0.0, 1), **_PERCENT},
+            }
+            observations.append(observation(row.category, row.description, row.count, [percent]))
+    nrbc = diff.nrbc
+    if nrbc.count:
+        per_100 = []
+        if nrbc.per_100_wbc is not None:
+            per_100 = [
+                {
+                    "code": {"text": f"{nrbc.description} per 100 white cells (NRBC/100 WBC)"},
+                    "valueQuantity": {"value": round(nrbc.per_100_wbc, 1), **_PER_100_WBC},
+                }
+            ]
+        observations.append(observation(nrbc.category, nrbc.description, nrbc.count, per_100))
+    if diff.platelets.count:
+        observations.append(observation(PLATELET, diff.platelets.description, diff.platelets.count, []))
     return observations, jobs
 
 

@@ -22,11 +22,13 @@ from django.utils import timezone
 
 from core.cell_answer import CELL_COLOURS, UNCLASSIFIED
 from core.registry import CELL_CLASSES, CELL_DESCRIPTIONS, CLASS_NAMES
+from portal.analyses.differential import REVIEW_LABELS, describe
 from portal.patients.models import Specimen
 
 __all__ = [
     "CELL_LABEL_CHOICES",
     "CLASS_LABELS",
+    "REVIEWED_LABEL_CHOICES",
     "FINAL_STATUSES",
     "Analysis",
     "Cell",
@@ -237,7 +239,11 @@ class Review(models.Model):
 
 # --- cell-level analysis (the cell model, core.registry.CELL_REGISTRY) ---------------------------
 
+#: The model's cell types (Cell.label): the model never says "artefact".
 CELL_LABEL_CHOICES = [(c, CELL_DESCRIPTIONS.get(c, c)) for c in CELL_CLASSES]
+#: What a technologist may set (Cell.reviewed_label, the reclassify forms): the model's types, then
+#: "Artefact (not a cell)", which takes the detection out of the differential.
+REVIEWED_LABEL_CHOICES = [(c, describe(c)) for c in REVIEW_LABELS]
 
 
 def image_is_signed(image_id: int) -> bool:
@@ -264,7 +270,8 @@ class Cell(models.Model):
     """One white cell (or platelet, erythroblast) the cell model found in a frame, in image pixels.
 
     ``label`` is the model's (empty when it abstained); ``reviewed_label`` the technologist's
-    reclassification (null until then). Once the frame is signed off the cell cannot change.
+    reclassification (null until then), which may also be "artefact": the detection is not a cell and
+    is left out of the differential. Once the frame is signed off the cell cannot change.
     """
 
     cell_analysis = models.ForeignKey(CellAnalysis, on_delete=models.PROTECT, related_name="cells")
@@ -280,7 +287,7 @@ class Cell(models.Model):
     nucleus_area_px = models.PositiveIntegerField(null=True, blank=True)
     cell_area_px = models.PositiveIntegerField(null=True, blank=True)
     nc_ratio = models.FloatField(null=True, blank=True)
-    reviewed_label = models.CharField(max_length=20, choices=CELL_LABEL_CHOICES, null=True, blank=True)
+    reviewed_label = models.CharField(max_length=20, choices=REVIEWED_LABEL_CHOICES, null=True, blank=True)
     reviewed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -296,7 +303,8 @@ class Cell(models.Model):
 
     @property
     def final_label(self) -> str:
-        """The technologist's type, else the model's; "unclassified" when the model abstained."""
+        """The technologist's type ("artefact" included), else the model's; "unclassified" when the model
+        abstained."""
         return self.reviewed_label or ("" if self.abstained else self.label) or UNCLASSIFIED
 
     @property

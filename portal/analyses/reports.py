@@ -20,12 +20,31 @@ from portal.analyses.differential import differential
 from portal.analyses.models import CLASS_LABELS, Analysis, CellAnalysis, Review
 from portal.patients.models import Specimen
 
-__all__ = ["CSV_COLUMNS", "DISCLAIMER", "analyses_in_range", "csv_bytes", "differential_csv_bytes", "specimen_pdf"]
+__all__ = [
+    "CSV_COLUMNS",
+    "DIFFERENTIAL_CSV_COLUMNS",
+    "DISCLAIMER",
+    "analyses_in_range",
+    "csv_bytes",
+    "differential_csv_bytes",
+    "specimen_pdf",
+]
 
 DISCLAIMER = (
     "Decision support only, not a diagnosis. Model outputs are pre-classifications for trained laboratory "
     "staff; a qualified reviewer must confirm or reclassify every result. Not validated for clinical use."
 )
+
+#: The differential CSV's summary header (then a blank line and one row per cell).
+DIFFERENTIAL_CSV_COLUMNS = [
+    "specimen_accession",
+    "patient_mrn",
+    "cell_type",
+    "group",
+    "count",
+    "percent_of_white_cells",
+    "per_100_white_cells",
+]
 
 CSV_COLUMNS = [
     "analysis_id",
@@ -100,15 +119,27 @@ def csv_bytes(analyses: Iterable[Analysis]) -> bytes:
 
 
 def differential_csv_bytes(specimen: Specimen) -> bytes:
-    """The differential (type, count, percent), then every cell with its model and final type."""
+    """The differential, then every cell with its model and final type.
+
+    Summary rows: the white-cell types and the unclassified white cells (count, percent of the white
+    cells), the white-cell total, then the nucleated red cells (count, per 100 white cells), the platelets
+    (count) and the excluded artefacts (count); ``group`` says which (portal.analyses.differential).
+    """
     cells = list(specimen_cells(specimen))
     diff = differential(cells)
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["specimen_accession", "patient_mrn", "cell_type", "count", "percent"])
-    for row in diff.rows:
-        writer.writerow([specimen.accession, specimen.patient.mrn, row.category, row.count, f"{row.percent:.1f}"])
-    writer.writerow([specimen.accession, specimen.patient.mrn, "total", diff.total, "100.0" if diff.total else "0.0"])
+    writer.writerow(DIFFERENTIAL_CSV_COLUMNS)
+    head = [specimen.accession, specimen.patient.mrn]
+
+    def fmt(value: float | None) -> str:
+        return "" if value is None else f"{value:.1f}"
+
+    for row in diff.white_rows:
+        writer.writerow([*head, row.category, row.group, row.count, fmt(row.percent), ""])
+    writer.writerow([*head, "white_cells", "white", diff.white_cells, "100.0" if diff.white_cells else "0.0", ""])
+    for row in (diff.nrbc, diff.platelets, diff.artefacts):
+        writer.writerow([*head, row.category, row.group, row.count, "", fmt(row.per_100_wbc)])
     writer.writerow([])
     writer.writerow(
         ["cell_id", "image_id", "image_name", "box", "score", "model_label", "abstained"]
@@ -239,15 +270,23 @@ def specimen_pdf(specimen: Specimen, generated_by: str) -> bytes:
         frames = {c.image_id for c in cells}
         story.append(
             Paragraph(
-                f"{diff.total} cells in {len(frames)} frame(s); {diff.reviewed} reclassified by a technologist; "
-                f"{len(frames & signed)} of {len(frames)} frame(s) signed off by a reviewer.",
+                f"{diff.white_cells} white cells in {len(frames)} frame(s); excluded: {diff.excluded} "
+                f"(artefacts, not cells); {diff.reviewed} reclassified by a technologist; "
+                f"{len(frames & signed)} of {len(frames)} frame(s) signed off by a reviewer. Percentages are of "
+                "the white cells (unclassified included); nucleated red cells per 100 white cells; platelets "
+                "counted only.",
                 styles["Normal"],
             )
         )
-        rows = [["Cell type", "Count", "%"]] + [
-            [r.description, str(r.count), f"{r.percent:.1f}"] for r in diff.rows if r.count
-        ]
-        rows.append(["Total", str(diff.total), "100.0"])
+        nrbc = diff.nrbc_per_100_wbc
+        rows = [["Cell type", "Count", "% of white cells"]]
+        rows += [[r.description, str(r.count), f"{r.percent or 0.0:.1f}"] for r in diff.white_rows]
+        rows.append(["White cells", str(diff.white_cells), "100.0" if diff.white_cells else "0.0"])
+        rows.append(
+            [diff.nrbc.description, str(diff.nrbc.count), "-" if nrbc is None else f"{nrbc:.1f} per 100 white cells"]
+        )
+        rows.append([diff.platelets.description, str(diff.platelets.count), "count only"])
+        rows.append([f"Excluded: {diff.artefacts.description}", str(diff.excluded), "not counted"])
         table = Table(rows, repeatRows=1)
         table.setStyle(
             TableStyle(

@@ -24,7 +24,15 @@ from portal.analyses.cell_review import differential_context
 from portal.analyses.consensus import consensus
 from portal.analyses.differential import differential
 from portal.analyses.forms import ExportForm, ReviewForm, UploadForm
-from portal.analyses.models import CELL_LABEL_CHOICES, Analysis, CellAnalysis, Image, ImmutableError, QueuedJob
+from portal.analyses.models import (
+    CELL_LABEL_CHOICES,
+    REVIEWED_LABEL_CHOICES,
+    Analysis,
+    CellAnalysis,
+    Image,
+    ImmutableError,
+    QueuedJob,
+)
 from portal.analyses.reports import analyses_in_range, csv_bytes, specimen_pdf
 from portal.patients.models import Specimen
 
@@ -128,7 +136,7 @@ def _image_context(request: HttpRequest, image: Image) -> dict[str, object]:
         "cell_counts": differential(cells) if cells else None,
         "frame_review": frame_review,
         "can_reclassify": request.user.has_perm("analyses.reclassify_cell") and frame_review is None,
-        "cell_types": CELL_LABEL_CHOICES,
+        "cell_types": REVIEWED_LABEL_CHOICES,
     }
 
 

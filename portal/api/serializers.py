@@ -6,9 +6,9 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from portal.analyses.differential import CATEGORIES
+from portal.analyses.differential import CATEGORIES, WHITE_CATEGORIES
 from portal.analyses.forms import ALL_MODELS
-from portal.analyses.models import CELL_LABEL_CHOICES, CLASS_LABELS, Analysis, Cell, CellAnalysis, Image, Review
+from portal.analyses.models import CLASS_LABELS, REVIEWED_LABEL_CHOICES, Analysis, Cell, CellAnalysis, Image, Review
 from portal.patients.models import Patient, Specimen
 
 __all__ = [
@@ -235,16 +235,31 @@ class CellSerializer(serializers.ModelSerializer):
 
 
 class ReclassifySerializer(serializers.Serializer):
-    label = serializers.ChoiceField(choices=CELL_LABEL_CHOICES)  # type: ignore[assignment]  # the field is "label"
+    label = serializers.ChoiceField(  # type: ignore[assignment]  # the field is "label"
+        choices=REVIEWED_LABEL_CHOICES,
+        help_text="a cell type, or 'artefact': not a cell (left out of the differential)",
+    )
 
 
 class DifferentialSerializer(serializers.Serializer):
-    """The specimen's differential: counts and percentages per final cell type (abstentions: unclassified)."""
+    """The specimen's differential (portal.analyses.differential), as a manual differential reports it:
+    percentages of the white cells only (typed + unclassified); nucleated red cells per 100 white cells;
+    platelets as a count; artefacts (a technologist's "not a cell") excluded from every figure."""
 
     specimen = serializers.IntegerField()
-    total = serializers.IntegerField()
-    reviewed = serializers.IntegerField(help_text="cells a technologist reclassified")
-    counts = serializers.DictField(child=serializers.IntegerField(), help_text="per type, unclassified included")
-    percent = serializers.DictField(child=serializers.FloatField(), help_text="of total, 0-100")
+    white_cells = serializers.IntegerField(help_text="the denominator: white cells typed + unclassified")
+    reviewed = serializers.IntegerField(help_text="detections a technologist reclassified (artefacts included)")
+    excluded = serializers.IntegerField(help_text="detections a technologist marked as artefacts (not cells)")
+    counts = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text=f"per category ({', '.join(CATEGORIES)}): every category, zeros included",
+    )
+    percent_of_white_cells = serializers.DictField(
+        child=serializers.FloatField(),
+        help_text=f"0-100, of white_cells, per white category ({', '.join(WHITE_CATEGORIES)}); 0 when none",
+    )
+    nrbc_per_100_wbc = serializers.FloatField(
+        allow_null=True, help_text="nucleated red cells (erythroblasts) per 100 white cells; null with no white cell"
+    )
     frames = serializers.IntegerField(help_text="frames with a finished cell analysis")
     signed_frames = serializers.IntegerField(help_text="frames a reviewer signed off (their cells are locked)")

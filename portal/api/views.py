@@ -152,8 +152,9 @@ class SpecimenViewSet(
 
     @extend_schema(
         responses={200: DifferentialSerializer},
-        description="The specimen's white-cell differential: counts and percentages per final cell type "
-        "(a technologist's reclassification, else the cell model's label; abstentions count as unclassified).",
+        description="The specimen's white-cell differential, per final type (a technologist's reclassification, "
+        "else the cell model's label; abstentions count as unclassified white cells): percentages of the white "
+        "cells only, nucleated red cells per 100 white cells, platelets as a count, artefacts excluded.",
     )
     @action(detail=True, methods=["get"], url_path="differential")
     def differential(self, request: Request, pk: str | None = None) -> Response:
@@ -272,7 +273,7 @@ class CellViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericViewS
     @extend_schema(request=ReclassifySerializer, responses={200: CellSerializer})
     @action(detail=True, methods=["post"], url_path="reclassify")
     def reclassify(self, request: Request, pk: str | None = None) -> Response:
-        """Set the cell's type (audited old -> new); 409 once its frame is signed off."""
+        """Set the cell's type, or 'artefact' (not a cell), audited old -> new; 409 once its frame is signed off."""
         cell = self.get_object()
         serializer = ReclassifySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -198,6 +198,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "ClassLabelEnum": "portal.analyses.models.LABEL_CHOICES",
         "CellTypeEnum": "portal.analyses.models.CELL_LABEL_CHOICES",
+        "ReviewedCellTypeEnum": "portal.analyses.models.REVIEWED_LABEL_CHOICES",
     },
 }
 

@@ -22,9 +22,10 @@ from PIL import Image as PILImage
 from core.registry import CELL_CLASSES
 from portal import actions, jobs
 from portal.analyses import storage
-from portal.analyses.differential import CATEGORIES, UNCLASSIFIED, differential
+from portal.analyses.differential import ARTEFACT, CATEGORIES, UNCLASSIFIED, differential
 from portal.analyses.inference import CellPrediction, Refusal, ServerError
 from portal.analyses.models import Cell, CellAnalysis, Image, ImmutableError
+from portal.analyses.reports import DIFFERENTIAL_CSV_COLUMNS
 from portal.audit.models import AuditEvent
 from tests.portal.conftest import login, smear_paths
 from tests.portal.helpers import complete, png_bytes
@@ -109,18 +110,20 @@ def _typed(final: str, reviewed: str | None = None) -> Any:
 
 
 def test_differential_counts_percentages_and_unclassified() -> None:
+    """Only white cells here: the percentages of all of them add up to 100 (tests/portal/test_differential.py
+    has the denominator without platelets, erythroblasts and artefacts)."""
     cells = [_typed("neutrophil")] * 6 + [_typed("lymphocyte", "lymphocyte")] * 3 + [_typed(UNCLASSIFIED)]
     diff = differential(cells)
     rows = {r.category: r for r in diff.rows}
-    assert [r.category for r in diff.rows] == list(CATEGORIES) and CATEGORIES[-1] == UNCLASSIFIED
-    assert (diff.total, diff.reviewed) == (10, 3)
+    assert [r.category for r in diff.rows] == list(CATEGORIES) and CATEGORIES[-1] == ARTEFACT
+    assert (diff.white_cells, diff.reviewed, diff.excluded) == (10, 3, 0)
     assert (rows["neutrophil"].count, rows["neutrophil"].percent) == (6, 60.0)
     assert (rows["lymphocyte"].count, rows["lymphocyte"].percent) == (3, 30.0)
     assert (rows[UNCLASSIFIED].count, rows[UNCLASSIFIED].percent) == (1, 10.0)
-    assert rows["basophil"].count == 0 and sum(r.percent for r in diff.rows) == pytest.approx(100.0)
+    assert rows["basophil"].count == 0 and sum(r.percent or 0 for r in diff.rows) == pytest.approx(100.0)
     assert diff.as_dict()["counts"]["neutrophil"] == 6
     empty = differential([])
-    assert empty.total == 0 and all(r.percent == 0.0 for r in empty.rows)
+    assert empty.white_cells == 0 and all(r.percent == 0.0 for r in empty.white_rows)
     with pytest.raises(ValueError, match="unknown cell labels"):
         differential([_typed("blast")])
 
@@ -213,7 +216,7 @@ def test_differential_page_gallery_and_crop(tech_client: Client, frames: list[Im
     )
     assert '<tr data-type="unclassified"><td>Unclassified</td><td class="num count">1</td>' in page
     assert page.count("/crop.png") == 4 and 'id="type-neutrophil"' in page and 'id="type-unclassified"' in page
-    assert AuditEvent.objects.filter(action="specimen.differential").get().data["total"] == 4
+    assert AuditEvent.objects.filter(action="specimen.differential").get().data["white_cells"] == 4
     cell = Cell.objects.get(image=frames[0], index=1)  # box 50x50 px
     crop = tech_client.get(f"/cells/{cell.pk}/crop.png")
     assert crop.status_code == 200 and crop["Content-Type"] == "image/png"
@@ -306,11 +309,12 @@ def test_exports_include_the_differential(rev_client: Client, frames: list[Image
     response = rev_client.get(f"/specimens/{specimen.pk}/differential.csv")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
     lines = response.content.decode().splitlines()
-    summary = list(csv.reader(lines[: lines.index("")]))
-    assert summary[0] == ["specimen_accession", "patient_mrn", "cell_type", "count", "percent"]
-    by_type = {row[2]: (int(row[3]), float(row[4])) for row in summary[1:]}
-    assert by_type["neutrophil"] == (1, 25.0) and by_type["eosinophil"] == (1, 25.0)
-    assert by_type[UNCLASSIFIED] == (1, 25.0) and by_type["total"] == (4, 100.0)
+    summary = list(csv.DictReader(lines[: lines.index("")]))
+    assert list(summary[0]) == DIFFERENTIAL_CSV_COLUMNS
+    by_type = {row["cell_type"]: (int(row["count"]), row["percent_of_white_cells"]) for row in summary}
+    assert by_type["neutrophil"] == (1, "25.0") and by_type["eosinophil"] == (1, "25.0")
+    assert by_type[UNCLASSIFIED] == (1, "25.0") and by_type["white_cells"] == (4, "100.0")
+    assert by_type["platelet"] == (0, "") and by_type[ARTEFACT] == (0, "")
     cells = list(csv.DictReader(lines[lines.index("") + 1 :]))
     assert len(cells) == 4 and {c["final_label"] for c in cells} == {
         "neutrophil",
@@ -338,9 +342,16 @@ def test_pdf_differential_text(frames: list[Image], specimen: Any, monkeypatch: 
 
     monkeypatch.setattr(rl_config, "pageCompression", 0)
     pdf = specimen_pdf(specimen, "rev")
-    for text in (b"(White-cell differential)", b"(Neutrophil)", b"(50.0)", b"(Unclassified)", b"(25.0)", b"(Total)"):
+    for text in (
+        b"(White-cell differential)",
+        b"(Neutrophil)",
+        b"(50.0)",
+        b"(Unclassified)",
+        b"(25.0)",
+        b"(White cells)",
+    ):
         assert text in pdf, text
-    assert b"(4 cells in 2 frame\\(s\\); 0 reclassified" in pdf or b"4 cells in 2 frame" in pdf
+    assert b"(4 white cells in 2 frame\\(s\\); excluded: 0" in pdf
 
 
 # --- API ------------------------------------------------------------------------------------------
@@ -364,7 +375,11 @@ def test_api_cells_differential_and_reclassify(
     )
     assert set(first["probabilities"]) == set(CELL_CLASSES) and first["crop_url"].endswith("/crop.png")
     diff = api.get(f"/api/specimens/{specimen.pk}/differential/").json()
-    assert (diff["total"], diff["counts"]["neutrophil"], diff["percent"]["neutrophil"]) == (4, 2, 50.0)
+    assert (diff["white_cells"], diff["counts"]["neutrophil"], diff["percent_of_white_cells"]["neutrophil"]) == (
+        4,
+        2,
+        50.0,
+    )
     assert (diff["frames"], diff["signed_frames"], diff["counts"][UNCLASSIFIED]) == (2, 0, 1)
     abstained = next(c for c in listed["results"] if c["abstained"])
     url = f"/api/cells/{abstained['id']}/reclassify/"
@@ -413,7 +428,8 @@ def test_fhir_bundle_has_the_differential(
     bundle = rev_client.get(f"/specimens/{specimen.pk}/fhir.json").json()  # validated by fhir.resources
     resources = [e["resource"] for e in bundle["entry"]]
     diff = {r["id"]: r for r in resources if r["id"].startswith("differential-")}
-    assert set(diff) == {f"differential-{specimen.pk}-{t}" for t in ("neutrophil", "lymphocyte", UNCLASSIFIED)}
+    expected = ("white-cells", "neutrophil", "lymphocyte", UNCLASSIFIED)
+    assert set(diff) == {f"differential-{specimen.pk}-{t}" for t in expected}
     neutrophil = diff[f"differential-{specimen.pk}-neutrophil"]
     assert neutrophil["valueQuantity"]["value"] == 2 and neutrophil["component"][0]["valueQuantity"]["value"] == 50.0
     assert neutrophil["status"] == "preliminary"

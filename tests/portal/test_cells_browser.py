@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from portal import actions
+from portal.analyses.differential import ARTEFACT, WHITE_CATEGORIES
 from portal.analyses.models import Cell
 from portal.audit.models import AuditEvent
 from tests.portal.conftest import smear_paths
@@ -85,6 +86,20 @@ def test_annotation_toggle_and_reclassify_in_the_gallery(
     page.screenshot(path=str(ARTIFACTS / "portal-cells-differential.png"), full_page=True)
     event = AuditEvent.objects.get(action="cell.reclassify")
     assert (event.actor_username, event.data["old"], event.data["new"]) == ("tech", "unclassified", "monocyte")
+    # "not a cell": the lymphocyte becomes an artefact, excluded; the percentages are of the 2 white cells left
+    lymphocyte = Cell.objects.get(image=image, index=1)
+    figure = page.locator(f"#cell-{lymphocyte.pk}")
+    figure.locator("select[name=label]").select_option(ARTEFACT)
+    figure.locator("button:has-text('Reclassify')").click()
+    page.wait_for_selector("text=now Artefact (not a cell)")
+    assert page.inner_text("#differential [data-total]") == "2"
+    assert page.inner_text("#differential [data-excluded]") == "1"
+    assert page.inner_text("#differential tr[data-type=monocyte] td.percent") == "50.0"
+    assert page.locator(".gallery-group").last.get_attribute("id") == "type-artefact"
+    assert page.locator(f"#type-artefact #cell-{lymphocyte.pk}").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "portal-cells-artefact.png"), full_page=True)
+    last = AuditEvent.objects.filter(action="cell.reclassify").order_by("-id").first()
+    assert last is not None and (last.data["old"], last.data["new"]) == ("lymphocyte", ARTEFACT)
     assert page.outside_requests == []  # type: ignore[attr-defined]
 
 
@@ -136,17 +151,19 @@ def test_real_cell_model_upload_toggle_and_reclassify(
 
     page.click("text=Specimen differential")
     page.wait_for_selector("h1:has-text('Differential')")
-    assert page.inner_text("#differential [data-total]") == str(n)
+    white = sum(1 for c in image.cells.all() if c.final_label in WHITE_CATEGORIES)  # platelets/NRBC apart
+    assert page.inner_text("#differential [data-total]") == str(white)
     cell = image.cells.order_by("index").first()
     assert cell is not None
     new = "basophil" if cell.final_label != "basophil" else "eosinophil"
+    white += cell.final_label not in WHITE_CATEGORIES  # a white cell now, if it was not one
     before = int(page.inner_text(f"#differential tr[data-type={new}] td.count"))
     figure = page.locator(f"#cell-{cell.pk}")
     figure.locator("select[name=label]").select_option(new)
     figure.locator("button:has-text('Reclassify')").click()
     page.wait_for_selector(f"text=Cell {cell.pk}: now")
     assert int(page.inner_text(f"#differential tr[data-type={new}] td.count")) == before + 1
-    assert page.inner_text("#differential [data-total]") == str(n)
+    assert page.inner_text("#differential [data-total]") == str(white)
     page.screenshot(path=str(ARTIFACTS / "portal-cells-real-differential.png"), full_page=True)
     event = AuditEvent.objects.get(action="cell.reclassify")
     assert (event.data["old"], event.data["new"]) == (cell.final_label, new)

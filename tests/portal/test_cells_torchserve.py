@@ -23,6 +23,7 @@ from PIL import Image as PILImage
 from core.registry import CELL_CLASSES
 from portal import actions, jobs
 from portal.analyses import storage
+from portal.analyses.differential import NRBC, PLATELET, WHITE_CATEGORIES
 from portal.analyses.models import CellAnalysis, Image
 from portal.analyses.validation import validate_image_bytes
 from portal.audit.models import AuditEvent
@@ -98,8 +99,13 @@ def test_wbc_cells_through_the_real_model_server(
     assert page.count('<rect class="box"') == n and page.count("data-cell-row=") == n
     assert "progress.js" not in page
     differential = tech_client.get(f"/specimens/{specimen.pk}/differential/").content.decode()
-    total = sum(i.cells.count() for i in images)
-    assert f'<th class="num" data-total>{total}</th>' in differential
+    # the denominator: white cells (typed or unclassified), not the platelets or erythroblasts the model found
+    stored = [c for i in images for c in i.cells.all()]
+    white = sum(1 for c in stored if c.final_label in WHITE_CATEGORIES)
+    assert f'<th class="num" data-total>{white}</th>' in differential
+    assert "data-excluded>0</td>" in differential and white + sum(
+        1 for c in stored if c.final_label in (NRBC, PLATELET)
+    ) == len(stored)
     crop = tech_client.get(f"/cells/{image.cells.first().pk}/crop.png") if n else None
     assert crop is None or (crop.status_code == 200 and crop.content.startswith(b"\x89PNG"))
 

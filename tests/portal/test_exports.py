@@ -63,7 +63,7 @@ def test_printable_and_pdf_report(rev_client: Client, done: list[Analysis], spec
     html = rev_client.get(f"/specimens/{specimen.pk}/report/").content.decode()
     assert "Decision support only" in html and "MRN0001" in html and "Signed off by rev" in html
     assert "Sign off</button>" not in html
-    assert f'/images/{done[0].image_id}/file/' in html  # the original image is on the printable report too
+    assert f"/images/{done[0].image_id}/file/" in html  # the original image is on the printable report too
     pdf = rev_client.get(f"/specimens/{specimen.pk}/report.pdf")
     assert pdf.status_code == 200 and pdf["Content-Type"] == "application/pdf"
     assert pdf.content.startswith(b"%PDF") and len(pdf.content) > 1500
