@@ -32,8 +32,9 @@ fine-tuning the whole MobileNetV2 at 128 px measured 3.5 images/s (about 15 minu
   basophils hundreds of times).
 - AdamW, cosine learning rate with warm-up, label smoothing 0.05; the last epoch's model is kept
   (no selection on the validation set it is measured on).
-- A checkpoint after every epoch (``checkpoint.pt``) and the feature cache (``feature_cache.pt``):
-  ``--resume`` continues from both. One JSON line per epoch in ``train.log``.
+- The epochs run in :func:`training.loop.fit`, the loop every model's training uses: a checkpoint
+  after every epoch (``checkpoint.pt``; with the feature cache ``feature_cache.pt``, ``--resume``
+  continues from both), one JSON line per epoch in ``train.log``.
 
 At the end the model is saved to ``<out>/model`` (:func:`training.cell_typer.save_typer`) and
 :func:`training.cell_typer_eval.evaluate` fits the temperature and abstention threshold and writes
@@ -43,11 +44,10 @@ At the end the model is saved to ``<out>/model`` (:func:`training.cell_typer.sav
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ from core.registry import CellModelSpec, get_cell_spec
 from training.augment import ColorAugment, GeometricAugment, TrainAugment, geometric_grid
 from training.cell_data import bccd_split, pbc_split
 from training.cell_typer import build_typer_transform, create_typer, crop_cell, save_typer, typer_split
+from training.loop import Checkpoint, Log, Source, fit, macro_f1
 from training.stain import lab_to_rgb, rgb_to_lab
 
 __all__ = ["DEFAULT_INIT", "CropSet", "pbc_crops", "bccd_crops", "sample_weights", "train", "main"]
@@ -221,31 +222,6 @@ def cache_views(
     return out.view(views, len(crops), *out.shape[1:])
 
 
-def _cosine(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
-def _log(path: Path, msg: str) -> None:
-    line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
-    print(line, flush=True)
-    with open(path, "a") as fh:
-        fh.write(line + "\n")
-
-
-@torch.no_grad()
-def _eval_logits(model: torch.nn.Module, x: torch.Tensor, batch: int = 128) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]) if len(x) else torch.zeros(0)
-
-
-def _macro_f1(preds: np.ndarray, labels: np.ndarray, n: int) -> float:
-    from training.calibrate import confusion_matrix, per_class_prf
-
-    return float(per_class_prf(confusion_matrix(labels, preds, n))["f1"].mean())
-
-
 def train(args: argparse.Namespace) -> Path:
     """Cache stem features, train the tail, checkpoint every epoch; returns the saved model directory."""
     torch.set_num_threads(args.threads)
@@ -253,8 +229,7 @@ def train(args: argparse.Namespace) -> Path:
     spec = get_cell_spec(MODEL_NAME)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "train.log"
-    log = lambda msg: _log(log_path, msg)  # noqa: E731
+    log = Log(out / "train.log")
 
     t0 = time.time()
     model = create_typer(spec, args.init_weights)
@@ -318,18 +293,12 @@ def train(args: argparse.Namespace) -> Path:
     n_pbc = sum(1 for s in crops.sources if s == "pbc")
     per_epoch = int(round(n_pbc * (1.0 + args.bccd_share)))
     steps_per_epoch = math.ceil(per_epoch / args.batch_size)
-    total_steps = steps_per_epoch * args.epochs
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
     ckpt_path = out / "checkpoint.pt"
-    start_epoch = 0
-    if args.resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch = int(ckpt["epoch"]) + 1
-        log(f"resumed from {ckpt_path} after epoch {ckpt['epoch']}")
+    if not args.resume:
+        ckpt_path.unlink(missing_ok=True)  # a fresh run; --resume continues from it
     log(
         f"start: {args.epochs} epochs x {steps_per_epoch} steps (batch {args.batch_size}, {per_epoch} draws) on "
         f"cached stem maps (frozen through blocks[{args.freeze_through}], {args.views} views), input "
@@ -340,16 +309,13 @@ def train(args: argparse.Namespace) -> Path:
     def head(maps: torch.Tensor) -> torch.Tensor:
         return model.forward_head(tail(maps.float()))
 
-    for epoch in range(start_epoch, args.epochs):
-        te = time.time()
-        tail.train()
-        model.net.classifier.train()
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Weighted draws (BCCD's share), each a random cached view under a random flip/90-degree turn."""
         gen = np.random.default_rng([args.seed, epoch])
         order = gen.choice(len(labels), size=per_epoch, replace=True, p=weights)
         view = gen.integers(0, train_maps.shape[0], size=per_epoch)
         rot = gen.integers(0, 4, size=per_epoch)
         flip = gen.random(per_epoch) < 0.5
-        loss_sum, correct, seen = 0.0, 0, 0
         for b in range(steps_per_epoch):
             sl = slice(b * args.batch_size, (b + 1) * args.batch_size)
             x = torch.stack(
@@ -358,41 +324,56 @@ def train(args: argparse.Namespace) -> Path:
                     for i, v, k, f in zip(order[sl], view[sl], rot[sl], flip[sl], strict=True)
                 ]
             )
-            y = labels[order[sl]]
-            for g in optimizer.param_groups:
-                g["lr"] = args.lr * _cosine(epoch * steps_per_epoch + b, total_steps, args.warmup_steps)
-            logits = head(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-        train_s = time.time() - te
+            yield x, labels[order[sl]]
+
+    tally = {"correct": 0, "seen": 0, "t0": time.time()}
+
+    def loss(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        x, y = batch
+        logits = head(x)
+        tally["correct"] += int((logits.argmax(1) == y).sum())
+        tally["seen"] += len(y)
+        return F.cross_entropy(logits, y, label_smoothing=args.label_smoothing), len(y)
+
+    def train_mode() -> None:
+        tail.train()
+        model.net.classifier.train()
+        tally.update(correct=0, seen=0, t0=time.time())
+
+    def epoch_numbers() -> dict[str, Any]:
+        return {
+            "train_acc": round(tally["correct"] / max(tally["seen"], 1), 4),
+            "lr": round(optimizer.param_groups[0]["lr"], 6),
+            "train_img_per_s": round(tally["seen"] / max(time.time() - tally["t0"], 1e-9), 1),
+        }
+
+    def validate(epoch: int, last: bool) -> dict[str, Any]:
         tail.eval()
         model.eval()
-        rec: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": round(loss_sum / max(seen, 1), 4),
-            "train_acc": round(correct / max(seen, 1), 4),
-        }
+        rec: dict[str, Any] = {}
         with torch.no_grad():
             for k, maps in cache["val_maps"].items():
-                pred = torch.cat([head(maps[i : i + 256]) for i in range(0, len(maps), 256)]).argmax(1).numpy()
-                yv = cache["val_labels"][k].numpy()
-                rec[f"val_{k}_acc"] = round(float((pred == yv).mean()), 4)
+                val_logits = torch.cat([head(maps[i : i + 256]) for i in range(0, len(maps), 256)])
+                acc, f1 = macro_f1(val_logits, cache["val_labels"][k], spec.num_classes)
+                rec[f"val_{k}_acc"] = round(acc, 4)
                 if k == "pbc":
-                    rec["val_orig_macro_f1"] = round(_macro_f1(pred, yv, spec.num_classes), 4)
-        rec |= {
-            "lr": round(optimizer.param_groups[0]["lr"], 6),
-            "train_img_per_s": round(seen / train_s, 1),
-            "epoch_s": round(time.time() - te, 1),
-        }
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}, tmp)
-        tmp.replace(ckpt_path)
-        log(json.dumps(rec))
+                    rec["val_orig_macro_f1"] = round(f1, 4)
+        return rec
+
+    fit(
+        model=model,
+        opt=optimizer,
+        source=Source(steps_per_epoch, batches),
+        loss=loss,
+        epochs=args.epochs,
+        log=log,
+        clip=[],  # the shipped typer was trained without gradient clipping
+        train_mode=train_mode,
+        validate=validate,
+        checkpoint=Checkpoint(ckpt_path),
+        warmup=args.warmup_steps,
+        epoch_extra=epoch_numbers,
+    )
 
     model.eval()
     model_dir = save_typer(
