@@ -144,6 +144,8 @@ class PortalStack:
     torchserve_url: str
     torchserve_workdir: str
     models: Sequence[str] = ()
+    #: the cell model's jobs are off unless named: these runs measure the frame models' pipeline
+    cell_model: str = ""
     workers: int = 4
     web_processes: int = 2
     port: int = field(default_factory=free_port)
@@ -168,6 +170,7 @@ class PortalStack:
             PORTAL_VAR_DIR=str(self.var_dir),
             PORTAL_WEB_PROCESSES=str(self.web_processes),
             PYTHONUNBUFFERED="1",
+            PORTAL_CELL_MODEL=self.cell_model,
         )
         if self.models:
             env["PORTAL_MODELS"] = ",".join(self.models)
