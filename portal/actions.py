@@ -30,6 +30,7 @@ from portal.analyses.models import (
     CellAnalysis,
     Image,
     ImmutableError,
+    QueuedJob,
     Review,
     image_is_signed,
 )
@@ -264,11 +265,7 @@ def store_outcome(analysis_id: int, outcome: Prediction | Refusal | ServerError)
                 if heatmap_name:
                     transaction.on_commit(lambda: storage.delete(heatmap_name))
                 return None
-            now = timezone.now()
-            analysis.locked_until = None
-            analysis.next_attempt_at = None
-            analysis.completed_at = now
-            analysis.stage_since = now
+            analysis.close(timezone.now())
             if isinstance(outcome, Prediction):
                 body = outcome.body
                 analysis.status = Analysis.Status.DONE
@@ -290,16 +287,8 @@ def store_outcome(analysis_id: int, outcome: Prediction | Refusal | ServerError)
                     "analysis.complete",
                     {"label": analysis.label, "abstained": analysis.abstained, "version": analysis.model_version},
                 )
-            elif isinstance(outcome, Refusal):
-                analysis.status = Analysis.Status.REJECTED
-                analysis.error_code = outcome.code
-                analysis.error_message = outcome.message
-                action, data = "analysis.reject", {"code": outcome.code, "message": outcome.message}
             else:
-                analysis.status = Analysis.Status.FAILED
-                analysis.error_code = "server_error"
-                analysis.error_message = outcome.message
-                action, data = "analysis.fail", {"error": outcome.message, "attempts": analysis.attempts}
+                action, data = _end_without_result(analysis, outcome, "analysis")
             analysis.save()
             record(
                 action,
@@ -313,6 +302,15 @@ def store_outcome(analysis_id: int, outcome: Prediction | Refusal | ServerError)
         if heatmap_name and not committing:
             storage.delete(heatmap_name)
         raise
+
+
+def _end_without_result(job: QueuedJob, outcome: Refusal | ServerError, kind: str) -> tuple[str, dict[str, Any]]:
+    """A refusal (rejected, final) or a server error past its retries (failed): status, error, audit action."""
+    if isinstance(outcome, Refusal):
+        job.status, job.error_code, job.error_message = QueuedJob.Status.REJECTED, outcome.code, outcome.message
+        return f"{kind}.reject", {"code": outcome.code, "message": outcome.message}
+    job.status, job.error_code, job.error_message = QueuedJob.Status.FAILED, "server_error", outcome.message
+    return f"{kind}.fail", {"error": outcome.message, "attempts": job.attempts}
 
 
 def _float(value: Any) -> float | None:
@@ -390,11 +388,7 @@ def store_cell_outcome(cell_analysis_id: int, outcome: CellPrediction | Refusal 
                 if annotated_name:
                     transaction.on_commit(lambda: storage.delete(annotated_name))
                 return None
-            now = timezone.now()
-            job.locked_until = None
-            job.next_attempt_at = None
-            job.completed_at = now
-            job.stage_since = now
+            job.close(timezone.now())
             if isinstance(outcome, CellPrediction):
                 body = outcome.body
                 job.status = CellAnalysis.Status.DONE
@@ -407,16 +401,8 @@ def store_cell_outcome(cell_analysis_id: int, outcome: CellPrediction | Refusal 
                 job.annotated_name = annotated_name
                 Cell.objects.bulk_create(Cell(cell_analysis=job, image_id=job.image_id, **row) for row in cells)
                 action, data = "cells.complete", {"cells": len(cells), "version": job.model_version}
-            elif isinstance(outcome, Refusal):
-                job.status = CellAnalysis.Status.REJECTED
-                job.error_code = outcome.code
-                job.error_message = outcome.message
-                action, data = "cells.reject", {"code": outcome.code, "message": outcome.message}
             else:
-                job.status = CellAnalysis.Status.FAILED
-                job.error_code = "server_error"
-                job.error_message = outcome.message
-                action, data = "cells.fail", {"error": outcome.message, "attempts": job.attempts}
+                action, data = _end_without_result(job, outcome, "cells")
             job.save()
             record(action, actor=None, obj=job, data={"image_id": job.image_id, "model": job.model_name, **data})
             committing = True

@@ -282,8 +282,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--refit-gate", action="store_true", help="fit the smear gate again even if smear_gate.json exists")
     args = ap.parse_args(argv)
     d = args.artifacts / MODEL
-    if args.gate_only:
-        args.refit_gate = args.refit_gate or not (d / "smear_gate.json").is_file()
     spec = get_cell_spec(MODEL)
     gate_file = d / "smear_gate.json"  # fitted once; delete it (or --refit-gate) to fit again
     if gate_file.is_file() and not args.refit_gate:

@@ -13,6 +13,7 @@ cell found; a technologist may reclassify a cell until a reviewer signs off any 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -132,6 +133,13 @@ class QueuedJob(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    def close(self, now: datetime) -> None:
+        """The job ends now: no lease, no retry planned (the caller sets the final status and saves)."""
+        self.locked_until = None
+        self.next_attempt_at = None
+        self.completed_at = now
+        self.stage_since = now
 
     def progress_text(self) -> str:
         """What a user should read about where this analysis is (one line, no jargon)."""
