@@ -79,6 +79,11 @@ def validate_card(card: dict[str, Any]) -> dict[str, Any]:
         raise CardError("temperature must be positive")
     if not 0.0 <= card["abstain_threshold"] <= 1.0:
         raise CardError("abstain_threshold must be in [0, 1]")
+    benign = card.get("benign_threshold")  # optional: the Benign operating point (core.prediction.decide)
+    if benign is not None and (
+        isinstance(benign, bool) or not isinstance(benign, (int, float)) or not 0.0 <= benign <= 1.0
+    ):
+        raise CardError("benign_threshold must be a number in [0, 1] (or absent)")
     return card
 
 

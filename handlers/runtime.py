@@ -7,6 +7,10 @@ with :func:`training.models.load_model`, the preprocessing with
 re-typed) and the smear gate from the card. :meth:`ModelRuntime.predict` answers a batch of
 request rows with one result per row: a prediction body or a :class:`RequestError`, so one bad
 image never fails its batch-mates. :meth:`ModelRuntime.explain` answers an explanation request.
+
+The forward pass of :meth:`ModelRuntime.predict` runs on the runtime :func:`handlers.backends.select_forward`
+chose (ONNX Runtime or OpenVINO built from the same weights at load, PyTorch eager as the fallback);
+each answer names it in ``runtime``. Explanations (Grad-CAM needs gradients) always run eager.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from core.decode import DecodedImage, decode_request, enforce_pillow_limits
 from core.errors import RequestError
 from core.prediction import build_prediction
 from core.smear_gate import SmearGate
+from handlers.backends import Selection, select_forward
 from handlers.explain import grad_cam, overlay_png_base64
 from handlers.postprocess import calibrated_probabilities
 from training.models import load_model
@@ -88,6 +93,10 @@ class ModelRuntime:
         self.abstain_threshold = float(self.card["abstain_threshold"])
         self.transform = build_eval_transform(self.spec)
         self.gate = SmearGate.from_dict(self.card["smear_gate"])
+        # the eager model stays loaded: reference for the parity check, fallback, and Grad-CAM
+        self.selection: Selection = select_forward(
+            self.model, self.name, self.spec.input_size, torch.get_num_threads(), self.temperature
+        )
 
     def _check_card_matches_spec(self) -> None:
         cfg = data_config(self.spec)
@@ -109,13 +118,14 @@ class ModelRuntime:
         tensor = self.transform(decoded.image)
         return Prepared(decoded, tensor, {"decode": (t1 - t0) * 1000.0, "preprocess": _ms(t1)})
 
+    @property
+    def runtime_name(self) -> str:
+        """The runtime :meth:`forward` runs on (``eager``, ``onnxruntime``, ``openvino``)."""
+        return self.selection.forward.name
+
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and pooled features of a batch, under ``torch.inference_mode()``."""
-        with torch.inference_mode():
-            feats = self.model.forward_features(batch)
-            pooled = self.model.forward_head(feats, pre_logits=True)
-            logits = self.model.forward_head(feats)
-        return logits, pooled
+        """Logits and pooled features of a batch, on the selected runtime."""
+        return self.selection.forward(batch)
 
     def gate_check(self, decoded: DecodedImage, pooled: torch.Tensor | None) -> dict[str, Any]:
         """Quality block of the response; raises ``not_a_blood_smear`` when the gate refuses."""
@@ -129,6 +139,7 @@ class ModelRuntime:
             model=self.name,
             version=self.version,
             abstain_threshold=self.abstain_threshold,
+            benign_threshold=self.card.get("benign_threshold"),  # Benign operating point; absent in old cards
             quality=quality,
             timing_ms=timing_ms,
         )
@@ -165,6 +176,7 @@ class ModelRuntime:
                 body["timing_ms"]["postprocess"] = round(_ms(t2), 3)
                 body["timing_ms"]["total"] = round(sum(body["timing_ms"].values()), 3)
                 body["batch_size"] = len(idx)
+                body["runtime"] = self.runtime_name
                 results[i] = body
             except RequestError as exc:
                 results[i] = exc
@@ -217,4 +229,5 @@ class ModelRuntime:
         body["timing_ms"]["explain"] = round(_ms(t2), 3)
         body["timing_ms"]["total"] = round(sum(body["timing_ms"].values()), 3)
         body["batch_size"] = 1
+        body["runtime"] = "eager"
         return body
