@@ -4,7 +4,7 @@ MODEL_STORE ?= model_store
 TS_CONFIG ?= docker/torchserve/config.properties
 TS_WORKDIR ?= .torchserve
 
-.PHONY: bench-cells archive repack serve stop bench loadtest test-serving
+.PHONY: bench-cells archive repack serve stop bench loadtest scale-bench test-serving
 
 archive: setup
 	$(PY) -m training.archive --artifacts $(ARTIFACTS) --out $(MODEL_STORE)
@@ -31,6 +31,11 @@ bench-cells: setup
 LOAD_ARGS ?= --fault-after 8 --outage 20
 loadtest: setup
 	$(PY) -m bench.load --model-store $(MODEL_STORE) $(LOAD_ARGS)
+
+# The compose services as local processes, 1 vs 2 of each behind nginx (bench/scale.py) -> docs/scale.md
+SCALE_ARGS ?= --max-load 0.5
+scale-bench: setup
+	$(PY) -m bench.scale --model-store $(MODEL_STORE) $(SCALE_ARGS)
 
 test-serving: setup
 	$(PY) -m pytest tests/handlers tests/integration -q

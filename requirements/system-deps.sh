@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # System packages the project needs beyond Python 3.11: headers to build mysqlclient, a JDK for
-# TorchServe, Chromium + ChromeDriver for the browser tests. Idempotent: installs only what is
-# missing (apt, as root or through sudo); prints what to install and fails where it cannot.
+# TorchServe, Chromium + ChromeDriver for the browser tests, nginx for the scale benchmark (bench/scale.py
+# runs its own in the foreground on spare ports; where apt also starts the distribution's service on
+# port 80, stop and disable that one). Idempotent: installs only what is missing (apt, as root or
+# through sudo); prints what to install and fails where it cannot.
 # Used by `make setup` and by .ci/run, so a fresh machine needs no manual step.
 set -euo pipefail
 
-packages=(default-libmysqlclient-dev pkg-config build-essential chromium chromium-driver)
+packages=(default-libmysqlclient-dev pkg-config build-essential chromium chromium-driver nginx)
 command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
 
 missing=()
