@@ -49,6 +49,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "portal.accounts.middleware.SessionActivityMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "portal.accounts.middleware.LoginRequiredMiddleware",
@@ -203,9 +204,10 @@ SPECTACULAR_SETTINGS = {
 }
 
 SESSION_COOKIE_HTTPONLY = True
-# Idle timeout: a session ends after this long without a request (each request renews it).
+# Idle timeout: a session ends after this long without the user's own requests; a request renews it at
+# most once per PORTAL_SESSION_RENEW_S, the pages' background polling never (portal.accounts.middleware).
 SESSION_COOKIE_AGE = env_int("PORTAL_IDLE_TIMEOUT_MINUTES", 30) * 60
-SESSION_SAVE_EVERY_REQUEST = True
+PORTAL_SESSION_RENEW_S = env_int("PORTAL_SESSION_RENEW_S", 60)
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"

@@ -54,6 +54,11 @@ def page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
             ),
         )
         page.outside_requests = outside  # type: ignore[attr-defined]
+        # Every failed answer the page got (status and URL), to say why an image did not load.
+        failed: list[str] = []
+        page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        page.on("requestfailed", lambda r: failed.append(f"failed {r.url}: {r.failure}"))
+        page.failed_responses = failed  # type: ignore[attr-defined]
         yield page
         context.close()
         browser.close()
@@ -130,8 +135,8 @@ def test_technologist_uploads_reviewer_signs_off(
     heatmaps = page.locator("img.heatmap")
     assert heatmaps.count() == 4
     for i in range(4):
-        assert heatmaps.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")
-    assert page.locator("figure.original img").evaluate("img => img.naturalWidth") > 0
+        assert heatmaps.nth(i).evaluate("img => img.complete && img.naturalWidth > 0"), page.failed_responses  # type: ignore[attr-defined]
+    assert page.locator("figure.original img").evaluate("img => img.naturalWidth") > 0, page.failed_responses  # type: ignore[attr-defined]
     assert page.locator("#consensus").is_visible()
     assert "Decision support only" in page.inner_text("p.disclaimer.banner")
     assert page.locator("text=Awaiting sign-off by a reviewer").count() == 4  # no sign-off form for a technologist

@@ -61,3 +61,35 @@ def test_an_idle_session_ends(settings: Any, technologist: Any) -> None:
     time.sleep(2.1)
     response = client.get("/")
     assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+def test_the_users_requests_renew_the_session_but_polling_does_not(settings: Any, technologist: Any) -> None:
+    from portal.accounts.middleware import POLL_HEADER
+
+    settings.SESSION_COOKIE_AGE = 2
+    settings.PORTAL_SESSION_RENEW_S = 0
+    client = Client()
+    assert client.post("/accounts/login/", {"username": "tech", "password": PASSWORD}).status_code == 302
+    for _ in range(3):  # 3 x 1.2 s of the user's own requests: longer than the timeout, still logged in
+        time.sleep(1.2)
+        assert client.get("/").status_code == 200
+    poll = {"headers": {POLL_HEADER: "1", "Accept": "application/json"}}
+    for _ in range(3):  # only the page's polling for 2.4 s: the session ends
+        time.sleep(0.8)
+        client.get("/", **poll)
+    response = client.get("/")
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+def test_the_session_row_is_written_at_most_once_per_renewal_interval(settings: Any, technologist: Any) -> None:
+    from django.contrib.sessions.models import Session
+
+    settings.PORTAL_SESSION_RENEW_S = 60
+    client = Client()
+    assert client.post("/accounts/login/", {"username": "tech", "password": PASSWORD}).status_code == 302
+    client.get("/")
+    expiry = Session.objects.get().expire_date
+    time.sleep(1.1)
+    for _ in range(3):  # images, heatmaps, pages within a minute: no further session writes
+        assert client.get("/").status_code == 200
+    assert Session.objects.get().expire_date == expiry
