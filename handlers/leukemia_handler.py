@@ -9,6 +9,9 @@ Per-request results: a JSON body for every request of the batch, with its own HT
 ``context.set_response_status(code, phrase, idx)``: 200 for a prediction or explanation, the
 contract's 4xx for a refusal (:mod:`core.errors`). Requests sent to
 ``/explanations/{model}`` carry the header ``explain: True`` and get a Grad-CAM heatmap.
+``GET /models/{model}?customized=true`` (management API; TorchServe sends the header ``describe:
+True``) answers the forward runtime the worker serves with and how it was chosen
+(:meth:`handlers.backends.Selection.describe`) in ``customizedMetadata``.
 
 Torch intra-op threads: ``LEUKEMIA_TORCH_THREADS`` (environment of the TorchServe process), else
 1, so that workers do not oversubscribe the CPU (see docker/torchserve/config.properties).
@@ -16,6 +19,7 @@ Torch intra-op threads: ``LEUKEMIA_TORCH_THREADS`` (environment of the TorchServ
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -43,12 +47,13 @@ class LeukemiaHandler:
         self.runtime = ModelRuntime(model_dir)
         self.initialized = True
         log.info(
-            "loaded %s %s in %.1f s (torch threads %d, smear gate threshold %.3f)",
+            "loaded %s %s in %.1f s (torch threads %d, smear gate threshold %.3f, runtime %s)",
             self.runtime.name,
             self.runtime.version,
             time.perf_counter() - t0,
             threads,
             self.runtime.gate.threshold,
+            self.runtime.selection.describe(),
         )
 
     @staticmethod
@@ -59,6 +64,8 @@ class LeukemiaHandler:
         if self.runtime is None:
             raise RuntimeError("handler used before initialize()")
         runtime = self.runtime
+        if data and request_header(context, 0, "describe") == "True":
+            return [json.dumps(runtime.selection.describe(), separators=(",", ":"))]
         results: list[dict[str, Any] | RequestError] = [RequestError("internal_error", "not processed")] * len(data)
         predict_idx = []
         for i, row in enumerate(data):
