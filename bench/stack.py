@@ -151,6 +151,7 @@ class PortalStack:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     token: str = ""
+    otp_key: str = ""  # the demo admin's TOTP key (hex), enrolled by _second_factor
     specimen_id: int = 0
 
     @property
@@ -202,9 +203,24 @@ class PortalStack:
             raise RuntimeError(f"portal.run exited with {self.proc.returncode}; log: {self.log_path}")
         return requests.get(f"{self.url}/healthz", timeout=2).status_code == 200
 
+    def _second_factor(self, username: str) -> str:
+        """A current TOTP code of ``username`` (an operator's enrolment: ``manage.py otp_enrol``)."""
+        from binascii import unhexlify
+
+        from django_otp.oath import totp
+
+        if not self.otp_key:
+            done = self.manage("otp_enrol", username, "--json")
+            if done.returncode != 0:
+                raise RuntimeError(f"otp_enrol {username} failed: {done.stderr[-2000:]}")
+            self.otp_key = json.loads(done.stdout.strip().splitlines()[-1])["key"]
+        return f"{totp(unhexlify(self.otp_key)):06d}"
+
     def _login_and_make_specimen(self) -> None:
         password = (self.var_dir / "demo-admin-password.txt").read_text().strip()
-        r = requests.post(f"{self.url}/api/auth/token/", data={"username": "admin", "password": password}, timeout=30)
+        # the demo admin needs a second factor: enrolled here as an operator would (manage.py otp_enrol)
+        data = {"username": "admin", "password": password, "otp": self._second_factor("admin")}
+        r = requests.post(f"{self.url}/api/auth/token/", data=data, timeout=30)
         r.raise_for_status()
         self.token = r.json()["token"]
         mrn = f"LOAD-{os.getpid()}-{self.port}"

@@ -15,6 +15,8 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal import actions
 from portal.accounts.roles import ADMIN, REVIEWER, TECHNOLOGIST
@@ -84,3 +86,27 @@ class AuditedUserAdmin(UserAdmin):
 
 admin.site.unregister(User)
 admin.site.register(User, AuditedUserAdmin)
+
+
+class AuditedTOTPDeviceAdmin(TOTPDeviceAdmin):
+    """django-otp's device admin (keys and QR codes hidden: OTP_ADMIN_HIDE_SENSITIVE_DATA), with an
+    audit row for each removed device: removing one is how an admin handles a lost phone."""
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        _audit_device_removal(request, [obj])
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        _audit_device_removal(request, list(queryset))
+        super().delete_queryset(request, queryset)
+
+
+def _audit_device_removal(request: HttpRequest, devices: list[Any]) -> None:
+    for device in devices:
+        actions.log_event(
+            "user.otp_removed", actor=request.user, obj=device.user, request=request, data={"device": device.pk}
+        )
+
+
+admin.site.unregister(TOTPDevice)
+admin.site.register(TOTPDevice, AuditedTOTPDeviceAdmin)

@@ -5,7 +5,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
 from django.core.exceptions import ValidationError
 
-__all__ = ["LoginForm", "RegistrationForm"]
+__all__ = ["LoginForm", "OTPCodeForm", "RegistrationForm"]
 
 
 class LoginForm(AuthenticationForm):
@@ -34,3 +34,19 @@ class RegistrationForm(UserCreationForm):
     class Meta(UserCreationForm.Meta):
         model = get_user_model()
         fields = ("username", "first_name", "last_name", "email")
+
+
+class OTPCodeForm(forms.Form):
+    """The six-digit code an authenticator app shows (spaces allowed, as some apps group the digits)."""
+
+    otp_token = forms.CharField(
+        label="Code from your authenticator app",
+        max_length=12,
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric", "autofocus": True}),
+    )
+
+    def clean_otp_token(self) -> str:
+        code = "".join(self.cleaned_data["otp_token"].split())
+        if not code.isdigit() or len(code) != 6:
+            raise ValidationError("Enter the 6 digits your authenticator app shows.", code="format")
+        return code

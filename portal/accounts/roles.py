@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ADMIN", "REVIEWER", "ROLE_PERMISSIONS", "TECHNOLOGIST", "sync_roles"]
+__all__ = ["ADMIN", "REVIEWER", "ROLE_PERMISSIONS", "SECOND_FACTOR_ROLES", "TECHNOLOGIST", "sync_roles"]
 
 TECHNOLOGIST = "technologist"
 REVIEWER = "reviewer"
@@ -37,9 +37,15 @@ _ADMIN = [
     "audit.view_auditevent",
     "authtoken.view_tokenproxy",
     "authtoken.delete_tokenproxy",
+    # a lost phone: the admin deletes the user's authenticator app, who then enrols a new one
+    "otp_totp.view_totpdevice",
+    "otp_totp.delete_totpdevice",
 ]
 
 ROLE_PERMISSIONS: dict[str, list[str]] = {TECHNOLOGIST: _TECH, REVIEWER: _REVIEWER, ADMIN: _ADMIN}
+# Roles that sign results off or administer accounts give a TOTP code after their password
+# (portal/accounts/second_factor.py; superusers and staff too, whatever their groups).
+SECOND_FACTOR_ROLES = (REVIEWER, ADMIN)
 
 
 def sync_roles(apps: Any = None, **kwargs: Any) -> None:

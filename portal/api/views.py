@@ -9,7 +9,9 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Q, QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.authtoken.models import Token
+from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
@@ -18,6 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from portal import actions
+from portal.accounts import second_factor
 from portal.analyses.cell_review import frame_reviews, specimen_differential
 from portal.analyses.models import Analysis, Cell, CellAnalysis, ImmutableError, Review
 from portal.analyses.validation import validate_image_bytes
@@ -46,26 +49,89 @@ __all__ = [
 ]
 
 
-class TokenView(ObtainAuthToken):
-    """POST username + password -> {"token": ...} (audited)."""
+class TokenSerializer(AuthTokenSerializer):
+    otp = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=12,
+        write_only=True,
+        help_text="The code from the authenticator app: required for reviewers, admins and superusers "
+        "(enrol the app first on the web: log in once at /accounts/login/).",
+    )
 
+
+class TokenResponseSerializer(serializers.Serializer):
+    token = serializers.CharField(read_only=True)
+
+
+def _refused(detail: str, code: str, http_status: int) -> Response:
+    return Response({"detail": detail, "code": code}, status=http_status)
+
+
+class TokenView(ObtainAuthToken):
+    """POST username + password (+ ``otp`` for the roles that need a second factor) -> {"token": ...}.
+
+    Audited: issued tokens (api.token), wrong and throttled codes (user.otp_failed / otp_throttled).
+    A reviewer or admin with no authenticator app enrolled gets 403 ``otp_not_enrolled``: enrolment
+    shows a secret, which only the web page (after a password login) may do.
+    """
+
+    serializer_class = TokenSerializer
+
+    @extend_schema(
+        request=TokenSerializer,
+        responses={
+            200: TokenResponseSerializer,
+            400: OpenApiTypes.OBJECT,
+            403: OpenApiTypes.OBJECT,
+            429: OpenApiTypes.OBJECT,
+        },
+    )
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = self.serializer_class(data=request.data, context={"request": request})
         try:
-            response = super().post(request, *args, **kwargs)
+            serializer.is_valid(raise_exception=True)
         except ValidationError:
             # django-axes marks the request it saw (DRF's) when the account is locked out
             if getattr(request, "axes_locked_out", False) or getattr(request._request, "axes_locked_out", False):
-                return Response(
-                    {"detail": "Too many failed logins: this account is locked for a while.", "code": "locked_out"},
-                    status=status.HTTP_429_TOO_MANY_REQUESTS,
+                return _refused(
+                    "Too many failed logins: this account is locked for a while.",
+                    "locked_out",
+                    status.HTTP_429_TOO_MANY_REQUESTS,
                 )
             raise
-        if response.status_code == 200:
-            from django.contrib.auth import get_user_model
-
-            user = get_user_model().objects.get(auth_token__key=response.data["token"])
-            actions.log_event("api.token", actor=user, obj=user, request=request)
-        return response
+        user = serializer.validated_data["user"]
+        if second_factor.needs_second_factor(user):
+            device = second_factor.confirmed_device(user)
+            code = "".join(str(serializer.validated_data.get("otp") or "").split())
+            if device is None:
+                actions.log_event(
+                    "user.otp_required", actor=user, obj=user, request=request, data={"stage": "api_token"}
+                )
+                return _refused(
+                    "Your role needs a second factor: log in on the web once to enrol an authenticator app.",
+                    "otp_not_enrolled",
+                    status.HTTP_403_FORBIDDEN,
+                )
+            if not code:
+                actions.log_event(
+                    "user.otp_required", actor=user, obj=user, request=request, data={"stage": "api_token"}
+                )
+                raise ValidationError(
+                    {"otp": ["Your role needs the code from your authenticator app."]}, code="otp_required"
+                )
+            result = second_factor.check_code(device, code, request=request, stage="api_token")
+            if result is second_factor.CodeResult.THROTTLED:
+                return _refused(
+                    "Too many wrong codes: wait a few seconds before the next try.",
+                    "otp_throttled",
+                    status.HTTP_429_TOO_MANY_REQUESTS,
+                )
+            if result is not second_factor.CodeResult.OK:
+                raise ValidationError({"otp": ["That code is not right (or was used already)."]}, code="otp_invalid")
+        token, _ = Token.objects.get_or_create(user=user)
+        actions.log_event("api.token", actor=user, obj=user, request=request)
+        return Response({"token": token.key})
 
 
 class _AuditedRetrieve:

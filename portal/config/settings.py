@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 from core import decode as image_limits
 from core.registry import cell_model_names, model_names
 from portal.config.env import env_bool, env_int, env_list, env_str, parse_database_url
@@ -36,6 +38,8 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_q",
     "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "portal.accounts",
     "portal.audit",
     "portal.patients",
@@ -50,9 +54,11 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "portal.accounts.middleware.SessionActivityMiddleware",
+    "django_otp.middleware.OTPMiddleware",  # request.user.is_verified(): a TOTP code was given this session
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "portal.accounts.middleware.LoginRequiredMiddleware",
+    "portal.accounts.middleware.SecondFactorRequiredMiddleware",
     "axes.middleware.AxesMiddleware",  # last: answers a locked-out login attempt
 ]
 
@@ -65,6 +71,16 @@ AXES_COOLOFF_TIME = env_int("PORTAL_LOCKOUT_MINUTES", 15) / 60  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "accounts/locked_out.html"
+
+# Second factor (django-otp, TOTP authenticator apps): reviewers, admins and superusers give a code
+# after their password before any page (portal/accounts/second_factor.py); the API token endpoint
+# wants it as the `otp` field. Off only with DEBUG on (a developer's machine): never in production.
+PORTAL_OTP_REQUIRED = env_bool("PORTAL_OTP_REQUIRED", True)
+if not PORTAL_OTP_REQUIRED and not DEBUG:
+    raise ImproperlyConfigured("PORTAL_OTP_REQUIRED=0 is allowed only with DJANGO_DEBUG=1 (development)")
+OTP_TOTP_ISSUER = env_str("PORTAL_OTP_ISSUER", "Leukemia portal")
+OTP_TOTP_THROTTLE_FACTOR = 1  # after n wrong codes in a row the next is refused for 2**(n-1) s (django-otp)
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True  # Django admin never shows a device's key or QR code
 
 ROOT_URLCONF = "portal.config.urls"
 WSGI_APPLICATION = "portal.config.wsgi.application"

@@ -30,6 +30,9 @@ def _portal_settings(settings: Any, tmp_path: Path) -> None:
     settings.PORTAL_RETRY_MAX_DELAY_S = 0
     settings.AXES_ENABLED = False  # Client.login() authenticates without a request; test_security turns it on
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    from django.core.cache import cache
+
+    cache.clear()  # answers cached per user (second factor needed?) must not outlive the test's users
 
 
 @pytest.fixture
@@ -58,9 +61,50 @@ def norole(make_user: Callable[..., Any]) -> Any:
     return make_user("norole")
 
 
+def otp_device(user: Any) -> Any:
+    """The user's confirmed TOTP device, made if missing (as enrolment on the setup page would)."""
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
+    return device or TOTPDevice.objects.create(user=user, name="test app", confirmed=True)
+
+
+def otp_code(device: Any) -> str:
+    """The code an authenticator app would show now for ``device`` (django-otp's own TOTP)."""
+    from django_otp.oath import totp
+
+    return f"{totp(device.bin_key, step=device.step, t0=device.t0, digits=device.digits, drift=device.drift):06d}"
+
+
+def verify_second_factor(client: Client, user: Any) -> None:
+    """Mark the client's session as having given a second-factor code, as django_otp.login does
+    after a correct code (the session holds the device's persistent id); tests/portal/test_otp.py
+    goes through the code pages themselves."""
+    from django_otp import DEVICE_ID_SESSION_KEY
+
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = otp_device(user).persistent_id
+    session.save()
+
+
 def login(user: Any, **client_kwargs: Any) -> Client:
+    """A client logged in with the password, and, for the roles that need it (reviewer, admin,
+    superuser: portal.accounts.second_factor), with the second factor given too."""
+    from portal.accounts.second_factor import needs_second_factor
+
     client = Client(**client_kwargs)
     assert client.login(username=user.username, password=PASSWORD)
+    if needs_second_factor(user):
+        verify_second_factor(client, user)
+    return client
+
+
+@pytest.fixture
+def admin_client(admin_user: Any) -> Client:
+    """pytest-django's admin client (a superuser), with the second factor given as login() does."""
+    client = Client()
+    client.force_login(admin_user)
+    verify_second_factor(client, admin_user)
     return client
 
 

@@ -8,16 +8,21 @@ import pytest
 from django.test import Client
 from rest_framework.test import APIClient
 
+from portal.accounts.second_factor import needs_second_factor
 from portal.analyses.models import Analysis, Image, Review
 from portal.audit.models import AuditEvent
-from tests.portal.conftest import PASSWORD, smear_paths
+from tests.portal.conftest import PASSWORD, otp_code, otp_device, smear_paths
 from tests.portal.helpers import complete
 
 pytestmark = pytest.mark.django_db
 
 
 def _token_client(user: Any) -> APIClient:
-    response = APIClient().post("/api/auth/token/", {"username": user.username, "password": PASSWORD})
+    """A token from the endpoint; reviewers and admins add the code of an enrolled app (test_otp.py)."""
+    credentials = {"username": user.username, "password": PASSWORD}
+    if needs_second_factor(user):
+        credentials["otp"] = otp_code(otp_device(user))
+    response = APIClient().post("/api/auth/token/", credentials)
     assert response.status_code == 200
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {response.json()['token']}")

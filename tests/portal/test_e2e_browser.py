@@ -17,7 +17,7 @@ import pytest
 from portal.analyses.models import Analysis, Review
 from portal.audit.models import AuditEvent
 from tests.conftest import REPO
-from tests.portal.conftest import PASSWORD, smear_paths
+from tests.portal.conftest import PASSWORD, otp_code, otp_device, smear_paths
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -77,10 +77,22 @@ def _run_jobs_until_idle() -> None:
 
 
 def _login(page: Any, base: str, username: str) -> None:
+    """Log in through the form; a reviewer or admin then gives the code of an enrolled app."""
+    from django.contrib.auth import get_user_model
+
+    from portal.accounts.second_factor import needs_second_factor
+
+    user = get_user_model().objects.get(username=username)
+    device = otp_device(user) if needs_second_factor(user) else None
     page.goto(f"{base}/accounts/login/")
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
+    if device is not None:
+        page.wait_for_selector("input[name=otp_token]")
+        page.fill("input[name=otp_token]", otp_code(device))
+        page.click("main button[type=submit]")  # the header's first button is Log out
+        page.wait_for_url(lambda url: "/accounts/otp/" not in url)
     page.wait_for_selector("header.top .who")
 
 
@@ -88,7 +100,7 @@ def test_technologist_uploads_reviewer_signs_off(
     page: Any, live_server: Any, use_torchserve: Any, settings: Any, make_user: Any
 ) -> None:
     make_user("tech", "technologist")
-    make_user("rev", "reviewer")
+    otp_device(make_user("rev", "reviewer"))  # enrolled now: no write from this thread while jobs run
     base = live_server.url
 
     # Technologist: log in, create the patient and a specimen.
@@ -134,6 +146,8 @@ def test_technologist_uploads_reviewer_signs_off(
     assert page.locator("svg.probs rect.bar").count() == 16
     heatmaps = page.locator("img.heatmap")
     assert heatmaps.count() == 4
+    # the page inserts them live: wait (up to 30 s) until every one has loaded, then check each
+    page.wait_for_function("[...document.querySelectorAll('img.heatmap')].every(i => i.complete && i.naturalWidth > 0)")
     for i in range(4):
         assert heatmaps.nth(i).evaluate("img => img.complete && img.naturalWidth > 0"), page.failed_responses  # type: ignore[attr-defined]
     assert page.locator("figure.original img").evaluate("img => img.naturalWidth") > 0, page.failed_responses  # type: ignore[attr-defined]

@@ -13,6 +13,11 @@ from django.core.management.base import BaseCommand
 
 from portal.accounts.roles import ADMIN
 
+# The demo admin is a superuser, so the second factor applies (portal/accounts/second_factor.py).
+_SECOND_FACTOR = (
+    "\n                    then enrol an authenticator app on the page shown (QR code or secret; README, Second factor)"
+)
+
 
 class Command(BaseCommand):
     help = "Create the demo admin (superuser in the admin group) if no user exists; print how to log in."
@@ -31,8 +36,8 @@ class Command(BaseCommand):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(password + "\n")
             path.chmod(0o600)
-            self.stdout.write(f"Created demo admin {username!r}; password: {password} (also in {path})")
+            self.stdout.write(f"Created demo admin {username!r}; password: {password} (also in {path}){_SECOND_FACTOR}")
         elif path.exists() and users.filter(username=username).exists():
-            self.stdout.write(f"Log in as {username!r} with the password in {path}")
+            self.stdout.write(f"Log in as {username!r} with the password in {path}{_SECOND_FACTOR}")
         else:
             self.stdout.write("Users exist already; log in with your account.")
