@@ -190,6 +190,7 @@ class InProcess:
 
     def summary(self, levels: list[dict]) -> dict:
         return {
+            "runtime": self.runtime.runtime_name,
             "load_s": round(self.load_s, 2),
             "forward_sweep": self.sweep,
             "single_request_ms": self.single,
@@ -479,6 +480,10 @@ def render_markdown(results: dict, plot_name: str) -> str:
         + ".",
         "",
     ]
+    if "runtimes" in results:  # bench.runtimes, run after this benchmark by `make bench`
+        from bench.runtimes import render_section
+
+        lines += render_section(results)
     return "\n".join(lines)
 
 

@@ -10,6 +10,11 @@ Limits: at least :data:`MIN_SIDE` px a side, at most :data:`MAX_PIXELS` pixels a
 :data:`MAX_BYTES` bytes. Pillow's decompression-bomb protection stays on: the pixel count is
 checked from the header before any pixel is decoded, and Pillow's own bomb warning is an error.
 Every refusal is a :class:`~core.errors.RequestError` with the contract's code.
+
+Large JPEGs can be decoded in draft mode (``draft_side``): libjpeg scales the DCT by 1/2, 1/4 or 1/8
+while decoding, to the smallest scale whose both sides still hold ``draft_side`` pixels, so a
+2560x1920 frame for a 299 px model decodes as 640x480 at a fraction of the cost. The limits are
+checked on the header's size first, as without it; ``original_size`` stays the header's.
 """
 
 from __future__ import annotations
@@ -175,12 +180,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def open_image(
-    raw: bytes, *, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES
+    raw: bytes,
+    *,
+    min_side: int = MIN_SIDE,
+    max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_BYTES,
+    draft_side: int | None = None,
 ) -> DecodedImage:
     """Decode and validate image bytes; raise :class:`RequestError` for anything unacceptable.
 
     The limits default to the contract's; the portal passes its own settings (never looser than
     these in production) so that it stores only what the models accept, by the same rules.
+    ``draft_side``: a JPEG at least twice that on both sides is decoded at a reduced DCT scale that
+    keeps both sides >= ``draft_side`` (see the module docstring); other formats are unaffected.
     """
     if len(raw) > max_bytes:
         raise RequestError("image_too_large", f"image is {len(raw)} bytes; the limit is {max_bytes}")
@@ -210,6 +222,8 @@ def open_image(
         if getattr(image, "n_frames", 1) > 1:
             raise RequestError("not_an_image", "animated or multi-page images are not supported; send one frame")
         original_mode = image.mode
+        if draft_side is not None and fmt == "JPEG" and min(width, height) >= 2 * draft_side:
+            image.draft(None, (draft_side, draft_side))  # mode unchanged: to_rgb converts as always
         try:
             image.load()
             image = ImageOps.exif_transpose(image)
@@ -225,6 +239,6 @@ def open_image(
     return DecodedImage(rgb, fmt, original_mode, (width, height), len(raw))
 
 
-def decode_request(row: Any) -> DecodedImage:
+def decode_request(row: Any, draft_side: int | None = None) -> DecodedImage:
     """One TorchServe request row -> validated RGB image (see module docstring)."""
-    return open_image(extract_payload(row))
+    return open_image(extract_payload(row), draft_side=draft_side)

@@ -28,9 +28,11 @@ from PIL import Image
 
 from core.errors import RequestError
 
-__all__ = ["FEATURE_NAMES", "GateResult", "SmearGate", "image_statistics"]
+__all__ = ["FEATURE_NAMES", "STATISTICS_SIDE", "GateResult", "SmearGate", "image_statistics"]
 
 _SIZE = 128
+#: the side of the square the statistics are computed on (the image is resized to it first)
+STATISTICS_SIDE = _SIZE
 _HIST_BINS = (12, 4)  # hue x saturation bins of the prototype's histogram correlation
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -82,13 +84,23 @@ def _prepare(image: Image.Image) -> np.ndarray:
     return np.asarray(image.resize((_SIZE, _SIZE), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
 
 
+def _bin_of_byte(bins: int) -> np.ndarray:
+    """The bin ``np.histogram2d(..., bins, range=(0, 1))`` puts the value ``k / 255`` (float32) in, for
+    k = 0..255 (its rule: half-open bins, the last one closed), as a lookup table."""
+    values = np.arange(256, dtype=np.float32) / 255.0
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return np.minimum(np.searchsorted(edges, values, side="right") - 1, bins - 1).astype(np.intp)
+
+
+_HUE_BIN, _SAT_BIN = _bin_of_byte(_HIST_BINS[0]), _bin_of_byte(_HIST_BINS[1])
+
+
 def _hue_sat_hist(rgb: np.ndarray) -> np.ndarray:
-    img = Image.fromarray((rgb * 255).astype(np.uint8)).convert("HSV")
-    hsv = np.asarray(img, dtype=np.float32) / 255.0
-    hist, _, _ = np.histogram2d(
-        hsv[..., 0].ravel(), hsv[..., 1].ravel(), bins=_HIST_BINS, range=((0.0, 1.0), (0.0, 1.0))
-    )
-    hist = hist.ravel()
+    """Normalised hue x saturation histogram (the values of ``np.histogram2d`` on the HSV bytes / 255,
+    counted through lookup tables: a tenth of its time)."""
+    hsv = np.asarray(Image.fromarray((rgb * 255).astype(np.uint8)).convert("HSV"))
+    codes = _HUE_BIN[hsv[..., 0]] * _HIST_BINS[1] + _SAT_BIN[hsv[..., 1]]
+    hist = np.bincount(codes.ravel(), minlength=_HIST_BINS[0] * _HIST_BINS[1]).astype(np.float64)
     return hist / max(hist.sum(), 1.0)
 
 
@@ -108,7 +120,8 @@ def image_statistics(image: Image.Image, reference_hist: np.ndarray | None = Non
     """The gate's feature vector (see :data:`FEATURE_NAMES`)."""
     rgb = _prepare(image)
     lum = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)
+    r, g_, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    mx, mn = np.maximum(np.maximum(r, g_), b), np.minimum(np.minimum(r, g_), b)  # = max/min over axis -1, faster
     chroma = mx - mn
     g = _grad(lum)
     lap = np.abs(4 * lum[1:-1, 1:-1] - lum[:-2, 1:-1] - lum[2:, 1:-1] - lum[1:-1, :-2] - lum[1:-1, 2:])
@@ -137,7 +150,7 @@ def image_statistics(image: Image.Image, reference_hist: np.ndarray | None = Non
         gc.mean(),
         coarse.std() / (lum.std() + 1e-4),
         counts.max() / counts.sum(),
-        len(np.unique(fine_codes)) / fine_codes.size,
+        np.count_nonzero(np.bincount(fine_codes.ravel(), minlength=32**3)) / fine_codes.size,  # distinct codes
         hist_corr,
     ]
     out = np.asarray(feats, dtype=np.float64)

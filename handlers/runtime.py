@@ -30,9 +30,9 @@ from core.card import check_card_matches, read_card
 from core.decode import DecodedImage, decode_request, enforce_pillow_limits
 from core.errors import RequestError
 from core.prediction import build_prediction
-from core.smear_gate import SmearGate
+from core.smear_gate import STATISTICS_SIDE, SmearGate
 from handlers.backends import Selection, select_forward
-from handlers.explain import grad_cam, overlay_png_base64
+from handlers.explain import OVERLAY_MAX_SIDE, grad_cam, overlay_png_base64
 from handlers.postprocess import calibrated_probabilities
 from training.models import load_model
 from training.transforms import build_eval_transform, data_config
@@ -110,10 +110,17 @@ class ModelRuntime:
         )
 
     # -- steps -----------------------------------------------------------------------------
-    def prepare(self, row: Any) -> Prepared:
-        """Decode, validate and preprocess one request row (raises RequestError)."""
+    def draft_side(self, explain: bool = False) -> int:
+        """The smallest side a large JPEG is decoded at: what the model input and the smear gate need
+        (and the overlay, for an explanation)."""
+        side = max(self.spec.input_size, STATISTICS_SIDE)
+        return max(side, OVERLAY_MAX_SIDE) if explain else side
+
+    def prepare(self, row: Any, explain: bool = False) -> Prepared:
+        """Decode (large JPEGs in draft mode, :meth:`draft_side`), validate and preprocess one request
+        row (raises RequestError)."""
         t0 = time.perf_counter()
-        decoded = decode_request(row)
+        decoded = decode_request(row, draft_side=self.draft_side(explain))
         t1 = time.perf_counter()
         tensor = self.transform(decoded.image)
         return Prepared(decoded, tensor, {"decode": (t1 - t0) * 1000.0, "preprocess": _ms(t1)})
@@ -208,7 +215,7 @@ class ModelRuntime:
         feed the smear gate. The heatmap explains the most probable class (``explained_class``),
         also when the model abstains.
         """
-        p = self.prepare(row)
+        p = self.prepare(row, explain=True)
         x = p.tensor.unsqueeze(0)
         t0 = time.perf_counter()
         cam = grad_cam(self.model, x)

@@ -4,7 +4,7 @@ MODEL_STORE ?= model_store
 TS_CONFIG ?= docker/torchserve/config.properties
 TS_WORKDIR ?= .torchserve
 
-.PHONY: bench-cells archive repack serve stop bench loadtest scale-bench test-serving
+.PHONY: bench-runtimes bench-cells archive repack serve stop bench loadtest scale-bench test-serving
 
 archive: setup
 	$(PY) -m training.archive --artifacts $(ARTIFACTS) --out $(MODEL_STORE)
@@ -21,7 +21,12 @@ stop: setup
 
 bench: setup
 	OMP_NUM_THREADS=1 $(PY) -m bench.serving --model-store $(MODEL_STORE) --out docs/benchmarks
+	OMP_NUM_THREADS=1 $(PY) -m bench.runtimes --model-store $(MODEL_STORE) --out docs/benchmarks
 	OMP_NUM_THREADS=1 $(PY) -m bench.cells --model-store $(MODEL_STORE) --out docs/benchmarks_cells
+
+# forward runtimes, the limit, step shares alone (merged into docs/benchmarks.json/.md; `make bench` runs it too)
+bench-runtimes: setup
+	OMP_NUM_THREADS=1 $(PY) -m bench.runtimes --model-store $(MODEL_STORE) --out docs/benchmarks
 
 # the cell-level model alone (docs/benchmarks_cells.md)
 bench-cells: setup

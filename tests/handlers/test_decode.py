@@ -92,3 +92,43 @@ def test_every_status_is_4xx_except_internal() -> None:
     assert all(400 <= s < 500 for c, s in ERROR_STATUS.items() if c != "internal_error")
     with pytest.raises(ValueError):
         RequestError("no_such_code", "x")
+
+
+def _large_jpeg(size: tuple[int, int] = (2560, 1920), **save: object) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.open(smear_path()).convert("RGB").resize(size, Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90, **save)
+    return buf.getvalue()
+
+
+def test_draft_mode_decodes_large_jpegs_at_a_reduced_scale_that_keeps_the_side() -> None:
+    raw = _large_jpeg()
+    full = decode_request({"body": raw})
+    draft = decode_request({"body": raw}, draft_side=299)
+    assert full.image.size == (2560, 1920)
+    assert draft.image.size == (640, 480)  # 1/4: the smallest DCT scale with both sides >= 299
+    assert draft.original_size == full.original_size == (2560, 1920) and draft.format == "JPEG"
+    assert draft.image.mode == "RGB"
+    # the same picture: the reduced full decode and the draft agree to a few grey levels on average
+    reduced = np.asarray(full.image.resize(draft.image.size, Image.Resampling.BOX), dtype=np.float64)
+    assert np.abs(reduced - np.asarray(draft.image, dtype=np.float64)).mean() < 3.0
+
+
+def test_draft_mode_leaves_small_and_non_jpeg_images_alone() -> None:
+    raw = smear_bytes()  # 224x224: under 2x any model's side
+    a = np.asarray(decode_request({"body": raw}).image)
+    b = np.asarray(decode_request({"body": raw}, draft_side=128).image)
+    assert np.array_equal(a, b)
+    case = next(c for c in GOOD if c.name == "exif_rotated")
+    rotated = decode_request(case.row(), draft_side=128)
+    assert rotated.original_size == (1024, 768)
+    assert rotated.image.size[0] < rotated.image.size[1]  # orientation still applied after the draft
+    assert min(rotated.image.size) >= 128
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c.name for c in BAD])
+def test_draft_mode_refuses_what_full_decoding_refuses(case) -> None:
+    with pytest.raises(RequestError) as info:
+        decode_request(case.row(), draft_side=128)
+    assert info.value.code == case.expected, info.value.message

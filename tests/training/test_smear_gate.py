@@ -111,3 +111,31 @@ def test_from_dict_rejects_bad_input(gate: SmearGate) -> None:
         SmearGate.from_dict({**d, "kind": "other"})
     with pytest.raises(ValueError):
         SmearGate.from_dict({**d, "coef": d["coef"][:-1]})
+
+
+def test_fast_statistics_count_as_numpy_does() -> None:
+    """The lookup-table hue/saturation histogram equals np.histogram2d on the HSV bytes / 255, for every
+    byte value and on real and random images; distinct colours counted by bincount equal np.unique's."""
+    from core import smear_gate
+
+    values = np.arange(256, dtype=np.float32) / 255.0
+    for bins, lut in zip(smear_gate._HIST_BINS, (smear_gate._HUE_BIN, smear_gate._SAT_BIN), strict=True):
+        for k, v in enumerate(values):
+            hist, _ = np.histogram(np.array([v]), bins=bins, range=(0.0, 1.0))
+            assert int(np.argmax(hist)) == lut[k], (bins, k)
+    rng = np.random.default_rng(0)
+    frames = [Image.open(p).convert("RGB") for p in sorted((DATA_ALL4 / "original" / "Pre").glob("*.jpg"))[:5]]
+    frames += [Image.fromarray(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)) for _ in range(3)]
+    for image in frames:
+        rgb = smear_gate._prepare(image)
+        hsv = np.asarray(Image.fromarray((rgb * 255).astype(np.uint8)).convert("HSV"), dtype=np.float32) / 255.0
+        ref, _, _ = np.histogram2d(
+            hsv[..., 0].ravel(), hsv[..., 1].ravel(), bins=smear_gate._HIST_BINS, range=((0.0, 1.0), (0.0, 1.0))
+        )
+        assert np.array_equal(smear_gate._hue_sat_hist(rgb), ref.ravel() / ref.sum())
+        q = (rgb * 31.999).astype(np.int32)
+        codes = q[..., 0] * 1024 + q[..., 1] * 32 + q[..., 2]
+        distinct = image_statistics(image)[FEATURE_NAMES.index("log_unique_colour_fraction")]
+        assert distinct == pytest.approx(np.log(len(np.unique(codes)) / codes.size + 1e-4), abs=0, rel=1e-15)
+        chroma = image_statistics(image)[FEATURE_NAMES.index("chroma_mean")]
+        assert chroma == (rgb.max(axis=-1) - rgb.min(axis=-1)).mean()
