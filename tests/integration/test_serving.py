@@ -191,6 +191,29 @@ def test_explanations(torchserve: ServerInfo, model: str) -> None:
     assert bad.status_code == 415 and bad.json()["code"] == "not_an_image"
 
 
+@pytest.mark.parametrize("model", model_names())
+def test_answers_and_describe_name_the_served_runtime(torchserve: ServerInfo, model: str) -> None:
+    """Each worker serves with the runtime handlers.backends lists for its model (ONNX Runtime/OpenVINO built
+    at start, parity with eager checked there); answers and the management API's customized describe say so."""
+    from handlers.backends import PARITY_TOLERANCE, SERVED_RUNTIME
+
+    r = _post(torchserve, model, Case("jpeg", smear_bytes("Early")))
+    assert r.status_code == 200, r.text
+    assert r.json()["runtime"] == SERVED_RUNTIME[model]
+    r = _post(torchserve, model, Case("jpeg", smear_bytes("Early")), path="explanations")
+    assert r.status_code == 200 and r.json()["runtime"] == "eager"
+    d = requests.get(
+        f"{torchserve.management_url}/models/{model}?customized=true", headers=torchserve.auth("management"), timeout=30
+    )
+    assert d.status_code == 200, d.text
+    meta = d.json()[0]["customizedMetadata"]
+    meta = json.loads(meta) if isinstance(meta, str) else meta
+    # TorchServe drops null fields from the metadata: no fallback_reason when there was no fallback
+    assert meta["runtime"] == meta["requested"] == SERVED_RUNTIME[model] and meta.get("fallback_reason") is None
+    if meta["runtime"] != "eager":
+        assert meta["parity_max_abs_dp"] <= PARITY_TOLERANCE
+
+
 def test_inference_without_or_with_a_wrong_token_is_refused(torchserve: ServerInfo) -> None:
     url = f"{torchserve.inference_url}/predictions/{CHEAP_MODEL}"
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": torchserve.inference_key}):
