@@ -11,7 +11,7 @@ TRAIN_ARGS ?=
 WORKERS ?= 0
 DATA_ARG := $(if $(DATA),--data $(DATA),)
 
-.PHONY: train train-all evaluate smear-gate
+.PHONY: train train-all evaluate smear-gate evaluate-ensemble
 
 # One model; rerunning resumes from $(ARTIFACTS)/$(MODEL)/checkpoint.pt. MODEL=wbc_cells trains the cell typer
 # (training.train_cells: PBC + BCCD crops); its cell finder is classical and has nothing to train.
@@ -50,3 +50,11 @@ ifneq ($(or $(filter $(MODEL),$(CELL_MODELS)),$(if $(MODEL),,$(wildcard $(ARTIFA
 	$(PY) -m training.cell_eval --out $(ARTIFACTS)/wbc_cells/finder_metrics.json
 	$(PY) -m training.cell_card --artifacts $(ARTIFACTS)
 endif
+
+# The ensemble and the Benign safety operating points (issue 13): each frame model's validation logits from its
+# committed archive (cached in $(ARTIFACTS)/ensemble/, recomputed only when an archive changes), then the cross-fitted
+# fit: model_store/ensemble.{json,md}, docs/models/ensemble_*.png, every member card's benign_threshold (+ Markdown)
+# and model_store/README.md. The portal's consensus applies model_store/ensemble.json (core.ensemble).
+evaluate-ensemble: setup
+	nice -n 10 $(PY) -m training.member_outputs --threads $(THREADS) --cache $(ARTIFACTS)/ensemble/val_logits.npz $(DATA_ARG)
+	$(PY) -m training.ensemble --cache $(ARTIFACTS)/ensemble/val_logits.npz

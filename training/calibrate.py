@@ -20,6 +20,7 @@ __all__ = [
     "expected_calibration_error",
     "fit_temperature",
     "abstention_threshold",
+    "block_folds",
     "cross_fitted_calibration",
 ]
 
@@ -148,6 +149,21 @@ def abstention_threshold(probs: np.ndarray, labels: np.ndarray, target_accuracy:
     }
 
 
+def block_folds(labels: Sequence[int] | np.ndarray, groups: Sequence[str], folds: int = 2) -> np.ndarray:
+    """The fold (0..folds-1) of every sample: its validation block's, blocks dealt class by class.
+
+    Blocks are sorted by their majority class, then name, and dealt round-robin, so each fold sees
+    every class and a block never straddles two folds. Every cross-fitted estimate uses these folds.
+    """
+    labels = np.asarray(labels)
+    group_arr = np.asarray(groups)
+    names = np.unique(group_arr)
+    majority = {g: int(np.bincount(labels[group_arr == g]).argmax()) for g in names}
+    ordered = sorted(names, key=lambda g: (majority[g], g))
+    fold_of = {g: i % folds for i, g in enumerate(ordered)}
+    return np.array([fold_of[g] for g in group_arr])
+
+
 def cross_fitted_calibration(
     logits: np.ndarray,
     labels: np.ndarray,
@@ -165,12 +181,7 @@ def cross_fitted_calibration(
     """
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels)
-    group_arr = np.asarray(groups)
-    names = np.unique(group_arr)
-    majority = {g: int(np.bincount(labels[group_arr == g]).argmax()) for g in names}
-    ordered = sorted(names, key=lambda g: (majority[g], g))
-    fold_of = {g: i % folds for i, g in enumerate(ordered)}
-    fold = np.array([fold_of[g] for g in group_arr])
+    fold = block_folds(labels, groups, folds)
     probs = np.zeros_like(logits)
     accepted = np.zeros(len(labels), dtype=bool)
     temperatures, thresholds = [], []

@@ -16,7 +16,10 @@ from core.registry import ModelSpec
 
 __all__ = [
     "base_card",
+    "benign_markdown",
+    "splice_benign_markdown",
     "render_markdown",
+    "safety_table",
     "summary_table",
     "write_model_store_readme",
 ]
@@ -117,6 +120,76 @@ def _metric_rows(metrics: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _ci(s: dict[str, Any]) -> str:
+    return f"{_fmt(s['value'])} [{_fmt(s['ci95'][0])}, {_fmt(s['ci95'][1])}]"
+
+
+BENIGN_HEADING = "### Benign safety operating point"
+
+
+def benign_markdown(card: dict[str, Any]) -> list[str]:
+    """The Benign safety operating point (training.ensemble writes it): threshold and its out-of-fold cost."""
+    op = card.get("metrics", {}).get("benign_operating_point")
+    if not op or card.get("benign_threshold") is None:
+        return []
+    cross = op["cross_fitted"]
+    b, a = cross["before"], cross["after"]
+    return [
+        BENIGN_HEADING,
+        "",
+        f"Benign is answered only when P(Benign) > {card['benign_threshold']:.6f}, the highest P(Benign) of any "
+        "malignant (Early/Pre/Pro) validation frame plus 0.0001; otherwise the frame is referred (`abstain_reason: "
+        "benign_not_confirmed`). Cross-fitted over "
+        f"{cross['folds']} folds of validation blocks (temperature, abstention and Benign thresholds fitted on one "
+        "fold, applied to the other), before (confidence rule alone) and after the Benign rule:",
+        "",
+        "| | coverage | accepted accuracy | malignant answered Benign | Benign frames answered | "
+        "sensitivity for malignancy [95% CI] | malignant answered malignant [95% CI] |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {name} | {_fmt(r['coverage'])} | {_fmt(r['accepted_accuracy'])} | {r['malignant_answered_benign']} of "
+            f"{r['malignant_frames']} | {_fmt(r['benign_coverage'])} | {_ci(r['sensitivity'])} | "
+            f"{_ci(r['malignant_answered_malignant'])} |"
+            for name, r in (("before", b), ("after", a))
+        ],
+        "",
+        *(
+            [
+                f"At the card's thresholds on all validation frames (fitted there: optimistic): malignant answered "
+                f"Benign {ins['before']['malignant_answered_benign']} -> {ins['after']['malignant_answered_benign']}, "
+                f"Benign frames answered {_fmt(ins['before']['benign_coverage'])} -> "
+                f"{_fmt(ins['after']['benign_coverage'])}, coverage {_fmt(ins['before']['coverage'])} -> "
+                f"{_fmt(ins['after']['coverage'])}.",
+                "",
+            ]
+            if (ins := op.get("in_sample"))
+            else []
+        ),
+        "Fold thresholds (Benign): "
+        + ", ".join(f"{f['benign_threshold']:.4f}" for f in cross["per_fold"])
+        + ". Sensitivity for malignancy: malignant frames not answered Benign (answered malignant or referred); "
+        "Wilson 95% intervals. A threshold learnt on one fold does not bound the other fold's errors when that "
+        "fold's malignant frames were less Benign-like: the out-of-fold count is the estimate for new frames.",
+        "",
+    ]
+
+
+def splice_benign_markdown(markdown: str, card: dict[str, Any]) -> str:
+    """``markdown`` (a rendered card) with its Benign section replaced by, or inserted as, the one of ``card``:
+    for updating a committed card's Markdown without re-rendering the rest (whose order the JSON lost)."""
+    section = "\n".join(benign_markdown(card))
+    lines = markdown.split("\n")
+    if BENIGN_HEADING in lines:
+        start = lines.index(BENIGN_HEADING)
+        end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("Fold thresholds (Benign)")) + 2
+        return "\n".join([*lines[:start], section.rstrip("\n"), "", *lines[end:]])
+    at = next(
+        (i for i, line in enumerate(lines) if line.startswith("| class | precision")),
+        next(i for i, line in enumerate(lines) if line.startswith("## Smear gate")),
+    )
+    return "\n".join([*lines[:at], section.rstrip("\n"), "", *lines[at:]])
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     """A human-readable rendering of a (valid) model card."""
     validate_card(card)
@@ -188,6 +261,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         )
     lines += [
         "",
+        *benign_markdown(card),
     ]
     per_class = metrics.get("original", {}).get("per_class", {})
     if per_class:
@@ -277,9 +351,66 @@ def summary_table(cards: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def write_model_store_readme(cards: list[dict[str, Any]], path: Any) -> None:
-    """Write model_store/README.md: the generated summary table of every carded model."""
+def safety_table(cards: list[dict[str, Any]], ensemble: dict[str, Any] | None = None) -> str:
+    """Out-of-fold Benign operating point of every carded model (and the ensemble): empty when none has one."""
+    rows = []
+    for c in cards:
+        op = c.get("metrics", {}).get("benign_operating_point")
+        if op and c.get("benign_threshold") is not None:
+            b, a = op["cross_fitted"]["before"], op["cross_fitted"]["after"]
+            rows.append(
+                (
+                    f"[{c['name']}]({c['name']}.md)",
+                    c.get("metrics", {}).get("original", {}).get("macro_f1"),
+                    c["benign_threshold"],
+                    b,
+                    a,
+                )
+            )
+    if ensemble:
+        m = ensemble["metrics"]["ensemble"]
+        rows.append(("[ensemble](ensemble.md)", m["macro_f1"], ensemble["benign_threshold"], m["before"], m["after"]))
+    if not rows:
+        return ""
+    lines = [
+        "| model | macro-F1 | Benign threshold | coverage | accepted acc. | malignant answered Benign "
+        "(before -> after) | Benign frames answered (before -> after) | sensitivity for malignancy [95% CI] |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, f1, thr, b, a in rows:
+        lines.append(
+            f"| {name} | {_fmt(f1)} | {thr:.4f} | {_fmt(a['coverage'])} | {_fmt(a['accepted_accuracy'])} | "
+            f"{b['malignant_answered_benign']} -> {a['malignant_answered_benign']} of {a['malignant_frames']} | "
+            f"{_fmt(b['benign_coverage'])} -> {_fmt(a['benign_coverage'])} | {_ci(a['sensitivity'])} |"
+        )
+    return "\n".join(lines)
+
+
+def write_model_store_readme(cards: list[dict[str, Any]], path: Any, ensemble: dict[str, Any] | None = None) -> None:
+    """Write model_store/README.md: the generated summary table of every carded model (and, when the cards carry
+    it, the Benign safety operating point, with the ensemble's from ``ensemble.json``)."""
+    import json
     from pathlib import Path
+
+    if ensemble is None and (Path(path).parent / "ensemble.json").is_file():
+        ensemble = json.loads((Path(path).parent / "ensemble.json").read_text())
+    safety = safety_table(cards, ensemble)
+    safety_lines = (
+        [
+            "## Ensemble and Benign safety operating point",
+            "",
+            "Out of fold (validation blocks dealt into folds, every parameter fitted on the other folds). Benign is "
+            "answered only when P(Benign) is above the highest P(Benign) of any malignant validation frame (+0.0001); "
+            "*before*: the confidence rule alone. Sensitivity for malignancy: Early/Pre/Pro frames not answered "
+            "Benign (answered malignant or referred), Wilson 95% interval. The portal's consensus is the ensemble "
+            "([ensemble.md](ensemble.md), `make evaluate-ensemble`).",
+            "",
+            safety,
+            "",
+        ]
+        if safety
+        else []
+    )
 
     text = "\n".join(
         [
@@ -294,6 +425,7 @@ def write_model_store_readme(cards: list[dict[str, Any]], path: Any) -> None:
             "",
             summary_table(cards),
             "",
+            *safety_lines,
             "The cell-level model `wbc_cells` (white cells found, outlined and typed for a differential) has its own "
             "card with its own measures: [wbc_cells.md](wbc_cells.md).",
             "",

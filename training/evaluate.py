@@ -46,6 +46,7 @@ from training.curves import plot_training_curves
 from training.data import Sample, Split, load_split
 from training.features import VIEW_PERTURBATION, cache_dir_for, cache_path, load_cache, map_batches
 from training.models import HybridClassifier, count_parameters, load_model
+from training.operating_point import member_operating_point
 from training.transforms import build_eval_transform
 
 __all__ = ["histogram_features", "baseline_metrics", "model_logits", "plot_confusion", "plot_reliability", "main"]
@@ -232,6 +233,10 @@ def evaluate_model(name: str, artifacts: Path, data: str | None, docs: Path, sto
         },
         "abstention": abstain | {"target_accuracy": 0.98, "fitted_on": "validation blocks, calibrated probabilities"},
     }
+    # the Benign safety operating point: no malignant validation frame answered Benign (measured out of fold)
+    benign_threshold, metrics["benign_operating_point"] = member_operating_point(
+        logits, labels, [s.block for s in split.val], round(temperature, 4), float(abstain["threshold"])
+    )
     for pert in PERTURBATIONS:
         pl, _, phow = model_logits(model, split, pert, cache_dir, cnn_split)
         m = classification_metrics(pl, labels, spec.classes, temperature=temperature)
@@ -280,6 +285,7 @@ def evaluate_model(name: str, artifacts: Path, data: str | None, docs: Path, sto
     card.update(
         temperature=round(temperature, 4),
         abstain_threshold=float(abstain["threshold"]),
+        benign_threshold=benign_threshold,
         smear_gate=smear_gate,
         metrics={k: v for k, v in metrics.items()},
         training={

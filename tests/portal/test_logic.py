@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
 from PIL import Image as PILImage
 
+from core.ensemble import Ensemble
+from core.registry import CLASS_NAMES, model_names
 from portal import actions
 from portal.analyses import storage
-from portal.analyses.consensus import consensus
+from portal.analyses.consensus import ENSEMBLE, MAJORITY, consensus, load_ensemble
 from portal.analyses.inference import Refusal, ServerError
 from portal.analyses.models import Analysis
 from portal.analyses.validation import validate_image_bytes
@@ -27,20 +29,98 @@ class A:
     label: str
     abstained: bool = False
     malignant_probability: float | None = 0.5
+    probabilities: dict[str, float] = field(default_factory=dict)
+    model_name: str = ""
+    model_version: str = ""
 
 
 def test_consensus_needs_a_strict_majority() -> None:
-    assert consensus([]) is None
-    assert consensus([A("pending", "")]) is None
-    c = consensus([A("done", "Pre"), A("done", "Pre"), A("done", "Pro"), A("failed", "")])
-    assert c is not None and c.label == "Pre" and c.agreement == "2 of 3"
-    tie = consensus([A("done", "Pre"), A("done", "Pre"), A("done", "Pro"), A("done", "Pro")])
-    assert tie is not None and tie.label is None and tie.refer
-    abst = consensus([A("done", "Pre"), A("done", "Pre", abstained=True)])
+    assert consensus([], ensemble=None) is None
+    assert consensus([A("pending", "")], ensemble=None) is None
+    c = consensus([A("done", "Pre"), A("done", "Pre"), A("done", "Pro"), A("failed", "")], ensemble=None)
+    assert c is not None and c.label == "Pre" and c.agreement == "2 of 3" and c.method == MAJORITY
+    tie = consensus([A("done", "Pre"), A("done", "Pre"), A("done", "Pro"), A("done", "Pro")], ensemble=None)
+    assert tie is not None and tie.label is None and tie.refer and tie.reason == "no_majority"
+    abst = consensus([A("done", "Pre"), A("done", "Pre", abstained=True)], ensemble=None)
     assert abst is not None and abst.label is None and abst.abstained == 1
     assert consensus(
-        [A("done", "Benign", malignant_probability=0.1), A("done", "Benign", malignant_probability=0.3)]
+        [A("done", "Benign", malignant_probability=0.1), A("done", "Benign", malignant_probability=0.3)], ensemble=None
     ).mean_malignant_probability == pytest.approx(0.2)
+
+
+# -- the fitted ensemble --------------------------------------------------------------------------
+MEMBERS = model_names()
+
+
+def _ensemble(**overrides: Any) -> Ensemble:
+    doc = {
+        "schema_version": 1,
+        "version": "1.0",
+        "method": "log_linear_pool",
+        "classes": list(CLASS_NAMES),
+        "members": [{"name": m, "version": "1.0", "weight": 0.25} for m in MEMBERS],
+        "temperature": 1.0,
+        "abstain_threshold": 0.6,
+        "benign_threshold": 0.9,
+        "min_members": 3,
+    }
+    return Ensemble.from_dict(doc | overrides)
+
+
+def _answer(name: str, probs: list[float], status: str = "done", version: str = "1.0") -> A:
+    p = dict(zip(CLASS_NAMES, probs, strict=True))
+    top = max(p, key=p.__getitem__)
+    return A(status, top, False, 1 - p["Benign"], p, name, version)
+
+
+def test_ensemble_consensus_pools_the_probabilities_not_the_votes() -> None:
+    # two members say Early weakly, two say Pro strongly: a vote ties, the geometric pool says Pro
+    rows = [
+        _answer(MEMBERS[0], [0.05, 0.50, 0.05, 0.40]),
+        _answer(MEMBERS[1], [0.05, 0.50, 0.05, 0.40]),
+        _answer(MEMBERS[2], [0.01, 0.04, 0.01, 0.94]),
+        _answer(MEMBERS[3], [0.01, 0.04, 0.01, 0.94]),
+    ]
+    assert consensus(rows, ensemble=None).label is None  # the old majority vote: 2 against 2
+    c = consensus(rows, ensemble=_ensemble())
+    assert c is not None and c.method == ENSEMBLE and c.label == "Pro" and not c.refer and c.reason is None
+    assert c.probabilities is not None and sum(c.probabilities.values()) == pytest.approx(1.0)
+    assert c.members_used == tuple(MEMBERS) and c.members_missing == () and c.ensemble_version == "1.0"
+    assert c.malignant_probability == pytest.approx(1 - c.probabilities["Benign"])
+    assert c.votes == {"Early": 2, "Pro": 2} and c.agreement == "2 of 4"
+
+
+def test_ensemble_consensus_refers_an_unconfirmed_benign_and_says_why() -> None:
+    rows = [_answer(m, [0.85, 0.05, 0.05, 0.05]) for m in MEMBERS]
+    c = consensus(rows, ensemble=_ensemble())  # P(Benign) 0.85 <= 0.9
+    assert c is not None and c.label is None and c.refer and c.reason == "benign_not_confirmed"
+    assert not c.benign_confirmed and c.votes == {"Benign": 4}
+    sure = consensus([_answer(m, [0.97, 0.01, 0.01, 0.01]) for m in MEMBERS], ensemble=_ensemble())
+    assert sure is not None and sure.label == "Benign" and sure.benign_confirmed
+    unsure = consensus([_answer(m, [0.4, 0.3, 0.2, 0.1]) for m in MEMBERS], ensemble=_ensemble())
+    assert unsure is not None and unsure.label is None and unsure.reason == "low_confidence"
+
+
+def test_ensemble_consensus_with_missing_members() -> None:
+    rows = [_answer(m, [0.01, 0.01, 0.97, 0.01]) for m in MEMBERS[:3]]
+    c = consensus([*rows, A("failed", "", model_name=MEMBERS[3])], ensemble=_ensemble())
+    assert c is not None and c.method == ENSEMBLE and c.label == "Pre" and c.members_missing == (MEMBERS[3],)
+    # another version than the fitted one counts as missing: two usable members < min_members -> majority vote
+    old = [*rows[:2], _answer(MEMBERS[2], [0.01, 0.01, 0.97, 0.01], version="0.9")]
+    m = consensus(old, ensemble=_ensemble())
+    assert m is not None and m.method == MAJORITY and m.label == "Pre" and m.agreement == "3 of 3"
+    # a refusal by any model (not a blood smear) refers the image whatever the others said
+    refused = consensus([*rows, A("rejected", "", model_name=MEMBERS[3])], ensemble=_ensemble())
+    assert refused is not None and refused.label is None and refused.reason == "model_refused"
+
+
+def test_the_shipped_ensemble_is_the_default() -> None:
+    load_ensemble.cache_clear()
+    shipped = load_ensemble()
+    assert shipped is not None and [m.name for m in shipped.members] == MEMBERS
+    rows = [_answer(m.name, [0.001, 0.001, 0.997, 0.001], version=m.version) for m in shipped.members]
+    c = consensus(rows)
+    assert c is not None and c.method == ENSEMBLE and c.label == "Pre"
 
 
 def _encode(fmt: str, size: tuple[int, int] = (100, 80)) -> bytes:
