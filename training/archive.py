@@ -232,7 +232,9 @@ def stale_code(mar: Path) -> list[str]:
 def repack(mar: Path, out_dir: Path | None = None) -> Path:
     """Rebuild ``mar`` with the tree's code around its own weights and card (same bytes for the same inputs).
 
-    For code-only changes: no artifacts/ directory is needed, and weights stay byte-identical.
+    For code-only changes: no artifacts/ directory is needed, and weights stay byte-identical. The card packed is
+    ``<model>.card.json`` beside ``mar`` when it is there for the same model and version (fields fitted after
+    archiving, e.g. ``benign_threshold`` by ``make evaluate-ensemble``, go in with it), else the archive's own.
     """
     mar = Path(mar)
     with tempfile.TemporaryDirectory(prefix="repack-") as tmp_str:
@@ -243,7 +245,13 @@ def repack(mar: Path, out_dir: Path | None = None) -> Path:
                     dest = artifact / name
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     dest.write_bytes(z.read(name))
-            (artifact / "card.json").write_bytes(z.read("model_card.json"))
+            card_bytes = z.read("model_card.json")
+        beside = mar.parent / f"{mar.stem}.card.json"
+        if beside.is_file():
+            inner, outer = json.loads(card_bytes), json.loads(beside.read_text())
+            if (outer.get("name"), outer.get("version")) == (inner["name"], inner["version"]):
+                card_bytes = beside.read_bytes()
+        (artifact / "card.json").write_bytes(card_bytes)
         out = Path(out_dir or mar.parent)
         # The card documents beside the archive were rendered from the training card: keep them as they are.
         docs = {p: p.read_bytes() for p in (out / f"{mar.stem}.card.json", out / f"{mar.stem}.md") if p.is_file()}

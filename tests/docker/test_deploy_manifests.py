@@ -489,3 +489,13 @@ def test_kserve_image_adds_the_handlers_imports_at_the_serving_pins() -> None:
     assert needed <= set(pins), f"Dockerfile.kserve must pip install {sorted(needed - set(pins))}"
     for name, version in pins.items():
         assert serving.get(name) == version, f"{name}: Dockerfile.kserve {version}, serving {serving.get(name)}"
+
+
+def test_portal_image_carries_the_ensemble_parameters() -> None:
+    """The consensus applies model_store/ensemble.json (core.ensemble.ENSEMBLE_FILE), at the same path under WORKDIR."""
+    from core.ensemble import ENSEMBLE_FILE
+
+    rel = ENSEMBLE_FILE.relative_to(REPO).as_posix()
+    assert ENSEMBLE_FILE.is_file()
+    assert f"{rel} {rel}" in _instructions(DOCKER / "Dockerfile.portal", "COPY")
+    assert f"!{rel}" in (DOCKER / "Dockerfile.portal.dockerignore").read_text().split()

@@ -117,6 +117,20 @@ def test_repack_keeps_weights_and_card_and_takes_the_tree_code(mobilenet_artifac
     assert repacked.read_bytes() == mar.read_bytes()  # same weights, card and code: the same bytes
 
 
+def test_repack_packs_the_card_beside_the_archive(mobilenet_artifact: Path, tmp_path: Path) -> None:
+    """A field fitted after archiving (the Benign threshold) reaches the archive through the card beside it."""
+    (mar,) = archive_all(mobilenet_artifact.parent, tmp_path / "a", ["mobilenetv3_lstm"])
+    beside = mar.parent / "mobilenetv3_lstm.card.json"
+    card = json.loads(beside.read_text())
+    assert "benign_threshold" not in read_mar_card(mar)
+    beside.write_text(json.dumps(card | {"benign_threshold": 0.75}, indent=2, sort_keys=True) + "\n")
+    repacked = repack(mar, tmp_path / "b")
+    assert read_mar_card(repacked)["benign_threshold"] == 0.75
+    # a card of another version beside it is not taken
+    beside.write_text(json.dumps(card | {"version": "9.9", "benign_threshold": 0.5}, sort_keys=True))
+    assert "benign_threshold" not in read_mar_card(repack(mar, tmp_path / "c"))
+
+
 def test_committed_archives_run_the_tree_code() -> None:
     """Every .mar in model_store/ carries exactly the tree's handler code (`make repack` fixes a failure)."""
     mars = sorted((REPO / "model_store").glob("*.mar"))
