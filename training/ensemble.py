@@ -163,20 +163,20 @@ def fit_combiner(
     m = probs.shape[1]
     if method == "stacker":
         from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
         feats = np.log(np.clip(probs, _FLOOR, None)).reshape(len(probs), -1)
 
         def model() -> Any:
             return LogisticRegression(C=1.0, max_iter=5000)
 
-        # its temperature from inner out-of-fold decision values (by block), not from its own fit
+        # its temperature from inner out-of-fold decision values, not from its own fit; frames, not blocks, are
+        # dealt (a fitting fold may hold a single Benign block, which a block-wise inner split would leave out)
         inner = cross_val_predict(
             model(),
             feats,
             labels,
-            groups=np.asarray(groups),
-            cv=StratifiedGroupKFold(n_splits=3),
+            cv=StratifiedKFold(n_splits=3, shuffle=True, random_state=0),
             method="decision_function",
         )
         t = fit_temperature(inner, labels)
@@ -487,7 +487,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("core.ensemble and the fit disagree")
     in_sample = operating_point_metrics(decisions(probs_in, thr, b_thr)[0], labels)
 
-    chosen_fits: list[EnsembleFit] = []
     oof = cross_fitted_operating_point(
         _stacked(outputs, members), labels, outputs.blocks, args.folds, fitter=ensemble_fitter(chosen, len(members))
     )
