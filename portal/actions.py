@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from core.registry import CELL_CLASSES
 from portal.analyses import storage
+from portal.analyses.consensus import consensus
 from portal.analyses.differential import REVIEW_LABELS
 from portal.analyses.inference import CellPrediction, Prediction, Refusal, ServerError
 from portal.analyses.models import (
@@ -29,9 +30,9 @@ from portal.analyses.models import (
     Cell,
     CellAnalysis,
     Image,
+    ImageReview,
     ImmutableError,
     QueuedJob,
-    Review,
     image_is_signed,
 )
 from portal.analyses.validation import ValidatedImage
@@ -463,77 +464,102 @@ def _reclassify_cell(actor: User, cell: Cell, label: str, request: HttpRequest |
 
 def sign_off(
     actor: User,
-    analysis: Analysis,
+    image: Image,
     *,
     decision: str,
     final_label: str | None = None,
     comment: str = "",
     request: HttpRequest | None = None,
-) -> Review:
-    """A reviewer agrees with the model's label or reclassifies it; the analysis is then immutable.
+) -> ImageReview:
+    """A reviewer's one decision on an image: agree with the consensus of its models, or reclassify it
+    (a label and a comment). The image, its analyses and its cells are then immutable.
 
-    A refused sign-off (no permission, already signed, invalid) raises and leaves its own audit row.
+    A refused sign-off (no permission, already signed, models still running, invalid) raises and leaves
+    its own audit row.
     """
     try:
-        return _sign_off(actor, analysis, decision, final_label, comment, request)
+        return _sign_off(actor, image, decision, final_label, comment, request)
     except (PermissionDenied, ValidationError, ImmutableError) as exc:
         reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
         log_event(
-            "analysis.sign_off_refused",
+            "image.sign_off_refused",
             actor=None if isinstance(actor, AnonymousUser) else actor,
-            obj=analysis,
+            obj=image,
             request=request,
             data={"decision": decision, "final_label": final_label or "", "reason": reason[:500]},
         )
         raise
 
 
+def _evidence(analyses: Sequence[Analysis]) -> dict[str, dict[str, Any]]:
+    """Each model's answer as the reviewer saw it (kept in the review)."""
+    return {
+        a.model_name: {
+            "version": a.model_version,
+            "status": a.status,
+            "label": a.label or None,
+            "abstained": a.abstained,
+            "probabilities": a.probabilities,
+            "error_code": a.error_code,
+        }
+        for a in analyses
+    }
+
+
 def _sign_off(
     actor: User,
-    analysis: Analysis,
+    image: Image,
     decision: str,
     final_label: str | None,
     comment: str,
     request: HttpRequest | None,
-) -> Review:
+) -> ImageReview:
     if isinstance(actor, AnonymousUser) or not actor.has_perm("analyses.sign_off_analysis"):
         raise PermissionDenied("only reviewers can sign off")
-    if decision not in Review.Decision.values:
+    if decision not in ImageReview.Decision.values:
         raise ValidationError(f"unknown decision {decision!r}")
     with transaction.atomic():
-        analysis = Analysis.objects.select_for_update().get(pk=analysis.pk)
-        if Review.objects.filter(analysis=analysis).exists():
-            raise ImmutableError("this analysis is already signed off")
-        if analysis.status != Analysis.Status.DONE:
-            raise ValidationError("only completed analyses can be signed off")
-        if decision == Review.Decision.AGREE:
-            if not analysis.label or analysis.abstained:
-                raise ValidationError("the model abstained: reclassify with a label instead of agreeing")
-            final = analysis.label
+        image = Image.objects.select_for_update().get(pk=image.pk)
+        if image_is_signed(image.pk):
+            raise ImmutableError("this image is already signed off")
+        analyses = list(image.analyses.order_by("model_name"))
+        if any(not a.is_final for a in analyses):
+            raise ValidationError("some models are still running: sign off once every result is in")
+        if not any(a.status == Analysis.Status.DONE for a in analyses):
+            raise ValidationError("no model has a result for this image")
+        agreed = consensus(analyses)
+        consensus_label = agreed.label if agreed else None
+        if decision == ImageReview.Decision.AGREE:
+            if not consensus_label:
+                raise ValidationError("the models reached no consensus: reclassify with a label and a comment")
+            final = consensus_label
         else:
             if final_label not in CLASS_LABELS:
                 raise ValidationError("choose the class for the reclassification")
             if not comment.strip():
                 raise ValidationError("a reclassification needs a comment")
             final = str(final_label)
-        review = Review.objects.create(
-            analysis=analysis,
+        review = ImageReview.objects.create(
+            image=image,
             reviewer=actor,
             reviewer_name=actor.get_username(),
             decision=decision,
             final_label=final,
+            consensus_label=consensus_label or "",
             comment=comment.strip(),
+            evidence=_evidence(analyses),
         )
         record(
-            "analysis.sign_off",
+            "image.sign_off",
             actor=actor,
-            obj=analysis,
+            obj=image,
             request=request,
             data={
                 "decision": decision,
-                "model_label": analysis.label,
+                "consensus_label": consensus_label or "",
                 "final_label": final,
                 "comment": review.comment,
+                "models": {a.model_name: a.label or None for a in analyses if a.status == Analysis.Status.DONE},
             },
         )
     return review

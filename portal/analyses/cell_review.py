@@ -15,7 +15,7 @@ from PIL import Image as PILImage
 from core.registry import CELL_REGISTRY
 from portal.analyses import storage
 from portal.analyses.differential import ARTEFACT, CATEGORIES, Differential, describe, differential
-from portal.analyses.models import REVIEWED_LABEL_CHOICES, Cell, CellAnalysis, Image, Review
+from portal.analyses.models import REVIEWED_LABEL_CHOICES, Cell, CellAnalysis, Image, ImageReview, Review
 from portal.patients.models import Specimen
 
 __all__ = [
@@ -47,9 +47,10 @@ def specimen_differential(specimen: Specimen) -> Differential:
     return differential(specimen_cells(specimen))
 
 
-def frame_reviews(images: list[Image]) -> dict[int, Review]:
-    """The first sign-off of each frame (image id -> Review): it locks the frame's cells."""
-    out: dict[int, Review] = {}
+def frame_reviews(images: list[Image]) -> dict[int, ImageReview | Review]:
+    """Each signed frame's sign-off (image id -> its ImageReview, else the first per-model Review of earlier
+    versions): it locks the frame's cells."""
+    out: dict[int, ImageReview | Review] = {r.image_id: r for r in ImageReview.objects.filter(image__in=images)}
     for review in Review.objects.filter(analysis__image__in=images).select_related("analysis").order_by("signed_at"):
         out.setdefault(review.analysis.image_id, review)
     return out

@@ -8,19 +8,22 @@ resources with compatible content. The bundle (type ``collection``) holds:
 - ``Specimen``: the accession as identifier, kind, collection time;
 - one ``Device`` per model and version (the software that pre-classified);
 - one ``Practitioner`` per reviewer who signed;
-- one ``Observation`` per model result on each image: ``valueCodeableConcept`` is the class (the
-  reviewer's final class once signed, else the model's; "refer for manual review" when it abstained),
-  ``component`` holds every class probability and P(malignant), ``device`` names model and version,
-  status ``final`` once signed, else ``preliminary``;
+- one ``Observation`` per image: the image's result, ``valueCodeableConcept`` the reviewer's final class
+  once the image is signed off (status ``final``, the reviewer as ``performer``), else the consensus of
+  the models or "refer for manual review" (``preliminary``); ``derivedFrom`` its models' Observations;
+- one ``Observation`` per model result on each image (the evidence): ``valueCodeableConcept`` is the
+  model's class ("refer for manual review" when it abstained), ``component`` holds every class
+  probability and P(malignant), ``device`` names model and version, status ``final`` once the image is
+  signed off, else ``preliminary``;
 - the white-cell differential (portal.analyses.differential), ``device`` the cell model, ``final`` once
   every frame with cells is signed off, else ``preliminary``: one ``Observation`` with the white cells
   counted (a note gives the artefacts excluded); one per white-cell type with at least one cell
   (``valueQuantity`` the count, a ``component`` the percentage of the white cells); the nucleated red
   cells (count, a ``component`` per 100 white cells, UCUM ``/100{WBCs}``) and the platelets (count only,
   never a percentage), each when any was counted;
-- the ``DiagnosticReport``: status ``final`` once every result is signed, else ``preliminary``;
-  subject, specimen, results, the reviewers as ``resultsInterpreter``, the consensus per image and
-  the decision-support notice as ``conclusion``.
+- the ``DiagnosticReport``: status ``final`` once every image with a result is signed off, else
+  ``preliminary``; subject, specimen, results, the reviewers as ``resultsInterpreter``, each image's
+  result (final class, else consensus) and the decision-support notice as ``conclusion``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from core.registry import CLASS_DESCRIPTIONS
 from portal.analyses.cell_review import frame_reviews, specimen_cells
 from portal.analyses.consensus import consensus
 from portal.analyses.differential import PLATELET, differential
-from portal.analyses.models import Analysis, QueuedJob, Review
+from portal.analyses.models import Analysis, Image, ImageReview, QueuedJob, Review
 from portal.patients.models import Patient, Specimen
 
 __all__ = ["CLASS_SYSTEM", "specimen_bundle"]
@@ -90,8 +93,8 @@ def _class(label: str) -> dict[str, Any]:
     return {"system": CLASS_SYSTEM, "code": label, "display": CLASS_DESCRIPTIONS.get(label, label)}
 
 
-def _observation(a: Analysis, review: Review | None) -> dict[str, Any]:
-    coding = _class(review.final_label) if review else (_class(a.label) if a.label and not a.abstained else _REFER)
+def _observation(a: Analysis, review: ImageReview | Review | None) -> dict[str, Any]:
+    coding = _class(a.label) if a.label and not a.abstained else _REFER
     components = [
         {
             "code": {"text": f"P({cls})"},
@@ -123,13 +126,7 @@ def _observation(a: Analysis, review: Review | None) -> dict[str, Any]:
         }
     ]
     if review:
-        notes.append(
-            {
-                "text": f"Signed by {review.reviewer_name} ({review.get_decision_display()}): {review.comment}".rstrip(
-                    ": "
-                )
-            }
-        )
+        notes.append({"text": f"Signed off by {review.reviewer_name}: final class {review.final_label}."})
     return {
         "resourceType": "Observation",
         "id": f"analysis-{a.pk}",
@@ -205,32 +202,76 @@ def _cell_observations(specimen: Specimen) -> tuple[list[dict[str, Any]], list[Q
     return observations, jobs
 
 
+def _image_observation(image: Image, analyses: list[Analysis], review: ImageReview | Review | None) -> dict[str, Any]:
+    """The image's result: the reviewer's final class once signed, else the consensus (or refer)."""
+    agreed = consensus(analyses)
+    if review is not None:
+        coding = _class(review.final_label)
+    else:
+        coding = _class(agreed.label) if agreed and agreed.label else _REFER
+    said = f"{agreed.label} ({agreed.agreement} models)" if agreed and agreed.label else "no consensus (refer)"
+    notes = [{"text": f"Consensus of the models: {said}."}]
+    if review is not None:
+        notes.append(
+            {
+                "text": f"Signed off by {review.reviewer_name} ({review.get_decision_display()})"
+                + (f": {review.comment}" if review.comment else "")
+            }
+        )
+    observation = {
+        "resourceType": "Observation",
+        "id": f"image-{image.pk}",
+        "status": "final" if review is not None else "preliminary",
+        "code": {"text": f"B-ALL subtype of a peripheral blood smear image ({image.original_name})"},
+        "subject": _ref("Patient", f"patient-{image.specimen.patient_id}"),
+        "specimen": _ref("Specimen", f"specimen-{image.specimen_id}"),
+        "effectiveDateTime": (review.signed_at if review is not None else image.uploaded_at).isoformat(),
+        "valueCodeableConcept": {"coding": [coding], "text": coding["display"]},
+        "derivedFrom": [_ref("Observation", f"analysis-{a.pk}") for a in analyses],
+        "note": notes,
+    }
+    if review is not None:
+        observation["performer"] = [_ref("Practitioner", f"practitioner-{review.reviewer_name}")]
+    return observation
+
+
+def _image_review(image: Image, analyses: list[Analysis]) -> ImageReview | Review | None:
+    """The image's sign-off, else (earlier versions) the first per-model sign-off when every result has one."""
+    if image.signed_review is not None:
+        return image.signed_review
+    legacy = [a.signed_review for a in analyses]
+    return legacy[0] if legacy and all(r is not None for r in legacy) else None
+
+
 def specimen_bundle(specimen: Specimen) -> dict[str, Any]:
     """The specimen's FHIR Bundle as JSON-ready data, validated by the fhir.resources R4B models."""
     done = list(
         Analysis.objects.filter(image__specimen=specimen, status=Analysis.Status.DONE)
-        .select_related("image__specimen", "review")
+        .select_related("image__specimen", "image__review", "review")
         .order_by("image_id", "model_name")
     )
-    reviews: dict[int, Review] = {a.pk: r for a in done if (r := a.signed_review) is not None}
+    images = {a.image_id: a.image for a in done}
+    by_image = {pk: [a for a in done if a.image_id == pk] for pk in sorted(images)}
+    reviews = {pk: _image_review(images[pk], by_image[pk]) for pk in by_image}
     resources: list[dict[str, Any]] = [_patient(specimen.patient), _specimen(specimen)]
     resources += list({_device_id(a): _device(a) for a in done}.values())
-    reviewers = sorted({r.reviewer_name for r in reviews.values()})
+    reviewers = sorted({r.reviewer_name for r in reviews.values() if r is not None})
     resources += [
         {"resourceType": "Practitioner", "id": f"practitioner-{name}", "name": [{"text": name}]} for name in reviewers
     ]
-    observations = [_observation(a, reviews.get(a.pk)) for a in done]
+    observations = [_image_observation(images[pk], by_image[pk], reviews[pk]) for pk in by_image]
+    observations += [_observation(a, reviews[a.image_id]) for a in done]
     cell_observations, cell_jobs = _cell_observations(specimen)
     resources += [_device(job) for job in cell_jobs]
     observations += cell_observations
     resources += observations
     lines = []
-    for image_id in sorted({a.image_id for a in done}):
-        c = consensus([a for a in done if a.image_id == image_id])
-        name = next(a.image.original_name for a in done if a.image_id == image_id)
-        verdict = f"{c.label} ({c.agreement} models)" if c and c.label else "refer for manual review (no consensus)"
-        lines.append(f"{name}: {verdict}")
-    signed_all = bool(done) and len(reviews) == len(done)
+    for pk in by_image:
+        review, agreed = reviews[pk], consensus(by_image[pk])
+        said = f"{agreed.label} ({agreed.agreement} models)" if agreed and agreed.label else "no consensus (refer)"
+        verdict = f"{review.final_label}, signed off by {review.reviewer_name}" if review else f"{said}, not signed off"
+        lines.append(f"{images[pk].original_name}: {verdict}")
+    signed_all = bool(done) and all(r is not None for r in reviews.values())
     report = {
         "resourceType": "DiagnosticReport",
         "id": f"report-specimen-{specimen.pk}",

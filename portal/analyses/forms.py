@@ -6,7 +6,7 @@ from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from portal.analyses.models import CLASS_LABELS, Review
+from portal.analyses.models import CLASS_LABELS, ImageReview
 from portal.analyses.validation import ValidatedImage, validate_image_bytes
 from portal.patients.models import Specimen
 
@@ -68,13 +68,30 @@ class UploadForm(forms.Form):
 
 
 class ReviewForm(forms.Form):
-    decision = forms.ChoiceField(choices=Review.Decision.choices, widget=forms.RadioSelect, initial="agree")
+    """One decision per image: agree with the consensus, or reclassify with a label and a comment.
+
+    ``consensus_label``: the consensus to agree with; None when the models reached none, and then
+    reclassifying (choosing the label) is the only choice offered.
+    """
+
+    decision = forms.ChoiceField(choices=ImageReview.Decision.choices, widget=forms.RadioSelect)
     final_label = forms.ChoiceField(
-        choices=[("", "(keep the model's label)"), *[(c, c) for c in CLASS_LABELS]],
-        required=False,
-        label="Reclassify as",
+        choices=[("", "(choose a class)"), *[(c, c) for c in CLASS_LABELS]], required=False, label="Reclassify as"
     )
-    comment = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    comment = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2}), required=False, help_text="Required when reclassifying."
+    )
+
+    def __init__(self, *args: Any, consensus_label: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["decision"]
+        assert isinstance(field, forms.ChoiceField)
+        if consensus_label:
+            field.choices = [("agree", f"Agree with the consensus: {consensus_label}"), ("reclassify", "Reclassify")]
+            field.initial = "agree"
+        else:
+            field.choices = [("reclassify", "Set the label (the models reached no consensus)")]
+            field.initial = "reclassify"
 
 
 class ExportForm(forms.Form):

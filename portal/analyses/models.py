@@ -5,7 +5,12 @@ is called; it ends ``done``, ``rejected`` (the model server refused the image: t
 ``failed`` (server errors on every one of PORTAL_MAX_ATTEMPTS attempts, or the model server
 unreachable for longer than PORTAL_WAIT_GIVE_UP_S). While pending, ``stage`` says where it is:
 queued, running, waiting (model server unreachable; ``waiting_since``) or retrying (after a server
-error; ``next_attempt_at``). Once a Review exists the analysis is immutable.
+error; ``next_attempt_at``).
+
+A reviewer signs off an image, not a model: one ImageReview per image agrees with the consensus of its
+models or reclassifies it, with the models' answers kept as evidence. Once an image is signed its
+analyses and cells are immutable. (Review is the per-model sign-off of earlier versions, kept read-only
+so that what was signed stays readable.)
 
 The cell model runs once per image (CellAnalysis, the same job states) and stores one Cell per white
 cell found; a technologist may reclassify a cell until a reviewer signs off any analysis of its frame.
@@ -35,6 +40,7 @@ __all__ = [
     "Cell",
     "CellAnalysis",
     "Image",
+    "ImageReview",
     "ImmutableError",
     "QueuedJob",
     "Review",
@@ -82,6 +88,14 @@ class Image(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("analyses:image", args=[self.pk])
+
+    @property
+    def signed_review(self) -> ImageReview | None:
+        """The reviewer's sign-off of this image, or None (uses ``select_related("review")`` when the query did)."""
+        try:
+            return self.review  # type: ignore[no-any-return]
+        except ImageReview.DoesNotExist:
+            return None
 
 
 class QueuedJob(models.Model):
@@ -198,7 +212,10 @@ class Analysis(QueuedJob):
 
     @property
     def is_signed(self) -> bool:
-        return Review.objects.filter(analysis_id=self.pk).exists() if self.pk else False
+        """Its image is signed off (or, before per-image sign-off, the analysis itself was)."""
+        if not self.pk:
+            return False
+        return image_is_signed(self.image_id) or Review.objects.filter(analysis_id=self.pk).exists()
 
     @property
     def top_class(self) -> str:
@@ -218,6 +235,8 @@ class Analysis(QueuedJob):
 
 
 class Review(models.Model):
+    """Per-model sign-off of earlier versions (read-only: new sign-offs are ImageReviews)."""
+
     class Decision(models.TextChoices):
         AGREE = "agree", "Agree with the model"
         RECLASSIFY = "reclassify", "Reclassify"
@@ -254,9 +273,54 @@ CELL_LABEL_CHOICES = [(c, CELL_DESCRIPTIONS.get(c, c)) for c in CELL_CLASSES]
 REVIEWED_LABEL_CHOICES = [(c, describe(c)) for c in REVIEW_LABELS]
 
 
+class ImageReview(models.Model):
+    """The reviewer's one decision on an image: agree with the consensus of its models, or reclassify.
+
+    ``consensus_label`` is what the consensus said when it was signed (empty: it referred the image);
+    ``evidence`` keeps each finished model's answer as the reviewer saw it (model -> version, status,
+    label, abstained, probabilities). Never changes once saved.
+    """
+
+    class Decision(models.TextChoices):
+        AGREE = "agree", "Agree with the consensus"
+        RECLASSIFY = "reclassify", "Reclassify"
+
+    image = models.OneToOneField(Image, on_delete=models.PROTECT, related_name="review")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    reviewer_name = models.CharField(max_length=150)
+    decision = models.CharField(max_length=12, choices=Decision.choices)
+    final_label = models.CharField(max_length=10, choices=LABEL_CHOICES)
+    consensus_label = models.CharField(max_length=10, choices=LABEL_CHOICES, blank=True)
+    comment = models.TextField(blank=True)
+    evidence = models.JSONField(default=dict)
+    signed_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-signed_at"]
+
+    def __str__(self) -> str:
+        return f"Review of image {self.image_id}: {self.final_label} by {self.reviewer_name}"
+
+    @property
+    def changed_consensus(self) -> bool:
+        return self.final_label != self.consensus_label
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and not self._state.adding:
+            raise ImmutableError("a review is signed and cannot change")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise ImmutableError("a review is signed and cannot be deleted")
+
+
 def image_is_signed(image_id: int) -> bool:
-    """A reviewer signed off any of the frame's analyses: that sign-off covers the frame's cells too."""
-    return Review.objects.filter(analysis__image_id=image_id).exists()
+    """A reviewer signed off the frame (or, before per-image sign-off, any of its analyses): the sign-off
+    covers its analyses and its cells."""
+    return (
+        ImageReview.objects.filter(image_id=image_id).exists()
+        or Review.objects.filter(analysis__image_id=image_id).exists()
+    )
 
 
 class CellAnalysis(QueuedJob):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -14,10 +14,10 @@ from PIL import Image as PILImage
 
 from core.registry import CELL_CLASSES
 from portal.analyses import storage
-from portal.analyses.cell_review import specimen_cells
+from portal.analyses.cell_review import frame_reviews, specimen_cells
 from portal.analyses.consensus import consensus
 from portal.analyses.differential import differential
-from portal.analyses.models import CLASS_LABELS, Analysis, CellAnalysis, Review
+from portal.analyses.models import CLASS_LABELS, Analysis, CellAnalysis, Image
 from portal.patients.models import Specimen
 
 __all__ = [
@@ -53,6 +53,7 @@ CSV_COLUMNS = [
     "specimen_accession",
     "image_id",
     "image_name",
+    "image_final_label",
     "model",
     "model_version",
     "status",
@@ -78,9 +79,27 @@ def analyses_in_range(start: date, end: date) -> QuerySet[Analysis]:
     hi = datetime.combine(end + timedelta(days=1), time.min, tzinfo=tz)
     return (
         Analysis.objects.filter(created_at__gte=lo, created_at__lt=hi)
-        .select_related("image__specimen__patient", "review")
+        .select_related("image__specimen__patient", "image__review", "review")
         .order_by("created_at", "id")
     )
+
+
+def sign_off_text(image: Image, analyses: Sequence[Analysis]) -> str:
+    """The image's result as a report leads with it: the reviewer's final label, else the consensus."""
+    review = image.signed_review
+    agreed = consensus(analyses)
+    said = (f"{agreed.label} ({agreed.agreement})" if agreed.label else "no consensus") if agreed else "no result"
+    if review is not None:
+        how = "agreed with the consensus" if review.decision == "agree" else f"reclassified; the consensus was {said}"
+        comment = f': "{review.comment}"' if review.comment else ""
+        return (
+            f"Final: {review.final_label}, signed off by {review.reviewer_name} at "
+            f"{timezone.localtime(review.signed_at):%Y-%m-%d %H:%M} ({how}){comment}"
+        )
+    legacy = [f"{a.model_name}: {r.final_label}" for a in analyses if (r := a.signed_review) is not None]
+    if legacy:
+        return f"Signed off per model (earlier version): {', '.join(legacy)}. Consensus: {said}"
+    return f"Not signed off yet. Consensus of the models: {said}"
 
 
 def csv_bytes(analyses: Iterable[Analysis]) -> bytes:
@@ -88,7 +107,7 @@ def csv_bytes(analyses: Iterable[Analysis]) -> bytes:
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     for a in analyses:
-        r = a.signed_review
+        r = a.image.signed_review or a.signed_review  # the image's sign-off (per model in earlier versions)
         specimen = a.image.specimen
         writer.writerow(
             [
@@ -98,6 +117,7 @@ def csv_bytes(analyses: Iterable[Analysis]) -> bytes:
                 specimen.accession,
                 a.image_id,
                 a.image.original_name,
+                r.final_label if r else "",
                 a.model_name,
                 a.model_version,
                 a.status,
@@ -216,11 +236,12 @@ def specimen_pdf(specimen: Specimen, generated_by: str) -> bytes:
         Paragraph(f"Generated {timezone.now():%Y-%m-%d %H:%M} UTC by {generated_by}", styles["Normal"]),
         Spacer(1, 4 * mm),
     ]
-    for image in specimen.images.order_by("uploaded_at", "id").prefetch_related("analyses__review"):
+    for image in specimen.images.order_by("uploaded_at", "id").select_related("review").prefetch_related("analyses"):
         analyses = list(image.analyses.all())
         story.append(
             Paragraph(f"Image {image.pk}: {image.original_name} ({image.width}x{image.height})", styles["Heading3"])
         )
+        story.append(Paragraph(sign_off_text(image, analyses), styles["Normal"]))
         with_heatmap = [a for a in analyses if a.heatmap_name]
         pictures = [picture(image.storage_name, 55)] + [picture(a.heatmap_name, 30) for a in with_heatmap]
         captions = ["original"] + [f"{a.model_name} heatmap ({a.heatmap_label})" for a in with_heatmap]
@@ -231,9 +252,8 @@ def specimen_pdf(specimen: Specimen, generated_by: str) -> bytes:
         gallery = Table([pictures, [Paragraph(c, styles["Normal"]) for c in captions]])
         gallery.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("FONTSIZE", (0, 1), (-1, 1), 7)]))
         story.append(gallery)
-        rows = [["Model", "Version", "Status", "Label", "Confidence", "P(malignant)", "Review"]]
+        rows = [["Model", "Version", "Status", "Label", "Confidence", "P(malignant)"]]
         for a in analyses:
-            r = a.signed_review
             label = "refer for manual review" if a.abstained else (a.label or a.error_code or "")
             rows.append(
                 [
@@ -243,7 +263,6 @@ def specimen_pdf(specimen: Specimen, generated_by: str) -> bytes:
                     label,
                     "" if a.confidence is None else f"{a.confidence:.2f}",
                     "" if a.malignant_probability is None else f"{a.malignant_probability:.2f}",
-                    f"{r.final_label} ({r.decision}) by {r.reviewer_name}" if r else "not signed",
                 ]
             )
         table = Table(rows, repeatRows=1)
@@ -257,17 +276,13 @@ def specimen_pdf(specimen: Specimen, generated_by: str) -> bytes:
             )
         )
         story.append(table)
-        c = consensus(analyses)
-        if c is not None:
-            text = f"Consensus: {c.label} ({c.agreement})" if c.label else "Consensus: none, refer for manual review"
-            story.append(Paragraph(text, styles["Normal"]))
         story.append(Spacer(1, 3 * mm))
     cells = list(specimen_cells(specimen))
     if cells:
         diff = differential(cells)
         story.append(Paragraph("White-cell differential", styles["Heading2"]))
-        signed = {r.analysis.image_id for r in Review.objects.filter(analysis__image__specimen=specimen)}
         frames = {c.image_id for c in cells}
+        signed = set(frame_reviews(list(specimen.images.filter(pk__in=frames))))
         story.append(
             Paragraph(
                 f"{diff.white_cells} white cells in {len(frames)} frame(s); excluded: {diff.excluded} "

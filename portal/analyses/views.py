@@ -33,7 +33,7 @@ from portal.analyses.models import (
     ImmutableError,
     QueuedJob,
 )
-from portal.analyses.reports import analyses_in_range, csv_bytes, specimen_pdf
+from portal.analyses.reports import analyses_in_range, csv_bytes, sign_off_text, specimen_pdf
 from portal.patients.models import Specimen
 
 
@@ -42,7 +42,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     if request.user.has_perm("analyses.view_analysis"):
         context["counts"] = dict(Analysis.objects.values_list("status").annotate(n=Count("id")).order_by())
         context["recent"] = Image.objects.select_related("specimen__patient").prefetch_related("analyses")[:10]
-        context["unsigned"] = Analysis.objects.filter(status="done", review__isnull=True).count()
+        context["unsigned"] = awaiting_sign_off().count()
     return render(request, "analyses/dashboard.html", context)
 
 
@@ -56,16 +56,22 @@ def about(request: HttpRequest) -> HttpResponse:
     return render(request, "analyses/about.html", context)
 
 
+def awaiting_sign_off() -> Any:
+    """Images ready for a reviewer's decision: every model finished, at least one with a result, not signed
+    (nor signed per model before per-image sign-off existed)."""
+    return (
+        Image.objects.filter(analyses__status=Analysis.Status.DONE, review__isnull=True)
+        .exclude(analyses__status=Analysis.Status.PENDING)
+        .exclude(analyses__review__isnull=False)
+        .distinct()
+    )
+
+
 @permission_required("analyses.sign_off_analysis", raise_exception=True)
 def worklist(request: HttpRequest) -> HttpResponse:
-    """Images with finished results awaiting sign-off, oldest first; filter by patient/specimen text and date."""
-    images = (
-        Image.objects.filter(analyses__status=Analysis.Status.DONE, analyses__review__isnull=True)
-        .select_related("specimen__patient")
-        .prefetch_related("analyses", "analyses__review")
-        .distinct()
-        .order_by("uploaded_at", "id")
-    )
+    """Images awaiting sign-off, oldest first; filter by patient/specimen text and date."""
+    images = awaiting_sign_off().select_related("specimen__patient").prefetch_related("analyses")
+    images = images.order_by("uploaded_at", "id")
     query = request.GET.get("q", "").strip()
     if query:
         images = images.filter(
@@ -83,8 +89,8 @@ def worklist(request: HttpRequest) -> HttpResponse:
     rows: list[dict[str, Any]] = []
     for image in page:
         analyses = list(image.analyses.all())
-        waiting = [a for a in analyses if a.status == Analysis.Status.DONE and a.signed_review is None]
-        rows.append({"image": image, "consensus": consensus(analyses), "waiting": waiting})
+        done = [a for a in analyses if a.status == Analysis.Status.DONE]
+        rows.append({"image": image, "consensus": consensus(analyses), "done": done, "total": len(analyses)})
     actions.log_event(
         "analysis.worklist",
         actor=request.user,
@@ -117,18 +123,24 @@ def upload(request: HttpRequest) -> HttpResponse:
 def _image_context(request: HttpRequest, image: Image) -> dict[str, object]:
     analyses = list(image.analyses.select_related("review").all())
     for a in analyses:
-        a.signed = a.signed_review  # type: ignore[attr-defined]
-        a.review_form = ReviewForm(auto_id=f"id_a{a.pk}_%s")  # type: ignore[attr-defined]
+        a.signed = a.signed_review  # type: ignore[attr-defined]  # per-model sign-off of earlier versions
     codes = {a.error_code for a in analyses}
     refused_by_all = bool(analyses) and all(a.status == Analysis.Status.REJECTED for a in analyses) and len(codes) == 1
     cell_analysis = CellAnalysis.objects.filter(image=image).first()
     cells = list(image.cells.select_related("reviewed_by")) if cell_analysis else []
-    frame_review = next((a.signed for a in sorted(analyses, key=lambda a: a.pk) if a.signed), None)  # type: ignore[attr-defined]
+    image_review = image.signed_review
+    legacy_review = next((a.signed for a in sorted(analyses, key=lambda a: a.pk) if a.signed), None)  # type: ignore[attr-defined]
+    frame_review = image_review or legacy_review
+    agreed = consensus(analyses)
+    ready = bool(analyses) and all(a.is_final for a in analyses) and any(a.status == "done" for a in analyses)
     return {
         "image": image,
         "analyses": analyses,
         "refused": analyses[0].refusal_text if refused_by_all else "",
-        "consensus": consensus(analyses),
+        "consensus": agreed,
+        "image_review": image_review,
+        "review_form": ReviewForm(consensus_label=agreed.label if agreed else None),
+        "ready_to_sign": ready and frame_review is None,
         "pending": any(not a.is_final for a in analyses) or bool(cell_analysis and not cell_analysis.is_final),
         "can_sign": request.user.has_perm("analyses.sign_off_analysis"),
         "cell_analysis": cell_analysis,
@@ -228,24 +240,31 @@ def analysis_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @permission_required("analyses.sign_off_analysis", raise_exception=True)
 @require_POST
 def sign_off(request: HttpRequest, pk: int) -> HttpResponse:
-    analysis = get_object_or_404(Analysis, pk=pk)
-    form = ReviewForm(request.POST)
-    if form.is_valid():
-        try:
-            actions.sign_off(
-                request.user,
-                analysis,
-                decision=form.cleaned_data["decision"],
-                final_label=form.cleaned_data["final_label"] or None,
-                comment=form.cleaned_data["comment"],
-                request=request,
-            )
-            messages.success(request, f"{analysis.model_name}: signed off.")
-        except (ValidationError, ImmutableError) as exc:
-            messages.error(request, f"{analysis.model_name}: not signed: {'; '.join(_messages(exc))}")
-    else:
-        messages.error(request, "Not signed: the review form is incomplete.")
-    return redirect(analysis.image)
+    """The reviewer's decision on an image; then back to the worklist's next image, or to the image."""
+    image = get_object_or_404(Image, pk=pk)
+    agreed = consensus(list(image.analyses.all()))
+    form = ReviewForm(request.POST, consensus_label=agreed.label if agreed else None)
+    if not form.is_valid():
+        messages.error(request, "Not signed: choose whether you agree with the consensus or reclassify.")
+        return redirect(image)
+    try:
+        review = actions.sign_off(
+            request.user,
+            image,
+            decision=form.cleaned_data["decision"],
+            final_label=form.cleaned_data["final_label"] or None,
+            comment=form.cleaned_data["comment"],
+            request=request,
+        )
+    except (ValidationError, ImmutableError) as exc:
+        messages.error(request, f"Not signed: {'; '.join(_messages(exc))}.")
+        return redirect(image)
+    messages.success(request, f"{image.original_name}: signed off as {review.final_label}.")
+    following = awaiting_sign_off().filter(uploaded_at__gte=image.uploaded_at).exclude(pk=image.pk)
+    after = following.order_by("uploaded_at", "id").first()
+    if request.POST.get("next") == "worklist" and after is not None:
+        return redirect(after)
+    return redirect(image)
 
 
 def _messages(exc: Exception) -> list[str]:
@@ -281,6 +300,7 @@ def specimen_report(request: HttpRequest, pk: int) -> HttpResponse:
     images = []
     for image in specimen.images.order_by("uploaded_at", "id"):
         ctx = _image_context(request, image)
+        ctx["sign_off"] = sign_off_text(image, ctx["analyses"])  # type: ignore[arg-type]
         images.append(ctx)
     context = {**differential_context(specimen), "images": images, "now": timezone.now()}
     return render(request, "analyses/report.html", context)

@@ -8,7 +8,16 @@ from rest_framework import serializers
 
 from portal.analyses.differential import CATEGORIES, WHITE_CATEGORIES
 from portal.analyses.forms import ALL_MODELS
-from portal.analyses.models import CLASS_LABELS, REVIEWED_LABEL_CHOICES, Analysis, Cell, CellAnalysis, Image, Review
+from portal.analyses.models import (
+    CLASS_LABELS,
+    REVIEWED_LABEL_CHOICES,
+    Analysis,
+    Cell,
+    CellAnalysis,
+    Image,
+    ImageReview,
+    Review,
+)
 from portal.patients.models import Patient, Specimen
 
 __all__ = [
@@ -40,22 +49,48 @@ class SpecimenSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at"]
 
 
-class ReviewSerializer(serializers.ModelSerializer):
+class ModelReviewSerializer(serializers.ModelSerializer):
+    """A per-model sign-off of earlier versions (read-only; sign-off is per image now)."""
+
     class Meta:
         model = Review
         fields = ["id", "analysis", "reviewer_name", "decision", "final_label", "comment", "signed_at"]
         read_only_fields = fields
 
 
+class ReviewSerializer(serializers.ModelSerializer):
+    """The reviewer's decision on an image: ``final_label`` is the image's result once signed."""
+
+    class Meta:
+        model = ImageReview
+        fields = [
+            "id",
+            "image",
+            "reviewer_name",
+            "decision",
+            "final_label",
+            "consensus_label",
+            "comment",
+            "evidence",
+            "signed_at",
+        ]
+        read_only_fields = fields
+
+
 class ReviewCreateSerializer(serializers.Serializer):
-    analysis = serializers.PrimaryKeyRelatedField(queryset=Analysis.objects.all())
-    decision = serializers.ChoiceField(choices=Review.Decision.choices)
-    final_label = serializers.ChoiceField(choices=list(CLASS_LABELS), required=False, allow_null=True)
-    comment = serializers.CharField(required=False, allow_blank=True, default="")
+    image = serializers.PrimaryKeyRelatedField(queryset=Image.objects.all())
+    decision = serializers.ChoiceField(
+        choices=ImageReview.Decision.choices, help_text="agree with the consensus of the models, or reclassify"
+    )
+    final_label = serializers.ChoiceField(
+        choices=list(CLASS_LABELS), required=False, allow_null=True, help_text="required to reclassify"
+    )
+    comment = serializers.CharField(required=False, allow_blank=True, default="", help_text="required to reclassify")
 
 
 class AnalysisSerializer(serializers.ModelSerializer):
-    review = ReviewSerializer(read_only=True)
+    image_review = ReviewSerializer(source="image.signed_review", read_only=True, allow_null=True)
+    review = ModelReviewSerializer(read_only=True, help_text="per-model sign-off of earlier versions")
     specimen = serializers.IntegerField(source="image.specimen_id", read_only=True)
     heatmap_url = serializers.SerializerMethodField()
     stage = serializers.SerializerMethodField(help_text="queued, running, waiting or retrying; empty once final")
@@ -86,6 +121,7 @@ class AnalysisSerializer(serializers.ModelSerializer):
             "progress",
             "created_at",
             "completed_at",
+            "image_review",
             "review",
         ]
         read_only_fields = fields

@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from portal import actions
 from portal.accounts import second_factor
 from portal.analyses.cell_review import frame_reviews, specimen_differential
-from portal.analyses.models import Analysis, Cell, CellAnalysis, ImmutableError, Review
+from portal.analyses.models import Analysis, Cell, CellAnalysis, ImageReview, ImmutableError
 from portal.analyses.validation import validate_image_bytes
 from portal.api.permissions import CellPermission, SignOffPermission
 from portal.api.serializers import (
@@ -255,7 +255,7 @@ class AnalysisViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericV
     parser_classes = [MultiPartParser, FormParser]
 
     def get_queryset(self) -> QuerySet[Analysis]:
-        qs = Analysis.objects.select_related("image", "review").order_by("-created_at", "-id")
+        qs = Analysis.objects.select_related("image__review", "review").order_by("-created_at", "-id")
         for param, field in (("specimen", "image__specimen_id"), ("image", "image_id")):
             value = self.request.query_params.get(param)
             if value and value.isdigit():
@@ -289,10 +289,11 @@ class AnalysisViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericV
 
 
 class ReviewViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
-    """Reviews (sign-offs). Creating one needs analyses.sign_off_analysis; reviews never change."""
+    """Sign-offs, one per image: agree with the consensus of its models or reclassify it. Creating one needs
+    analyses.sign_off_analysis and every model of the image finished; reviews never change (409 on a second)."""
 
     permission_classes = [SignOffPermission]
-    queryset = Review.objects.select_related("analysis").order_by("-signed_at")
+    queryset = ImageReview.objects.order_by("-signed_at")
 
     def get_serializer_class(self) -> Any:
         return ReviewCreateSerializer if self.action == "create" else ReviewSerializer
@@ -305,7 +306,7 @@ class ReviewViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
         try:
             review = actions.sign_off(
                 request.user,
-                data["analysis"],
+                data["image"],
                 decision=data["decision"],
                 final_label=data.get("final_label"),
                 comment=data.get("comment", ""),

@@ -215,6 +215,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "ClassLabelEnum": "portal.analyses.models.LABEL_CHOICES",
         "CellTypeEnum": "portal.analyses.models.CELL_LABEL_CHOICES",
+        "ImageDecisionEnum": "portal.analyses.models.ImageReview.Decision",
+        "ModelDecisionEnum": "portal.analyses.models.Review.Decision",
         "ReviewedCellTypeEnum": "portal.analyses.models.REVIEWED_LABEL_CHOICES",
     },
 }

@@ -9,7 +9,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from portal.accounts.second_factor import needs_second_factor
-from portal.analyses.models import Analysis, Image, Review
+from portal.analyses.models import Analysis, Image, ImageReview
 from portal.audit.models import AuditEvent
 from tests.portal.conftest import PASSWORD, otp_code, otp_device, smear_paths
 from tests.portal.helpers import complete
@@ -75,13 +75,22 @@ def test_upload_and_review_through_the_api(technologist: Any, reviewer: Any, spe
     analysis = complete(Analysis.objects.get(pk=images[0]["analyses"][0]["id"]), "Pro")
     got = tech.get(f"/api/analyses/{analysis.pk}/").json()
     assert got["label"] == "Pro" and got["heatmap_url"] == f"/analyses/{analysis.pk}/heatmap.png"
-    assert tech.post("/api/reviews/", {"analysis": analysis.pk, "decision": "agree"}, format="json").status_code == 403
+    image_id = images[0]["id"]
+    assert tech.post("/api/reviews/", {"image": image_id, "decision": "agree"}, format="json").status_code == 403
     rev = _token_client(reviewer)
-    response = rev.post("/api/reviews/", {"analysis": analysis.pk, "decision": "agree", "comment": "ok"}, format="json")
+    running = rev.post("/api/reviews/", {"image": image_id, "decision": "agree"}, format="json")
+    assert running.status_code == 400 and "still running" in str(running.json())  # three models still pending
+    for other in Analysis.objects.filter(image_id=image_id).exclude(pk=analysis.pk):
+        complete(other, "Pro")
+    response = rev.post("/api/reviews/", {"image": image_id, "decision": "agree", "comment": "ok"}, format="json")
     assert response.status_code == 201, response.content
-    assert rev.post("/api/reviews/", {"analysis": analysis.pk, "decision": "agree"}, format="json").status_code == 409
-    assert Review.objects.get().final_label == "Pro"
+    body = response.json()
+    assert (body["final_label"], body["consensus_label"], len(body["evidence"])) == ("Pro", "Pro", 4)
+    assert rev.post("/api/reviews/", {"image": image_id, "decision": "agree"}, format="json").status_code == 409
+    assert ImageReview.objects.get().final_label == "Pro"
     assert tech.get("/api/reviews/").json()["count"] == 1
+    # every analysis of the image now shows the image's final label first
+    assert tech.get(f"/api/analyses/{analysis.pk}/").json()["image_review"]["final_label"] == "Pro"
 
 
 def _fake_file() -> Any:

@@ -275,9 +275,8 @@ def test_sign_off_locks_the_frames_cells(
     signed, open_ = frames
     before = rev_client.get(f"/images/{signed.pk}/").content.decode()
     assert "also signs off its 3 cells" in before  # the sign-off page says what it covers
-    analysis = signed.analyses.first()
-    assert analysis is not None
-    assert rev_client.post(f"/analyses/{analysis.pk}/sign-off/", {"decision": "agree"}).status_code == 302
+    assert rev_client.post(f"/images/{signed.pk}/sign-off/", {"decision": "agree"}).status_code == 302
+    assert signed.signed_review is not None
     cell = Cell.objects.get(image=signed, index=0)
     with pytest.raises(ImmutableError):
         actions.reclassify_cell(technologist, cell, "basophil")
@@ -398,9 +397,7 @@ def test_api_cells_differential_and_reclassify(
     assert nobody.get(f"/api/specimens/{specimen.pk}/differential/").status_code == 403
     assert api.delete(f"/api/cells/{abstained['id']}/").status_code in (403, 405)
     # after the sign-off: 409
-    analysis = frames[0].analyses.first()
-    assert analysis is not None
-    actions.sign_off(reviewer, analysis, decision="agree")
+    actions.sign_off(reviewer, frames[0], decision="agree")
     locked = api.post(
         f"/api/cells/{abstained['id']}/reclassify/", {"label": "basophil"}, content_type="application/json"
     )
@@ -437,9 +434,7 @@ def test_fhir_bundle_has_the_differential(
     report = next(r for r in resources if r["resourceType"] == "DiagnosticReport")
     assert {"reference": f"Observation/differential-{specimen.pk}-neutrophil"} in report["result"]
     for image in frames:  # every frame signed: the differential is final
-        analysis = image.analyses.first()
-        assert analysis is not None
-        actions.sign_off(reviewer, analysis, decision="agree")
+        actions.sign_off(reviewer, image, decision="agree")
     bundle = rev_client.get(f"/specimens/{specimen.pk}/fhir.json").json()
     statuses = {e["resource"]["status"] for e in bundle["entry"] if e["resource"]["id"].startswith("differential-")}
     assert statuses == {"final"}

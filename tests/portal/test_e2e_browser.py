@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from portal.analyses.models import Analysis, Review
+from portal.analyses.models import Analysis, ImageReview
 from portal.audit.models import AuditEvent
 from tests.conftest import REPO
 from tests.portal.conftest import PASSWORD, otp_code, otp_device, smear_paths
@@ -153,26 +153,52 @@ def test_technologist_uploads_reviewer_signs_off(
     assert page.locator("figure.original img").evaluate("img => img.naturalWidth") > 0, page.failed_responses  # type: ignore[attr-defined]
     assert page.locator("#consensus").is_visible()
     assert "Decision support only" in page.inner_text("p.disclaimer.banner")
-    assert page.locator("text=Awaiting sign-off by a reviewer").count() == 4  # no sign-off form for a technologist
+    assert page.locator("#awaiting").inner_text() == "Awaiting sign-off by a reviewer."  # no form for a technologist
+    assert page.locator("form#sign-off").count() == 0
     page.screenshot(path=str(ARTIFACTS / "portal-result.png"), full_page=True)
     result_url = page.url
     page.click("button:has-text('Log out')")
     page.wait_for_selector("h1:has-text('Log in')")
 
-    # Reviewer: reclassify the first model's answer with a comment and sign off.
+    # Reviewer: from the dashboard to the worklist (oldest first), one decision per image.
     _login(page, base, "rev")
+    page.click("p.counts a[href='/worklist/']")
+    page.wait_for_selector("h1:has-text('Awaiting sign-off')")
+    rows = page.locator("#worklist tbody tr")
+    assert rows.count() == 2 and images[0].name in rows.nth(0).inner_text()
+    page.screenshot(path=str(ARTIFACTS / "portal-worklist.png"), full_page=True)
+    rows.nth(0).locator(f"text={images[0].name}").click()
+    page.wait_for_selector("#sign-off")
+    assert page.url == result_url and page.locator("form#sign-off").count() == 1  # one form, not one per model
+    assert page.locator("section.card form").count() == 0  # the four models are evidence beside it
+    form = page.locator("form#sign-off")
+    form.locator("input[name=decision][value=reclassify]").check()
+    form.locator("select[name=final_label]").select_option("Pre")
+    form.locator("textarea[name=comment]").fill("blasts with fine chromatin; Pre-B")
+    page.screenshot(path=str(ARTIFACTS / "portal-sign-off.png"), full_page=True)
+    form.locator("button:has-text('Sign off and open the next image')").click()
+    # the next image of the worklist opens; its decision: agree when the models agree, else set the label
+    page.wait_for_url(lambda url: url != result_url and "/images/" in url)
+    form = page.locator("form#sign-off")
+    if form.locator("input[name=decision][value=agree]").count():
+        form.locator("input[name=decision][value=agree]").check()
+    else:
+        form.locator("select[name=final_label]").select_option("Benign")
+        form.locator("textarea[name=comment]").fill("no consensus; normal lymphocytes at the microscope")
+    form.locator("button:text-is('Sign off')").click()
+    page.wait_for_selector("#final-label")
     page.goto(result_url)
-    first = page.locator("section.card").first
-    model = first.get_attribute("data-model")
-    first.locator("input[name=decision][value=reclassify]").check()
-    first.locator("select[name=final_label]").select_option("Pre")
-    first.locator("textarea[name=comment]").fill("blasts with fine chromatin; Pre-B")
-    first.locator("button:has-text('Sign off')").click()
-    page.wait_for_selector("text=Signed off by rev")
+    final = page.locator("#final-label")
+    assert "Pre" in final.locator(".final-label").inner_text() and "rev" in final.inner_text()
     page.screenshot(path=str(ARTIFACTS / "portal-signed.png"), full_page=True)
+    page.goto(f"{base}/worklist/")
+    assert "Nothing is waiting for sign-off" in page.inner_text("#worklist")
 
-    review = Review.objects.get()
-    assert (review.final_label, review.reviewer_name, review.analysis.model_name) == ("Pre", "rev", model)
+    reviews = {r.image.original_name: r for r in ImageReview.objects.select_related("image")}
+    assert set(reviews) == {p.name for p in images}
+    first_review = reviews[images[0].name]
+    assert (first_review.final_label, first_review.decision, first_review.reviewer_name) == ("Pre", "reclassify", "rev")
+    assert set(first_review.evidence) == set(settings.PORTAL_MODELS)
     assert Analysis.objects.filter(status="done").count() == 8
     events = set(AuditEvent.objects.values_list("actor_username", "action"))
     for expected in [
@@ -184,7 +210,8 @@ def test_technologist_uploads_reviewer_signs_off(
         ("tech", "user.logout"),
         ("rev", "user.login"),
         ("rev", "image.view"),
-        ("rev", "analysis.sign_off"),
+        ("rev", "analysis.worklist"),
+        ("rev", "image.sign_off"),
     ]:
         assert expected in events, expected
     assert AuditEvent.objects.filter(action="analysis.complete").count() == 8

@@ -24,16 +24,14 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def done(technologist: Any, reviewer: Any, specimen: Any) -> list[Analysis]:
-    path = smear_paths(1)[0]
-    image = actions.upload_images(
-        technologist,
-        specimen,
-        [validate_image_bytes(path.name, path.read_bytes())],
-        ["xception_bigru", "mobilenetv3_lstm"],
-    )[0]
-    a, b = image.analyses.order_by("model_name")
+    """One image signed off (its one model said Early), one still pending."""
+    first, second = (
+        actions.upload_images(technologist, specimen, [validate_image_bytes(p.name, p.read_bytes())], [model])[0]
+        for p, model in zip(smear_paths(2), ["xception_bigru", "mobilenetv3_lstm"], strict=True)
+    )
+    a, b = first.analyses.get(), second.analyses.get()
     complete(a, "Early")
-    actions.sign_off(reviewer, Analysis.objects.get(pk=a.pk), decision="agree")
+    actions.sign_off(reviewer, first, decision="agree")
     return [a, b]
 
 
@@ -44,12 +42,13 @@ def test_csv_export_for_a_date_range(rev_client: Client, done: list[Analysis]) -
     rows = list(csv.DictReader(io.StringIO(response.content.decode())))
     assert len(rows) == 2
     signed = next(r for r in rows if r["status"] == "done")
-    assert (signed["label"], signed["final_label"], signed["reviewer"], signed["patient_mrn"]) == (
+    assert (signed["label"], signed["image_final_label"], signed["final_label"], signed["reviewer"]) == (
+        "Early",
         "Early",
         "Early",
         "rev",
-        "MRN0001",
     )
+    assert signed["patient_mrn"] == "MRN0001"
     assert next(r for r in rows if r["status"] == "pending")["label"] == ""
     empty = rev_client.get(f"/exports/?start={today + timedelta(days=1)}&end={today + timedelta(days=2)}")
     assert len(list(csv.reader(io.StringIO(empty.content.decode())))) == 1
@@ -61,7 +60,7 @@ def test_csv_export_for_a_date_range(rev_client: Client, done: list[Analysis]) -
 
 def test_printable_and_pdf_report(rev_client: Client, done: list[Analysis], specimen: Any) -> None:
     html = rev_client.get(f"/specimens/{specimen.pk}/report/").content.decode()
-    assert "Decision support only" in html and "MRN0001" in html and "Signed off by rev" in html
+    assert "Decision support only" in html and "MRN0001" in html and "Final: Early, signed off by rev" in html
     assert "Sign off</button>" not in html
     assert f"/images/{done[0].image_id}/file/" in html  # the original image is on the printable report too
     pdf = rev_client.get(f"/specimens/{specimen.pk}/report.pdf")

@@ -47,12 +47,16 @@ def test_preliminary_then_final_after_sign_off(
     (report,) = _resources(bundle, "DiagnosticReport")
     DiagnosticReport.model_validate(report)
     assert report["status"] == "preliminary" and "Decision support only" in report["conclusion"]
-    assert "Pre (3 of 4 models)" in report["conclusion"]
+    assert "Pre (3 of 4 models), not signed off" in report["conclusion"]
     (patient,) = _resources(bundle, "Patient")
     assert patient["identifier"][0]["value"] == specimen.patient.mrn and patient["gender"] == "female"
     observations = _resources(bundle, "Observation")
-    assert len(observations) == 4 and {o["status"] for o in observations} == {"preliminary"}
-    for obs in observations:
+    assert len(observations) == 5 and {o["status"] for o in observations} == {"preliminary"}
+    image_result = next(o for o in observations if o["id"].startswith("image-"))  # the image's result, then evidence
+    Observation.model_validate(image_result)
+    assert image_result["valueCodeableConcept"]["coding"][0]["code"] == "Pre" and "performer" not in image_result
+    assert {d["reference"] for d in image_result["derivedFrom"]} == {f"Observation/analysis-{a.pk}" for a in analyses}
+    for obs in (o for o in observations if o["id"].startswith("analysis-")):
         Observation.model_validate(obs)
         assert len(obs["component"]) == 5  # four class probabilities + P(malignant)
         assert obs["device"]["reference"].startswith("Device/device-")
@@ -60,9 +64,9 @@ def test_preliminary_then_final_after_sign_off(
     assert abstained["valueCodeableConcept"]["coding"][0]["code"] == "refer"
     assert {d["deviceName"][0]["name"] for d in _resources(bundle, "Device")} == set(settings.PORTAL_MODELS)
 
-    for a in analyses:
-        decision = "reclassify" if a.abstained else "agree"
-        actions.sign_off(reviewer, a, decision=decision, final_label="Pre", comment="checked at the microscope")
+    actions.sign_off(
+        reviewer, analyses[0].image, decision="reclassify", final_label="Pro", comment="checked at the microscope"
+    )
     download = rev_client.get(f"/specimens/{specimen.pk}/fhir.json")
     assert download.status_code == 200 and "attachment" in download["Content-Disposition"]
     final = json.loads(download.content)
@@ -72,7 +76,14 @@ def test_preliminary_then_final_after_sign_off(
         {"reference": "Practitioner/practitioner-rev"}
     ]
     assert {o["status"] for o in _resources(final, "Observation")} == {"final"}
-    assert all(o["valueCodeableConcept"]["coding"][0]["code"] == "Pre" for o in _resources(final, "Observation"))
+    codes = {o["id"]: o["valueCodeableConcept"]["coding"][0]["code"] for o in _resources(final, "Observation")}
+    image_result = next(o for o in _resources(final, "Observation") if o["id"].startswith("image-"))
+    assert codes[image_result["id"]] == "Pro" and image_result["performer"] == [
+        {"reference": "Practitioner/practitioner-rev"}
+    ]
+    # the models' observations stay what each model said (the evidence the reviewer overruled)
+    assert codes[f"analysis-{analyses[0].pk}"] == "Pre" and codes[f"analysis-{analyses[2].pk}"] == "refer"
+    assert "Pro, signed off by rev" in report["conclusion"]
     assert AuditEvent.objects.filter(action="export.fhir").count() == 2
 
 

@@ -1,4 +1,5 @@
-"""Review: reviewers agree or reclassify and sign off; signed analyses are immutable; technologists cannot."""
+"""Review: one decision per image on the consensus of its models (agree, or reclassify with a comment); a
+signed image and its analyses are immutable; refusals are audited; technologists cannot sign."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.test import Client
 
 from portal import actions
-from portal.analyses.models import Analysis, ImmutableError, Review
+from portal.analyses.consensus import consensus
+from portal.analyses.forms import ReviewForm
+from portal.analyses.models import Analysis, ImageReview, ImmutableError, Review
 from portal.audit.models import AuditEvent
 from tests.portal.conftest import smear_paths
 from tests.portal.helpers import complete
@@ -51,59 +54,119 @@ def test_results_page_shows_side_by_side_consensus_chart_heatmap_and_disclaimer(
     assert heatmap.status_code == 200 and b"".join(heatmap.streaming_content).startswith(b"\x89PNG")
 
 
-def test_reviewer_agrees_and_signs_off(rev_client: Client, reviewer: Any, analyses: list[Analysis]) -> None:
-    a = analyses[0]
-    response = rev_client.post(f"/analyses/{a.pk}/sign-off/", {"decision": "agree", "comment": "typical blasts"})
+@pytest.fixture
+def finished(analyses: list[Analysis]) -> list[Analysis]:
+    """Every model finished: three say Pre, one abstained (its most probable class Early)."""
+    complete(analyses[3], "Pre")
+    return [Analysis.objects.get(pk=a.pk) for a in analyses]
+
+
+def test_reviewer_agrees_with_the_consensus_once_per_image(
+    rev_client: Client, reviewer: Any, finished: list[Analysis]
+) -> None:
+    image = finished[0].image
+    page = rev_client.get(f"/images/{image.pk}/").content.decode()
+    assert page.count('id="sign-off"') == 1 and page.count("Sign off</button>") == 1  # one form, not one per model
+    assert "Agree with the consensus: Pre" in page
+    response = rev_client.post(f"/images/{image.pk}/sign-off/", {"decision": "agree", "comment": "typical blasts"})
     assert response.status_code == 302
-    review = Review.objects.get(analysis=a)
-    assert (review.final_label, review.reviewer, review.comment) == ("Pre", reviewer, "typical blasts")
-    event = AuditEvent.objects.get(action="analysis.sign_off")
-    assert event.object_id == str(a.pk) and event.actor_username == "rev" and event.data["final_label"] == "Pre"
-    assert "Signed off by rev" in rev_client.get(f"/images/{a.image_id}/").content.decode()
+    review = ImageReview.objects.get(image=image)
+    assert (review.final_label, review.consensus_label, review.reviewer, review.comment) == (
+        "Pre",
+        "Pre",
+        reviewer,
+        "typical blasts",
+    )
+    assert set(review.evidence) == {a.model_name for a in finished}  # the models' answers, kept as evidence
+    assert review.evidence[finished[2].model_name]["abstained"] is True
+    event = AuditEvent.objects.get(action="image.sign_off")
+    assert event.object_id == str(image.pk) and event.actor_username == "rev" and event.data["final_label"] == "Pre"
+    page = rev_client.get(f"/images/{image.pk}/").content.decode()
+    assert 'id="final-label"' in page and "Agree with the consensus" in page and 'id="sign-off"' not in page
+    assert not Review.objects.exists()  # no per-model sign-offs any more
 
 
-def test_reclassify_needs_label_and_comment(rev_client: Client, reviewer: Any, analyses: list[Analysis]) -> None:
-    a = analyses[1]
-    rev_client.post(f"/analyses/{a.pk}/sign-off/", {"decision": "reclassify", "final_label": "Pro"})
-    assert not Review.objects.exists()
-    rev_client.post(f"/analyses/{a.pk}/sign-off/", {"decision": "reclassify", "final_label": "Pro", "comment": "no"})
-    assert Review.objects.get(analysis=a).final_label == "Pro"
+def test_reclassify_needs_label_and_comment_and_then_leads_the_page(
+    rev_client: Client, reviewer: Any, finished: list[Analysis]
+) -> None:
+    image = finished[0].image
+    response = rev_client.post(f"/images/{image.pk}/sign-off/", {"decision": "reclassify", "final_label": "Pro"})
+    assert "a reclassification needs a comment" in rev_client.get(response["Location"]).content.decode()
+    assert not ImageReview.objects.exists()
+    refused = AuditEvent.objects.get(action="image.sign_off_refused")
+    assert refused.data["reason"] == "a reclassification needs a comment"
+    rev_client.post(f"/images/{image.pk}/sign-off/", {"decision": "reclassify", "comment": "no label"})
+    assert not ImageReview.objects.exists()
+    rev_client.post(
+        f"/images/{image.pk}/sign-off/", {"decision": "reclassify", "final_label": "Pro", "comment": "coarse chromatin"}
+    )
+    review = ImageReview.objects.get(image=image)
+    assert (review.final_label, review.consensus_label, review.changed_consensus) == ("Pro", "Pre", True)
+    page = rev_client.get(f"/images/{image.pk}/").content.decode()
+    final = page.index('id="final-label"')
+    assert final < page.index('class="card status-')  # the reviewer's label comes before the models' evidence
+    assert "<strong>Pro</strong>" in page[final : final + 300] and "the consensus was Pre" in page
 
 
-def test_abstained_analysis_cannot_be_agreed_with(reviewer: Any, analyses: list[Analysis]) -> None:
-    with pytest.raises(ValidationError):
-        actions.sign_off(reviewer, analyses[2], decision="agree")
-    review = actions.sign_off(reviewer, analyses[2], decision="reclassify", final_label="Early", comment="confirmed")
-    assert review.final_label == "Early"
+def test_no_consensus_defaults_to_choosing_a_label(reviewer: Any, analyses: list[Analysis]) -> None:
+    complete(analyses[3], "Pro")
+    image = analyses[0].image
+    agreed = consensus(list(image.analyses.all()))
+    assert agreed is not None and agreed.label is None  # Pre, Pre, abstained, Pro: no majority
+    form = ReviewForm(consensus_label=None)
+    assert [c for c, _ in form.fields["decision"].choices] == ["reclassify"]  # type: ignore[attr-defined]
+    with pytest.raises(ValidationError, match="no consensus"):
+        actions.sign_off(reviewer, image, decision="agree")
+    review = actions.sign_off(reviewer, image, decision="reclassify", final_label="Early", comment="confirmed")
+    assert (review.final_label, review.consensus_label) == ("Early", "")
 
 
-def test_pending_analysis_cannot_be_signed(reviewer: Any, analyses: list[Analysis]) -> None:
-    with pytest.raises(ValidationError):
-        actions.sign_off(reviewer, analyses[3], decision="reclassify", final_label="Pre", comment="x")
+def test_an_image_with_models_still_running_cannot_be_signed(reviewer: Any, analyses: list[Analysis]) -> None:
+    with pytest.raises(ValidationError, match="still running"):
+        actions.sign_off(reviewer, analyses[0].image, decision="reclassify", final_label="Pre", comment="x")
+    assert AuditEvent.objects.filter(action="image.sign_off_refused").count() == 1
 
 
-def test_signed_analysis_is_immutable(reviewer: Any, analyses: list[Analysis]) -> None:
-    a = analyses[0]
-    review = actions.sign_off(reviewer, a, decision="agree")
-    a.refresh_from_db()
+def test_a_signed_image_is_immutable(reviewer: Any, finished: list[Analysis]) -> None:
+    image = finished[0].image
+    review = actions.sign_off(reviewer, image, decision="agree")
+    a = Analysis.objects.get(pk=finished[0].pk)
     a.label = "Pro"
     with pytest.raises(ImmutableError):
         a.save()
     with pytest.raises(ImmutableError):
-        actions.sign_off(reviewer, a, decision="reclassify", final_label="Pro", comment="again")
+        actions.sign_off(reviewer, image, decision="reclassify", final_label="Pro", comment="again")
     review.comment = "edited"
     with pytest.raises(ImmutableError):
         review.save()
     with pytest.raises(ImmutableError):
         review.delete()
     assert Analysis.objects.get(pk=a.pk).label == "Pre"
+    assert AuditEvent.objects.get(action="image.sign_off_refused").data["reason"] == "this image is already signed off"
 
 
-def test_technologist_cannot_sign_off(tech_client: Client, technologist: Any, analyses: list[Analysis]) -> None:
-    a = analyses[0]
-    assert tech_client.post(f"/analyses/{a.pk}/sign-off/", {"decision": "agree"}).status_code == 403
+def test_technologist_cannot_sign_off(tech_client: Client, technologist: Any, finished: list[Analysis]) -> None:
+    image = finished[0].image
+    assert tech_client.post(f"/images/{image.pk}/sign-off/", {"decision": "agree"}).status_code == 403
     with pytest.raises(PermissionDenied):
-        actions.sign_off(technologist, a, decision="agree")
-    page = tech_client.get(f"/images/{a.image_id}/").content.decode()
+        actions.sign_off(technologist, image, decision="agree")
+    page = tech_client.get(f"/images/{image.pk}/").content.decode()
     assert "Sign off</button>" not in page and "Awaiting sign-off" in page
-    assert not Review.objects.exists()
+    assert not ImageReview.objects.exists()
+
+
+def test_sign_off_and_open_the_next_image_follows_the_worklist(
+    rev_client: Client, technologist: Any, specimen: Any, finished: list[Analysis]
+) -> None:
+    from portal.analyses.validation import validate_image_bytes
+
+    path = smear_paths(2)[1]
+    second = actions.upload_images(
+        technologist, specimen, [validate_image_bytes(path.name, path.read_bytes())], ["xception_bigru"]
+    )[0]
+    complete(second.analyses.get(), "Pro")
+    first = finished[0].image
+    response = rev_client.post(f"/images/{first.pk}/sign-off/", {"decision": "agree", "next": "worklist"})
+    assert response["Location"] == f"/images/{second.pk}/"
+    response = rev_client.post(f"/images/{second.pk}/sign-off/", {"decision": "agree", "next": "worklist"})
+    assert response["Location"] == f"/images/{second.pk}/"  # nothing left: stay on the signed image

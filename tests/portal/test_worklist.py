@@ -33,7 +33,9 @@ def test_worklist_lists_unsigned_results_oldest_first(
     page = rev_client.get("/worklist/").content.decode()
     assert page.index(first.original_name) < page.index(second.original_name)  # oldest first
     assert pending.original_name not in page  # nothing to sign yet
-    actions.sign_off(reviewer, first.analyses.get(), decision="agree")
+    dashboard = rev_client.get("/").content.decode()
+    assert '<a href="/worklist/">2</a>' in dashboard  # images awaiting sign-off, not model results
+    actions.sign_off(reviewer, first, decision="agree")
     page = rev_client.get("/worklist/").content.decode()
     assert first.original_name not in page and second.original_name in page
     assert second.original_name not in rev_client.get("/worklist/?q=NO-SUCH-MRN").content.decode()
@@ -62,16 +64,14 @@ def test_refused_actions_leave_an_audit_row(
     technologist: Any, reviewer: Any, specimen: Any, tech_client: Client, rev_client: Client
 ) -> None:
     (image,) = _images(technologist, specimen, 1)
-    analysis = complete(image.analyses.get(), "Pre")
+    complete(image.analyses.get(), "Pre")
     # a technologist tries to sign off: on the page and through the API
-    assert tech_client.post(f"/analyses/{analysis.pk}/sign-off/", {"decision": "agree"}).status_code == 403
-    assert tech_client.post("/api/reviews/", {"analysis": analysis.pk, "decision": "agree"}).status_code == 403
+    assert tech_client.post(f"/images/{image.pk}/sign-off/", {"decision": "agree"}).status_code == 403
+    assert tech_client.post("/api/reviews/", {"image": image.pk, "decision": "agree"}).status_code == 403
     denied = AuditEvent.objects.filter(action="access.denied", actor_username="tech")
-    assert {e.data["path"] for e in denied} == {f"/analyses/{analysis.pk}/sign-off/", "/api/reviews/"}
-    # a reviewer signs, then tries to sign the same result again
-    rev_client.post(f"/analyses/{analysis.pk}/sign-off/", {"decision": "agree"})
-    rev_client.post(
-        f"/analyses/{analysis.pk}/sign-off/", {"decision": "reclassify", "final_label": "Pro", "comment": "x"}
-    )
-    refused = AuditEvent.objects.get(action="analysis.sign_off_refused")
+    assert {e.data["path"] for e in denied} == {f"/images/{image.pk}/sign-off/", "/api/reviews/"}
+    # a reviewer signs, then tries to sign the same image again
+    rev_client.post(f"/images/{image.pk}/sign-off/", {"decision": "agree"})
+    rev_client.post(f"/images/{image.pk}/sign-off/", {"decision": "reclassify", "final_label": "Pro", "comment": "x"})
+    refused = AuditEvent.objects.get(action="image.sign_off_refused")
     assert refused.actor_username == "rev" and "already signed" in refused.data["reason"]
