@@ -84,6 +84,23 @@ def test_a_card_without_a_valid_gate_does_not_load(mobilenet_model_dir: Path, tm
             ModelRuntime(model_dir)
 
 
+def test_the_cards_benign_threshold_refers_an_unconfirmed_benign(mobilenet_model_dir: Path, tmp_path: Path) -> None:
+    """The runtime answers with the card's Benign operating point; a card without one keeps the confidence rule."""
+    import shutil
+
+    logits = torch.tensor([4.0, 0.0, 0.0, 0.0])  # Benign, confidently
+    plain = ModelRuntime(mobilenet_model_dir)
+    old = plain._body(logits, {}, {})
+    assert old["label"] == "Benign" and old["benign_threshold"] is None and old["abstain_reason"] is None
+    model_dir = tmp_path / "benign"
+    shutil.copytree(mobilenet_model_dir, model_dir)
+    card = json.loads((model_dir / "model_card.json").read_text())
+    (model_dir / "model_card.json").write_text(json.dumps(card | {"benign_threshold": 0.999}))
+    body = ModelRuntime(model_dir)._body(logits, {}, {})
+    assert body["label"] is None and body["abstained"] and body["abstain_reason"] == "benign_not_confirmed"
+    assert body["benign_threshold"] == 0.999 and body["probabilities"] == pytest.approx(old["probabilities"])
+
+
 def test_explanation(runtime: ModelRuntime) -> None:
     body = runtime.explain({"body": smear_bytes("Early")})
     h, w = body["grid_shape"]
