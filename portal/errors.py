@@ -34,10 +34,15 @@ def _answer(request: HttpRequest, status: int, code: str, detail: str) -> HttpRe
         from django.shortcuts import render
 
         return render(request, "400.html", {"detail": detail}, status=400)
+    from django.templatetags.static import static  # no database, no template context: safe when the database is down
+
     title = {400: "Bad request", 500: "Server error", 503: "Temporarily unavailable"}.get(status, "Error")
     html = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>'
-        f'<body><h1>{title}</h1><p>{detail}</p><p><a href="/">Back to the portal</a></p></body></html>'
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f'<link rel="stylesheet" href="{static("portal/portal.css")}"></head>'
+        '<body><header class="top"><a class="brand" href="/">Leukemia smear portal</a></header>'
+        f'<main><h1>{title}</h1><p class="error banner">{detail}</p>'
+        '<p><a href="/">Back to the portal</a></p></main></body></html>'
     )
     return HttpResponse(html, status=status, content_type="text/html; charset=utf-8")
 
