@@ -31,6 +31,13 @@ MAJORITY = "majority vote"
 #: ``reason`` when the consensus refers: the ensemble's abstain reasons, or these
 NO_MAJORITY = "no_majority"
 MODEL_REFUSED = "model_refused"
+REFER_TEXTS = {
+    "low_confidence": "the ensemble's confidence is under its threshold",
+    "benign_not_confirmed": "Benign is not confirmed: P(Benign) is under the safety threshold that no malignant "
+    "validation frame passed",
+    NO_MAJORITY: "no majority among the models",
+    MODEL_REFUSED: "a model refused the image",
+}
 
 
 class _Answer(Protocol):
@@ -68,6 +75,13 @@ class Consensus:
     def benign_confirmed(self) -> bool:
         """Benign, and by the ensemble: its P(Benign) cleared the Benign threshold."""
         return self.method == ENSEMBLE and self.label == "Benign"
+
+    @property
+    def refer_text(self) -> str:
+        """Why the consensus refers the image, in words (empty when it answers)."""
+        if self.label is not None:
+            return ""
+        return REFER_TEXTS.get(self.reason or "", "no consensus")
 
     @property
     def agreement(self) -> str:

@@ -49,7 +49,8 @@ def test_results_page_shows_side_by_side_consensus_chart_heatmap_and_disclaimer(
     assert "Decision support only" in page
     assert "v1.0" in page and "latency 42 ms" in page
     # 2 of 3 finished models say Pre: a strict majority.
-    assert "<strong>Pre</strong> (2 of 3 models)" in page
+    assert "<strong>Pre</strong> (2 of 3 models say the same)" in page
+    assert "Majority vote of the models" in page  # the test answers carry versions the ensemble was not fitted on
     heatmap = rev_client.get(f"/analyses/{analyses[0].pk}/heatmap.png")
     assert heatmap.status_code == 200 and b"".join(heatmap.streaming_content).startswith(b"\x89PNG")
 
@@ -82,7 +83,7 @@ def test_reviewer_agrees_with_the_consensus_once_per_image(
     event = AuditEvent.objects.get(action="image.sign_off")
     assert event.object_id == str(image.pk) and event.actor_username == "rev" and event.data["final_label"] == "Pre"
     page = rev_client.get(f"/images/{image.pk}/").content.decode()
-    assert 'id="final-label"' in page and "Agree with the consensus" in page and 'id="sign-off"' not in page
+    assert 'id="final-label"' in page and "Agreed with the consensus" in page and 'id="sign-off"' not in page
     assert not Review.objects.exists()  # no per-model sign-offs any more
 
 
@@ -170,3 +171,23 @@ def test_sign_off_and_open_the_next_image_follows_the_worklist(
     assert response["Location"] == f"/images/{second.pk}/"
     response = rev_client.post(f"/images/{second.pk}/sign-off/", {"decision": "agree", "next": "worklist"})
     assert response["Location"] == f"/images/{second.pk}/"  # nothing left: stay on the signed image
+
+
+def test_the_page_shows_the_fitted_ensembles_consensus_and_signs_on_it(
+    rev_client: Client, reviewer: Any, finished: list[Analysis]
+) -> None:
+    from portal.analyses.consensus import load_ensemble
+
+    ensemble = load_ensemble()
+    assert ensemble is not None
+    for member in ensemble.members:  # the answers come from the versions the ensemble was fitted on
+        Analysis.objects.filter(image_id=finished[0].image_id, model_name=member.name).update(
+            model_version=member.version
+        )
+    image = finished[0].image
+    agreed = consensus(list(image.analyses.all()))
+    assert agreed is not None and agreed.method == "ensemble" and agreed.label == "Pre"
+    page = rev_client.get(f"/images/{image.pk}/").content.decode()
+    assert f"Fitted ensemble {ensemble.version} of 4 models" in page and "Agree with the consensus: Pre" in page
+    review = actions.sign_off(reviewer, image, decision="agree")
+    assert (review.final_label, review.consensus_label) == ("Pre", "Pre")
