@@ -277,6 +277,7 @@ def store_outcome(analysis_id: int, outcome: Prediction | Refusal | ServerError)
                 analysis.probabilities = {k: float(v) for k, v in dict(body.get("probabilities", {})).items()}
                 analysis.malignant_probability = _float(body.get("malignant_probability"))
                 analysis.abstained = bool(body.get("abstained", False))
+                analysis.abstain_reason = str(body.get("abstain_reason") or "")[:40] if analysis.abstained else ""
                 analysis.quality = dict(body.get("quality") or {})
                 analysis.timing_ms = dict(body.get("timing_ms") or {})
                 analysis.latency_ms = round(outcome.latency_ms, 1)
@@ -499,6 +500,7 @@ def _evidence(analyses: Sequence[Analysis]) -> dict[str, dict[str, Any]]:
             "status": a.status,
             "label": a.label or None,
             "abstained": a.abstained,
+            "abstain_reason": a.abstain_reason,
             "probabilities": a.probabilities,
             "error_code": a.error_code,
         }

@@ -183,6 +183,9 @@ class Analysis(QueuedJob):
     probabilities = models.JSONField(default=dict, blank=True)
     malignant_probability = models.FloatField(null=True, blank=True)
     abstained = models.BooleanField(default=False)
+    abstain_reason = models.CharField(
+        max_length=40, blank=True, help_text="low_confidence or benign_not_confirmed (the model's safety threshold)"
+    )
     quality = models.JSONField(default=dict, blank=True)
     heatmap_name = models.CharField(max_length=80, blank=True, editable=False)
     heatmap_label = models.CharField(max_length=10, blank=True)

@@ -110,6 +110,7 @@ class AnalysisSerializer(serializers.ModelSerializer):
             "probabilities",
             "malignant_probability",
             "abstained",
+            "abstain_reason",
             "quality",
             "timing_ms",
             "latency_ms",

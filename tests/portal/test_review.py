@@ -191,3 +191,18 @@ def test_the_page_shows_the_fitted_ensembles_consensus_and_signs_on_it(
     assert f"Fitted ensemble {ensemble.version} of 4 models" in page and "Agree with the consensus: Pre" in page
     review = actions.sign_off(reviewer, image, decision="agree")
     assert (review.final_label, review.consensus_label) == ("Pre", "Pre")
+
+
+def test_a_benign_answer_under_the_safety_threshold_is_shown_as_such(
+    rev_client: Client, analyses: list[Analysis]
+) -> None:
+    from tests.portal.helpers import prediction
+
+    answer = prediction("Benign", confidence=0.9, abstained=True)
+    answer.body.update(abstain_reason="benign_not_confirmed", benign_threshold=0.95)
+    actions.store_outcome(analyses[3].pk, answer)
+    stored = Analysis.objects.get(pk=analyses[3].pk)
+    assert (stored.abstained, stored.abstain_reason, stored.label) == (True, "benign_not_confirmed", "")
+    page = rev_client.get(f"/images/{stored.image_id}/").content.decode()
+    assert "Benign not confirmed: P(Benign) under the model's safety threshold" in page
+    assert rev_client.get(f"/api/analyses/{stored.pk}/").json()["abstain_reason"] == "benign_not_confirmed"
