@@ -4,7 +4,7 @@ MODEL_STORE ?= model_store
 TS_CONFIG ?= docker/torchserve/config.properties
 TS_WORKDIR ?= .torchserve
 
-.PHONY: bench-runtimes bench-cells archive repack serve stop bench loadtest scale-bench test-serving
+.PHONY: bench-portal bench-runtimes bench-cells archive repack serve stop bench loadtest scale-bench test-serving
 
 archive: setup
 	$(PY) -m training.archive --artifacts $(ARTIFACTS) --out $(MODEL_STORE)
@@ -31,6 +31,11 @@ bench-runtimes: setup
 # the cell-level model alone (docs/benchmarks_cells.md)
 bench-cells: setup
 	OMP_NUM_THREADS=1 $(PY) -m bench.cells --model-store $(MODEL_STORE) --out docs/benchmarks_cells
+
+# Upload-to-result through the portal, one frame at a time (bench/portal_latency.py) -> docs/portal_latency.md;
+# its per-model p50 feeds the runtimes table's portal column (make bench-runtimes PORTAL_JSON=...)
+bench-portal: setup
+	OMP_NUM_THREADS=1 $(PY) -m bench.portal_latency --model-store $(MODEL_STORE) --portal-json docs/portal_latency_models.json
 
 # Uploads under load and faults through the real stack (bench/load.py) -> docs/reliability.md
 LOAD_ARGS ?= --fault-after 8 --outage 20
