@@ -4,6 +4,8 @@ MODEL_STORE ?= model_store
 TS_CONFIG ?= docker/torchserve/config.properties
 TS_WORKDIR ?= .torchserve
 
+PORTAL_COLUMN = $(if $(wildcard docs/portal_latency_models.json),--portal-json docs/portal_latency_models.json)
+
 .PHONY: bench-portal bench-runtimes bench-cells archive repack serve stop bench loadtest scale-bench test-serving
 
 archive: setup
@@ -21,19 +23,20 @@ stop: setup
 
 bench: setup
 	OMP_NUM_THREADS=1 $(PY) -m bench.serving --model-store $(MODEL_STORE) --out docs/benchmarks
-	OMP_NUM_THREADS=1 $(PY) -m bench.runtimes --model-store $(MODEL_STORE) --out docs/benchmarks
+	OMP_NUM_THREADS=1 $(PY) -m bench.portal_latency --model-store $(MODEL_STORE) --portal-json docs/portal_latency_models.json
+	OMP_NUM_THREADS=1 $(PY) -m bench.runtimes --model-store $(MODEL_STORE) --out docs/benchmarks --portal-json docs/portal_latency_models.json
 	OMP_NUM_THREADS=1 $(PY) -m bench.cells --model-store $(MODEL_STORE) --out docs/benchmarks_cells
 
 # forward runtimes, the limit, step shares alone (merged into docs/benchmarks.json/.md; `make bench` runs it too)
 bench-runtimes: setup
-	OMP_NUM_THREADS=1 $(PY) -m bench.runtimes --model-store $(MODEL_STORE) --out docs/benchmarks
+	OMP_NUM_THREADS=1 $(PY) -m bench.runtimes --model-store $(MODEL_STORE) --out docs/benchmarks $(PORTAL_COLUMN)
 
 # the cell-level model alone (docs/benchmarks_cells.md)
 bench-cells: setup
 	OMP_NUM_THREADS=1 $(PY) -m bench.cells --model-store $(MODEL_STORE) --out docs/benchmarks_cells
 
 # Upload-to-result through the portal, one frame at a time (bench/portal_latency.py) -> docs/portal_latency.md;
-# its per-model p50 feeds the runtimes table's portal column (make bench-runtimes PORTAL_JSON=...)
+# its per-model p50 (docs/portal_latency_models.json) fills the runtimes table's portal column once it exists
 bench-portal: setup
 	OMP_NUM_THREADS=1 $(PY) -m bench.portal_latency --model-store $(MODEL_STORE) --portal-json docs/portal_latency_models.json
 
