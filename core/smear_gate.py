@@ -6,9 +6,18 @@ refuses images that are not smears (photos, documents, noise, flat colour, other
 How it decides: :func:`image_statistics` turns an image into a small vector of statistics that
 describe a smear independent of its exact colours (luminance distribution and bright-background
 fraction, chroma, gradient and Laplacian energies at two scales, colour quantisation, and the
-prototype's colour-histogram correlation to the training distribution). A logistic regression on
-the standardised vector (fitted by :func:`training.smear_gate.fit_smear_gate`) gives ``score`` in
-[0, 1]; ``accepted = score >= threshold``; images far from every training smear (novelty) score 0.
+prototype's colour-histogram correlation to the training distribution) and, for gates of version 2,
+:data:`SHAPE_FEATURE_NAMES`: what the objects in the image are like (dark objects against an Otsu
+threshold: how many, how alike in size, how box-filling, the largest one's share; the flat
+background's fraction; the colour of the darkest against the brightest parts), how the luminance
+power spreads over octave bands of spatial frequency and over orientations, how coherent the local
+structure is (structure tensor), and the Laplacian-of-Gaussian energies at four scales. A logistic
+regression on the standardised vector (fitted by :func:`training.smear_gate.fit_smear_gate`) gives
+``score`` in [0, 1]; ``accepted = score >= threshold``. Version 1 gates damp the score of images far
+from every training smear (largest z-score, "novelty"); version 2 gates instead hold a Gaussian
+mixture of the smear images' statistics and refuse an image whose log-density is below the fitted
+limit (its score is then pushed below the threshold): an image must look like a smear to the
+classifier *and* lie where smears lie, which is what refuses kinds of image no fit has seen.
 
 Optionally (``pooled_features`` given and the gate fitted with feature statistics) the distance of
 the model's pooled features to the training distribution is reported in ``details`` as well.
@@ -25,17 +34,18 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from core.errors import RequestError
 
-__all__ = ["FEATURE_NAMES", "STATISTICS_SIDE", "GateResult", "SmearGate", "image_statistics"]
+__all__ = ["FEATURE_NAMES", "SHAPE_FEATURE_NAMES", "STATISTICS_SIDE", "GateResult", "SmearGate", "image_statistics"]
 
 _SIZE = 128
 #: the side of the square the statistics are computed on (the image is resized to it first)
 STATISTICS_SIDE = _SIZE
 _HIST_BINS = (12, 4)  # hue x saturation bins of the prototype's histogram correlation
 
-FEATURE_NAMES: tuple[str, ...] = (
+_BASE_FEATURE_NAMES: tuple[str, ...] = (
     "lum_mean",
     "log_lum_std",
     "lum_p05",
@@ -55,6 +65,31 @@ FEATURE_NAMES: tuple[str, ...] = (
     "hist_correlation",
 )
 
+_OCTAVES = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 0.8)  # cycles per pixel of the 128-px image
+_LOG_SIGMAS = (1.0, 2.0, 4.0, 8.0)
+
+#: the version-2 statistics (appended to the version-1 ones)
+SHAPE_FEATURE_NAMES: tuple[str, ...] = (
+    "log_dark_object_count",
+    "dark_object_area_cv",
+    "dark_object_box_fill",
+    "largest_dark_object_share",
+    "otsu_dark_fraction",
+    "otsu_level",
+    "flat_background_fraction",
+    "dark_minus_bright_red_green",
+    "dark_minus_bright_blue_yellow",
+    "bright_red_green",
+    "bright_blue_yellow",
+    *(f"log_power_band_{i}" for i in range(1, len(_OCTAVES))),
+    "structure_coherence",
+    "structure_coherence_median",
+    "log_orientation_anisotropy",
+    *(f"log_energy_sigma_{int(s)}_rel" for s in _LOG_SIGMAS),
+)
+#: every statistic :func:`image_statistics` can compute; a gate uses the first ``len(gate.features)``
+FEATURE_NAMES: tuple[str, ...] = _BASE_FEATURE_NAMES + SHAPE_FEATURE_NAMES
+
 
 #: features compared on a log scale (they span orders of magnitude between image kinds)
 _LOG_FEATURES = [
@@ -68,6 +103,87 @@ _LOG_FEATURES = [
         "log_unique_colour_fraction",
     )
 ]
+
+
+_FREQ_Y, _FREQ_X = np.fft.fftfreq(_SIZE)[:, None], np.fft.fftfreq(_SIZE)[None, :]
+_RADIUS = np.hypot(_FREQ_Y, _FREQ_X)
+#: octave band of every FFT coefficient (-1: outside the bands, i.e. the DC term and the corners)
+_BAND = np.full((_SIZE, _SIZE), -1, dtype=np.intp)
+for _i, (_lo, _hi) in enumerate(zip(_OCTAVES[:-1], _OCTAVES[1:], strict=True)):
+    _BAND[(_lo <= _RADIUS) & (_hi > _RADIUS)] = _i
+#: orientation sector (4 x 45 degrees) of the coefficients between 1/32 and 1/4 cycles per pixel
+_SECTOR = np.where(
+    (_RADIUS >= 1 / 32) & (_RADIUS < 1 / 4), ((np.arctan2(_FREQ_Y, _FREQ_X) % np.pi) // (np.pi / 4)).astype(np.intp), -1
+)
+_SECTOR = np.minimum(_SECTOR, 3)
+#: squared transfer function of the scale-normalised Laplacian of Gaussian at each sigma
+_LOG_GAIN = [
+    (s * s * 4 * math.pi**2 * _RADIUS**2 * np.exp(-2 * math.pi**2 * s * s * _RADIUS**2)) ** 2 for s in _LOG_SIGMAS
+]
+
+
+def _otsu(values: np.ndarray, bins: int = 64) -> float:
+    hist = np.bincount(np.minimum((values.ravel() * bins).astype(np.intp), bins - 1), minlength=bins)
+    centres = (np.arange(bins) + 0.5) / bins
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m = np.cumsum(hist * centres)
+    mu0 = m / np.maximum(w0, 1)
+    mu1 = (m[-1] - m) / np.maximum(w1, 1)
+    return float(centres[int(np.argmax(w0 * w1 * (mu0 - mu1) ** 2))])
+
+
+def _shape_statistics(rgb: np.ndarray, lum: np.ndarray, grad: np.ndarray) -> list[float]:
+    """The values of :data:`SHAPE_FEATURE_NAMES` (see the module docstring)."""
+    level = _otsu(lum)
+    dark = lum < level
+    labels, n = ndimage.label(dark)
+    count, cv, fill, largest = 0, 3.0, 0.0, 1.0
+    if n:
+        areas = np.bincount(labels.ravel())[1:]
+        keep = areas >= 4
+        count = int(keep.sum())
+        if count:
+            big = areas[keep]
+            cv = float(big.std() / big.mean()) if count > 1 else 3.0
+            boxes = [(sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start) for sl in ndimage.find_objects(labels)]
+            fill = float(np.mean(areas[keep] / np.asarray(boxes)[keep]))
+            largest = float(big.max() / max(dark.sum(), 1))
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    red_green, blue_yellow = r - g, b - (r + g) / 2
+    lo, hi = np.percentile(lum, [10, 70])
+    darkest, brightest = lum <= lo, lum >= hi
+    rg_dark, by_dark = float(red_green[darkest].mean()), float(blue_yellow[darkest].mean())
+    rg_bright, by_bright = float(red_green[brightest].mean()), float(blue_yellow[brightest].mean())
+    power = np.abs(np.fft.fft2(lum - lum.mean())) ** 2
+    total = float(power.sum()) + 1e-9
+    bands = np.bincount(_BAND.ravel() + 1, weights=power.ravel(), minlength=len(_OCTAVES))[1:]
+    sectors = np.bincount(_SECTOR.ravel() + 1, weights=power.ravel(), minlength=5)[1:] + 1e-9
+    gy, gx = np.gradient(lum)
+    jxx = ndimage.gaussian_filter(gx * gx, 2.0)
+    jyy = ndimage.gaussian_filter(gy * gy, 2.0)
+    jxy = ndimage.gaussian_filter(gx * gy, 2.0)
+    trace = jxx + jyy
+    coherence = np.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy) / (trace + 1e-6)
+    log_energy = np.log(np.array([float((power * gain).sum()) for gain in _LOG_GAIN]) / total + 1e-9)
+    return [
+        math.log(count + 1),
+        cv,
+        fill,
+        largest,
+        float(dark.mean()),
+        level,
+        float(((~dark) & (grad < 0.02)).mean()),
+        rg_dark - rg_bright,
+        by_dark - by_bright,
+        rg_bright,
+        by_bright,
+        *np.log(bands / total + 1e-6).tolist(),
+        float((coherence * trace).sum() / (float(trace.sum()) + 1e-9)),
+        float(np.median(coherence)),
+        float(np.log(sectors.max() / sectors.min())),
+        *(log_energy - log_energy.mean()).tolist(),
+    ]
 
 
 @dataclass
@@ -116,8 +232,8 @@ def _grad(lum: np.ndarray) -> np.ndarray:
     return np.hypot(gx, gy)
 
 
-def image_statistics(image: Image.Image, reference_hist: np.ndarray | None = None) -> np.ndarray:
-    """The gate's feature vector (see :data:`FEATURE_NAMES`)."""
+def image_statistics(image: Image.Image, reference_hist: np.ndarray | None = None, shape: bool = True) -> np.ndarray:
+    """The gate's feature vector (see :data:`FEATURE_NAMES`); without ``shape`` only the version-1 part."""
     rgb = _prepare(image)
     lum = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     r, g_, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
@@ -153,6 +269,8 @@ def image_statistics(image: Image.Image, reference_hist: np.ndarray | None = Non
         np.count_nonzero(np.bincount(fine_codes.ravel(), minlength=32**3)) / fine_codes.size,  # distinct codes
         hist_corr,
     ]
+    if shape:
+        feats += _shape_statistics(rgb, lum, g)
     out = np.asarray(feats, dtype=np.float64)
     out[_LOG_FEATURES] = np.log(out[_LOG_FEATURES] + 1e-4)  # energies: compare on a log scale
     return out
@@ -161,7 +279,8 @@ def image_statistics(image: Image.Image, reference_hist: np.ndarray | None = Non
 # -- the gate -----------------------------------------------------------------------------------
 @dataclass
 class SmearGate:
-    """Logistic regression on :func:`image_statistics`; plain numbers only (card-serialisable)."""
+    """Logistic regression (and, version 2, a smear density) on :func:`image_statistics`; plain numbers
+    only (card-serialisable)."""
 
     threshold: float
     mean: list[float]
@@ -176,8 +295,33 @@ class SmearGate:
     feature_std: list[float] | None = None
     feature_distance_p99: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: the statistics the gate was fitted on: all of FEATURE_NAMES (version 2) or the first 17 (version 1)
+    features: tuple[str, ...] = FEATURE_NAMES
+    #: Gaussian mixture of the smear images' standardised statistics (version 2): weights, means,
+    #: precisions_cholesky (sklearn's layout), log_density_limit
+    density: dict[str, Any] | None = None
 
-    version = 1
+    @property
+    def version(self) -> int:
+        return 2 if self.features == FEATURE_NAMES else 1
+
+    def statistics(self, image: Image.Image) -> np.ndarray:
+        return image_statistics(image, np.asarray(self.reference_hist), shape=self.version >= 2)
+
+    def log_density(self, x: np.ndarray) -> np.ndarray:
+        """Log-density of the statistics ``x`` (rows) under the smear images' Gaussian mixture."""
+        assert self.density is not None and self.pos_mean is not None and self.pos_scale is not None
+        z = (np.atleast_2d(x) - np.asarray(self.pos_mean)) / np.asarray(self.pos_scale)
+        dens = self.density
+        parts = []
+        for w, mu, chol in zip(dens["weights"], dens["means"], dens["precisions_cholesky"], strict=True):
+            chol = np.asarray(chol)
+            y = (z - np.asarray(mu)) @ chol
+            log_det = float(np.log(np.diag(chol)).sum())
+            parts.append(math.log(w) + log_det - 0.5 * (z.shape[1] * math.log(2 * math.pi) + (y * y).sum(axis=1)))
+        stacked = np.stack(parts, axis=1)
+        top = stacked.max(axis=1)
+        return top + np.log(np.exp(stacked - top[:, None]).sum(axis=1))
 
     def fit_feature_statistics(self, pooled: np.ndarray, quantile: float = 0.99) -> None:
         """Store mean/std of training pooled features and the ``quantile`` of their distance."""
@@ -199,7 +343,9 @@ class SmearGate:
         return np.abs(z).max(axis=1)
 
     def _score_vector(self, v: np.ndarray) -> float:
-        """Logistic probability, damped by exp(-excess) where the statistics are far from every smear seen."""
+        """Logistic probability, damped by exp(-excess) where the statistics are far from every smear seen
+        (version 1: largest z-score over the novelty limit; version 2: log-density under the limit, which
+        also caps the score below the threshold, so such an image is always refused)."""
         z = (v - np.asarray(self.mean)) / np.asarray(self.scale)
         logit = float(z @ np.asarray(self.coef) + self.intercept)
         p = 1.0 / (1.0 + math.exp(-max(min(logit, 50.0), -50.0)))
@@ -207,21 +353,28 @@ class SmearGate:
             excess = float(self._novelty(v)[0]) - self.novelty_limit
             if excess > 0:
                 p *= math.exp(-4.0 * excess)
+        if self.density is not None:
+            shortfall = float(self.density["log_density_limit"]) - float(self.log_density(v)[0])
+            if shortfall > 0:
+                p = min(p, self.threshold) * math.exp(-shortfall / len(self.features))
         return p
 
     def score(self, image: Image.Image) -> float:
-        return self._score_vector(image_statistics(image, np.asarray(self.reference_hist)))
+        return self._score_vector(self.statistics(image))
 
     def evaluate(self, image: Image.Image, pooled_features: Any = None) -> GateResult:
         """Score an image; if ``pooled_features`` (the model's pooled features of this image) and
         stored feature statistics are given, the feature distance is reported in ``details`` and
         an image whose distance exceeds 2x the training 99th percentile is refused as well."""
-        v = image_statistics(image, np.asarray(self.reference_hist))
+        v = self.statistics(image)
         s = self._score_vector(v)
-        details: dict[str, Any] = {"statistics": dict(zip(FEATURE_NAMES, (round(float(x), 5) for x in v), strict=True))}
+        details: dict[str, Any] = {"statistics": dict(zip(self.features, (round(float(x), 5) for x in v), strict=True))}
         if self.novelty_limit is not None:
             details["novelty"] = round(float(self._novelty(v)[0]), 5)
             details["novelty_limit"] = round(self.novelty_limit, 5)
+        if self.density is not None:
+            details["log_density"] = round(float(self.log_density(v)[0]), 5)
+            details["log_density_limit"] = round(float(self.density["log_density_limit"]), 5)
         accepted = s >= self.threshold
         if pooled_features is not None and self.feature_mean is not None and self.feature_distance_p99:
             arr = pooled_features
@@ -252,7 +405,7 @@ class SmearGate:
             "kind": "logistic_image_statistics",
             "version": self.version,
             "threshold": self.threshold,
-            "features": list(FEATURE_NAMES),
+            "features": list(self.features),
             "mean": self.mean,
             "scale": self.scale,
             "coef": self.coef,
@@ -265,6 +418,7 @@ class SmearGate:
             "feature_mean": self.feature_mean,
             "feature_std": self.feature_std,
             "feature_distance_p99": self.feature_distance_p99,
+            "density": self.density,
             "info": self.info,
         }
 
@@ -272,12 +426,19 @@ class SmearGate:
     def from_dict(cls, d: dict[str, Any]) -> SmearGate:
         if d.get("kind") != "logistic_image_statistics":
             raise ValueError(f"unknown smear gate kind {d.get('kind')!r}")
-        if list(d.get("features", [])) != list(FEATURE_NAMES):
+        features = tuple(d.get("features", []))
+        if features not in (FEATURE_NAMES, _BASE_FEATURE_NAMES):
             raise ValueError("smear gate was fitted on different image statistics")
-        n = len(FEATURE_NAMES)
+        n = len(features)
         for key in ("mean", "scale", "coef"):
             if len(d[key]) != n:
                 raise ValueError(f"smear gate {key} must have {n} values")
+        density = d.get("density")
+        if density is not None:
+            k = len(density["weights"])
+            means, chol = np.asarray(density["means"]), np.asarray(density["precisions_cholesky"])
+            if means.shape != (k, n) or chol.shape != (k, n, n) or d.get("pos_mean") is None:
+                raise ValueError(f"smear gate density must hold {k} means of {n} and {k} {n}x{n} matrices")
         return cls(
             threshold=float(d["threshold"]),
             mean=[float(v) for v in d["mean"]],
@@ -292,4 +453,6 @@ class SmearGate:
             feature_std=d.get("feature_std"),
             feature_distance_p99=d.get("feature_distance_p99"),
             info=dict(d.get("info", {})),
+            features=features,
+            density=density,
         )

@@ -429,6 +429,9 @@ def write_model_store_readme(cards: list[dict[str, Any]], path: Any, ensemble: d
             "The cell-level model `wbc_cells` (white cells found, outlined and typed for a differential) has its own "
             "card with its own measures: [wbc_cells.md](wbc_cells.md).",
             "",
+            "The frame models' smear gate (how it was fitted, what it refuses and accepts on kinds of image it never "
+            "saw): [smear_gate.md](smear_gate.md).",
+            "",
         ]
     )
     Path(path).parent.mkdir(parents=True, exist_ok=True)

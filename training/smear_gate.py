@@ -1,10 +1,13 @@
 """Fitting the smear gate (:class:`core.smear_gate.SmearGate`): synthetic non-smear images and the fit.
 
 :func:`synthetic_negatives` draws non-smear images (noise, flat colours, gradients, text pages,
-shapes, stripes, fluorescence-like frames, crops of natural photos); :func:`fit_smear_gate` fits the
-logistic regression (scikit-learn) on the statistics of smear frames, each also under random colour
-augmentation so that other stains / white balances stay accepted, against those negatives. Only the
-fitted numbers travel in the model card; serving uses core.smear_gate alone.
+shapes, stripes, fluorescence-like frames, crops of natural photos; :mod:`training.gate_families`
+adds real photographs, fundus, tissue, fluorescence, other microscopy and medical images);
+:func:`fit_smear_gate` fits the logistic regression (scikit-learn) on the statistics of smear frames,
+each also under random colour augmentation so that other stains / white balances stay accepted,
+against those negatives, and with ``density_components`` a Gaussian mixture of the smear statistics
+(:func:`fit_on_statistics` does both on statistics already computed). Only the fitted numbers travel
+in the model card; serving uses core.smear_gate alone.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from core.smear_gate import SmearGate, _hue_sat_hist, _prepare, image_statistics
 
-__all__ = ["NEGATIVE_KINDS", "fit_smear_gate", "synthetic_negatives"]
+__all__ = ["NEGATIVE_KINDS", "fit_on_statistics", "fit_smear_gate", "positive_statistics", "synthetic_negatives"]
 
 
 # -- synthetic non-smear images -----------------------------------------------------------------
@@ -179,37 +182,43 @@ def synthetic_negatives(
         yield kind, _negative(kind, np.random.default_rng([seed, i]), size, photos)
 
 
-def fit_smear_gate(
-    images: Iterable[Image.Image],
-    extra_positives: Iterable[Image.Image] = (),
-    negatives: Iterable[Image.Image] | None = None,
-    n_negatives: int = 900,
-    augment_views: int = 1,
-    seed: int = 0,
-    target_acceptance: float = 0.99,
-) -> SmearGate:
-    """Fit on smear ``images`` (training frames), each also under ``augment_views`` random colour
-    augmentations, plus ``extra_positives``; negatives default to :func:`synthetic_negatives`.
-    The threshold is the largest of 0.5 and the value that keeps ``target_acceptance`` of
-    the positives accepted, whichever is lower (never above 0.5)."""
-    from sklearn.linear_model import LogisticRegression
-
+def positive_statistics(
+    images: Iterable[Image.Image], ref: np.ndarray, augment_views: int = 1, seed: int = 0
+) -> np.ndarray:
+    """Statistics of each smear image and of ``augment_views`` random colour views of it
+    (:class:`training.augment.ColorAugment`: stain, hue, saturation, white balance, grayscale)."""
     from training.augment import ColorAugment
 
-    pos_images = [im.convert("RGB") for im in images] + [im.convert("RGB") for im in extra_positives]
-    if not pos_images:
-        raise ValueError("no smear images to fit on")
-    ref = np.mean([_hue_sat_hist(_prepare(im)) for im in pos_images], axis=0)
     aug = ColorAugment()
     rng = np.random.default_rng(seed)
-    pos = []
-    for im in pos_images:
-        pos.append(image_statistics(im, ref))
+    rows = []
+    for im in images:
+        im = im.convert("RGB")
+        rows.append(image_statistics(im, ref))
         for _ in range(augment_views):
-            pos.append(image_statistics(aug(im, rng), ref))
-    negs = negatives if negatives is not None else (im for _, im in synthetic_negatives(n_negatives, seed))
-    neg = [image_statistics(im, ref) for im in negs]
-    x = np.asarray(pos + neg)
+            rows.append(image_statistics(aug(im, rng), ref))
+    return np.asarray(rows)
+
+
+def fit_on_statistics(
+    pos: np.ndarray,
+    neg: np.ndarray,
+    ref: np.ndarray,
+    target_acceptance: float = 0.99,
+    density_components: int = 0,
+    seed: int = 0,
+) -> SmearGate:
+    """The gate from statistics already computed (rows of :func:`core.smear_gate.image_statistics`).
+
+    Without ``density_components``: the logistic regression with the version-1 novelty damping; the
+    threshold keeps ``target_acceptance`` of ``pos`` accepted (never above 0.5). With them: a Gaussian
+    mixture of that many full-covariance components on the standardised smear statistics, and the
+    refusal budget ``1 - target_acceptance`` of the fitting smears split in two halves: the
+    classifier's threshold refuses one half, the log-density limit the other."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.mixture import GaussianMixture
+
+    x = np.r_[pos, neg]
     y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000)
@@ -220,13 +229,52 @@ def fit_smear_gate(
         scale=scale.tolist(),
         coef=clf.coef_[0].tolist(),
         intercept=float(clf.intercept_[0]),
-        reference_hist=ref.tolist(),
+        reference_hist=np.asarray(ref).tolist(),
     )
-    xp = np.asarray(pos)
-    gate.pos_mean = xp.mean(axis=0).tolist()
-    gate.pos_scale = (xp.std(axis=0) + 1e-6).tolist()
-    gate.novelty_limit = float(1.5 * np.quantile(gate._novelty(xp), 0.999))
-    scores = np.array([gate._score_vector(v) for v in pos])
-    gate.threshold = float(min(0.5, np.quantile(scores, 1.0 - target_acceptance)))
-    gate.info = {"n_positive": len(pos), "n_negative": len(neg), "augment_views": augment_views, "seed": seed}
+    gate.pos_mean = pos.mean(axis=0).tolist()
+    gate.pos_scale = (pos.std(axis=0) + 1e-6).tolist()
+    refuse = 1.0 - target_acceptance
+    if density_components:
+        z = (pos - np.asarray(gate.pos_mean)) / np.asarray(gate.pos_scale)
+        gm = GaussianMixture(density_components, covariance_type="full", reg_covar=1e-2, random_state=seed).fit(z)
+        gate.density = {
+            "weights": gm.weights_.tolist(),
+            "means": gm.means_.tolist(),
+            "precisions_cholesky": gm.precisions_cholesky_.tolist(),
+            "log_density_limit": 0.0,
+        }
+        gate.density["log_density_limit"] = float(np.quantile(gate.log_density(pos), refuse / 2))
+        refuse /= 2
+        probs = clf.predict_proba((pos - mean) / scale)[:, 1]
+        gate.threshold = float(min(0.5, np.quantile(probs, refuse)))
+    else:
+        gate.novelty_limit = float(1.5 * np.quantile(gate._novelty(pos), 0.999))
+        scores = np.array([gate._score_vector(v) for v in pos])
+        gate.threshold = float(min(0.5, np.quantile(scores, refuse)))
+    gate.info = {"n_positive": len(pos), "n_negative": len(neg), "density_components": density_components}
+    return gate
+
+
+def fit_smear_gate(
+    images: Iterable[Image.Image],
+    extra_positives: Iterable[Image.Image] = (),
+    negatives: Iterable[Image.Image] | None = None,
+    n_negatives: int = 900,
+    augment_views: int = 1,
+    seed: int = 0,
+    target_acceptance: float = 0.99,
+    density_components: int = 0,
+) -> SmearGate:
+    """Fit on smear ``images`` (training frames), each also under ``augment_views`` random colour
+    augmentations, plus ``extra_positives``; negatives default to :func:`synthetic_negatives`.
+    See :func:`fit_on_statistics` for the threshold(s) and ``density_components``."""
+    pos_images = [im.convert("RGB") for im in images] + [im.convert("RGB") for im in extra_positives]
+    if not pos_images:
+        raise ValueError("no smear images to fit on")
+    ref = np.mean([_hue_sat_hist(_prepare(im)) for im in pos_images], axis=0)
+    pos = positive_statistics(pos_images, ref, augment_views, seed)
+    negs = negatives if negatives is not None else (im for _, im in synthetic_negatives(n_negatives, seed))
+    neg = np.asarray([image_statistics(im, ref) for im in negs])
+    gate = fit_on_statistics(pos, neg, ref, target_acceptance, density_components, seed)
+    gate.info.update(augment_views=augment_views, seed=seed)
     return gate

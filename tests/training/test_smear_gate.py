@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.errors import RequestError
 from core.smear_gate import FEATURE_NAMES, GateResult, SmearGate, image_statistics
 from tests.conftest import DATA_ALL4, SHARED
 from training.smear_gate import fit_smear_gate, synthetic_negatives
@@ -139,3 +140,64 @@ def test_fast_statistics_count_as_numpy_does() -> None:
         assert distinct == pytest.approx(np.log(len(np.unique(codes)) / codes.size + 1e-4), abs=0, rel=1e-15)
         chroma = image_statistics(image)[FEATURE_NAMES.index("chroma_mean")]
         assert chroma == (rgb.max(axis=-1) - rgb.min(axis=-1)).mean()
+
+
+# -- the shipped gate (version 2) and kinds of image it never saw (issue 13 item 4) -------------------------------
+STORE = Path(__file__).resolve().parents[2] / "model_store"
+
+
+@pytest.fixture(scope="module")
+def shipped_gates() -> dict[str, SmearGate]:
+    from core.registry import model_names
+
+    return {
+        m: SmearGate.from_dict(json.loads((STORE / f"{m}.card.json").read_text())["smear_gate"]) for m in model_names()
+    }
+
+
+def test_shipped_gate_refuses_the_issue_regression_cases(shipped_gates: dict[str, SmearGate]) -> None:
+    """The grayscale moon photograph and the retina fundus image the previous gate let through."""
+    from training.gate_families import regression_images
+
+    for name, gate in shipped_gates.items():
+        assert gate.version == 2 and gate.density is not None, name
+        for case, im in regression_images().items():
+            result = gate.evaluate(im)
+            assert not result.accepted and result.score < gate.threshold, (name, case, result.score)
+            with pytest.raises(RequestError) as err:
+                gate.check(im)
+            assert err.value.code == "not_a_blood_smear"
+
+
+def test_shipped_gate_accepts_held_out_smears_and_refuses_new_draws(shipped_gates: dict[str, SmearGate]) -> None:
+    """Validation parts of the three smear sources (never fitted on) >= 99% accepted; new draws of every
+    negative family (another seed than the fit's) refused."""
+    from training.augment import PERTURBATIONS
+    from training.cell_data import bccd_split, pbc_split
+    from training.data import load_split
+    from training.gate_families import FAMILIES, family_images
+
+    gate = shipped_gates["xception_bigru"]
+    val = _images([s.path for s in load_split(DATA_ALL4 / "original").val[::12]])
+    smears = val + [fn(im) for fn in PERTURBATIONS.values() for im in val[::4]]
+    smears += _images([f.image for f in bccd_split()[1][::3]]) + _images([s.path for s in pbc_split()[1][::16]])
+    accepted = np.mean([gate.evaluate(im).accepted for im in smears])
+    assert len(smears) >= 120 and accepted >= 0.99, accepted
+    for fam in FAMILIES:
+        refused = [not gate.evaluate(im).accepted for im in family_images(fam, 10, seed=5)]
+        assert all(refused), (fam, refused)
+
+
+def test_leave_one_family_out_refuses_the_family_it_never_saw() -> None:
+    """A gate fitted without the fundus, astronomy (moon) or grayscale-photo family (small samples: seconds)
+    refuses >= 99% of that family and still accepts >= 99% of the held-out smears."""
+    from training.fit_gate import gate_data, leave_one_family_out
+
+    data = gate_data(family_size=24, every=(12, 4, 12), val_every=10)
+    held = ("fundus", "astronomy", "photo_gray")
+    rates = leave_one_family_out(data, families=held, sources=())
+    for fam in held:
+        r = rates[f"unseen_family_{fam}"]
+        assert r["n"] == 24 and 1 - r["accepted"] >= 0.99, (fam, r)
+        smears = rates[f"smears_without_{fam}"]
+        assert smears["n"] >= 150 and smears["accepted"] >= 0.99, (fam, smears)
