@@ -34,6 +34,7 @@ import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -90,13 +91,12 @@ def forward_only(
     eager = backends.eager_forward(rt.model)
     ref = _probs(torch.cat([eager(tensors[i : i + batch])[0] for i in range(0, len(tensors), batch)]), rt.temperature)
     for name in RUNTIMES_MEASURED:
-        rss0 = _rss_mb()
         try:
             fwd = eager if name == "eager" else backends.build_forward(name, rt.model, rt.spec.input_size, threads)
         except Exception as exc:  # noqa: BLE001 - report a runtime that cannot be built, measure the rest
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
-        row: dict[str, Any] = {"rss_added_mb": round(_rss_mb() - rss0, 1), **fwd.info}
+        row: dict[str, Any] = dict(fwd.info)
         got = _probs(torch.cat([fwd(tensors[i : i + batch])[0] for i in range(0, len(tensors), batch)]), rt.temperature)
         row["parity_max_abs_dp"] = float(f"{np.abs(got - ref).max():.3g}")
         row["eligible"] = row["parity_max_abs_dp"] <= backends.PARITY_TOLERANCE and name in backends.RUNTIMES
@@ -157,13 +157,19 @@ def _step_ms(bodies: Sequence[dict[str, Any]], per_image_ms: float) -> dict[str,
     return {k: round(v, 3) for k, v in steps.items()}
 
 
-def large_input(rt: ModelRuntime, frame: bytes, seconds: float) -> dict[str, Any]:
-    """A 2560x1920 JPEG of a real frame: decode with/without draft mode, one answer's steps, draft's effect."""
+def _enlarged(frame: bytes) -> bytes:
     buf = io.BytesIO()
     Image.open(io.BytesIO(frame)).convert("RGB").resize(LARGE_SIZE, Image.Resampling.BICUBIC).save(
         buf, "JPEG", quality=90
     )
-    raw = buf.getvalue()
+    return buf.getvalue()
+
+
+def large_input(rt: ModelRuntime, frames: Sequence[bytes], seconds: float) -> dict[str, Any]:
+    """Real frames enlarged to 2560x1920 JPEGs: decode with/without draft mode, one answer's steps, and
+    how far the draft moves the probabilities from a full decode's (over every frame)."""
+    raws = [_enlarged(f) for f in frames]
+    raw = raws[0]
     side = rt.draft_side()
     full = decode_request({"body": raw})
     draft = decode_request({"body": raw}, draft_side=side)
@@ -179,9 +185,14 @@ def large_input(rt: ModelRuntime, frame: bytes, seconds: float) -> dict[str, Any
         "preprocess_full_ms": round(_timed(lambda: rt.transform(full.image), seconds), 2),
         "preprocess_draft_ms": round(_timed(lambda: rt.transform(draft.image), seconds), 2),
     }
-    x = torch.stack([rt.transform(full.image), rt.transform(draft.image)])
-    p = _probs(rt.forward(x)[0], rt.temperature)
-    out["draft_vs_full_max_abs_dp"] = float(f"{np.abs(p[0] - p[1]).max():.3g}")
+    gaps = []
+    for r in raws:
+        x = torch.stack([rt.transform(decode_request({"body": r}, draft_side=d).image) for d in (None, side)])
+        p = _probs(rt.forward(x)[0], rt.temperature)
+        gaps.append(float(np.abs(p[0] - p[1]).max()))
+    out["frames"] = len(raws)
+    out["draft_vs_full_max_abs_dp"] = float(f"{max(gaps):.3g}")
+    out["draft_vs_full_median_abs_dp"] = float(f"{statistics.median(gaps):.3g}")
     rt.predict([{"body": raw}])  # warm-up
     bodies = [rt.predict([{"body": raw}])[0] for _ in range(3)]
     if not all(isinstance(b, dict) for b in bodies):
@@ -191,17 +202,48 @@ def large_input(rt: ModelRuntime, frame: bytes, seconds: float) -> dict[str, Any
     return out
 
 
+def memory_probe(model_dir: Path, runtime: str, threads: int) -> dict[str, float]:
+    """In a fresh process: resident MB added by the eager model (ModelRuntime on eager) and then by
+    ``runtime`` built beside it, each after one forward of a serving-size batch."""
+    cmd = [sys.executable, "-m", "bench.runtimes", "--memory-probe", str(model_dir), runtime, "--threads", str(threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _memory_probe_main(model_dir: Path, runtime: str, threads: int) -> None:
+    import gc
+
+    configure_threads(threads)
+    import onnxruntime  # noqa: F401  (imports count as neither model's memory)
+    import openvino  # noqa: F401
+
+    os.environ[backends.RUNTIME_ENV] = "eager"
+    rss0 = _rss_mb()
+    rt = ModelRuntime(model_dir)
+    x = backends.probe_batch(rt.spec.input_size, n=4)
+    rt.forward(x)
+    gc.collect()
+    rss1 = _rss_mb()
+    fwd = backends.build_forward(runtime, rt.model, rt.spec.input_size, threads)
+    fwd(x)
+    gc.collect()
+    rss2 = _rss_mb()
+    print(json.dumps({"eager_mb": round(rss1 - rss0, 1), f"{runtime}_mb": round(rss2 - rss1, 1)}))
+
+
 def bench_model(
     store: Path, model: str, images: Sequence[bytes], config: Path, threads: int, seconds: float, work: Path
 ) -> dict:
     batch = _batch_size(config, model)
     model_dir = _extract(store / f"{model}.mar", work / model)
+    memory: dict[str, float] = {}
+    for name in ("onnxruntime", "openvino"):
+        memory.update(memory_probe(model_dir, name, threads))  # eager_mb: the last probe's
     os.environ[backends.RUNTIME_ENV] = "eager"
-    rss0 = _rss_mb()
     rt = ModelRuntime(model_dir)
-    eager_mb = round(_rss_mb() - rss0, 1)
     tensors = torch.stack([rt.prepare({"body": raw}).tensor for raw in images])
-    result: dict[str, Any] = {"batch_size": batch, "eager_model_rss_mb": eager_mb}
+    result: dict[str, Any] = {"batch_size": batch, "memory_mb": memory}
+    print(f"   memory MB (fresh processes): {memory}", flush=True)
     result["forward"] = forward_only(rt, tensors, batch, threads, seconds)
     eligible = {k: v for k, v in result["forward"].items() if v.get("eligible")}
     result["fastest"] = max(eligible, key=lambda k: eligible[k][f"images_per_s_batch{batch}"])
@@ -213,7 +255,7 @@ def bench_model(
         e2e[rt.runtime_name] = end_to_end(rt, images, batch)
     result["end_to_end"] = e2e
     print(f"   end to end: {e2e}", flush=True)
-    result["large_input"] = large_input(rt, images[0], seconds / 2)
+    result["large_input"] = large_input(rt, images[:16], seconds / 2)
     print(f"   large input: {result['large_input']}", flush=True)
     return result
 
@@ -254,19 +296,19 @@ def render_section(results: dict[str, Any]) -> list[str]:
         f"<= {backends.PARITY_TOLERANCE:g}). Every runtime is built from the archive's weights as a worker builds it "
         "(ONNX exported at start). bf16 OpenVINO is shown for information only: it is not a float32 result.",
         "",
-        "| model | batch | runtime | images/s b1 | images/s batch | ms/batch | dp | export + load s | RSS added MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | batch | runtime | images/s b1 | images/s batch | ms/batch | dp | export + load s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for m, r in rr["models"].items():
         bs = r["batch_size"]
         for name, f in r["forward"].items():
             if "error" in f:
-                lines.append(f"| {m} | {bs} | {name} | failed: {f['error']} | | | | | |")
+                lines.append(f"| {m} | {bs} | {name} | failed: {f['error']} | | | | |")
                 continue
             build = (f.get("export_s") or 0) + (f.get("load_s") or 0)
             lines.append(
                 f"| {m} | {bs} | {name} | {f['images_per_s_batch1']} | {f[f'images_per_s_batch{bs}']} | "
-                f"{f[f'ms_batch{bs}']} | {f['parity_max_abs_dp']:.1e} | {build:.2f} | {f['rss_added_mb']} |"
+                f"{f[f'ms_batch{bs}']} | {f['parity_max_abs_dp']:.1e} | {build:.2f} |"
             )
     lines += [
         "",
@@ -317,13 +359,13 @@ def render_section(results: dict[str, Any]) -> list[str]:
             lines.append(f"| {m} | {name} | {e['images_per_s']} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"A large input ({LARGE_SIZE[0]}x{LARGE_SIZE[1]} JPEG made from a real frame, quality 90): decoding in "
-        "JPEG draft mode to the smallest DCT scale whose sides hold the model's input side (and the gate's 128), "
-        "and what it saves in the later steps; `dp` is the probability difference between the draft and the "
-        "full decode of the same frame. ms:",
+        f"Large inputs (real frames enlarged to {LARGE_SIZE[0]}x{LARGE_SIZE[1]} JPEGs, quality 90): decoding in "
+        "JPEG draft mode to the smallest DCT scale whose sides hold twice the side the model and the gate (128) "
+        "need (`handlers.runtime.DRAFT_MARGIN`), and what it saves in the later steps, ms for one frame; `dp` is "
+        "how far the draft moves the probabilities from the full decode's, max and median over the frames:",
         "",
         "| model | draft size | decode full | decode draft | gate full | gate draft | preprocess full | "
-        "preprocess draft | dp | answer's steps (draft) |",
+        "preprocess draft | dp max / median | answer's steps (draft) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, r in rr["models"].items():
@@ -332,14 +374,20 @@ def render_section(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {m} | {li['draft_decoded_size'][0]}x{li['draft_decoded_size'][1]} | {li['decode_full_ms']} | "
             f"{li['decode_draft_ms']} | {li['gate_full_ms']} | {li['gate_draft_ms']} | {li['preprocess_full_ms']} | "
-            f"{li['preprocess_draft_ms']} | {li['draft_vs_full_max_abs_dp']:.1e} | {steps} |"
+            f"{li['preprocess_draft_ms']} | {li['draft_vs_full_max_abs_dp']:.1e} / "
+            f"{li.get('draft_vs_full_median_abs_dp', float('nan')):.1e} | {steps} |"
         )
     lines += [
         "",
-        "Memory: the eager model stays loaded in every worker (reference for the start-up parity check, the "
-        "fallback, and Grad-CAM for /explanations); its resident size when loaded: "
-        + ", ".join(f"{m} {r['eager_model_rss_mb']} MB" for m, r in rr["models"].items())
-        + ". `RSS added MB` above is what building each runtime added beside it (export buffers included).",
+        "Memory (resident MB each adds in a fresh process, after one forward of a batch of 4): the eager model "
+        "stays loaded in every worker (reference for the start-up parity check, the fallback, and Grad-CAM for "
+        "/explanations), the runtime's session comes on top: "
+        + "; ".join(
+            f"{m} eager {r['memory_mb'].get('eager_mb')}, onnxruntime +{r['memory_mb'].get('onnxruntime_mb')}, "
+            f"openvino +{r['memory_mb'].get('openvino_mb')}"
+            for m, r in rr["models"].items()
+        )
+        + ".",
         "",
     ]
     return lines
@@ -389,7 +437,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=8, help="real frames per class")
     ap.add_argument("--portal-json", type=Path, default=None, help='{"<model>": upload-to-result p50 ms}')
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks")
+    ap.add_argument("--memory-probe", nargs=2, metavar=("MODEL_DIR", "RUNTIME"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.memory_probe:
+        _memory_probe_main(Path(args.memory_probe[0]), args.memory_probe[1], args.threads)
+        return 0
     configure_threads(args.threads)
     images = _images(args.images)
     out_json = Path(f"{args.out}.json")
