@@ -237,26 +237,18 @@ class Analysis(QueuedJob):
         super().save(*args, **kwargs)
 
 
-class Review(models.Model):
-    """Per-model sign-off of earlier versions (read-only: new sign-offs are ImageReviews)."""
+class SignOff(models.Model):
+    """What every sign-off records (who, the final class, the comment, when); never changes once saved."""
 
-    class Decision(models.TextChoices):
-        AGREE = "agree", "Agree with the model"
-        RECLASSIFY = "reclassify", "Reclassify"
-
-    analysis = models.OneToOneField(Analysis, on_delete=models.PROTECT, related_name="review")
     reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     reviewer_name = models.CharField(max_length=150)
-    decision = models.CharField(max_length=12, choices=Decision.choices)
     final_label = models.CharField(max_length=10, choices=LABEL_CHOICES)
     comment = models.TextField(blank=True)
     signed_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        abstract = True
         ordering = ["-signed_at"]
-
-    def __str__(self) -> str:
-        return f"Review of analysis {self.analysis_id}: {self.final_label} by {self.reviewer_name}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if self.pk is not None and not self._state.adding:
@@ -265,6 +257,23 @@ class Review(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise ImmutableError("a review is signed and cannot be deleted")
+
+
+class Review(SignOff):
+    """Per-model sign-off of earlier versions (read-only: new sign-offs are ImageReviews)."""
+
+    class Decision(models.TextChoices):
+        AGREE = "agree", "Agree with the model"
+        RECLASSIFY = "reclassify", "Reclassify"
+
+    analysis = models.OneToOneField(Analysis, on_delete=models.PROTECT, related_name="review")
+    decision = models.CharField(max_length=12, choices=Decision.choices)
+
+    class Meta(SignOff.Meta):
+        pass
+
+    def __str__(self) -> str:
+        return f"Review of analysis {self.analysis_id}: {self.final_label} by {self.reviewer_name}"
 
 
 # --- cell-level analysis (the cell model, core.registry.CELL_REGISTRY) ---------------------------
@@ -276,12 +285,12 @@ CELL_LABEL_CHOICES = [(c, CELL_DESCRIPTIONS.get(c, c)) for c in CELL_CLASSES]
 REVIEWED_LABEL_CHOICES = [(c, describe(c)) for c in REVIEW_LABELS]
 
 
-class ImageReview(models.Model):
+class ImageReview(SignOff):
     """The reviewer's one decision on an image: agree with the consensus of its models, or reclassify.
 
     ``consensus_label`` is what the consensus said when it was signed (empty: it referred the image);
     ``evidence`` keeps each finished model's answer as the reviewer saw it (model -> version, status,
-    label, abstained, probabilities). Never changes once saved.
+    label, abstained, probabilities).
     """
 
     class Decision(models.TextChoices):
@@ -289,17 +298,12 @@ class ImageReview(models.Model):
         RECLASSIFY = "reclassify", "Reclassify"
 
     image = models.OneToOneField(Image, on_delete=models.PROTECT, related_name="review")
-    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
-    reviewer_name = models.CharField(max_length=150)
     decision = models.CharField(max_length=12, choices=Decision.choices)
-    final_label = models.CharField(max_length=10, choices=LABEL_CHOICES)
     consensus_label = models.CharField(max_length=10, choices=LABEL_CHOICES, blank=True)
-    comment = models.TextField(blank=True)
     evidence = models.JSONField(default=dict)
-    signed_at = models.DateTimeField(default=timezone.now, db_index=True)
 
-    class Meta:
-        ordering = ["-signed_at"]
+    class Meta(SignOff.Meta):
+        pass
 
     def __str__(self) -> str:
         return f"Review of image {self.image_id}: {self.final_label} by {self.reviewer_name}"
@@ -307,14 +311,6 @@ class ImageReview(models.Model):
     @property
     def changed_consensus(self) -> bool:
         return self.final_label != self.consensus_label
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if self.pk is not None and not self._state.adding:
-            raise ImmutableError("a review is signed and cannot change")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
-        raise ImmutableError("a review is signed and cannot be deleted")
 
 
 def image_is_signed(image_id: int) -> bool:

@@ -24,7 +24,7 @@ class Migration(migrations.Migration):
                 ('consensus_label', models.CharField(blank=True, choices=[('Benign', 'Benign'), ('Early', 'Early'), ('Pre', 'Pre'), ('Pro', 'Pro')], max_length=10)),
                 ('comment', models.TextField(blank=True)),
                 ('evidence', models.JSONField(default=dict)),
-                ('signed_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                ('signed_at', models.DateTimeField(default=django.utils.timezone.now)),
                 ('image', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='review', to='analyses.image')),
                 ('reviewer', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
             ],
