@@ -349,6 +349,23 @@ class ProcessMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.busy_s = [0.0, 0.0]  # the whole machine's busy CPU seconds at start and stop
+        self.everyone: list[dict[int, tuple[str, float]]] = [{}, {}]  # every process's CPU s at start and stop
+        self.own_children_s = [0.0, 0.0]  # this process's finished subprocesses (database polls, manage.py)
+
+    @staticmethod
+    def _everyone() -> dict[int, tuple[str, float]]:
+        out: dict[int, tuple[str, float]] = {}
+        for p in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+            t = p.info["cpu_times"]
+            if t is not None:
+                cmd = " ".join(p.info["cmdline"] or [p.info["name"] or ""])
+                out[p.pid] = (cmd[:100], t.user + t.system)
+        return out
+
+    @staticmethod
+    def _own_children_s() -> float:
+        t = psutil.Process().cpu_times()
+        return float(t.children_user + t.children_system)
 
     @staticmethod
     def _machine_busy_s() -> float:
@@ -411,6 +428,8 @@ class ProcessMonitor:
     def start(self) -> None:
         self.sample()  # the CPU times at the start of the window
         self.busy_s[0] = self._machine_busy_s()
+        self.everyone[0] = self._everyone()
+        self.own_children_s[0] = self._own_children_s()
         self._thread.start()
 
     def stop(self) -> None:
@@ -418,14 +437,27 @@ class ProcessMonitor:
         self._thread.join()
         self.sample()
         self.busy_s[1] = self._machine_busy_s()
+        self.everyone[1] = self._everyone()
+        self.own_children_s[1] = self._own_children_s()
 
-    def machine(self, window_s: float) -> dict[str, float]:
-        """Cores the whole machine was busy, and how much of it was outside the stack (someone else)."""
+    def machine(self, window_s: float) -> dict[str, Any]:
+        """Cores the whole machine was busy; how much of it went to the benchmark's own subprocesses
+        (database polls), and to other processes (someone else's work: the busiest named)."""
         busy = self.busy_s[1] - self.busy_s[0]
         stack = sum(s.cpu_last - s.cpu_first for s in self.samples.values())
+        own = self.own_children_s[1] - self.own_children_s[0]
+        before, after = self.everyone
+        others = {
+            pid: (cmd, cpu - before.get(pid, ("", 0.0))[1])
+            for pid, (cmd, cpu) in after.items()
+            if pid not in self.samples
+        }
+        top = sorted(others.values(), key=lambda v: -v[1])[:5]
         return {
             "busy_cores": round(busy / window_s, 3),
-            "outside_stack_cores": round(max(0.0, busy - stack) / window_s, 3),
+            "bench_subprocesses_cores": round(own / window_s, 3),
+            "outside_stack_cores": round(max(0.0, busy - stack - own) / window_s, 3),
+            "outside_busiest": [{"cmd": c, "cores": round(v / window_s, 3)} for c, v in top if v > 0.01 * window_s],
         }
 
     def summary(self, window_s: float, analyses: int) -> dict[str, Any]:
