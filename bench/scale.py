@@ -683,6 +683,12 @@ def _mb(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
 
 
+def _others(run: dict[str, Any]) -> str:
+    named = run["machine"].get("outside_busiest", [])
+    cores = run["machine"]["outside_stack_cores"]
+    return f"{cores} cores; " + (", ".join(f"`{o['cmd'][:60]}` {o['cores']}" for o in named) or "not named")
+
+
 def _command_lines(runs: list[dict[str, Any]]) -> list[str]:
     lines = []
     for command in dict.fromkeys(r["command"] for r in runs):
@@ -764,6 +770,14 @@ def write_report(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path) ->
     kinds = [k for k in PROCESS_TYPES if any(k in r["processes"] for r in runs)]
     kinds += sorted({k for r in runs for k in r["processes"]} - set(kinds))
     head = " | ".join(r["label"] for r in runs)
+    busy = [r for r in runs if r["machine"]["outside_stack_cores"] > 0.05]
+    if busy:
+        lines += [
+            "",
+            "Other processes were running during: "
+            + "; ".join(f"{r['label']} ({_others(r)})" for r in busy)
+            + ". Their CPU was not available to the stack: those rows understate what the configuration can do.",
+        ]
     lines += [
         "",
         "![throughput and latency](scale.png)",
@@ -835,7 +849,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--measure-anyway", action="store_true", help="measure after --max-load's wait even if busy")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "scale.md")
     ap.add_argument("--merge", action="store_true", help="keep the other configurations' runs of an earlier run")
+    ap.add_argument("--report-only", action="store_true", help="write the report again from --out's JSON")
     args = ap.parse_args(argv)
+    if args.report_only:
+        data = json.loads(args.out.with_suffix(".json").read_text())
+        write_report(data["runs"], data["meta"], args.out)
+        return 0
 
     frames = sorted(ALL4_ORIGINAL.rglob("*.jpg"))
     if not frames:
