@@ -683,6 +683,11 @@ def _mb(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
 
 
+def _ms_per_image(run: dict[str, Any], p: dict[str, Any]) -> float:
+    """CPU ms per uploaded image of one process type (from its ms per analysis)."""
+    return float(p["cpu_ms_per_analysis"] or 0) * run["analyses_accepted"] / max(1, run["images_accepted"])
+
+
 def _others(run: dict[str, Any]) -> str:
     named = run["machine"].get("outside_busiest", [])
     cores = run["machine"]["outside_stack_cores"]
@@ -784,7 +789,9 @@ def write_report(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path) ->
         "",
         "## CPU per process type",
         "",
-        "Cores used over the window, and CPU milliseconds per analysis (processes of that type together).",
+        "Cores used over the window, and CPU milliseconds per uploaded image (the processes of that type "
+        "together; an image is one analysis for each model, so a model worker's figure is its cost per "
+        "analysis). *Stack* leaves out the load clients; its images/s per core is 1000 / its ms per image.",
         "",
         f"| process type | {head} |",
         "|---|" + "---|" * len(runs),
@@ -794,9 +801,17 @@ def write_report(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path) ->
         for r in runs:
             p = r["processes"].get(k)
             cells.append(
-                "-" if p is None else f"{p['processes']} proc: {p['cores']} cores, {p['cpu_ms_per_analysis']} ms"
+                "-" if p is None else f"{p['processes']} proc: {p['cores']} cores, {_ms_per_image(r, p):.0f} ms"
             )
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    cells = []
+    for r in runs:
+        stack = [p for k, p in r["processes"].items() if not k.startswith("load clients")]
+        ms = sum(_ms_per_image(r, p) for p in stack)
+        cells.append(
+            f"{sum(p['cores'] or 0 for p in stack):.2f} cores, {ms:.0f} ms ({1000 / ms:.2f} images/s per core)"
+        )
+    lines.append("| **stack** | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Memory per process type",
@@ -816,6 +831,11 @@ def write_report(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path) ->
                 else f"{p['processes']} x {_mb(p['rss_mb_per_process'])} MB RSS; PSS {_mb(p['pss_mb_total'])} MB"
             )
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    cells = []
+    for r in runs:
+        pss = sum(p["pss_mb_total"] for k, p in r["processes"].items() if not k.startswith("load clients"))
+        cells.append(f"PSS {pss / 1024:.2f} GB")
+    lines.append("| **stack** | " + " | ".join(cells) + " |")
     if len(runs) > 1 and runs[0]["images_per_s"] and runs[-1]["images_per_s"]:
         a, b = runs[0], runs[-1]
         lines += [
