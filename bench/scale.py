@@ -635,6 +635,7 @@ def run_config(
         "web_processes_per_instance": web_processes,
         "job_workers_per_cluster": job_workers,
         "models": models,
+        "archives": {m: _sha256(model_store / f"{m}.mar")[:12] for m in models},
         "model": model,
         "clients": clients,
         "requests_per_client": requests_per_client,
@@ -670,6 +671,13 @@ def run_config(
         f"errors {out['errors'] or 0}, analyses {out['analyses']}"
     )
     return out
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _round(v: float | None, nd: int = 3) -> float | None:
