@@ -873,7 +873,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--think", type=float, default=1.0, help="seconds each client pauses between uploads")
     ap.add_argument("--job-workers", type=int, default=4, help="job worker processes per qcluster (PORTAL_WORKERS)")
     ap.add_argument("--web-processes", type=int, default=1, help="gunicorn processes per web instance")
-    ap.add_argument("--max-load", type=float, default=None, help="wait (up to 10 min) for a 1-minute load below this")
+    ap.add_argument(
+        "--max-load", type=float, default=None, help="wait (--max-load-wait) for a 1-minute load below this"
+    )
+    ap.add_argument("--max-load-wait", type=float, default=600, help="seconds to wait for --max-load")
     ap.add_argument("--measure-anyway", action="store_true", help="measure after --max-load's wait even if busy")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "scale.md")
     ap.add_argument("--merge", action="store_true", help="keep the other configurations' runs of an earlier run")
@@ -888,15 +891,22 @@ def main(argv: list[str] | None = None) -> int:
     if not frames:
         raise SystemExit(f"no frames under {ALL4_ORIGINAL} (set LEUKEMIA_SHARED)")
     work = Path(tempfile.mkdtemp(prefix="scale-"))
-    runs = []
+    runs: list[dict[str, Any]] = []
+    busy = ""
     for text in args.configs:
         config = Config.parse(text)
         if args.max_load is not None:
             try:
-                wait_until(lambda: os.getloadavg()[0] < args.max_load, 600, 10, f"1-minute load < {args.max_load}")
+                wait_until(
+                    lambda: os.getloadavg()[0] < args.max_load,
+                    args.max_load_wait,
+                    10,
+                    f"1-minute load < {args.max_load}",
+                )
             except TimeoutError as exc:
                 if not args.measure_anyway:
-                    raise SystemExit(f"the machine stayed busy ({exc}); nothing measured for {config.label}") from exc
+                    busy = f"the machine stayed busy ({exc}); not measured: {', '.join(args.configs[len(runs) :])}"
+                    break
                 _log(f"{exc}; measuring anyway (the load is recorded)")
         load = round(os.getloadavg()[0], 2)
         run = run_config(
@@ -915,6 +925,8 @@ def main(argv: list[str] | None = None) -> int:
         run["loadavg_before"] = load
         runs.append(run)
     shutil.rmtree(work, ignore_errors=True)
+    if not runs:
+        raise SystemExit(busy)
     command = "python -m bench.scale " + shlex.join(sys.argv[1:] if argv is None else argv)
     for run in runs:
         run.update(command=command, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
@@ -932,6 +944,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_report(runs, meta, args.out)
     _log(f"wrote {args.out}, {args.out.with_suffix('.json').name}, {args.out.with_suffix('.png').name}")
+    if busy:
+        _log(busy)
+        return 3
     return 0
 
 
