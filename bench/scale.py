@@ -793,7 +793,7 @@ def write_report(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path) ->
         ]
     lines += [
         "",
-        "![throughput and latency](scale.png)",
+        f"![throughput and latency]({out.with_suffix('.png').name})",
         "",
         "## CPU per process type",
         "",
