@@ -152,8 +152,9 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     lines = [
         "# Portal upload-to-result time",
         "",
-        f"Measured {report['when']} on {report['cpu']} ({report['cores']} cores), quiet machine (1-minute load "
-        f"{report['load_before']:.2f} before the run), with `{report['command']}`.",
+        f"Measured {report['when']} on {report['cpu']} ({report['cores']} cores) with nothing else running (1-minute "
+        f"load average {report['load_before']:.2f} before the run, which counts a benchmark step just finished), "
+        f"with `{report['command']}`.",
         "",
         "One frame per upload, one upload at a time, after two warm-up uploads; the clock runs from the "
         "upload request to the last job of the image being final. TorchServe one worker per model, portal "
