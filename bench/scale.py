@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -691,6 +692,14 @@ def _mb(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
 
 
+def _per_kind_rows(kinds: Sequence[str], runs: Sequence[dict[str, Any]], cell: Callable[..., str]) -> list[str]:
+    """One table row per process type: ``cell(run, process_stats)`` per run, "-" where the run had none."""
+    return [
+        f"| {k} | " + " | ".join("-" if (p := r["processes"].get(k)) is None else cell(r, p) for r in runs) + " |"
+        for k in kinds
+    ]
+
+
 def _ms_per_image(run: dict[str, Any], p: dict[str, Any]) -> float:
     """CPU ms per uploaded image of one process type (from its ms per analysis)."""
     return float(p["cpu_ms_per_analysis"] or 0) * run["analyses_accepted"] / max(1, run["images_accepted"])
@@ -804,14 +813,9 @@ def write_report(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path) ->
         f"| process type | {head} |",
         "|---|" + "---|" * len(runs),
     ]
-    for k in kinds:
-        cells = []
-        for r in runs:
-            p = r["processes"].get(k)
-            cells.append(
-                "-" if p is None else f"{p['processes']} proc: {p['cores']} cores, {_ms_per_image(r, p):.0f} ms"
-            )
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines += _per_kind_rows(
+        kinds, runs, lambda r, p: f"{p['processes']} proc: {p['cores']} cores, {_ms_per_image(r, p):.0f} ms"
+    )
     cells = []
     for r in runs:
         stack = [p for k, p in r["processes"].items() if not k.startswith("load clients")]
@@ -829,16 +833,11 @@ def write_report(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path) ->
         f"| process type | {head} |",
         "|---|" + "---|" * len(runs),
     ]
-    for k in kinds:
-        cells = []
-        for r in runs:
-            p = r["processes"].get(k)
-            cells.append(
-                "-"
-                if p is None
-                else f"{p['processes']} x {_mb(p['rss_mb_per_process'])} MB RSS; PSS {_mb(p['pss_mb_total'])} MB"
-            )
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines += _per_kind_rows(
+        kinds,
+        runs,
+        lambda r, p: f"{p['processes']} x {_mb(p['rss_mb_per_process'])} MB RSS; PSS {_mb(p['pss_mb_total'])} MB",
+    )
     cells = []
     for r in runs:
         pss = sum(p["pss_mb_total"] for k, p in r["processes"].items() if not k.startswith("load clients"))
