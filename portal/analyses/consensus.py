@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from core.ensemble import ENSEMBLE_FILE, Ensemble, EnsembleError
+from core.prediction import BENIGN_NOT_CONFIRMED, LOW_CONFIDENCE
 
 __all__ = ["ENSEMBLE", "MAJORITY", "Consensus", "consensus", "load_ensemble"]
 
@@ -32,8 +33,8 @@ MAJORITY = "majority vote"
 NO_MAJORITY = "no_majority"
 MODEL_REFUSED = "model_refused"
 REFER_TEXTS = {
-    "low_confidence": "the ensemble's confidence is under its threshold",
-    "benign_not_confirmed": "Benign is not confirmed: P(Benign) is under the safety threshold that no malignant "
+    LOW_CONFIDENCE: "the ensemble's confidence is under its threshold",
+    BENIGN_NOT_CONFIRMED: "Benign is not confirmed: P(Benign) is under the safety threshold that no malignant "
     "validation frame passed",
     NO_MAJORITY: "no majority among the models",
     MODEL_REFUSED: "a model refused the image",
