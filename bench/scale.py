@@ -110,14 +110,20 @@ class Config:
 # --- configuration files rendered from the ones the containers use ---------------------------------
 
 
-def render_torchserve_config(base: Path, workers: int, out: Path) -> Path:
-    """``base`` (config.properties) with ``workers`` workers for every model (min = max = default)."""
+def render_torchserve_config(
+    base: Path, workers: int, out: Path, *, batch: int | None = None, delay_ms: int | None = None
+) -> Path:
+    """``base`` (config.properties) with ``workers`` workers for every model (min = max = default), and
+    optionally every batched model's (batchSize > 1) ``batchSize`` and ``maxBatchDelay`` replaced."""
     props = dict(parse_properties(base.read_text()))
     props["default_workers_per_model"] = str(workers)
     per_model = json.loads(props["models"])
     for versions in per_model.values():
         for settings in versions.values():
             settings["minWorkers"] = settings["maxWorkers"] = workers
+            if settings.get("batchSize", 1) > 1:  # the frame classifiers (wbc_cells answers one frame a call)
+                settings["batchSize"] = settings["batchSize"] if batch is None else batch
+                settings["maxBatchDelay"] = settings["maxBatchDelay"] if delay_ms is None else delay_ms
     props["models"] = json.dumps(per_model, separators=(",", ":"))
     out.write_text(
         f"# {base} with {workers} workers per model (bench.scale)\n" + "".join(f"{k}={v}\n" for k, v in props.items())

@@ -235,9 +235,9 @@ def bench_model(
         cpu: dict[str, float] = {}
         for c in LEVELS:
             n = _requests_for(c, scale)
-            before = _cpu_seconds({"in_process": psutil.Process()})
+            before = _cpu_seconds({"in_process": [psutil.Process()]})
             ip_levels.append(run_closed_loop(ip.batcher, images, c, n))
-            after = _cpu_seconds({"in_process": psutil.Process()})
+            after = _cpu_seconds({"in_process": [psutil.Process()]})
             if c == 8:
                 cpu["in_process"] = round((after["in_process"] - before["in_process"]) / n * 1000, 2)
             before = _cpu_seconds(procs)
@@ -255,19 +255,20 @@ def bench_model(
     return {"batch_size": bs, "in_process": ip.summary(ip_levels), "torchserve": ts}
 
 
-def _server_processes(info: ServerInfo, model: str) -> dict[str, psutil.Process]:
+def _server_processes(info: ServerInfo, model: str) -> dict[str, list[psutil.Process]]:
+    """The processes whose CPU time is counted: all of the model's workers, the frontend, this client."""
     mgmt = {"Authorization": f"Bearer {info.management_key}"}
     desc = requests.get(f"{info.management_url}/models/{model}", headers=mgmt, timeout=10).json()[0]
     java = [p for p in psutil.Process(info.pid).children(recursive=True) if p.name() == "java"]
     return {
-        "worker": psutil.Process(int(desc["workers"][0]["pid"])),
-        "frontend": java[0],
-        "client": psutil.Process(),
+        "worker": [psutil.Process(int(w["pid"])) for w in desc["workers"]],
+        "frontend": java[:1],
+        "client": [psutil.Process()],
     }
 
 
-def _cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
-    return {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
+def _cpu_seconds(procs: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    return {k: sum(sum(p.cpu_times()[:2]) for p in group) for k, group in procs.items()}
 
 
 def _rss_mb(pid: int) -> float:

@@ -6,7 +6,7 @@ TS_WORKDIR ?= .torchserve
 
 PORTAL_COLUMN = $(if $(wildcard docs/portal_latency_models.json),--portal-json docs/portal_latency_models.json)
 
-.PHONY: bench-portal bench-runtimes bench-cells archive repack serve stop bench loadtest scale-bench test-serving
+.PHONY: bench-ts-config bench-portal bench-runtimes bench-cells archive repack serve stop bench loadtest scale-bench test-serving
 
 archive: setup
 	$(PY) -m training.archive --artifacts $(ARTIFACTS) --out $(MODEL_STORE)
@@ -39,6 +39,10 @@ bench-cells: setup
 # its per-model p50 (docs/portal_latency_models.json) fills the runtimes table's portal column once it exists
 bench-portal: setup
 	OMP_NUM_THREADS=1 $(PY) -m bench.portal_latency --model-store $(MODEL_STORE) --portal-json docs/portal_latency_models.json
+
+# TorchServe workers / threads / batch / delay for the frame models, by measurement (bench/ts_config.py)
+bench-ts-config: setup
+	OMP_NUM_THREADS=1 $(PY) -m bench.ts_config --model-store $(MODEL_STORE)
 
 # Uploads under load and faults through the real stack (bench/load.py) -> docs/reliability.md
 LOAD_ARGS ?= --fault-after 8 --outage 20

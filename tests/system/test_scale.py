@@ -92,3 +92,26 @@ def test_two_of_each_behind_nginx_serve_an_upload_end_to_end(model_store: Path, 
     assert '"POST /api/analyses/' in (var / "proxy.log").read_text()
     for i in (0, 1):
         assert '"POST /api/' in (var / f"web{i}.log").read_text(), f"web{i} got no API request"
+
+
+def test_torchserve_config_variants_change_only_the_batched_models(tmp_path: Path) -> None:
+    """bench.ts_config's variants: workers for every model, batch and delay only for the batched frame models."""
+    out = render_torchserve_config(DEFAULT_CONFIG, 2, tmp_path / "c.properties", batch=8, delay_ms=10)
+    props = dict(parse_properties(out.read_text()))
+    models = {name: next(iter(v.values())) for name, v in json.loads(props["models"]).items()}
+    base = {
+        name: next(iter(v.values()))
+        for name, v in json.loads(dict(parse_properties(DEFAULT_CONFIG.read_text()))["models"]).items()
+    }
+    assert set(models) == set(base)
+    for name, settings in models.items():
+        assert settings["minWorkers"] == settings["maxWorkers"] == 2
+        if base[name]["batchSize"] > 1:
+            assert (settings["batchSize"], settings["maxBatchDelay"]) == (8, 10)
+        else:  # wbc_cells answers one frame a call
+            assert (settings["batchSize"], settings["maxBatchDelay"]) == (1, base[name]["maxBatchDelay"])
+    assert {k: v for k, v in props.items() if k not in ("models", "default_workers_per_model")} == {
+        k: v
+        for k, v in parse_properties(DEFAULT_CONFIG.read_text())
+        if k not in ("models", "default_workers_per_model")
+    }

@@ -1,0 +1,157 @@
+"""TorchServe configured by measurement (`make bench-ts-config`): the serving benchmark (bench.serving)
+run once per configuration of the frame models' workers, torch threads, batch size and batch delay, on
+the same frames, each written to its own JSON, then one table: TorchServe images/s at 8 requests in
+flight, p50 of a single request, and the model worker's CPU per image, per model and configuration.
+
+The shipped configuration (docker/torchserve/config.properties) is the baseline; every variant changes
+one thing in it, for every frame model at once (each model has its own TorchServe worker, so the models
+do not compete within one run: bench.serving measures one model at a time). Writes
+docs/torchserve_config.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "docker" / "torchserve" / "config.properties"
+
+#: name -> (workers per model, torch threads per worker, batchSize, maxBatchDelay ms)
+VARIANTS: dict[str, tuple[int, int, int, int]] = {
+    "shipped: 1 worker, 1 thread, batch 4, 5 ms": (1, 1, 4, 5),
+    "2 workers, 1 thread": (2, 1, 4, 5),
+    "1 worker, 2 threads": (1, 2, 4, 5),
+    "batch 1, no delay": (1, 1, 1, 0),
+    "batch 8, 10 ms": (1, 1, 8, 10),
+}
+
+
+def _log(msg: str) -> None:
+    print(f"[ts-config {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _row(result: dict[str, Any]) -> dict[str, float | None]:
+    ts = result["torchserve"]
+    levels = {lv["concurrency"]: lv for lv in ts["levels"]}
+    cpu = ts.get("cpu_ms_per_image_c8") or {}
+    return {
+        "ts_images_per_s_c8": levels.get(8, {}).get("images_per_s"),
+        "ts_p50_c1_ms": levels.get(1, {}).get("p50"),
+        "worker_cpu_ms_per_image": cpu.get("ts_worker"),
+        "in_process_images_per_s_c8": {lv["concurrency"]: lv for lv in result["in_process"]["levels"]}.get(8, {}).get(
+            "images_per_s"
+        ),
+    }
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    names = list(report["variants"])
+    models = sorted({m for v in report["variants"].values() for m in v["models"]})
+    lines = [
+        "# TorchServe configured by measurement",
+        "",
+        f"Measured {report['when']} on {report['cpu']} ({report['cores']} cores) with `{report['command']}`: "
+        "bench.serving once per configuration (the frame models' TorchServe workers, torch threads per worker, "
+        "batch size and delay changed together for every model), the same 32 real frames, nothing else "
+        f"running (1-minute load average before the sweep {report['load_before']:.2f}).",
+        "",
+        "TorchServe images/s at 8 requests in flight (higher is better):",
+        "",
+        "| model | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for key, fmt in (
+        ("ts_images_per_s_c8", "{:.1f}"),
+        ("ts_p50_c1_ms", "{:.0f}"),
+        ("worker_cpu_ms_per_image", "{:.0f}"),
+    ):
+        if key != "ts_images_per_s_c8":
+            title = {
+                "ts_p50_c1_ms": "p50 ms of a single request (c=1; lower is better)",
+                "worker_cpu_ms_per_image": "model worker CPU ms per image at c=8 (all its workers; lower is better)",
+            }[key]
+            lines += ["", title + ":", "", "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for m in models:
+            cells = []
+            for n in names:
+                value = report["variants"][n]["models"].get(m, {}).get(key)
+                cells.append("-" if value is None else fmt.format(value))
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", report.get("reading", ""), ""]
+    out.with_suffix(".md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-store", type=Path, default=REPO / "model_store")
+    ap.add_argument("--scale", type=float, default=0.5, help="bench.serving --scale (requests per level)")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "torchserve_config.md")
+    ap.add_argument("--variants", nargs="*", default=None, help="names of VARIANTS to run (default: all)")
+    ap.add_argument("--merge", action="store_true", help="keep the other variants' results from --out's JSON")
+    args = ap.parse_args(argv)
+
+    import os
+
+    from bench import serving
+    from bench.scale import render_torchserve_config
+    from core.host import cpu_model
+    from core.registry import model_names
+
+    load_before = os.getloadavg()[0]
+    work = Path(tempfile.mkdtemp(prefix="ts-config-"))
+    report: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "load_before": load_before,
+        "command": "make bench-ts-config",
+        "variants": {},
+    }
+    if args.merge and args.out.with_suffix(".json").is_file():
+        earlier = json.loads(args.out.with_suffix(".json").read_text())
+        report["variants"] = earlier["variants"]
+        report["when"] = f"{earlier['when']} and {report['when']}"
+    for name, (workers, threads, batch, delay) in VARIANTS.items():
+        if args.variants and name not in args.variants:
+            continue
+        cfg = work / f"config-{workers}-{threads}-{batch}-{delay}.properties"
+        render_torchserve_config(CONFIG, workers, cfg, batch=batch, delay_ms=delay)
+        out = work / f"serving-{workers}-{threads}-{batch}-{delay}"
+        _log(f"{name}: bench.serving ...")
+        serving.main(
+            [
+                "--model-store",
+                str(args.model_store),
+                "--models",
+                *model_names(),
+                "--config",
+                str(cfg),
+                "--threads",
+                str(threads),
+                "--scale",
+                str(args.scale),
+                "--out",
+                str(out),
+            ]
+        )
+        result = json.loads(out.with_suffix(".json").read_text())
+        report["variants"][name] = {
+            "workers": workers,
+            "threads": threads,
+            "batch": batch,
+            "delay_ms": delay,
+            "models": {m: _row(r) for m, r in result["models"].items()},
+        }
+    write_report(report, args.out)
+    _log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
