@@ -129,12 +129,8 @@ def consensus(analyses: Iterable[_Answer], ensemble: Ensemble | None = _DEFAULT)
     if any(a.status == "rejected" for a in rows):
         return Consensus(label=None, reason=MODEL_REFUSED, **common)
     ens = load_ensemble() if ensemble is _DEFAULT else ensemble
-    answer = None
-    if ens is not None:
-        answer = ens.combine(
-            {a.model_name: (a.model_version, a.probabilities) for a in done if a.probabilities and a.model_name}
-        )
-    if ens is not None and answer is not None:
+    members = {a.model_name: (a.model_version, a.probabilities) for a in done if a.probabilities and a.model_name}
+    if ens is not None and (answer := ens.combine(members)) is not None:
         return Consensus(
             label=answer.label,
             method=ENSEMBLE,

@@ -44,3 +44,13 @@ def complete(analysis: Analysis, label: str = "Pre", abstained: bool = False, he
 
 
 __all__ = ["complete", "png_bytes", "prediction"]
+
+
+def uncompressed_pdf(specimen: Any, monkeypatch: Any) -> bytes:
+    """The specimen's PDF report with uncompressed page streams, so a test can find its text."""
+    from reportlab import rl_config
+
+    from portal.analyses.reports import specimen_pdf
+
+    monkeypatch.setattr(rl_config, "pageCompression", 0)
+    return specimen_pdf(specimen, "rev")

@@ -28,7 +28,7 @@ from portal.analyses.models import Cell, CellAnalysis, Image, ImmutableError
 from portal.analyses.reports import DIFFERENTIAL_CSV_COLUMNS
 from portal.audit.models import AuditEvent
 from tests.portal.conftest import login, smear_paths
-from tests.portal.helpers import complete, png_bytes
+from tests.portal.helpers import complete, png_bytes, uncompressed_pdf
 
 pytestmark = pytest.mark.django_db
 
@@ -335,12 +335,7 @@ def test_exports_include_the_differential(rev_client: Client, frames: list[Image
 
 def test_pdf_differential_text(frames: list[Image], specimen: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The PDF's differential table, read back from uncompressed page streams."""
-    from reportlab import rl_config
-
-    from portal.analyses.reports import specimen_pdf
-
-    monkeypatch.setattr(rl_config, "pageCompression", 0)
-    pdf = specimen_pdf(specimen, "rev")
+    pdf = uncompressed_pdf(specimen, monkeypatch)
     for text in (
         b"(White-cell differential)",
         b"(Neutrophil)",

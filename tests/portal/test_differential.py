@@ -23,7 +23,7 @@ from portal import actions
 from portal.analyses.differential import CATEGORIES, NRBC, PLATELET, WHITE_CATEGORIES, describe, differential
 from portal.analyses.models import Cell, CellAnalysis, Image, ImmutableError
 from portal.audit.models import AuditEvent
-from tests.portal.helpers import complete
+from tests.portal.helpers import complete, uncompressed_pdf
 from tests.portal.test_cells import _cell, _token_client, _upload, answer
 
 pytestmark = pytest.mark.django_db
@@ -251,13 +251,8 @@ def test_reclassify_as_artefact_is_audited_excluded_and_locked(
 def test_pdf_reports_white_cells_nrbc_platelets_and_excluded(
     technologist: Any, frame: Image, specimen: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from reportlab import rl_config
-
-    from portal.analyses.reports import specimen_pdf
-
     actions.reclassify_cell(technologist, Cell.objects.get(image=frame, index=1), ARTEFACT)
-    monkeypatch.setattr(rl_config, "pageCompression", 0)
-    pdf = specimen_pdf(specimen, "rev")
+    pdf = uncompressed_pdf(specimen, monkeypatch)
     for text in (
         b"(% of white cells)",
         b"(White cells)",
