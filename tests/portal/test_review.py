@@ -206,3 +206,44 @@ def test_a_benign_answer_under_the_safety_threshold_is_shown_as_such(
     page = rev_client.get(f"/images/{stored.image_id}/").content.decode()
     assert "Benign not confirmed: P(Benign) under the model's safety threshold" in page
     assert rev_client.get(f"/api/analyses/{stored.pk}/").json()["abstain_reason"] == "benign_not_confirmed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_reviewers_signing_the_same_image_at_once_make_one_review(
+    make_user: Any, technologist: Any, specimen: Any
+) -> None:
+    """Both press "Sign off" together: one review is stored, the other is refused, nothing half-written."""
+    import threading
+
+    from django.db import connections
+
+    from portal.analyses.validation import validate_image_bytes
+
+    path = smear_paths(1)[0]
+    image = actions.upload_images(
+        technologist, specimen, [validate_image_bytes(path.name, path.read_bytes())], ["xception_bigru"]
+    )[0]
+    complete(image.analyses.get(), "Pre")
+    reviewers = [make_user(f"rev{i}", "reviewer") for i in range(2)]
+    start = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def sign(user: Any) -> None:
+        try:
+            start.wait()
+            actions.sign_off(user, image, decision="agree")
+            outcomes.append("signed")
+        except Exception as exc:  # the loser: ImmutableError on MySQL (row lock, then "already signed");
+            # the in-memory test SQLite refuses the concurrent write instead (OperationalError)
+            outcomes.append(type(exc).__name__)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=sign, args=(u,)) for u in reviewers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(outcomes).count("signed") == 1 and len(outcomes) == 2, outcomes
+    assert ImageReview.objects.filter(image=image).count() == 1
+    assert AuditEvent.objects.filter(action="image.sign_off").count() == 1
