@@ -48,6 +48,7 @@ import torch
 from PIL import Image
 
 from bench.serving import _batch_size, _extract, _images, _level, percentiles
+from bench.serving import targets as serving_targets
 from core.decode import decode_request
 from core.host import cpu_model
 from core.registry import model_names
@@ -279,6 +280,7 @@ def render_section(results: dict[str, Any]) -> list[str]:
     c = rr["conditions"]
     noisy = c["load_avg_before"][0] > 0.5
     serving = results.get("models", {})
+    p50_c1 = serving_targets(results) if serving else {}
     lines = [
         "",
         "## Forward runtimes, the limit, and where an answer's time goes",
@@ -328,7 +330,7 @@ def render_section(results: dict[str, Any]) -> list[str]:
         s = serving.get(m, {})
         ip8 = _level(s["in_process"]["levels"], 8)["images_per_s"] if s else "-"
         ts8 = _level(s["torchserve"]["levels"], 8)["images_per_s"] if s else "-"
-        ts1 = _level(s["torchserve"]["levels"], 1)["p50"] if s else "-"
+        ts1 = p50_c1[m]["p50_c1_ms"] if s else "-"  # paired with in-process where the run has it
         lines.append(
             f"| {m} | {r['forward']['eager'][f'images_per_s_batch{bs}']} | "
             f"{r['forward'][r['fastest']][f'images_per_s_batch{bs}']} ({r['fastest']}) | {served['runtime']} | "

@@ -5,8 +5,10 @@ flight, p50 of a single request, and the model worker's CPU per image, per model
 
 The shipped configuration (docker/torchserve/config.properties) is the baseline; every variant changes
 one thing in it, for every frame model at once (each model has its own TorchServe worker, so the models
-do not compete within one run: bench.serving measures one model at a time). Writes
-docs/torchserve_config.md and .json.
+do not compete within one run: bench.serving measures one model at a time). The worker, thread and
+batch-size variants keep the 5 ms delay that was shipped when they were measured. ``--variants`` with
+``--merge`` measures some again and keeps the others' results (each variant records when it ran).
+Writes docs/torchserve_config.md and .json.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ CONFIG = REPO / "docker" / "torchserve" / "config.properties"
 
 #: name -> (workers per model, torch threads per worker, batchSize, maxBatchDelay ms)
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
-    "shipped: 1 worker, 1 thread, batch 4, 5 ms": (1, 1, 4, 5),
+    "shipped: 1 worker, 1 thread, batch 4, 1 ms": (1, 1, 4, 1),
+    "batch 4, 5 ms (shipped before)": (1, 1, 4, 5),
+    "batch 4, no delay": (1, 1, 4, 0),
     "2 workers, 1 thread": (2, 1, 4, 5),
     "1 worker, 2 threads": (1, 2, 4, 5),
     "batch 1, no delay": (1, 1, 1, 0),
@@ -39,9 +43,12 @@ def _row(result: dict[str, Any]) -> dict[str, float | None]:
     ts = result["torchserve"]
     levels = {lv["concurrency"]: lv for lv in ts["levels"]}
     cpu = ts.get("cpu_ms_per_image_c8") or {}
+    paired = ts.get("paired_c1") or {}
     return {
         "ts_images_per_s_c8": levels.get(8, {}).get("images_per_s"),
         "ts_p50_c1_ms": levels.get(1, {}).get("p50"),
+        # TorchServe minus in-process, one request at a time, paired (bench.serving.run_paired_single)
+        "ts_minus_in_process_c1_ms": paired.get("difference_p50"),
         "worker_cpu_ms_per_image": cpu.get("ts_worker"),
         "in_process_images_per_s_c8": {lv["concurrency"]: lv for lv in result["in_process"]["levels"]}.get(8, {}).get(
             "images_per_s"
@@ -51,7 +58,7 @@ def _row(result: dict[str, Any]) -> dict[str, float | None]:
 
 def write_report(report: dict[str, Any], out: Path) -> None:
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    names = list(report["variants"])
+    names = [n for n in VARIANTS if n in report["variants"]]
     models = sorted({m for v in report["variants"].values() for m in v["models"]})
     lines = [
         "# TorchServe configured by measurement",
@@ -61,6 +68,10 @@ def write_report(report: dict[str, Any], out: Path) -> None:
         "batch size and delay changed together for every model), the same 32 real frames, nothing else "
         f"running (1-minute load average before the sweep {report['load_before']:.2f}).",
         "",
+        "Each configuration ran at its own time (listed at the end), and this shared CPU's speed drifts by tens "
+        "of percent between runs: compare images/s, p50 and CPU across columns with care. The paired row (what "
+        "TorchServe adds to one request, measured against in-process in turn within the run) does not drift.",
+        "",
         "TorchServe images/s at 8 requests in flight (higher is better):",
         "",
         "| model | " + " | ".join(names) + " |",
@@ -69,11 +80,14 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     for key, fmt in (
         ("ts_images_per_s_c8", "{:.1f}"),
         ("ts_p50_c1_ms", "{:.0f}"),
+        ("ts_minus_in_process_c1_ms", "{:.1f}"),
         ("worker_cpu_ms_per_image", "{:.0f}"),
     ):
         if key != "ts_images_per_s_c8":
             title = {
                 "ts_p50_c1_ms": "p50 ms of a single request (c=1; lower is better)",
+                "ts_minus_in_process_c1_ms": "what TorchServe adds to a single request, ms: median of 64 paired "
+                "differences from in-process, measured in turn (runs before the paired measurement: -)",
                 "worker_cpu_ms_per_image": "model worker CPU ms per image at c=8 (all its workers; lower is better)",
             }[key]
             lines += ["", title + ":", "", "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -83,6 +97,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                 value = report["variants"][n]["models"].get(m, {}).get(key)
                 cells.append("-" if value is None else fmt.format(value))
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "Measured (each configuration in its own run):", ""]
+    lines += [f"- {n}: {report['variants'][n].get('when', report['when'])}" for n in names]
     lines += ["", report.get("reading", ""), ""]
     out.with_suffix(".md").write_text("\n".join(lines))
 
@@ -115,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.merge and args.out.with_suffix(".json").is_file():
         earlier = json.loads(args.out.with_suffix(".json").read_text())
-        report["variants"] = earlier["variants"]
+        # variants that are no longer defined (e.g. an earlier shipped configuration's name) are dropped
+        report["variants"] = {n: {"when": earlier["when"]} | v for n, v in earlier["variants"].items() if n in VARIANTS}
         report["when"] = f"{earlier['when']} and {report['when']}"
     for name, (workers, threads, batch, delay) in VARIANTS.items():
         if args.variants and name not in args.variants:
@@ -142,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         result = json.loads(out.with_suffix(".json").read_text())
         report["variants"][name] = {
+            "when": time.strftime("%Y-%m-%d %H:%M"),
             "workers": workers,
             "threads": threads,
             "batch": batch,

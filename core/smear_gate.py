@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from scipy import fft as sp_fft
 from scipy import ndimage
 
 from core.errors import RequestError
@@ -122,6 +123,73 @@ _LOG_GAIN = [
 ]
 
 
+def _spectrum_weights() -> np.ndarray:
+    """Every spectral sum of the statistics as one matrix over the half spectrum a real FFT returns.
+
+    Rows: total power, the octave bands, the orientation sectors, the LoG energies; each row holds the
+    full 128x128 spectrum's weights folded onto the ``rfft2`` half (columns 0..64): a coefficient in
+    columns 65..127 is the conjugate of the one at ``(-ky, 128 - kx)``, with the same power, so its
+    weight is added there. ``weights @ power_half.ravel()`` then equals the sums over the full spectrum.
+    """
+    full = [np.ones((_SIZE, _SIZE))]
+    full += [np.equal(_BAND, i).astype(np.float64) for i in range(len(_OCTAVES) - 1)]
+    full += [np.equal(_SECTOR, i).astype(np.float64) for i in range(4)]
+    full += list(_LOG_GAIN)
+    half_cols = _SIZE // 2 + 1
+    ky, kx = np.meshgrid(np.arange(_SIZE), np.arange(_SIZE), indexing="ij")
+    mirrored = kx >= half_cols
+    row = np.where(mirrored, (-ky) % _SIZE, ky)
+    col = np.where(mirrored, _SIZE - kx, kx)
+    target = (row * half_cols + col).ravel()
+    out = np.zeros((len(full), _SIZE * half_cols))
+    for i, w in enumerate(full):
+        np.add.at(out[i], target, w.ravel())
+    return out
+
+
+_SPECTRUM_WEIGHTS = _spectrum_weights()
+#: ``ndimage.gaussian_filter1d(x, 2.0)`` along one axis of length 128 (its reflect boundary and 4-sigma
+#: truncation) as a matrix, ``_SMOOTH @ x``: the structure tensor's 2-D smoothing is then two small
+#: float32 matrix products per image, a third of the time of the filter's own loops
+_SMOOTH = ndimage.gaussian_filter1d(np.eye(_SIZE), 2.0, axis=0).astype(np.float32)
+_N_BANDS = len(_OCTAVES) - 1
+
+
+def _percentiles(sorted_values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """``np.percentile(values, qs)`` (its default "linear" method, the same float64 arithmetic, equal
+    values) from values sorted once: each ``np.percentile`` call costs a partition and ~0.2 ms of
+    set-up, and the statistics need seven."""
+    n = sorted_values.size
+    out = []
+    for q in qs:
+        v = (n - 1) * (q / 100.0)
+        lo = int(v)
+        t = v - lo
+        a, b = float(sorted_values[lo]), float(sorted_values[min(lo + 1, n - 1)])
+        d = b - a
+        out.append(b - d * (1 - t) if t >= 0.5 else a + d * t)
+    return out
+
+
+def _percentile_of_scalar_q(sorted_values: np.ndarray, q: float) -> float:
+    """``np.percentile(values, q)`` for one scalar ``q``: NumPy then interpolates in the values' own dtype
+    (float32 here), not in float64 as for a list of ``q``; equal values to that."""
+    n = sorted_values.size
+    v = (n - 1) * (q / 100.0)
+    lo = int(v)
+    t = v - lo
+    a, b = sorted_values[lo], sorted_values[min(lo + 1, n - 1)]
+    d = b - a
+    dtype = sorted_values.dtype.type
+    return float(b - d * dtype(1 - t) if t >= 0.5 else a + d * dtype(t))
+
+
+def _median(sorted_values: np.ndarray) -> float:
+    """``np.median`` from sorted values (the mean of the middle two, in their dtype, for an even count)."""
+    n = sorted_values.size
+    return float(sorted_values[n // 2] if n % 2 else sorted_values[n // 2 - 1 : n // 2 + 1].mean())
+
+
 def _otsu(values: np.ndarray, bins: int = 64) -> float:
     hist = np.bincount(np.minimum((values.ravel() * bins).astype(np.intp), bins - 1), minlength=bins)
     centres = (np.arange(bins) + 0.5) / bins
@@ -133,8 +201,9 @@ def _otsu(values: np.ndarray, bins: int = 64) -> float:
     return float(centres[int(np.argmax(w0 * w1 * (mu0 - mu1) ** 2))])
 
 
-def _shape_statistics(rgb: np.ndarray, lum: np.ndarray, grad: np.ndarray) -> list[float]:
-    """The values of :data:`SHAPE_FEATURE_NAMES` (see the module docstring)."""
+def _shape_statistics(rgb: np.ndarray, lum: np.ndarray, grad: np.ndarray, lum_sorted: np.ndarray) -> list[float]:
+    """The values of :data:`SHAPE_FEATURE_NAMES` (see the module docstring); ``lum_sorted`` is ``lum``'s
+    values sorted."""
     level = _otsu(lum)
     dark = lum < level
     labels, n = ndimage.label(dark)
@@ -151,21 +220,20 @@ def _shape_statistics(rgb: np.ndarray, lum: np.ndarray, grad: np.ndarray) -> lis
             largest = float(big.max() / max(dark.sum(), 1))
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     red_green, blue_yellow = r - g, b - (r + g) / 2
-    lo, hi = np.percentile(lum, [10, 70])
+    lo, hi = _percentiles(lum_sorted, (10, 70))
     darkest, brightest = lum <= lo, lum >= hi
     rg_dark, by_dark = float(red_green[darkest].mean()), float(blue_yellow[darkest].mean())
     rg_bright, by_bright = float(red_green[brightest].mean()), float(blue_yellow[brightest].mean())
-    power = np.abs(np.fft.fft2(lum - lum.mean())) ** 2
-    total = float(power.sum()) + 1e-9
-    bands = np.bincount(_BAND.ravel() + 1, weights=power.ravel(), minlength=len(_OCTAVES))[1:]
-    sectors = np.bincount(_SECTOR.ravel() + 1, weights=power.ravel(), minlength=5)[1:] + 1e-9
+    spectrum = sp_fft.rfft2((lum - lum.mean()).astype(np.float64))
+    sums = _SPECTRUM_WEIGHTS @ (spectrum.real**2 + spectrum.imag**2).ravel()
+    total = float(sums[0]) + 1e-9
+    bands = sums[1 : 1 + _N_BANDS]
+    sectors = sums[1 + _N_BANDS : 5 + _N_BANDS] + 1e-9
     gy, gx = np.gradient(lum)
-    jxx = ndimage.gaussian_filter(gx * gx, 2.0)
-    jyy = ndimage.gaussian_filter(gy * gy, 2.0)
-    jxy = ndimage.gaussian_filter(gx * gy, 2.0)
+    jxx, jyy, jxy = _SMOOTH @ np.stack([gx * gx, gy * gy, gx * gy]) @ _SMOOTH.T  # gaussian_filter(., 2.0)
     trace = jxx + jyy
     coherence = np.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy) / (trace + 1e-6)
-    log_energy = np.log(np.array([float((power * gain).sum()) for gain in _LOG_GAIN]) / total + 1e-9)
+    log_energy = np.log(sums[5 + _N_BANDS :] / total + 1e-9)
     return [
         math.log(count + 1),
         cv,
@@ -180,7 +248,7 @@ def _shape_statistics(rgb: np.ndarray, lum: np.ndarray, grad: np.ndarray) -> lis
         by_bright,
         *np.log(bands / total + 1e-6).tolist(),
         float((coherence * trace).sum() / (float(trace.sum()) + 1e-9)),
-        float(np.median(coherence)),
+        _median(np.sort(coherence, axis=None)),
         float(np.log(sectors.max() / sectors.min())),
         *(log_energy - log_energy.mean()).tolist(),
     ]
@@ -194,10 +262,23 @@ class GateResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _prepare(image: Image.Image) -> np.ndarray:
+def _prepare_bytes(image: Image.Image) -> np.ndarray:
+    """The image as the statistics see it: RGB bytes, resized to 128x128 (bilinear)."""
     if image.mode != "RGB":
         image = image.convert("RGB")
-    return np.asarray(image.resize((_SIZE, _SIZE), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+    return np.asarray(image.resize((_SIZE, _SIZE), Image.Resampling.BILINEAR))
+
+
+def _prepare(image: Image.Image) -> np.ndarray:
+    """:func:`_prepare_bytes` as float32 in [0, 1]."""
+    return _prepare_bytes(image).astype(np.float32) / 255.0
+
+
+#: what the statistics' colour quantisations, ``(byte / 255 as float32 * 7.999 or 31.999).astype(int)``,
+#: give each byte value, as lookup tables (the same integers, without the float passes)
+_BYTE_VALUES = np.arange(256, dtype=np.float32) / 255.0
+_COARSE_LEVEL = (_BYTE_VALUES * 7.999).astype(np.int32)
+_FINE_LEVEL = (_BYTE_VALUES * 31.999).astype(np.int32)
 
 
 def _bin_of_byte(bins: int) -> np.ndarray:
@@ -212,9 +293,14 @@ _HUE_BIN, _SAT_BIN = _bin_of_byte(_HIST_BINS[0]), _bin_of_byte(_HIST_BINS[1])
 
 
 def _hue_sat_hist(rgb: np.ndarray) -> np.ndarray:
+    """Normalised hue x saturation histogram of a float RGB image in [0, 1] (see :func:`_hue_sat_hist_bytes`)."""
+    return _hue_sat_hist_bytes((rgb * 255).astype(np.uint8))
+
+
+def _hue_sat_hist_bytes(rgb_bytes: np.ndarray) -> np.ndarray:
     """Normalised hue x saturation histogram (the values of ``np.histogram2d`` on the HSV bytes / 255,
     counted through lookup tables: a tenth of its time)."""
-    hsv = np.asarray(Image.fromarray((rgb * 255).astype(np.uint8)).convert("HSV"))
+    hsv = np.asarray(Image.fromarray(rgb_bytes).convert("HSV"))
     codes = _HUE_BIN[hsv[..., 0]] * _HIST_BINS[1] + _SAT_BIN[hsv[..., 1]]
     hist = np.bincount(codes.ravel(), minlength=_HIST_BINS[0] * _HIST_BINS[1]).astype(np.float64)
     return hist / max(hist.sum(), 1.0)
@@ -233,8 +319,17 @@ def _grad(lum: np.ndarray) -> np.ndarray:
 
 
 def image_statistics(image: Image.Image, reference_hist: np.ndarray | None = None, shape: bool = True) -> np.ndarray:
-    """The gate's feature vector (see :data:`FEATURE_NAMES`); without ``shape`` only the version-1 part."""
-    rgb = _prepare(image)
+    """The gate's feature vector (see :data:`FEATURE_NAMES`); without ``shape`` only the version-1 part.
+
+    Written for the serving path: percentiles from one sort, the colour quantisations by lookup on the
+    bytes, the spectral sums as one product over a real FFT's half spectrum, the structure tensor's
+    smoothing as matrix products. Against the straightforward NumPy/SciPy it replaced: 7.1 -> 4.9 ms per
+    224-px frame (same process, alternating, one thread), the same percentiles, quantisations and
+    histograms bit for bit, the spectral and structure statistics within 1e-6 (the FFT now in float64,
+    where NumPy 2 computed float32 input in float32), and the same decision on 235 smears and
+    non-smears of every kind."""
+    rgb_bytes = _prepare_bytes(image)
+    rgb = rgb_bytes.astype(np.float32) / 255.0
     lum = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     r, g_, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     mx, mn = np.maximum(np.maximum(r, g_), b), np.minimum(np.minimum(r, g_), b)  # = max/min over axis -1, faster
@@ -243,13 +338,14 @@ def image_statistics(image: Image.Image, reference_hist: np.ndarray | None = Non
     lap = np.abs(4 * lum[1:-1, 1:-1] - lum[:-2, 1:-1] - lum[2:, 1:-1] - lum[1:-1, :-2] - lum[1:-1, 2:])
     coarse = lum.reshape(_SIZE // 4, 4, _SIZE // 4, 4).mean(axis=(1, 3))
     gc = _grad(coarse)
-    q = (rgb * 7.999).astype(np.int32)
+    q = _COARSE_LEVEL[rgb_bytes]
     codes = q[..., 0] * 64 + q[..., 1] * 8 + q[..., 2]
     counts = np.bincount(codes.ravel(), minlength=512)
-    fine_q = (rgb * 31.999).astype(np.int32)
+    fine_q = _FINE_LEVEL[rgb_bytes]
     fine_codes = fine_q[..., 0] * 1024 + fine_q[..., 1] * 32 + fine_q[..., 2]
-    p05, p50, p95 = np.percentile(lum, [5, 50, 95])
-    hist_corr = _correlation(_hue_sat_hist(rgb), reference_hist) if reference_hist is not None else 0.0
+    lum_sorted = np.sort(lum, axis=None)
+    p05, p50, p95 = _percentiles(lum_sorted, (5, 50, 95))
+    hist_corr = _correlation(_hue_sat_hist_bytes(rgb_bytes), reference_hist) if reference_hist is not None else 0.0
     feats = [
         lum.mean(),
         lum.std(),
@@ -261,7 +357,7 @@ def image_statistics(image: Image.Image, reference_hist: np.ndarray | None = Non
         chroma.mean(),
         chroma.std(),
         g.mean(),
-        np.percentile(g, 90),
+        _percentile_of_scalar_q(np.sort(g, axis=None), 90),
         lap.mean() / (g.mean() + 1e-4),
         gc.mean(),
         coarse.std() / (lum.std() + 1e-4),
@@ -270,7 +366,7 @@ def image_statistics(image: Image.Image, reference_hist: np.ndarray | None = Non
         hist_corr,
     ]
     if shape:
-        feats += _shape_statistics(rgb, lum, g)
+        feats += _shape_statistics(rgb, lum, g, lum_sorted)
     out = np.asarray(feats, dtype=np.float64)
     out[_LOG_FEATURES] = np.log(out[_LOG_FEATURES] + 1e-4)  # energies: compare on a log scale
     return out

@@ -37,6 +37,7 @@ import torch
 __all__ = [
     "RUNTIMES",
     "SERVED_RUNTIME",
+    "RUNTIME_DISTRIBUTIONS",
     "PARITY_TOLERANCE",
     "RUNTIME_ENV",
     "Forward",
@@ -61,6 +62,13 @@ SERVED_RUNTIME: dict[str, str] = {
     "effnetb3_bigru": "onnxruntime",
     "effnetb3_vit": "onnxruntime",
     "mobilenetv3_lstm": "onnxruntime",
+}
+#: The distributions each runtime imports (their own requirements come with them): an archive's
+#: requirements.txt pins these, at the serving image's versions (training.archive.runtime_requirements).
+RUNTIME_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
+    "eager": (),
+    "onnxruntime": ("onnx", "onnxruntime"),  # onnx: torch.onnx.export at worker start
+    "openvino": ("onnx", "openvino"),
 }
 #: Largest |p_runtime - p_eager| over classes and probe images that a runtime may show and still serve.
 PARITY_TOLERANCE = 1e-3

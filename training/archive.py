@@ -25,6 +25,7 @@ import argparse
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,7 @@ __all__ = [
     "read_mar_card",
     "repack",
     "stale_code",
+    "runtime_requirements",
     "main",
 ]
 
@@ -63,6 +65,55 @@ CELLS_HANDLER = REPO / "handlers" / "cells_handler.py"
 LAZY_MODULES = ("training.stain",)
 LOCAL_PACKAGES = ("cells", "core", "handlers", "training")
 _ZIP_EPOCH_MIN = 315532800  # 1980-01-01, the earliest time a zip entry can hold
+#: The serving image's pins (the serving subset of requirements/lock.txt).
+SERVING_REQUIREMENTS = REPO / "docker" / "torchserve" / "requirements.txt"
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _serving_pins() -> dict[str, str]:
+    """Canonical distribution name -> its ``name==version`` line in :data:`SERVING_REQUIREMENTS`."""
+    pins = {}
+    for line in SERVING_REQUIREMENTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            pins[_canonical(line.split("==", 1)[0])] = line
+    return pins
+
+
+def runtime_requirements(model: str) -> list[str]:
+    """The requirement lines packed as the archive's ``requirements.txt``: the distributions of the forward
+    runtime ``model`` serves with (``handlers.backends.SERVED_RUNTIME``, ``RUNTIME_DISTRIBUTIONS``) and
+    everything they require, pinned as the serving image pins them; empty for a model served eager.
+
+    TorchServe installs an archive's requirements only with ``install_py_dep_per_model=true``, which needs
+    a network; the shipped config keeps it off and the serving images carry these pins already, so the file
+    states what the archive needs (and what a per-model install would fetch). Raises ``LookupError`` when a
+    required distribution has no pin in the serving requirements.
+    """
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    from handlers.backends import RUNTIME_DISTRIBUTIONS, SERVED_RUNTIME
+
+    pins = _serving_pins()
+    todo = list(RUNTIME_DISTRIBUTIONS[SERVED_RUNTIME.get(model, "eager")])
+    seen: set[str] = set()
+    while todo:
+        dist = _canonical(todo.pop())
+        if dist in seen:
+            continue
+        if dist not in pins:
+            raise LookupError(f"{model}: {dist} is required by its runtime but not pinned in {SERVING_REQUIREMENTS}")
+        seen.add(dist)
+        for line in requires(dist) or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return [pins[d] for d in sorted(seen)]
 
 
 def _module_path(module: str) -> Path | None:
@@ -165,6 +216,13 @@ def archive_model(artifact_dir: Path, out_dir: Path, epoch: int | None = None) -
         (content / "index_to_name.json").write_text(json.dumps(index_to_name, indent=2) + "\n")
         export = tmp / "export"
         export.mkdir()
+        requirements = runtime_requirements(name)
+        if requirements:
+            (tmp / "requirements.txt").write_text(
+                f"# {name}: its forward runtime's pins (the serving image's); see docs/serving.md\n"
+                + "\n".join(requirements)
+                + "\n"
+            )
         cmd = [
             str(Path(sys.executable).with_name("torch-model-archiver")),
             "--model-name",
@@ -181,6 +239,8 @@ def archive_model(artifact_dir: Path, out_dir: Path, epoch: int | None = None) -
             "no-archive",
             "--force",
         ]
+        if requirements:
+            cmd += ["--requirements-file", str(tmp / "requirements.txt")]
         # The archiver stages files in $TMPDIR/<model-name>: give it a private TMPDIR.
         env = dict(os.environ, TMPDIR=str(tmp))
         subprocess.run(cmd, check=True, env=env, cwd=tmp)

@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 
 from core.registry import get_spec
-from training.archive import REPO, archive_all, import_closure, read_mar_card, repack, stale_code
+from handlers.backends import SERVED_RUNTIME
+from training.archive import (
+    REPO,
+    SERVING_REQUIREMENTS,
+    archive_all,
+    import_closure,
+    read_mar_card,
+    repack,
+    runtime_requirements,
+    stale_code,
+)
 
 
 def test_import_closure_holds_the_handler_and_training_modules() -> None:
@@ -41,11 +51,14 @@ def test_archive_is_valid_and_reproducible(mobilenet_artifact: Path, tmp_path: P
         names = set(z.namelist())
         manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
         assert json.loads(z.read("index_to_name.json")) == {"0": "Benign", "1": "Early", "2": "Pre", "3": "Pro"}
+        packed_requirements = _requirement_lines(z.read("requirements.txt").decode())
     assert manifest["model"] == {
         "handler": "leukemia_handler.py",
         "modelName": "mobilenetv3_lstm",
         "modelVersion": get_spec("mobilenetv3_lstm").version,
+        "requirementsFile": "requirements.txt",
     }
+    assert packed_requirements == runtime_requirements("mobilenetv3_lstm")
     assert manifest["archiverVersion"]  # written by torch-model-archiver itself
     assert {"model/weights.safetensors", "model/model_config.json", "model_card.json", "training/models.py"} <= names
     assert (tmp_path / "a" / "mobilenetv3_lstm.card.json").is_file()
@@ -138,3 +151,35 @@ def test_committed_archives_run_the_tree_code() -> None:
         pytest.skip("no committed archives")
     stale = {m.name: stale_code(m) for m in mars if stale_code(m)}
     assert not stale, f"archives with code that differs from the tree (run `make repack`): {stale}"
+
+
+def _requirement_lines(text: str) -> list[str]:
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def test_runtime_requirements_pin_the_served_runtime_as_the_serving_image_does(tmp_path: Path, monkeypatch) -> None:
+    serving = set(_requirement_lines(SERVING_REQUIREMENTS.read_text()))
+    for model, runtime in SERVED_RUNTIME.items():
+        lines = runtime_requirements(model)
+        names = {ln.split("==")[0].lower() for ln in lines}
+        assert runtime in names and "onnx" in names, (model, lines)
+        assert all("==" in ln for ln in lines) and set(lines) <= serving, (model, lines)
+        assert not any(ln.startswith("torch==") and "+cpu" not in ln for ln in lines)  # CPU builds only
+    assert runtime_requirements("wbc_cells") == []  # served eager: nothing beyond the image's torch
+    lacking = tmp_path / "requirements.txt"
+    lacking.write_text("\n".join(ln for ln in sorted(serving) if not ln.startswith("onnxruntime==")) + "\n")
+    monkeypatch.setattr("training.archive.SERVING_REQUIREMENTS", lacking)
+    with pytest.raises(LookupError, match="onnxruntime"):
+        runtime_requirements("xception_bigru")
+
+
+def test_committed_archives_carry_their_runtime_pins() -> None:
+    """Each committed frame-model .mar holds requirements.txt with its runtime's pins (issue 14 item 2)."""
+    mars = {m.stem: m for m in sorted((REPO / "model_store").glob("*.mar"))}
+    if not mars:
+        pytest.skip("no committed archives")
+    for model in SERVED_RUNTIME:
+        with zipfile.ZipFile(mars[model]) as z:
+            manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
+            assert manifest["model"].get("requirementsFile") == "requirements.txt", model
+            assert _requirement_lines(z.read("requirements.txt").decode()) == runtime_requirements(model), model

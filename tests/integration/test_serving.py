@@ -261,6 +261,30 @@ def test_key_file_is_private_and_metrics_are_prometheus(torchserve: ServerInfo) 
     assert r.status_code == 200 and "ts_inference_requests_total" in r.text
 
 
+def test_logs_keep_requests_and_worker_events_but_not_per_batch_bookkeeping(torchserve: ServerInfo) -> None:
+    """docker/torchserve/log4j2.xml: every request in the access log and the workers' start in the model
+    log, written from a background thread; TorchServe's per-batch INFO lines (job ids, backend response
+    times, the worker's metric lines) not written at all (they cost the frontend about 2 ms of CPU per
+    request, docs/torchserve_config.md)."""
+    import time
+
+    logs = Path(torchserve.workdir) / "logs"
+    for i in range(4):
+        assert _post(torchserve, CHEAP_MODEL, Case("log-check", smear_bytes("Early", i))).status_code == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the async appenders write a moment later
+        access = (logs / "access_log.log").read_text()
+        if access.count(f"POST /predictions/{CHEAP_MODEL}") >= 4:
+            break
+        time.sleep(0.2)
+    assert access.count(f"POST /predictions/{CHEAP_MODEL}") >= 4
+    ts_log, model_log = (logs / "ts_log.log").read_text(), (logs / "model_log.log").read_text()
+    assert f"loaded {CHEAP_MODEL}" in model_log  # the handler's own start line is kept
+    for bookkeeping in ("Sending response for jobId", "Backend response time", "Looping backend response", "[METRICS]"):
+        assert bookkeeping not in ts_log, bookkeeping
+    assert "Backend received inference at" not in model_log
+
+
 def test_inference_key_rotation_with_the_api_key(torchserve: ServerInfo) -> None:
     from serving.torchserve import read_keys
 

@@ -142,6 +142,43 @@ def test_fast_statistics_count_as_numpy_does() -> None:
         assert chroma == (rgb.max(axis=-1) - rgb.min(axis=-1)).mean()
 
 
+def test_fast_statistics_equal_the_straightforward_numpy() -> None:
+    """The serving path's shortcuts (percentiles from one sort, the spectral sums as one product over a
+    real FFT's half spectrum, the Gaussian smoothing as matrix products) give what ``np.percentile``,
+    ``np.median``, sums over ``np.fft.fft2``'s full spectrum and ``ndimage.gaussian_filter`` give."""
+    from scipy import fft as sp_fft
+    from scipy import ndimage
+
+    from core import smear_gate as sg
+
+    rng = np.random.default_rng(3)
+    frames = [Image.open(p).convert("RGB") for p in sorted((DATA_ALL4 / "original" / "Early").glob("*.jpg"))[:4]]
+    lums = [sg._prepare(im) @ np.array([0.299, 0.587, 0.114], dtype=np.float32) for im in frames]
+    lums += [rng.random((128, 128), dtype=np.float32) ** e for e in (0.3, 1.0, 4.0)]
+    lums += [np.round(rng.random((128, 128), dtype=np.float32) * 3) / 3]  # many ties
+    for lum in lums:
+        ordered = np.sort(lum, axis=None)
+        qs = (5.0, 10.0, 50.0, 70.0, 95.0)
+        assert sg._percentiles(ordered, qs) == np.percentile(lum, qs).tolist()
+        assert sg._percentile_of_scalar_q(ordered, 90) == float(np.percentile(lum, 90))
+        assert sg._median(ordered) == float(np.median(lum))
+
+        x = (lum - lum.mean()).astype(np.float64)
+        power = np.abs(np.fft.fft2(x)) ** 2
+        want = [power.sum()]
+        want += [power[i == sg._BAND].sum() for i in range(sg._N_BANDS)]
+        want += [power[i == sg._SECTOR].sum() for i in range(4)]
+        want += [(power * gain).sum() for gain in sg._LOG_GAIN]
+        half = sp_fft.rfft2(x)
+        got = sg._SPECTRUM_WEIGHTS @ (half.real**2 + half.imag**2).ravel()
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+
+        stack = np.stack([lum, lum * lum, 1 - lum])
+        np.testing.assert_allclose(
+            sg._SMOOTH @ stack @ sg._SMOOTH.T, ndimage.gaussian_filter(stack, (0.0, 2.0, 2.0)), rtol=0, atol=2e-6
+        )
+
+
 # -- the shipped gate (version 2) and kinds of image it never saw (issue 13 item 4) -------------------------------
 STORE = Path(__file__).resolve().parents[2] / "model_store"
 

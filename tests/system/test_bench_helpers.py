@@ -1,0 +1,73 @@
+"""bench.serving's measuring helpers: the paired single-request comparison and the targets it feeds."""
+
+from __future__ import annotations
+
+import time
+
+from bench.serving import run_paired_single, targets
+
+
+def test_paired_single_requests_take_turns_and_measure_the_difference() -> None:
+    order: list[str] = []
+
+    def side(name: str, seconds: float):
+        def call(raw: bytes) -> None:
+            order.append(name)
+            time.sleep(seconds)
+
+        return call
+
+    result = run_paired_single({"in_process": side("a", 0.002), "torchserve": side("b", 0.008)}, [b"x"], pairs=6)
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b", "b", "a"]  # who goes first flips
+    assert result["pairs"] == 6
+    assert result["in_process"]["p50"] < result["torchserve"]["p50"]
+    assert 4.0 < result["difference_p50"] < 12.0
+
+
+def _levels(c1: float, c8_ips: float) -> list[dict]:
+    return [
+        {"concurrency": 1, "p50": c1, "images_per_s": 1000 / c1},
+        {"concurrency": 8, "p50": 0, "images_per_s": c8_ips},
+    ]
+
+
+def test_targets_judge_c1_on_the_paired_comparison_when_the_run_has_it() -> None:
+    paired = {"pairs": 64, "in_process": {"p50": 20.0}, "torchserve": {"p50": 24.0}, "difference_p50": 4.1}
+    results = {
+        "models": {
+            "m": {
+                "in_process": {"levels": _levels(10.0, 100.0)},  # a faster minute than the paired requests met
+                "torchserve": {"levels": _levels(30.0, 92.0), "paired_c1": paired},
+            }
+        }
+    }
+    t = targets(results)["m"]
+    assert (t["p50_c1_ms"], t["in_process_forward_ms"], t["p50_c1_paired_difference_ms"]) == (24.0, 20.0, 4.1)
+    assert t["p50_ok"]
+    assert t["throughput_ok"] and t["throughput_ratio_c8"] == 0.92
+    del results["models"]["m"]["torchserve"]["paired_c1"]  # an older run: the levels, one after the other
+    t = targets(results)["m"]
+    assert (t["p50_c1_ms"], t["in_process_forward_ms"], t["p50_ok"]) == (30.0, 10.0, False)
+
+
+def test_interleaved_level_alternates_blocks_and_counts_each_sides_cpu_in_its_own_blocks() -> None:
+    from bench.serving import run_interleaved_level
+
+    order: list[str] = []
+    clock = {"a": 0.0, "b": 0.0}
+
+    def side(name: str, cpu_per_call: float):
+        def call(raw: bytes) -> None:
+            order.append(name)
+            clock[name] += cpu_per_call  # this side's "processes" spend CPU only while it is measured
+
+        return call, lambda: {f"{name}_proc": clock[name]}
+
+    level = run_interleaved_level({"a": side("a", 0.001), "b": side("b", 0.004)}, [b"x"], concurrency=2, total=24)
+    assert level["a"]["rounds"] == level["b"]["rounds"] == 4  # 24 // (3 requests x 2 clients)
+    blocks = [order[i] for i in range(0, 48, 6)]
+    assert blocks == ["a", "b", "b", "a", "a", "b", "b", "a"] and all(
+        order[i : i + 6] == [order[i]] * 6 for i in range(0, 48, 6)
+    )
+    assert level["a"]["requests"] == level["b"]["requests"] == 24
+    assert level["a"]["cpu_ms_per_image"] == {"a_proc": 1.0} and level["b"]["cpu_ms_per_image"] == {"b_proc": 4.0}
