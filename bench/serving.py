@@ -505,8 +505,8 @@ def render_markdown(results: dict, plot_name: str) -> str:
         "## Targets",
         "",
         "Single requests (c=1) are compared paired: after both sides' warm-up, one request to each side in "
-        "turn, 64 times, so that both meet the same machine; the last column is the median of the paired "
-        "differences (TorchServe minus in-process).",
+        f"turn, {PAIRED_REQUESTS} times, so that both meet the same machine; the last column is the median of "
+        "the paired differences (TorchServe minus in-process).",
         "",
         "| model | TorchServe/in-process images/s at c=8 (>= 0.9) | TorchServe p50 at c=1 | "
         f"in-process p50 at c=1 (+{P50_ALLOWANCE_MS:.0f} ms allowed) | paired difference p50 ms | "
