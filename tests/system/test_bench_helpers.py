@@ -71,3 +71,14 @@ def test_interleaved_level_alternates_blocks_and_counts_each_sides_cpu_in_its_ow
     )
     assert level["a"]["requests"] == level["b"]["requests"] == 24
     assert level["a"]["cpu_ms_per_image"] == {"a_proc": 1.0} and level["b"]["cpu_ms_per_image"] == {"b_proc": 4.0}
+
+
+def test_e2e_budget_names_the_floor_without_the_gate() -> None:
+    from bench.runtimes import E2E_OF_FORWARD_TARGET, _e2e_budget
+
+    steps = {"decode": 0.5, "gate": 5.0, "preprocess": 0.9, "forward": 10.0, "postprocess": 0.1, "other": 0.0}
+    r = {"served": "onnxruntime", "end_to_end": {"onnxruntime": {"runtime": "onnxruntime", "step_ms": steps}}}
+    b = _e2e_budget(r)
+    assert b["allowed_ms"] == round(10.0 * (1 / E2E_OF_FORWARD_TARGET - 1), 2) == 2.5
+    assert b["rest_ms"] == 1.5 and b["gate_budget_ms"] == 1.0  # the gate may cost 1 ms, it costs 5
+    assert b["e2e_of_forward_without_gate"] == round(10.0 / 11.5, 2)
