@@ -57,6 +57,8 @@ def _row(result: dict[str, Any]) -> dict[str, float | None]:
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
+    from bench.serving import PAIRED_REQUESTS
+
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     names = [n for n in VARIANTS if n in report["variants"]]
     models = sorted({m for v in report["variants"].values() for m in v["models"]})
@@ -86,8 +88,9 @@ def write_report(report: dict[str, Any], out: Path) -> None:
         if key != "ts_images_per_s_c8":
             title = {
                 "ts_p50_c1_ms": "p50 ms of a single request (c=1; lower is better)",
-                "ts_minus_in_process_c1_ms": "what TorchServe adds to a single request, ms: median of 64 paired "
-                "differences from in-process, measured in turn (runs before the paired measurement: -)",
+                "ts_minus_in_process_c1_ms": "what TorchServe adds to a single request, ms: median of "
+                f"{PAIRED_REQUESTS} paired differences from in-process, measured in turn (runs before the paired "
+                "measurement: -)",
                 "worker_cpu_ms_per_image": "model worker CPU ms per image at c=8 (all its workers; lower is better)",
             }[key]
             lines += ["", title + ":", "", "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
