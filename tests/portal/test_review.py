@@ -156,16 +156,21 @@ def test_technologist_cannot_sign_off(tech_client: Client, technologist: Any, fi
     assert not ImageReview.objects.exists()
 
 
+def _one_model_image_finished(technologist: Any, specimen: Any, path: Any, label: str) -> Any:
+    """A frame uploaded for xception_bigru alone, its analysis finished with ``label``."""
+    from portal.analyses.validation import validate_image_bytes
+
+    image = actions.upload_images(
+        technologist, specimen, [validate_image_bytes(path.name, path.read_bytes())], ["xception_bigru"]
+    )[0]
+    complete(image.analyses.get(), label)
+    return image
+
+
 def test_sign_off_and_open_the_next_image_follows_the_worklist(
     rev_client: Client, technologist: Any, specimen: Any, finished: list[Analysis]
 ) -> None:
-    from portal.analyses.validation import validate_image_bytes
-
-    path = smear_paths(2)[1]
-    second = actions.upload_images(
-        technologist, specimen, [validate_image_bytes(path.name, path.read_bytes())], ["xception_bigru"]
-    )[0]
-    complete(second.analyses.get(), "Pro")
+    second = _one_model_image_finished(technologist, specimen, smear_paths(2)[1], "Pro")
     first = finished[0].image
     response = rev_client.post(f"/images/{first.pk}/sign-off/", {"decision": "agree", "next": "worklist"})
     assert response["Location"] == f"/images/{second.pk}/"
@@ -217,13 +222,7 @@ def test_two_reviewers_signing_the_same_image_at_once_make_one_review(
 
     from django.db import connections
 
-    from portal.analyses.validation import validate_image_bytes
-
-    path = smear_paths(1)[0]
-    image = actions.upload_images(
-        technologist, specimen, [validate_image_bytes(path.name, path.read_bytes())], ["xception_bigru"]
-    )[0]
-    complete(image.analyses.get(), "Pre")
+    image = _one_model_image_finished(technologist, specimen, smear_paths(1)[0], "Pre")
     reviewers = [make_user(f"rev{i}", "reviewer") for i in range(2)]
     start = threading.Barrier(2)
     outcomes: list[str] = []
