@@ -28,6 +28,7 @@ Everything fitted is plain numbers: :meth:`SmearGate.to_dict` goes into the mode
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -397,24 +398,53 @@ class SmearGate:
     #: precisions_cholesky (sklearn's layout), log_density_limit
     density: dict[str, Any] | None = None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # a fitted value changed (training sets them one by one): drop the arrays made from the old ones
+        object.__setattr__(self, name, value)
+        self.__dict__.pop("_arrays", None)
+
+    @functools.cached_property
+    def _arrays(self) -> dict[str, Any]:
+        """The fitted numbers as arrays, made once (the card holds lists; converting them per image cost
+        about a tenth of the gate's time), and the mixture's per-component constants."""
+        arr: dict[str, Any] = {
+            key: None if getattr(self, key) is None else np.asarray(getattr(self, key), dtype=np.float64)
+            for key in (
+                "mean",
+                "scale",
+                "coef",
+                "reference_hist",
+                "pos_mean",
+                "pos_scale",
+                "feature_mean",
+                "feature_std",
+            )
+        }
+        if self.density is not None:
+            chols = [np.asarray(chol) for chol in self.density["precisions_cholesky"]]
+            arr["components"] = [
+                (math.log(w), float(np.log(np.diag(chol)).sum()), np.asarray(mu), chol)
+                for w, mu, chol in zip(self.density["weights"], self.density["means"], chols, strict=True)
+            ]
+        return arr
+
     @property
     def version(self) -> int:
         return 2 if self.features == FEATURE_NAMES else 1
 
     def statistics(self, image: Image.Image) -> np.ndarray:
-        return image_statistics(image, np.asarray(self.reference_hist), shape=self.version >= 2)
+        return image_statistics(image, self._arrays["reference_hist"], shape=self.version >= 2)
 
     def log_density(self, x: np.ndarray) -> np.ndarray:
         """Log-density of the statistics ``x`` (rows) under the smear images' Gaussian mixture."""
         assert self.density is not None and self.pos_mean is not None and self.pos_scale is not None
-        z = (np.atleast_2d(x) - np.asarray(self.pos_mean)) / np.asarray(self.pos_scale)
-        dens = self.density
-        parts = []
-        for w, mu, chol in zip(dens["weights"], dens["means"], dens["precisions_cholesky"], strict=True):
-            chol = np.asarray(chol)
-            y = (z - np.asarray(mu)) @ chol
-            log_det = float(np.log(np.diag(chol)).sum())
-            parts.append(math.log(w) + log_det - 0.5 * (z.shape[1] * math.log(2 * math.pi) + (y * y).sum(axis=1)))
+        arr = self._arrays
+        z = (np.atleast_2d(x) - arr["pos_mean"]) / arr["pos_scale"]
+        parts = [
+            log_w + log_det - 0.5 * (z.shape[1] * math.log(2 * math.pi) + (y * y).sum(axis=1))
+            for log_w, log_det, mu, chol in arr["components"]
+            for y in ((z - mu) @ chol,)
+        ]
         stacked = np.stack(parts, axis=1)
         top = stacked.max(axis=1)
         return top + np.log(np.exp(stacked - top[:, None]).sum(axis=1))
@@ -429,31 +459,40 @@ class SmearGate:
 
     def _feature_distance(self, pooled: np.ndarray) -> np.ndarray:
         assert self.feature_mean is not None and self.feature_std is not None
-        z = (np.atleast_2d(pooled) - np.asarray(self.feature_mean)) / np.asarray(self.feature_std)
+        z = (np.atleast_2d(pooled) - self._arrays["feature_mean"]) / self._arrays["feature_std"]
         return np.sqrt((z * z).mean(axis=1))
 
     def _novelty(self, x: np.ndarray) -> np.ndarray:
         """Largest |z-score| of the statistics against the smear images' distribution."""
         assert self.pos_mean is not None and self.pos_scale is not None
-        z = (np.atleast_2d(x) - np.asarray(self.pos_mean)) / np.asarray(self.pos_scale)
+        z = (np.atleast_2d(x) - self._arrays["pos_mean"]) / self._arrays["pos_scale"]
         return np.abs(z).max(axis=1)
 
     def _score_vector(self, v: np.ndarray) -> float:
         """Logistic probability, damped by exp(-excess) where the statistics are far from every smear seen
         (version 1: largest z-score over the novelty limit; version 2: log-density under the limit, which
         also caps the score below the threshold, so such an image is always refused)."""
-        z = (v - np.asarray(self.mean)) / np.asarray(self.scale)
-        logit = float(z @ np.asarray(self.coef) + self.intercept)
+        return self._scored(v)[0]
+
+    def _scored(self, v: np.ndarray) -> tuple[float, float | None, float | None]:
+        """:meth:`_score_vector`'s score, and the novelty and log-density it used (None where the gate
+        has none), each computed once."""
+        arr = self._arrays
+        z = (v - arr["mean"]) / arr["scale"]
+        logit = float(z @ arr["coef"] + self.intercept)
         p = 1.0 / (1.0 + math.exp(-max(min(logit, 50.0), -50.0)))
+        novelty = density = None
         if self.novelty_limit is not None:
-            excess = float(self._novelty(v)[0]) - self.novelty_limit
+            novelty = float(self._novelty(v)[0])
+            excess = novelty - self.novelty_limit
             if excess > 0:
                 p *= math.exp(-4.0 * excess)
         if self.density is not None:
-            shortfall = float(self.density["log_density_limit"]) - float(self.log_density(v)[0])
+            density = float(self.log_density(v)[0])
+            shortfall = float(self.density["log_density_limit"]) - density
             if shortfall > 0:
                 p = min(p, self.threshold) * math.exp(-shortfall / len(self.features))
-        return p
+        return p, novelty, density
 
     def score(self, image: Image.Image) -> float:
         return self._score_vector(self.statistics(image))
@@ -463,13 +502,13 @@ class SmearGate:
         stored feature statistics are given, the feature distance is reported in ``details`` and
         an image whose distance exceeds 2x the training 99th percentile is refused as well."""
         v = self.statistics(image)
-        s = self._score_vector(v)
+        s, novelty, density = self._scored(v)
         details: dict[str, Any] = {"statistics": dict(zip(self.features, (round(float(x), 5) for x in v), strict=True))}
-        if self.novelty_limit is not None:
-            details["novelty"] = round(float(self._novelty(v)[0]), 5)
+        if self.novelty_limit is not None and novelty is not None:
+            details["novelty"] = round(novelty, 5)
             details["novelty_limit"] = round(self.novelty_limit, 5)
-        if self.density is not None:
-            details["log_density"] = round(float(self.log_density(v)[0]), 5)
+        if self.density is not None and density is not None:
+            details["log_density"] = round(density, 5)
             details["log_density_limit"] = round(float(self.density["log_density_limit"]), 5)
         accepted = s >= self.threshold
         if pooled_features is not None and self.feature_mean is not None and self.feature_distance_p99:

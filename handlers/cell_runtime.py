@@ -27,17 +27,13 @@ from core.smear_gate import SmearGate
 from core.v2 import v2_parameters
 from handlers.annotate import annotated_png_base64
 from handlers.postprocess import calibrated_probabilities
-from handlers.runtime import MODEL_SUBDIR
+from handlers.runtime import MODEL_SUBDIR, elapsed_ms
 from training.cell_typer import build_typer_transform, crop_cell, load_typer
 
 __all__ = ["CellRuntime", "wants_annotation"]
 #: crops typed per forward pass (a crowded frame has a few dozen cells)
 TYPER_BATCH = 32
 _TRUE = {"1", "true", "yes", "on"}
-
-
-def _ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000.0
 
 
 def wants_annotation(row: Any, header: str | None = None, explain: str | None = None) -> bool:
@@ -93,17 +89,17 @@ class CellRuntime:
         timing: dict[str, float] = {}
         t = time.perf_counter()
         decoded = decode_request(row)
-        timing["decode"] = _ms(t)
+        timing["decode"] = elapsed_ms(t)
         t = time.perf_counter()
         quality = self.gate.check(decoded.image)
-        timing["gate"] = _ms(t)
+        timing["gate"] = elapsed_ms(t)
         t = time.perf_counter()
         found = find_cells(np.asarray(decoded.image))
-        timing["segment"] = _ms(t)
+        timing["segment"] = elapsed_ms(t)
         t = time.perf_counter()
         crops = [self.transform(crop_cell(decoded.image, c.box, self.spec)) for c in found]
         probs = self.type_crops(crops).tolist()
-        timing["type"] = _ms(t)
+        timing["type"] = elapsed_ms(t)
         cells = [
             build_cell(
                 box=c.box,
@@ -131,7 +127,7 @@ class CellRuntime:
         if annotate:
             t = time.perf_counter()
             body["annotated_png"] = annotated_png_base64(decoded.image, cells)
-            timing["annotate"] = _ms(t)
+            timing["annotate"] = elapsed_ms(t)
         timing["total"] = sum(timing.values())
         body["timing_ms"] = {k: round(v, 3) for k, v in timing.items()}
         return body

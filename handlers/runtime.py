@@ -37,7 +37,15 @@ from handlers.postprocess import calibrated_probabilities
 from training.models import load_model
 from training.transforms import build_eval_transform, data_config
 
-__all__ = ["DRAFT_MARGIN", "MODEL_SUBDIR", "Prepared", "ModelRuntime", "configure_threads", "prepare_worker"]
+__all__ = [
+    "DRAFT_MARGIN",
+    "MODEL_SUBDIR",
+    "Prepared",
+    "ModelRuntime",
+    "configure_threads",
+    "elapsed_ms",
+    "prepare_worker",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +71,8 @@ def prepare_worker() -> int:
     return threads
 
 
-def _ms(start: float) -> float:
+def elapsed_ms(start: float) -> float:
+    """Milliseconds since ``start`` (a ``time.perf_counter()`` reading)."""
     return (time.perf_counter() - start) * 1000.0
 
 
@@ -128,7 +137,7 @@ class ModelRuntime:
         decoded = decode_request(row, draft_side=self.draft_side(explain))
         t1 = time.perf_counter()
         tensor = self.transform(decoded.image)
-        return Prepared(decoded, tensor, {"decode": (t1 - t0) * 1000.0, "preprocess": _ms(t1)})
+        return Prepared(decoded, tensor, {"decode": (t1 - t0) * 1000.0, "preprocess": elapsed_ms(t1)})
 
     @property
     def runtime_name(self) -> str:
@@ -171,7 +180,7 @@ class ModelRuntime:
         idx = list(prepared)
         t0 = time.perf_counter()
         outputs = self._forward_each_safely(idx, prepared)
-        inference_ms = _ms(t0)
+        inference_ms = elapsed_ms(t0)
         for i in idx:
             out = outputs.get(i)
             if out is None:
@@ -182,10 +191,10 @@ class ModelRuntime:
             try:
                 t1 = time.perf_counter()
                 quality = self.gate_check(p.decoded, pooled)
-                gate_ms = _ms(t1)
+                gate_ms = elapsed_ms(t1)
                 t2 = time.perf_counter()
                 body = self._body(logits, quality, dict(p.timing_ms, inference=inference_ms, gate=gate_ms))
-                body["timing_ms"]["postprocess"] = round(_ms(t2), 3)
+                body["timing_ms"]["postprocess"] = round(elapsed_ms(t2), 3)
                 body["timing_ms"]["total"] = round(sum(body["timing_ms"].values()), 3)
                 body["batch_size"] = len(idx)
                 body["runtime"] = self.runtime_name
@@ -224,10 +233,10 @@ class ModelRuntime:
         x = p.tensor.unsqueeze(0)
         t0 = time.perf_counter()
         cam = grad_cam(self.model, x)
-        inference_ms = _ms(t0)
+        inference_ms = elapsed_ms(t0)
         t1 = time.perf_counter()
         quality = self.gate_check(p.decoded, cam.pooled)
-        gate_ms = _ms(t1)
+        gate_ms = elapsed_ms(t1)
         t2 = time.perf_counter()
         body = self._body(cam.logits, quality, dict(p.timing_ms, inference=inference_ms, gate=gate_ms))
         body.update(
@@ -238,7 +247,7 @@ class ModelRuntime:
             grid_shape=[int(cam.grid.shape[0]), int(cam.grid.shape[1])],
             overlay_png_base64=overlay_png_base64(p.decoded.image, cam.grid),
         )
-        body["timing_ms"]["explain"] = round(_ms(t2), 3)
+        body["timing_ms"]["explain"] = round(elapsed_ms(t2), 3)
         body["timing_ms"]["total"] = round(sum(body["timing_ms"].values()), 3)
         body["batch_size"] = 1
         body["runtime"] = "eager"

@@ -238,3 +238,33 @@ def test_leave_one_family_out_refuses_the_family_it_never_saw() -> None:
         assert r["n"] == 24 and 1 - r["accepted"] >= 0.99, (fam, r)
         smears = rates[f"smears_without_{fam}"]
         assert smears["n"] >= 150 and smears["accepted"] >= 0.99, (fam, smears)
+
+
+def test_scoring_uses_the_fitted_numbers_and_follows_a_refit(
+    shipped_gates: dict[str, SmearGate], split_paths: dict[str, list[Path]]
+) -> None:
+    """SmearGate turns the card's lists into arrays once (``_arrays``) and computes an image's log-density
+    once per evaluation: the density is the mixture's (as scikit-learn scores it from the same numbers), the
+    reported one is the one scored, and a fitted value set afterwards (training sets them one by one) is
+    what the next score uses."""
+    from sklearn.mixture import GaussianMixture
+
+    gate = SmearGate.from_dict(shipped_gates["effnetb3_bigru"].to_dict())
+    assert gate.density is not None and gate.pos_mean is not None and gate.pos_scale is not None
+    im = Image.open(split_paths["val"][0]).convert("RGB")
+    v = gate.statistics(im)
+    result = gate.evaluate(im)
+    mixture = GaussianMixture(len(gate.density["weights"]), covariance_type="full")
+    mixture.weights_ = np.asarray(gate.density["weights"])
+    mixture.means_ = np.asarray(gate.density["means"])
+    mixture.precisions_cholesky_ = np.asarray(gate.density["precisions_cholesky"])
+    z = (v - np.asarray(gate.pos_mean)) / np.asarray(gate.pos_scale)
+    assert gate.log_density(v)[0] == pytest.approx(mixture.score_samples(z[None])[0], rel=1e-9)
+    assert result.details["log_density"] == round(float(gate.log_density(v)[0]), 5)
+    assert result.accepted and result.score == round(gate._score_vector(v), 6)
+
+    moved = gate.to_dict()
+    moved["pos_mean"] = (np.asarray(gate.pos_mean) + 3 * np.asarray(gate.pos_scale)).tolist()
+    gate.pos_mean = moved["pos_mean"]  # after the arrays were made
+    assert gate.evaluate(im).details["log_density"] == SmearGate.from_dict(moved).evaluate(im).details["log_density"]
+    assert gate.log_density(v)[0] < mixture.score_samples(z[None])[0] - 10
