@@ -285,6 +285,22 @@ def test_logs_keep_requests_and_worker_events_but_not_per_batch_bookkeeping(torc
     assert "Backend received inference at" not in model_log
 
 
+def test_the_benchmarks_frontend_warm_up_is_refused_after_the_whole_path_and_harms_nothing(
+    torchserve: ServerInfo,
+) -> None:
+    """bench.serving.warm_frontend: every request is refused by the handler as not_an_image (415, else the
+    client raises), the frontend's CPU is counted per chunk, and the model answers a frame afterwards."""
+    from bench.serving import _server_processes, warm_frontend
+
+    frontend = _server_processes(torchserve, CHEAP_MODEL)["frontend"]
+    assert frontend, "the frontend (JVM) process was not found"
+    warm = warm_frontend(torchserve, CHEAP_MODEL, frontend, total=48, chunks=3)
+    curve = warm["frontend_cpu_ms_per_request_by_chunk"]
+    assert warm["requests"] == 48 and len(curve) == 3
+    assert all(v >= 0 for v in curve) and sum(curve) > 0
+    assert _post(torchserve, CHEAP_MODEL, Case("after-warm-up", smear_bytes("Pre", 1))).status_code == 200
+
+
 def test_inference_key_rotation_with_the_api_key(torchserve: ServerInfo) -> None:
     from serving.torchserve import read_keys
 
