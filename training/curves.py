@@ -48,14 +48,17 @@ def plot_training_curves(log_path: Path, title: str, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     x = [e["epoch"] for e in epochs]
+
+    def series(key: str) -> list[float]:  # an epoch without the value (not validated) is a gap
+        return [float("nan") if e.get(key) is None else float(e[key]) for e in epochs]
+
     fig, ax = plt.subplots(figsize=(3.8, 3.0), dpi=90)
-    ax.plot(x, [e.get("train_loss") for e in epochs], "o-", ms=3, lw=1, color="tab:blue", label="training loss")
+    ax.plot(x, series("train_loss"), "o-", ms=3, lw=1, color="tab:blue", label="training loss")
     ax.set_xlabel("epoch", fontsize=8)
     ax.set_ylabel("training loss", fontsize=8, color="tab:blue")
     ax.tick_params(labelsize=7)
     ax2 = ax.twinx()
-    f1 = [e.get("val_orig_macro_f1") for e in epochs]
-    ax2.plot(x, f1, "s-", ms=3, lw=1, color="tab:orange", label="validation macro-F1")
+    ax2.plot(x, series("val_orig_macro_f1"), "s-", ms=3, lw=1, color="tab:orange", label="validation macro-F1")
     ax2.set_ylim(0, 1)
     ax2.set_ylabel("validation macro-F1", fontsize=8, color="tab:orange")
     ax2.tick_params(labelsize=7)
