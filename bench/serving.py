@@ -312,13 +312,13 @@ def warm_frontend(
     chunks: int = FRONTEND_WARMUP_CHUNKS,
 ) -> dict[str, Any]:
     """Bring TorchServe's frontend to the state of a server that has been running: its JVM interprets,
-    then compiles the request path only after thousands of calls. Measured with real frames
-    (mobilenetv3_lstm, 8 clients, 800-request rounds after start): the frontend's CPU per request fell
-    from 1.6 to 0.4 ms over the first 5,000 requests, and the worker's idle time between two batches from
-    3.0 to 1.3 ms; so after the usual hundred warm-up requests a benchmark measures the interpreter.
-    Refused requests take the whole path (HTTP in, the batch aggregator, the worker, a 415 out) at a
-    fraction of a frame's cost: after 12,000 of them (about 7 s) the first real round ran as warm as after
-    5,000 real frames. Returns the frontend's CPU ms per request in each chunk (its warm-up curve)."""
+    then compiles the request path only after thousands of calls. Measured in six rounds of 1,600 real
+    frames from start (mobilenetv3_lstm, 8 clients): the frontend's CPU per request fell from 1.4 to
+    0.4 ms and the worker's wait between two batches from 2.1 to 1.4 ms (docs/serving.md); so after the
+    usual hundred warm-up requests a benchmark measures the interpreter. Refused requests take the whole
+    path (HTTP in, the batch aggregator, the worker, a 415 out) at a fraction of a frame's cost: after
+    12,000 of them (about 7 s) the first real round ran as warm as after 5,000-6,000 real frames (0.5 ms,
+    1.2 ms). Returns the frontend's CPU ms per request in each chunk (its warm-up curve)."""
     call = torchserve_client(info, model, expect=415)
     per_chunk = total // chunks
     curve = []
