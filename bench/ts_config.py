@@ -53,6 +53,8 @@ def _row(result: dict[str, Any]) -> dict[str, float | None]:
         "in_process_images_per_s_c8": {lv["concurrency"]: lv for lv in result["in_process"]["levels"]}.get(8, {}).get(
             "images_per_s"
         ),
+        # the frontend's JVM warmed before measuring (bench.serving.warm_frontend); runs before it was not
+        "frontend_warmed": bool(ts.get("frontend_warmup")),
     }
 
 
@@ -101,7 +103,15 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                 cells.append("-" if value is None else fmt.format(value))
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "Measured (each configuration in its own run):", ""]
-    lines += [f"- {n}: {report['variants'][n].get('when', report['when'])}" for n in names]
+    lines += [
+        f"- {n}: {report['variants'][n].get('when', report['when'])}, "
+        + (
+            "frontend warmed first"
+            if all(r.get("frontend_warmed") for r in report["variants"][n]["models"].values())
+            else "cold frontend (its JVM not yet compiled: about 1 ms more CPU per request, docs/serving.md)"
+        )
+        for n in names
+    ]
     lines += ["", report.get("reading", ""), ""]
     out.with_suffix(".md").write_text("\n".join(lines))
 

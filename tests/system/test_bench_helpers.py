@@ -82,3 +82,30 @@ def test_e2e_budget_names_the_floor_without_the_gate() -> None:
     assert b["allowed_ms"] == round(10.0 * (1 / E2E_OF_FORWARD_TARGET - 1), 2) == 2.5
     assert b["rest_ms"] == 1.5 and b["gate_budget_ms"] == 1.0  # the gate may cost 1 ms, it costs 5
     assert b["e2e_of_forward_without_gate"] == round(10.0 / 11.5, 2)
+
+
+def test_ts_config_report_says_which_runs_had_a_warm_frontend(tmp_path) -> None:
+    from bench.ts_config import VARIANTS, _row, write_report
+
+    def result(warmed: bool) -> dict:
+        ts = {"levels": [{"concurrency": 8, "images_per_s": 50.0}, {"concurrency": 1, "p50": 20.0}]}
+        if warmed:
+            ts["frontend_warmup"] = {"requests": 12000, "frontend_cpu_ms_per_request_by_chunk": [1.2, 0.4]}
+        return {"torchserve": ts, "in_process": {"levels": [{"concurrency": 8, "images_per_s": 52.0}]}}
+
+    shipped, older = list(VARIANTS)[:2]
+    report = {
+        "when": "w",
+        "cpu": "cpu",
+        "cores": 2,
+        "load_before": 0.1,
+        "command": "make bench-ts-config",
+        "variants": {
+            shipped: {"when": "today", "models": {"m": _row(result(True))}},
+            older: {"when": "yesterday", "models": {"m": _row(result(False))}},
+        },
+    }
+    write_report(report, tmp_path / "cfg.md")
+    md = (tmp_path / "cfg.md").read_text()
+    assert f"- {shipped}: today, frontend warmed first" in md
+    assert f"- {older}: yesterday, cold frontend" in md
