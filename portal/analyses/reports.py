@@ -15,7 +15,7 @@ from PIL import Image as PILImage
 from core.registry import CELL_CLASSES
 from portal.analyses import storage
 from portal.analyses.cell_review import frame_reviews, specimen_cells
-from portal.analyses.consensus import consensus
+from portal.analyses.consensus import Consensus, consensus
 from portal.analyses.differential import differential
 from portal.analyses.models import CLASS_LABELS, Analysis, CellAnalysis, Image
 from portal.patients.models import Specimen
@@ -84,10 +84,10 @@ def analyses_in_range(start: date, end: date) -> QuerySet[Analysis]:
     )
 
 
-def sign_off_text(image: Image, analyses: Sequence[Analysis]) -> str:
-    """The image's result as a report leads with it: the reviewer's final label, else the consensus."""
+def sign_off_text(image: Image, analyses: Sequence[Analysis], agreed: Consensus | None) -> str:
+    """The image's result as a report leads with it: the reviewer's final label, else the consensus
+    (``agreed``, the consensus of ``analyses``, which the caller has computed for the page)."""
     review = image.signed_review
-    agreed = consensus(analyses)
     said = (f"{agreed.label} ({agreed.agreement})" if agreed.label else "no consensus") if agreed else "no result"
     if review is not None:
         how = "agreed with the consensus" if review.decision == "agree" else f"reclassified; the consensus was {said}"
@@ -241,7 +241,7 @@ def specimen_pdf(specimen: Specimen, generated_by: str) -> bytes:
         story.append(
             Paragraph(f"Image {image.pk}: {image.original_name} ({image.width}x{image.height})", styles["Heading3"])
         )
-        story.append(Paragraph(sign_off_text(image, analyses), styles["Normal"]))
+        story.append(Paragraph(sign_off_text(image, analyses, consensus(analyses)), styles["Normal"]))
         with_heatmap = [a for a in analyses if a.heatmap_name]
         pictures = [picture(image.storage_name, 55)] + [picture(a.heatmap_name, 30) for a in with_heatmap]
         captions = ["original"] + [f"{a.model_name} heatmap ({a.heatmap_label})" for a in with_heatmap]

@@ -300,7 +300,7 @@ def specimen_report(request: HttpRequest, pk: int) -> HttpResponse:
     images = []
     for image in specimen.images.order_by("uploaded_at", "id"):
         ctx = _image_context(request, image)
-        ctx["sign_off"] = sign_off_text(image, ctx["analyses"])  # type: ignore[arg-type]
+        ctx["sign_off"] = sign_off_text(image, ctx["analyses"], ctx["consensus"])  # type: ignore[arg-type]
         images.append(ctx)
     context = {**differential_context(specimen), "images": images, "now": timezone.now()}
     return render(request, "analyses/report.html", context)
