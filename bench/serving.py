@@ -324,9 +324,10 @@ def warm_frontend(
     curve = []
     t0 = time.perf_counter()
     for _ in range(chunks):
-        cpu0 = _cpu_seconds({"frontend": frontend})["frontend"]
+        cpu0 = _cpu_seconds({"frontend": frontend})
         _closed_loop(call, [NOT_AN_IMAGE], FRONTEND_WARMUP_CONCURRENCY, per_chunk)
-        curve.append(round((_cpu_seconds({"frontend": frontend})["frontend"] - cpu0) * 1000.0 / per_chunk, 3))
+        spent = _cpu_seconds({"frontend": frontend})["frontend"] - cpu0["frontend"]
+        curve.append(round(spent * 1000.0 / per_chunk, 3))
     return {
         "requests": per_chunk * chunks,
         "seconds": round(time.perf_counter() - t0, 1),
@@ -573,8 +574,8 @@ def render_markdown(results: dict, plot_name: str) -> str:
     if any(warm.values()):
         lines += [
             "",
-            "The frontend's warm-up, its CPU ms per refused request in each sixth of the warm-up (a fresh "
-            "TorchServe per model): "
+            f"The frontend's warm-up, its CPU ms per refused request in each of {FRONTEND_WARMUP_CHUNKS} equal "
+            "chunks of the warm-up (a fresh TorchServe per model): "
             + "; ".join(
                 f"{m} {w['frontend_cpu_ms_per_request_by_chunk']} ({w['seconds']} s)" for m, w in warm.items() if w
             )
