@@ -52,6 +52,7 @@ __all__ = [
     "deterministic_zip",
     "read_mar_card",
     "repack",
+    "stale_card",
     "stale_code",
     "runtime_requirements",
     "main",
@@ -289,6 +290,25 @@ def stale_code(mar: Path) -> list[str]:
     return [n for n in names if tree.get(n) != packed.get(n)]
 
 
+def _card_beside(mar: Path, packed: bytes) -> bytes:
+    """The card :func:`repack` packs: ``<model>.card.json`` beside ``mar`` when it is for the same model and version
+    as the ``packed`` one, else ``packed``."""
+    beside = mar.parent / f"{mar.stem}.card.json"
+    if beside.is_file():
+        inner, outer = json.loads(packed), json.loads(beside.read_text())
+        if (outer.get("name"), outer.get("version")) == (inner["name"], inner["version"]):
+            return beside.read_bytes()
+    return packed
+
+
+def stale_card(mar: Path) -> bool:
+    """Whether the card beside ``mar`` (same model and version) holds other values than the one packed in it: fields
+    fitted after archiving (``benign_threshold``) that the server would not see until :func:`repack`."""
+    with zipfile.ZipFile(mar) as z:
+        packed = z.read("model_card.json")
+    return json.loads(_card_beside(mar, packed)) != json.loads(packed)
+
+
 def repack(mar: Path, out_dir: Path | None = None) -> Path:
     """Rebuild ``mar`` with the tree's code around its own weights and card (same bytes for the same inputs).
 
@@ -305,12 +325,7 @@ def repack(mar: Path, out_dir: Path | None = None) -> Path:
                     dest = artifact / name
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     dest.write_bytes(z.read(name))
-            card_bytes = z.read("model_card.json")
-        beside = mar.parent / f"{mar.stem}.card.json"
-        if beside.is_file():
-            inner, outer = json.loads(card_bytes), json.loads(beside.read_text())
-            if (outer.get("name"), outer.get("version")) == (inner["name"], inner["version"]):
-                card_bytes = beside.read_bytes()
+            card_bytes = _card_beside(mar, z.read("model_card.json"))
         (artifact / "card.json").write_bytes(card_bytes)
         out = Path(out_dir or mar.parent)
         # The card documents beside the archive were rendered from the training card: keep them as they are.
@@ -353,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--repack",
         action="store_true",
-        help="rebuild every <out>/*.mar (or --models) from its own weights and card with the tree's code",
+        help="rebuild every <out>/*.mar (or --models) whose code or card differs from the tree's (its own weights; "
+        "the card beside it)",
     )
     args = ap.parse_args(argv)
     if not args.repack:
@@ -363,9 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.models:
         mars = [m for m in mars if m.stem in set(args.models)]
     for i, mar in enumerate(mars, 1):
-        stale = stale_code(mar)
+        stale = stale_code(mar) + ([f"{mar.stem}.card.json"] if stale_card(mar) else [])
         if not stale:
-            _log(f"[{i}/{len(mars)}] {mar.stem}: code already current")
+            _log(f"[{i}/{len(mars)}] {mar.stem}: code and card already current")
             continue
         _log(f"[{i}/{len(mars)}] {mar.stem}: repacking ({len(stale)} file(s) differ: {', '.join(stale[:5])}) ...")
         repack(mar)

@@ -13,6 +13,7 @@ from typing import Any
 
 from core.card import CARD_SCHEMA_VERSION, validate_card
 from core.registry import ModelSpec
+from training.operating_point import THRESHOLD_WORDS
 
 __all__ = [
     "base_card",
@@ -137,9 +138,8 @@ def benign_markdown(card: dict[str, Any]) -> list[str]:
     return [
         BENIGN_HEADING,
         "",
-        f"Benign is answered only when P(Benign) > {card['benign_threshold']:.6f}, the highest P(Benign) of any "
-        "malignant (Early/Pre/Pro) validation frame plus 0.0001; otherwise the frame is referred (`abstain_reason: "
-        "benign_not_confirmed`). Cross-fitted over "
+        f"Benign is answered only when P(Benign) > {card['benign_threshold']:.6f}, {THRESHOLD_WORDS}; otherwise the "
+        "frame is referred (`abstain_reason: benign_not_confirmed`). Cross-fitted over "
         f"{cross['folds']} folds of validation blocks (temperature, abstention and Benign thresholds fitted on one "
         "fold, applied to the other), before (confidence rule alone) and after the Benign rule:",
         "",
@@ -400,7 +400,7 @@ def write_model_store_readme(cards: list[dict[str, Any]], path: Any, ensemble: d
             "## Ensemble and Benign safety operating point",
             "",
             "Out of fold (validation blocks dealt into folds, every parameter fitted on the other folds). Benign is "
-            "answered only when P(Benign) is above the highest P(Benign) of any malignant validation frame (+0.0001); "
+            f"answered only when P(Benign) is above {THRESHOLD_WORDS}; "
             "*before*: the confidence rule alone. Sensitivity for malignancy: Early/Pre/Pro frames not answered "
             "Benign (answered malignant or referred), Wilson 95% interval. The portal's consensus is the ensemble "
             "([ensemble.md](ensemble.md), `make evaluate-ensemble`).",

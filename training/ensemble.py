@@ -41,6 +41,7 @@ from training.calibrate import (
 from training.member_outputs import CACHE_FILE, MemberOutputs, load_outputs
 from training.operating_point import (
     TARGET_ACCURACY,
+    THRESHOLD_WORDS,
     cross_fitted_operating_point,
     decisions,
     fit_benign_threshold,
@@ -308,9 +309,9 @@ OP_NOTE = (
     "(temperatures, combination, abstention threshold at {target:.0%} accepted accuracy, Benign threshold) fitted on "
     "the other fold and applied to this one. macro-F1 and accuracy: the most probable class on every frame. "
     "Coverage and accepted accuracy: at the operating point (abstention and Benign rule). *Before*: the confidence "
-    "rule alone; *after*: Benign answered only when P(Benign) is above the highest P(Benign) of any malignant frame "
-    "(+0.0001) "
-    "of the fitting fold. Sensitivity for malignancy: Early/Pre/Pro frames not answered Benign (answered malignant or "
+    "rule alone; *after*: Benign answered only when P(Benign) is above "
+    + THRESHOLD_WORDS.replace("validation frame", "frame of the fitting fold")
+    + ". Sensitivity for malignancy: Early/Pre/Pro frames not answered Benign (answered malignant or "
     "referred to a reviewer); the stricter column counts only frames answered with a malignant class. Wilson 95% "
     "intervals."
 )
@@ -379,7 +380,7 @@ def render_ensemble_markdown(doc: dict[str, Any]) -> str:
         "## Limitations",
         "- Fitted and measured on the same 483 validation frames (out of fold, but the three 1.1 members were each "
         "the best of several runs on these blocks, so their and the ensemble's figures are optimistic).",
-        "- The Benign threshold is the highest P(Benign) of a malignant validation frame: a malignant frame from "
+        f"- The Benign threshold is {THRESHOLD_WORDS}: a malignant frame from "
         "elsewhere can still exceed it; it bounds the error seen here, not the error rate.",
         "- Decision support only: every result is reviewed and signed off by qualified staff.",
         "",

@@ -19,6 +19,7 @@ from training.archive import (
     read_mar_card,
     repack,
     runtime_requirements,
+    stale_card,
     stale_code,
 )
 
@@ -136,11 +137,14 @@ def test_repack_packs_the_card_beside_the_archive(mobilenet_artifact: Path, tmp_
     beside = mar.parent / "mobilenetv3_lstm.card.json"
     card = json.loads(beside.read_text())
     assert "benign_threshold" not in read_mar_card(mar)
+    assert not stale_card(mar)
     beside.write_text(json.dumps(card | {"benign_threshold": 0.75}, indent=2, sort_keys=True) + "\n")
+    assert stale_card(mar)  # so `make repack` rebuilds it although its code is current
     repacked = repack(mar, tmp_path / "b")
     assert read_mar_card(repacked)["benign_threshold"] == 0.75
     # a card of another version beside it is not taken
     beside.write_text(json.dumps(card | {"version": "9.9", "benign_threshold": 0.5}, sort_keys=True))
+    assert not stale_card(mar)
     assert "benign_threshold" not in read_mar_card(repack(mar, tmp_path / "c"))
 
 
@@ -151,6 +155,15 @@ def test_committed_archives_run_the_tree_code() -> None:
         pytest.skip("no committed archives")
     stale = {m.name: stale_code(m) for m in mars if stale_code(m)}
     assert not stale, f"archives with code that differs from the tree (run `make repack`): {stale}"
+
+
+def test_committed_archives_carry_the_card_beside_them() -> None:
+    """What `make evaluate-ensemble` fits into a card (the Benign threshold) is what TorchServe serves."""
+    mars = sorted((REPO / "model_store").glob("*.mar"))
+    if not mars:
+        pytest.skip("no committed archives")
+    stale = [m.name for m in mars if stale_card(m)]
+    assert not stale, f"archives whose card differs from the card beside them (run `make repack`): {stale}"
 
 
 def _requirement_lines(text: str) -> list[str]:

@@ -9,6 +9,7 @@ import pytest
 
 from core.registry import BENIGN_INDEX
 from training.operating_point import (
+    BENIGN_FLOOR,
     MARGIN,
     cross_fitted_operating_point,
     decisions,
@@ -43,7 +44,7 @@ def test_benign_threshold_is_the_highest_malignant_p_benign() -> None:
         ]
     )
     labels = np.array([3, 1, BENIGN_INDEX, BENIGN_INDEX])
-    thr = fit_benign_threshold(probs, labels)
+    thr = fit_benign_threshold(probs, labels, floor=0.0)
     assert thr == pytest.approx(0.92 + MARGIN)
     before, _ = decisions(probs, 0.6, None)
     after, reasons = decisions(probs, 0.6, thr)
@@ -54,7 +55,22 @@ def test_benign_threshold_is_the_highest_malignant_p_benign() -> None:
     assert m_before["malignant_answered_benign"] == 1 and m_after["malignant_answered_benign"] == 0
     assert m_before["benign_coverage"] == 1.0 and m_after["benign_coverage"] == 0.5
     assert m_after["sensitivity"]["value"] == 1.0 and m_before["sensitivity"]["value"] == 0.5
-    assert fit_benign_threshold(probs[2:], labels[2:]) == 0.0  # no malignant frame: nothing to stay above
+    assert fit_benign_threshold(probs[2:], labels[2:], floor=0.0) == 0.0  # no malignant frame: nothing to stay above
+
+
+def test_benign_threshold_never_falls_under_the_floor() -> None:
+    """A fitting fold whose malignant frames all look malignant (P(Benign) <= 0.3) still asks for strong evidence:
+    the independent evaluation's Pro-B frame called Benign at 0.92 is referred."""
+    probs = np.array([[0.3, 0.6, 0.05, 0.05], [0.05, 0.05, 0.1, 0.8], [0.99, 0.01, 0.0, 0.0]])
+    labels = np.array([1, 3, BENIGN_INDEX])
+    thr = fit_benign_threshold(probs, labels)
+    assert thr == BENIGN_FLOOR == 0.95
+    later = np.array([[0.92, 0.02, 0.02, 0.04], [0.97, 0.01, 0.01, 0.01]])  # a Pro frame; a Benign frame
+    assert decisions(later, 0.5, thr)[0].tolist() == [-1, BENIGN_INDEX]
+    assert decisions(later, 0.5, fit_benign_threshold(probs, labels, floor=0.0))[0].tolist() == [BENIGN_INDEX] * 2
+    assert fit_benign_threshold(probs[2:], labels[2:]) == BENIGN_FLOOR  # no malignant frame: the floor alone
+    high = np.array([[0.99995, 0.00005, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    assert fit_benign_threshold(high, np.array([2, BENIGN_INDEX])) == 1.0  # capped: then nothing is answered Benign
 
 
 def _frame(label: int, p_benign: float) -> list[float]:
