@@ -149,17 +149,24 @@ def abstention_threshold(probs: np.ndarray, labels: np.ndarray, target_accuracy:
     }
 
 
-def block_folds(labels: Sequence[int] | np.ndarray, groups: Sequence[str], folds: int = 2) -> np.ndarray:
+def block_folds(
+    labels: Sequence[int] | np.ndarray, groups: Sequence[str], folds: int = 2, seed: int | None = None
+) -> np.ndarray:
     """The fold (0..folds-1) of every sample: its validation block's, blocks dealt class by class.
 
     Blocks are sorted by their majority class, then name, and dealt round-robin, so each fold sees
     every class and a block never straddles two folds. Every cross-fitted estimate uses these folds.
+    With ``seed``, the blocks of each majority class are shuffled before the deal (one of many equally
+    valid deals: how much an estimate owes to the fixed one).
     """
     labels = np.asarray(labels)
     group_arr = np.asarray(groups)
     names = np.unique(group_arr)
     majority = {g: int(np.bincount(labels[group_arr == g]).argmax()) for g in names}
-    ordered = sorted(names, key=lambda g: (majority[g], g))
+    rank = {g: i for i, g in enumerate(names)}
+    if seed is not None:
+        rank = {g: int(i) for g, i in zip(names, np.random.default_rng(seed).permutation(len(names)), strict=True)}
+    ordered = sorted(names, key=lambda g: (majority[g], rank[g]))
     fold_of = {g: i % folds for i, g in enumerate(ordered)}
     return np.array([fold_of[g] for g in group_arr])
 

@@ -12,7 +12,9 @@ import pytest
 
 from core.ensemble import ENSEMBLE_FILE, Ensemble, EnsembleError, pool
 from core.registry import CLASS_NAMES, model_names
-from training.ensemble import COMBINERS, _fit_log_linear, fit_combiner, pool_probs
+from training.calibrate import block_folds
+from training.ensemble import COMBINERS, _fit_log_linear, fit_combiner, macro_f1_over_deals, pool_probs
+from training.member_outputs import MemberOutputs
 
 REPO = Path(__file__).resolve().parents[2]
 MEMBERS = model_names()
@@ -138,3 +140,33 @@ def test_committed_ensemble_matches_the_registry_and_the_cards() -> None:
     assert m["ensemble"]["macro_f1"] == max(c["macro_f1"] for c in m["combiners"].values())
     assert set(m["missing_member"]) == set(MEMBERS)
     assert all(math.isfinite(m["ensemble"]["after"]["sensitivity"]["ci95"][i]) for i in (0, 1))
+
+
+def test_random_deals_keep_blocks_whole_and_every_class_in_each_fold() -> None:
+    labels = np.repeat([0, 1, 2, 3, 0, 1, 2, 3, 1, 2], 10)
+    blocks = [f"b{i // 10}" for i in range(len(labels))]
+    assert block_folds(labels, blocks, 2, seed=None).tolist() == block_folds(labels, blocks, 2).tolist()
+    seen = set()
+    for seed in range(12):
+        fold = block_folds(labels, blocks, 2, seed=seed)
+        for b in set(blocks):
+            assert len(set(fold[np.array(blocks) == b])) == 1  # a block never straddles two folds
+        for k in (0, 1):
+            assert set(labels[fold == k]) == {0, 1, 2, 3}  # every class in each fold
+        seen.add(tuple(fold))
+    assert len(seen) > 1  # the seeds deal differently
+
+
+def test_macro_f1_over_deals_measures_the_fitted_combiner_out_of_fold() -> None:
+    rng = np.random.default_rng(1)
+    n = 240
+    labels = np.repeat(np.arange(4), n // 4)
+    blocks = [f"{labels[i]}-{i // 20}" for i in range(n)]
+    good = np.log(np.full((n, 4), 0.2) + 0.2 * np.eye(4)[labels])  # always right
+    noise = np.log(rng.dirichlet(np.ones(4), size=n))
+    names = ["good", "noise"]
+    outputs = MemberOutputs(labels, blocks, [str(i) for i in range(n)], {"good": good, "noise": noise}, {}, {})
+    d = macro_f1_over_deals(outputs, "log_linear_fitted", names, deals=4)
+    assert (d["deals"], d["folds"]) == (4, 2) and d["min"] <= d["mean"] <= d["max"]
+    assert d["min"] > 0.98  # the fit finds the informative member on every deal
+    assert macro_f1_over_deals(outputs, "log_linear_fitted", ["noise"], deals=4)["mean"] < 0.5  # noise alone: chance
