@@ -59,7 +59,9 @@ endif
 # The ensemble and the Benign safety operating points (issue 13): each frame model's validation logits from its
 # committed archive (cached in $(ARTIFACTS)/ensemble/, recomputed only when an archive changes), then the cross-fitted
 # fit: model_store/ensemble.{json,md}, docs/models/ensemble_*.png, every member card's benign_threshold (+ Markdown)
-# and model_store/README.md. The portal's consensus applies model_store/ensemble.json (core.ensemble).
+# and model_store/README.md. The portal's consensus applies model_store/ensemble.json (core.ensemble); the archives
+# whose card changed are repacked, so that TorchServe serves the new thresholds.
 evaluate-ensemble: setup
 	nice -n 10 $(PY) -m training.member_outputs --threads $(THREADS) --cache $(ARTIFACTS)/ensemble/val_logits.npz $(DATA_ARG)
 	$(PY) -m training.ensemble --cache $(ARTIFACTS)/ensemble/val_logits.npz
+	$(PY) -m training.archive --repack --out $(MODEL_STORE)
