@@ -4,14 +4,15 @@
 shipped fp16 weights, loaded with :func:`training.models.load_model`), runs it on the block-wise
 validation split (:func:`training.evaluate.model_logits`, the evaluation's own inference) and writes
 ``artifacts/ensemble/val_logits.npz``: per model the raw logits, plus the labels, blocks and relative
-paths of the frames, and per model its card version and the archive's sha256 (a cache made from other
-weights is recomputed). The ensemble fit and the Benign operating points (:mod:`training.ensemble`)
-read only this cache.
+paths of the frames, and per model its card version and the sha256 of the archive's ``model/`` (a cache
+made from other weights is recomputed; a repack that changes only the card or the code keeps it). The
+ensemble fit and the Benign operating points (:mod:`training.ensemble`) read only this cache.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import tempfile
 import time
@@ -23,9 +24,8 @@ from typing import Any
 import numpy as np
 
 from core.registry import model_names
-from training.provenance import file_sha256
 
-__all__ = ["CACHE_FILE", "MemberOutputs", "load_outputs", "compute_outputs", "main"]
+__all__ = ["CACHE_FILE", "MemberOutputs", "load_outputs", "compute_outputs", "weights_digest", "main"]
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE_FILE = Path("artifacts") / "ensemble" / "val_logits.npz"
@@ -83,6 +83,16 @@ def load_outputs(path: Path) -> MemberOutputs:
         )
 
 
+def weights_digest(mar: Path) -> str:
+    """sha256 over the names and bytes of the ``model/`` entries of ``mar``: what the logits are computed from."""
+    h = hashlib.sha256()
+    with zipfile.ZipFile(mar) as z:
+        for name in sorted(n for n in z.namelist() if n.startswith("model/") and not n.endswith("/")):
+            h.update(name.encode() + b"\0")
+            h.update(z.read(name))
+    return h.hexdigest()
+
+
 def _mar_logits(mar: Path, split: Any) -> tuple[np.ndarray, str]:
     """(validation logits, card version) of the weights inside ``mar``."""
     from training import compat  # noqa: F401  (before timm)
@@ -117,7 +127,7 @@ def compute_outputs(
     sha: dict[str, str] = {}
     for name in models or model_names():
         mar = store / f"{name}.mar"
-        digest = file_sha256(mar)
+        digest = weights_digest(mar)
         if old is not None and old.sha256.get(name) == digest:
             logits[name], versions[name], sha[name] = old.logits[name], old.versions[name], digest
             print(f"{name}: cached ({cache})", flush=True)

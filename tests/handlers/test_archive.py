@@ -196,3 +196,22 @@ def test_committed_archives_carry_their_runtime_pins() -> None:
             manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
             assert manifest["model"].get("requirementsFile") == "requirements.txt", model
             assert _requirement_lines(z.read("requirements.txt").decode()) == runtime_requirements(model), model
+
+
+def test_the_ensemble_cache_key_follows_the_weights_not_the_card(mobilenet_artifact: Path, tmp_path: Path) -> None:
+    """`make evaluate-ensemble` repacks the archives whose card it changed; their cached logits stay valid."""
+    from training.member_outputs import weights_digest
+
+    (mar,) = archive_all(mobilenet_artifact.parent, tmp_path / "a", ["mobilenetv3_lstm"])
+    beside = mar.parent / "mobilenetv3_lstm.card.json"
+    beside.write_text(json.dumps(json.loads(beside.read_text()) | {"benign_threshold": 0.97}, sort_keys=True))
+    repacked = repack(mar, tmp_path / "b")
+    assert repacked.read_bytes() != mar.read_bytes() and weights_digest(repacked) == weights_digest(mar)
+    other = tmp_path / "c.mar"
+    with zipfile.ZipFile(mar) as src, zipfile.ZipFile(other, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.startswith("model/") and item.filename.endswith(".json"):
+                data += b"\n"
+            dst.writestr(item, data)
+    assert weights_digest(other) != weights_digest(mar)
