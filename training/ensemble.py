@@ -32,7 +32,6 @@ from core.card import validate_card
 from core.ensemble import ENSEMBLE_SCHEMA_VERSION, Ensemble
 from core.registry import BENIGN_INDEX, CLASS_NAMES, model_names
 from training.calibrate import (
-    block_folds,
     classification_metrics,
     expected_calibration_error,
     fit_temperature,
@@ -48,6 +47,7 @@ from training.operating_point import (
     fit_benign_threshold,
     member_operating_point,
     operating_point_metrics,
+    threshold_words,
 )
 
 __all__ = [
@@ -277,16 +277,11 @@ def macro_f1_over_deals(
     :func:`training.calibrate.block_folds`): the fixed deal is one draw of many, and with 21 blocks which blocks
     share a fold moves the figure by more than the target's margin."""
     x = _stacked(outputs, members)
-    labels = outputs.labels
     fitter = ensemble_fitter(combiner, len(members))
     scores = []
     for seed in range(deals):
-        fold = block_folds(labels, outputs.blocks, folds, seed=seed)
-        probs = np.zeros((len(labels), len(CLASS_NAMES)))
-        for k in range(folds):
-            fit, apply = fold != k, fold == k
-            probs[apply] = fitter(x[fit], labels[fit], [outputs.blocks[i] for i in np.flatnonzero(fit)])(x[apply])
-        scores.append(classification_metrics(probs, labels, CLASS_NAMES, are_probs=True)["macro_f1"])
+        op = cross_fitted_operating_point(x, outputs.labels, outputs.blocks, folds, fitter=fitter, seed=seed)
+        scores.append(classification_metrics(op["probs"], outputs.labels, CLASS_NAMES, are_probs=True)["macro_f1"])
     values = np.array(scores)
     return {
         "deals": deals,
@@ -345,7 +340,7 @@ OP_NOTE = (
     "the other fold and applied to this one. macro-F1 and accuracy: the most probable class on every frame. "
     "Coverage and accepted accuracy: at the operating point (abstention and Benign rule). *Before*: the confidence "
     "rule alone; *after*: Benign answered only when P(Benign) is above "
-    + THRESHOLD_WORDS.replace("validation frame", "frame of the fitting fold")
+    + threshold_words("frame of the fitting fold")
     + ". Sensitivity for malignancy: Early/Pre/Pro frames not answered Benign (answered malignant or "
     "referred to a reviewer); the stricter column counts only frames answered with a malignant class. Wilson 95% "
     "intervals."

@@ -29,6 +29,7 @@ __all__ = [
     "BENIGN_FLOOR",
     "MARGIN",
     "THRESHOLD_WORDS",
+    "threshold_words",
     "TARGET_ACCURACY",
     "wilson_interval",
     "fit_benign_threshold",
@@ -162,6 +163,7 @@ def cross_fitted_operating_point(
     folds: int = 2,
     fitter: Fitter = temperature_fitter,
     target_accuracy: float = TARGET_ACCURACY,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Out-of-fold decisions before and after the Benign threshold, and the out-of-fold probabilities.
 
@@ -170,10 +172,11 @@ def cross_fitted_operating_point(
     frames and applied to the fold. Returns the metrics ``before`` (confidence rule alone) and ``after``
     (with the Benign threshold), the per-fold thresholds, ``fold`` (each frame's), ``probs`` (out-of-fold)
     and ``calibrators`` (the fitted ones, per fold): the last three are arrays and objects, not JSON.
+    ``seed``: one of the random deals of :func:`training.calibrate.block_folds` instead of the fixed one.
     """
     inputs, labels = np.asarray(inputs, dtype=np.float64), np.asarray(labels)
     group_arr = np.asarray(groups)
-    fold = block_folds(labels, groups, folds)
+    fold = block_folds(labels, groups, folds, seed=seed)
     probs = np.zeros((len(labels), len(CLASS_NAMES)))
     before = np.zeros(len(labels), dtype=np.int64)
     after = np.zeros(len(labels), dtype=np.int64)
@@ -213,11 +216,14 @@ def cross_fitted_operating_point(
     }
 
 
-#: how the threshold is set, in words, for the cards and documents
-THRESHOLD_WORDS = (
-    f"the highest P(Benign) of any malignant (Early/Pre/Pro) validation frame (+{MARGIN:g}), "
-    f"and at least {BENIGN_FLOOR:g}"
-)
+def threshold_words(frames: str = "validation frame") -> str:
+    """How the threshold is set, in words, for the cards and documents (``frames``: the frames it is fitted on)."""
+    return (
+        f"the highest P(Benign) of any malignant (Early/Pre/Pro) {frames} (+{MARGIN:g}), and at least {BENIGN_FLOOR:g}"
+    )
+
+
+THRESHOLD_WORDS = threshold_words()
 RULE = (
     f"Benign answered only when P(Benign) > threshold, {THRESHOLD_WORDS} (calibrated probabilities); otherwise "
     "referred (abstain_reason benign_not_confirmed)"
