@@ -26,6 +26,7 @@ from serving.torchserve import ServerInfo
 from tests.handlers.artifacts import real_images
 from tests.handlers.inputs import Case, bad_cases, good_cases, smear_bytes
 from training.models import load_model
+from training.operating_point import BENIGN_FLOOR
 from training.transforms import build_eval_transform
 
 pytestmark = pytest.mark.integration
@@ -98,6 +99,13 @@ def test_contract_and_parity_with_in_process_inference(
             assert body["label"] is None
         else:
             assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+        # the Benign safety point fitted into the card is the one served, and Benign is answered only above it
+        assert (
+            body["benign_threshold"] == pytest.approx(card["benign_threshold"])
+            and card["benign_threshold"] >= BENIGN_FLOOR
+        )
+        if body["label"] == "Benign":
+            assert body["probabilities"]["Benign"] > body["benign_threshold"]
         x = transform(Image.open(io.BytesIO(path.read_bytes())).convert("RGB")).unsqueeze(0)
         with torch.inference_mode():
             ref = torch.softmax(ref_model(x) / card["temperature"], dim=-1)[0]
