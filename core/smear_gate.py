@@ -497,11 +497,14 @@ class SmearGate:
     def score(self, image: Image.Image) -> float:
         return self._score_vector(self.statistics(image))
 
-    def evaluate(self, image: Image.Image, pooled_features: Any = None) -> GateResult:
+    def evaluate(
+        self, image: Image.Image, pooled_features: Any = None, statistics: np.ndarray | None = None
+    ) -> GateResult:
         """Score an image; if ``pooled_features`` (the model's pooled features of this image) and
         stored feature statistics are given, the feature distance is reported in ``details`` and
-        an image whose distance exceeds 2x the training 99th percentile is refused as well."""
-        v = self.statistics(image)
+        an image whose distance exceeds 2x the training 99th percentile is refused as well.
+        ``statistics``: this image's :meth:`statistics`, where the caller computed them already."""
+        v = self.statistics(image) if statistics is None else statistics
         s, novelty, density = self._scored(v)
         details: dict[str, Any] = {"statistics": dict(zip(self.features, (round(float(x), 5) for x in v), strict=True))}
         if self.novelty_limit is not None and novelty is not None:
@@ -521,9 +524,11 @@ class SmearGate:
             accepted = accepted and dist <= 2.0 * self.feature_distance_p99
         return GateResult(score=round(s, 6), threshold=self.threshold, accepted=bool(accepted), details=details)
 
-    def check(self, image: Image.Image, pooled_features: Any = None) -> dict[str, Any]:
+    def check(
+        self, image: Image.Image, pooled_features: Any = None, statistics: np.ndarray | None = None
+    ) -> dict[str, Any]:
         """The answer's ``quality`` block; raises ``not_a_blood_smear`` when the gate refuses the image."""
-        result = self.evaluate(image, pooled_features)
+        result = self.evaluate(image, pooled_features, statistics)
         score, threshold = float(result.score), float(result.threshold)
         if not result.accepted:
             raise RequestError(

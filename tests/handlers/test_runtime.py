@@ -185,3 +185,47 @@ def test_good_variants_predict(runtime: ModelRuntime) -> None:
     cases = good_cases()
     out = runtime.predict([c.row() for c in cases])
     assert all(isinstance(o, dict) for o in out), [o.to_dict() for o in out if isinstance(o, RequestError)]
+
+
+def test_the_gate_thread_computes_the_statistics_and_changes_no_answer(
+    mobilenet_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The smear gate's statistics run on the runtime's gate thread, beside the request path, and the
+    answers (probabilities, quality, refusals) are the ones the request path alone gives."""
+    import threading
+
+    from core.smear_gate import SmearGate
+    from handlers.runtime import GATE_THREAD_ENV
+
+    monkeypatch.setenv(GATE_THREAD_ENV, "0")
+    inline = ModelRuntime(mobilenet_model_dir)
+    assert inline.gate_thread is None
+    monkeypatch.delenv(GATE_THREAD_ENV)
+    threaded = ModelRuntime(mobilenet_model_dir)
+    assert threaded.gate_thread is not None
+
+    threads: list[str] = []
+    statistics = SmearGate.statistics
+
+    def recording(self: SmearGate, image: Image.Image) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return statistics(self, image)
+
+    monkeypatch.setattr(SmearGate, "statistics", recording)
+    rows = [{"body": smear_bytes(c)} for c in ("Benign", "Pro")] + [c.row() for c in bad_cases() if c.needs_gate]
+    got, want = threaded.predict(rows), inline.predict(rows)
+    assert threads[: len(rows)] == [f"gate-{threaded.name}_0"] * len(rows)
+    assert threads[len(rows) :] == [threading.current_thread().name] * len(rows)
+    assert sum(isinstance(a, dict) for a in got) == 2 and sum(isinstance(a, RequestError) for a in got) >= 2
+    for a, b in zip(got, want, strict=True):
+        if isinstance(b, RequestError):
+            assert isinstance(a, RequestError) and a.to_dict() == b.to_dict()
+            continue
+        assert isinstance(a, dict)
+        assert a["probabilities"] == b["probabilities"] and a["quality"] == b["quality"]
+        timing = a["timing_ms"]
+        assert "gate_background" not in b["timing_ms"] and timing["gate_background"] > 0
+        path = sum(v for k, v in timing.items() if k not in ("total", "gate_background"))
+        assert timing["total"] == pytest.approx(path, abs=0.01)
+    explained = threaded.explain(rows[0])
+    assert explained["quality"] == want[0]["quality"] and "gate_background" in explained["timing_ms"]

@@ -106,6 +106,8 @@ def test_contract_and_parity_with_in_process_inference(
         )
         if body["label"] == "Benign":
             assert body["probabilities"]["Benign"] > body["benign_threshold"]
+        # the worker computed the gate's statistics on its gate thread, beside the request path
+        assert body["timing_ms"]["gate_background"] > 0
         x = transform(Image.open(io.BytesIO(path.read_bytes())).convert("RGB")).unsqueeze(0)
         with torch.inference_mode():
             ref = torch.softmax(ref_model(x) / card["temperature"], dim=-1)[0]

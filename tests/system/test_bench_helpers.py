@@ -77,11 +77,33 @@ def test_e2e_budget_names_the_floor_without_the_gate() -> None:
     from bench.runtimes import E2E_OF_FORWARD_TARGET, _e2e_budget
 
     steps = {"decode": 0.5, "gate": 5.0, "preprocess": 0.9, "forward": 10.0, "postprocess": 0.1, "other": 0.0}
-    r = {"served": "onnxruntime", "end_to_end": {"onnxruntime": {"runtime": "onnxruntime", "step_ms": steps}}}
-    b = _e2e_budget(r)
-    assert b["allowed_ms"] == round(10.0 * (1 / E2E_OF_FORWARD_TARGET - 1), 2) == 2.5
-    assert b["rest_ms"] == 1.5 and b["gate_budget_ms"] == 1.0  # the gate may cost 1 ms, it costs 5
-    assert b["e2e_of_forward_without_gate"] == round(10.0 / 11.5, 2)
+    for background in (None, 4.0):  # the gate thread's time overlaps the steps: never part of the rest
+        if background is not None:
+            steps["gate_background"] = background
+        r = {"served": "onnxruntime", "end_to_end": {"onnxruntime": {"runtime": "onnxruntime", "step_ms": steps}}}
+        b = _e2e_budget(r)
+        assert b["allowed_ms"] == round(10.0 * (1 / E2E_OF_FORWARD_TARGET - 1), 2) == 2.5
+        assert b["rest_ms"] == 1.5 and b["gate_budget_ms"] == 1.0  # the gate may cost 1 ms, it costs 5
+        assert b["e2e_of_forward_without_gate"] == round(10.0 / 11.5, 2)
+
+
+def test_served_checks_report_the_gate_inline_and_the_cpu_ratio() -> None:
+    from bench.runtimes import GATE_INLINE, _served_checks
+
+    forward = {"eager": {"images_per_s_batch4": 50.0}, "onnxruntime": {"images_per_s_batch4": 100.0}}
+    e2e = {
+        "onnxruntime": {"runtime": "onnxruntime", "images_per_s": 90.0, "cpu_ms_per_image": 12.5},
+        GATE_INLINE.format(runtime="onnxruntime"): {"runtime": "onnxruntime", "images_per_s": 60.0},
+    }
+    chk = _served_checks(
+        {"batch_size": 4, "forward": forward, "fastest": "onnxruntime", "served": "onnxruntime", "end_to_end": e2e}
+    )
+    assert chk == {
+        "speedup_vs_eager": 2.0,
+        "e2e_of_forward": 0.9,
+        "e2e_of_forward_cpu": 0.8,
+        "e2e_of_forward_gate_inline": 0.6,
+    }
 
 
 def test_ts_config_report_says_which_runs_had_a_warm_frontend(tmp_path) -> None:
