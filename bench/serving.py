@@ -625,6 +625,15 @@ def render_markdown(results: dict, plot_name: str) -> str:
             for m, r in results["models"].items()
         }
         frontend = [r["torchserve"]["cpu_ms_per_image_c8"]["ts_frontend"] for r in results["models"].values()]
+        # both sides CPU-bound on the same cores: images/s go as 1 / (CPU per image of all that runs)
+        ceilings = {
+            m: (
+                c["in_process"] / (c["ts_worker"] + c["ts_frontend"] + c["ts_client"]),
+                c["in_process"] * _level(r["in_process"]["levels"], 8)["images_per_s"] / 1000.0,
+            )
+            for m, r in results["models"].items()
+            for c in (r["torchserve"]["cpu_ms_per_image_c8"],)
+        }
         lines += [
             "",
             "Reading (from this run's numbers): the TorchServe worker runs the same code as the in-process side "
@@ -635,7 +644,12 @@ def render_markdown(results: dict, plot_name: str) -> str:
             + f"); the frontend adds {min(frontend)}-{max(frontend)} ms of CPU per request. On two cores, with one "
             "worker per model, the frontend's share weighs most on the small models, whose forward pass costs "
             "least. CPU per image for the same code varies between runs on this shared machine (tens of percent), "
-            "so compare the two sides within one run.",
+            "so compare the two sides within one run. Where both sides keep every core busy (at c=8 a small "
+            "model's request thread and gate thread fill both), TorchServe can reach at most the in-process CPU "
+            "per image over its own (worker, frontend and clients) of the in-process images/s; that ceiling, "
+            "and the cores the in-process side kept busy: "
+            + ", ".join(f"{m} {ceiling:.2f} ({cores:.2f} cores)" for m, (ceiling, cores) in ceilings.items())
+            + ".",
         ]
     lines += [
         "",

@@ -131,3 +131,21 @@ def test_ts_config_report_says_which_runs_had_a_warm_frontend(tmp_path) -> None:
     md = (tmp_path / "cfg.md").read_text()
     assert f"- {shipped}: today, frontend warmed first" in md
     assert f"- {older}: yesterday, cold frontend" in md
+
+
+def test_the_committed_benchmark_report_is_what_its_results_render_to() -> None:
+    """docs/benchmarks.md is generated from docs/benchmarks.json: the two never drift apart, and the reading
+    states the CPU-bound ceiling of TorchServe against in-process from the run's own CPU numbers."""
+    import json
+    from pathlib import Path
+
+    from bench.serving import render_markdown
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    results = json.loads((docs / "benchmarks.json").read_text())
+    md = render_markdown(results, "benchmarks_latency.png")
+    assert md == (docs / "benchmarks.md").read_text()
+    m, r = next(iter(results["models"].items()))
+    c = r["torchserve"]["cpu_ms_per_image_c8"]
+    ceiling = c["in_process"] / (c["ts_worker"] + c["ts_frontend"] + c["ts_client"])
+    assert f"{m} {ceiling:.2f} (" in md
