@@ -295,9 +295,10 @@ def _card_beside(mar: Path, packed: bytes) -> bytes:
     as the ``packed`` one, else ``packed``."""
     beside = mar.parent / f"{mar.stem}.card.json"
     if beside.is_file():
-        inner, outer = json.loads(packed), json.loads(beside.read_text())
+        beside_bytes = beside.read_bytes()
+        inner, outer = json.loads(packed), json.loads(beside_bytes)
         if (outer.get("name"), outer.get("version")) == (inner["name"], inner["version"]):
-            return beside.read_bytes()
+            return beside_bytes
     return packed
 
 
