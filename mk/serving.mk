@@ -6,7 +6,7 @@ TS_WORKDIR ?= .torchserve
 
 PORTAL_COLUMN = $(if $(wildcard docs/portal_latency_models.json),--portal-json docs/portal_latency_models.json)
 
-.PHONY: bench-ts-config bench-portal bench-runtimes bench-cells archive repack serve stop bench loadtest scale-bench test-serving
+.PHONY: bench-ts-config bench-ts-overhead bench-portal bench-runtimes bench-cells archive repack serve stop bench loadtest scale-bench test-serving
 
 archive: setup
 	$(PY) -m training.archive --artifacts $(ARTIFACTS) --out $(MODEL_STORE)
@@ -26,6 +26,7 @@ bench: setup
 	OMP_NUM_THREADS=1 $(PY) -m bench.portal_latency --model-store $(MODEL_STORE) --portal-json docs/portal_latency_models.json
 	OMP_NUM_THREADS=1 $(PY) -m bench.runtimes --model-store $(MODEL_STORE) --out docs/benchmarks --portal-json docs/portal_latency_models.json
 	OMP_NUM_THREADS=1 $(PY) -m bench.cells --model-store $(MODEL_STORE) --out docs/benchmarks_cells
+	OMP_NUM_THREADS=1 $(PY) -m bench.ts_overhead --model-store $(MODEL_STORE) --out docs/ts_overhead
 
 # forward runtimes, the limit, step shares alone (merged into docs/benchmarks.json/.md; `make bench` runs it too)
 bench-runtimes: setup
@@ -39,6 +40,10 @@ bench-cells: setup
 # its per-model p50 (docs/portal_latency_models.json) fills the runtimes table's portal column once it exists
 bench-portal: setup
 	OMP_NUM_THREADS=1 $(PY) -m bench.portal_latency --model-store $(MODEL_STORE) --portal-json docs/portal_latency_models.json
+
+# What TorchServe adds to a single request, split by its own metrics (bench/ts_overhead.py; `make bench` too)
+bench-ts-overhead: setup
+	OMP_NUM_THREADS=1 $(PY) -m bench.ts_overhead --model-store $(MODEL_STORE) --out docs/ts_overhead
 
 # TorchServe workers / threads / batch / delay for the frame models, by measurement (bench/ts_config.py)
 bench-ts-config: setup

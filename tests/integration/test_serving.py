@@ -271,11 +271,30 @@ def test_key_file_is_private_and_metrics_are_prometheus(torchserve: ServerInfo) 
     assert r.status_code == 200 and "ts_inference_requests_total" in r.text
 
 
+def test_the_counters_that_split_torchserve_s_overhead_count_each_request(torchserve: ServerInfo) -> None:
+    """bench.ts_overhead reads these of the served model: each request counted once, its frontend latency
+    longer than its queue wait, which is more than nothing (the 1 ms batch delay is in it)."""
+    from bench.ts_overhead import COUNTERS, LATENCY, QUEUE, REQUESTS, counter
+
+    def counters() -> dict[str, float]:
+        text = requests.get(f"{torchserve.metrics_url}/metrics", timeout=10).text
+        return {name: counter(text, name, CHEAP_MODEL) for name in COUNTERS}
+
+    # TorchServe shows a model's counters from its first answer on
+    assert _post(torchserve, CHEAP_MODEL, Case("counted", smear_bytes("Pre", 0))).status_code == 200
+    before = counters()
+    for i in range(3):
+        assert _post(torchserve, CHEAP_MODEL, Case("counted", smear_bytes("Pre", i))).status_code == 200
+    delta = {k: v - before[k] for k, v in counters().items()}
+    assert delta[REQUESTS] == 3
+    assert delta[LATENCY] > delta[QUEUE] > 0
+
+
 def test_logs_keep_requests_and_worker_events_but_not_per_batch_bookkeeping(torchserve: ServerInfo) -> None:
     """docker/torchserve/log4j2.xml: every request in the access log and the workers' start in the model
     log, written from a background thread; TorchServe's per-batch INFO lines (job ids, backend response
     times, the worker's metric lines) not written at all (they cost the frontend about 2 ms of CPU per
-    request, docs/torchserve_config.md)."""
+    request, docs/serving.md)."""
     import time
 
     logs = Path(torchserve.workdir) / "logs"

@@ -167,3 +167,49 @@ def test_the_committed_torchserve_configuration_report_is_what_its_results_rende
     assert list(report["variants"]) == list(VARIANTS)
     write_report(report, tmp_path / "torchserve_config.md")
     assert (tmp_path / "torchserve_config.md").read_text() == (docs / "torchserve_config.md").read_text()
+
+
+def test_ts_overhead_reads_torchserve_counters_and_splits_what_torchserve_adds() -> None:
+    import pytest
+
+    from bench.ts_overhead import LATENCY, QUEUE, REQUESTS, breakdown, counter
+
+    # TorchServe 0.12's Prometheus text: label sets end with a comma; another model's line must not match
+    labels = 'model_version="default",hostname="vm",}'
+    text = (
+        "# HELP ts_queue_latency_microseconds Cumulative queue duration in microseconds\n"
+        f'ts_queue_latency_microseconds{{model_name="mobilenetv3_lstm_b",{labels} 9.0\n'
+        f'ts_queue_latency_microseconds{{model_name="mobilenetv3_lstm",{labels} 248908.131\n'
+    )
+    assert counter(text, QUEUE, "mobilenetv3_lstm") == 248908.131
+    with pytest.raises(KeyError):
+        counter(text, LATENCY, "mobilenetv3_lstm")
+
+    # 2 requests: the client waited 14 and 16 ms, the handler took 10 and 11, the frontend counted 13 ms
+    # each from arrival to answer, 1.2 ms of it in the queue
+    parts = breakdown([14.0, 16.0], [10.0, 11.0], {LATENCY: 26000.0, QUEUE: 2400.0, REQUESTS: 2.0})
+    assert parts == {
+        "requests": 2,
+        "client": 15.0,
+        "handler": 10.5,
+        "http": 2.0,
+        "queue": 1.2,
+        "worker_round_trip": 1.3,
+        "torchserve_total": 4.5,
+    }
+    assert parts["http"] + parts["queue"] + parts["worker_round_trip"] == pytest.approx(parts["torchserve_total"])
+    with pytest.raises(RuntimeError, match="counted 3"):  # requests that were not ours: no split
+        breakdown([14.0, 16.0], [10.0, 11.0], {LATENCY: 26000.0, QUEUE: 2400.0, REQUESTS: 3.0})
+
+
+def test_the_committed_torchserve_overhead_report_is_what_its_results_render_to() -> None:
+    import json
+    from pathlib import Path
+
+    from bench.ts_overhead import PARTS, render
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    report = json.loads((docs / "ts_overhead.json").read_text())
+    assert render(report) == (docs / "ts_overhead.md").read_text()
+    for parts in report["models"].values():  # the three parts add up to what TorchServe adds
+        assert abs(sum(parts[k] for k in PARTS[:3]) - parts["torchserve_total"]) < 0.02
