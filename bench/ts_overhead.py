@@ -85,9 +85,9 @@ def breakdown(client_ms: Sequence[float], handler_ms: Sequence[float], delta: di
 
 def measure(store: Path, model: str, images: Sequence[bytes], n: int, work: Path) -> dict[str, Any]:
     from bench.serving import _server_processes, warm_frontend
-    from serving.torchserve import start, stop
+    from serving.torchserve import free_ports, start, stop
 
-    info = start(store, [model], work / f"ts-{model}")
+    info = start(store, [model], work / f"ts-{model}", ports=free_ports())  # beside a running `make serve`
     try:
         warm_frontend(info, model, _server_processes(info, model)["frontend"])
         host, port = info.inference_url.removeprefix("http://").split(":")
