@@ -90,7 +90,7 @@ def percentiles(latencies_ms: Sequence[float]) -> dict[str, float]:
 
 
 def _closed_loop(
-    call: Callable[[bytes], None], images: Sequence[bytes], concurrency: int, total: int
+    call: Callable[[bytes], object], images: Sequence[bytes], concurrency: int, total: int
 ) -> tuple[list[float], float]:
     """``concurrency`` threads each send the next image as soon as their previous answer came back;
     returns the latencies (ms) and the wall time (s)."""
@@ -128,13 +128,13 @@ def _level_summary(concurrency: int, latencies: list[float], wall: float) -> dic
     }
 
 
-def run_closed_loop(call: Callable[[bytes], None], images: Sequence[bytes], concurrency: int, total: int) -> dict:
+def run_closed_loop(call: Callable[[bytes], object], images: Sequence[bytes], concurrency: int, total: int) -> dict:
     """A closed-loop level (:func:`_closed_loop`): images/s and latency percentiles."""
     return _level_summary(concurrency, *_closed_loop(call, images, concurrency, total))
 
 
 def run_interleaved_level(
-    sides: dict[str, tuple[Callable[[bytes], None], Callable[[], dict[str, float]]]],
+    sides: dict[str, tuple[Callable[[bytes], object], Callable[[], dict[str, float]]]],
     images: Sequence[bytes],
     concurrency: int,
     total: int,
@@ -167,7 +167,7 @@ def run_interleaved_level(
     }
 
 
-def run_paired_single(calls: dict[str, Callable[[bytes], None]], images: Sequence[bytes], pairs: int) -> dict:
+def run_paired_single(calls: dict[str, Callable[[bytes], object]], images: Sequence[bytes], pairs: int) -> dict:
     """One request at a time, the sides taking turns request by request (which goes first flips every
     pair), so that both meet the same machine: on a shared CPU whose speed drifts by tens of percent
     between minutes, levels measured one after the other differ by more than the few ms compared here.
@@ -283,15 +283,15 @@ class InProcess:
         }
 
 
-def torchserve_client(info: ServerInfo, model: str, expect: int = 200) -> Callable[[bytes], None]:
-    """A light HTTP client (one keep-alive http.client connection per thread) for /predictions; an answer
-    with another status than ``expect`` raises."""
+def torchserve_client(info: ServerInfo, model: str, expect: int = 200) -> Callable[[bytes], bytes]:
+    """A light HTTP client (one keep-alive http.client connection per thread) for /predictions that returns
+    the answer's body; an answer with another status than ``expect`` raises."""
     host, port = info.inference_url.removeprefix("http://").split(":")
     path = f"/predictions/{model}"
     headers = {"Authorization": f"Bearer {info.inference_key}", "Content-Type": "application/octet-stream"}
     local = threading.local()
 
-    def call(raw: bytes) -> None:
+    def call(raw: bytes) -> bytes:
         conn = getattr(local, "conn", None)
         if conn is None:
             conn = local.conn = http.client.HTTPConnection(host, int(port), timeout=300)
@@ -300,6 +300,7 @@ def torchserve_client(info: ServerInfo, model: str, expect: int = 200) -> Callab
         body = resp.read()
         if resp.status != expect:
             raise RuntimeError(f"TorchServe answered {resp.status}: {body[:200]!r}")
+        return body
 
     return call
 

@@ -29,7 +29,6 @@ installed for that). Writes ``<out>.json`` and ``<out>.md``.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import re
@@ -83,39 +82,30 @@ def breakdown(client_ms: Sequence[float], handler_ms: Sequence[float], delta: di
     return {"requests": int(n), **{k: round(v, 2) for k, v in parts.items()}}
 
 
+def read_counters(metrics_url: str, model: str) -> dict[str, float]:
+    """:data:`COUNTERS` of ``model`` from TorchServe's metrics endpoint (there from its first answer on)."""
+    text = requests.get(f"{metrics_url}/metrics", timeout=10).text
+    return {name: counter(text, name, model) for name in COUNTERS}
+
+
 def measure(store: Path, model: str, images: Sequence[bytes], n: int, work: Path) -> dict[str, Any]:
-    from bench.serving import _server_processes, warm_frontend
+    from bench.serving import _server_processes, torchserve_client, warm_frontend
     from serving.torchserve import free_ports, start, stop
 
     info = start(store, [model], work / f"ts-{model}", ports=free_ports())  # beside a running `make serve`
     try:
         warm_frontend(info, model, _server_processes(info, model)["frontend"])
-        host, port = info.inference_url.removeprefix("http://").split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=300)
-        headers = {"Authorization": f"Bearer {info.inference_key}", "Content-Type": "application/octet-stream"}
-
-        def post(raw: bytes) -> dict[str, Any]:
-            conn.request("POST", f"/predictions/{model}", body=raw, headers=headers)
-            resp = conn.getresponse()
-            body = resp.read()
-            if resp.status != 200:
-                raise RuntimeError(f"TorchServe answered {resp.status}: {body[:200]!r}")
-            return json.loads(body)
-
-        def counters() -> dict[str, float]:
-            text = requests.get(f"{info.metrics_url}/metrics", timeout=10).text
-            return {name: counter(text, name, model) for name in COUNTERS}
-
+        post = torchserve_client(info, model)
         for raw in images:  # the worker's first answers
             post(raw)
-        before = counters()
+        before = read_counters(info.metrics_url, model)
         client, handler = [], []
         for i in range(n):
             t0 = time.perf_counter()
-            body = post(images[i % len(images)])
+            body = json.loads(post(images[i % len(images)]))
             client.append((time.perf_counter() - t0) * 1000.0)
             handler.append(float(body["timing_ms"]["total"]))
-        after = counters()
+        after = read_counters(info.metrics_url, model)
     finally:
         stop(info=info)
     return breakdown(client, handler, {k: after[k] - before[k] for k in COUNTERS})

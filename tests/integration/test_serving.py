@@ -274,18 +274,14 @@ def test_key_file_is_private_and_metrics_are_prometheus(torchserve: ServerInfo) 
 def test_the_counters_that_split_torchserve_s_overhead_count_each_request(torchserve: ServerInfo) -> None:
     """bench.ts_overhead reads these of the served model: each request counted once, its frontend latency
     longer than its queue wait, which is more than nothing (the 1 ms batch delay is in it)."""
-    from bench.ts_overhead import COUNTERS, LATENCY, QUEUE, REQUESTS, counter
-
-    def counters() -> dict[str, float]:
-        text = requests.get(f"{torchserve.metrics_url}/metrics", timeout=10).text
-        return {name: counter(text, name, CHEAP_MODEL) for name in COUNTERS}
+    from bench.ts_overhead import LATENCY, QUEUE, REQUESTS, read_counters
 
     # TorchServe shows a model's counters from its first answer on
     assert _post(torchserve, CHEAP_MODEL, Case("counted", smear_bytes("Pre", 0))).status_code == 200
-    before = counters()
+    before = read_counters(torchserve.metrics_url, CHEAP_MODEL)
     for i in range(3):
         assert _post(torchserve, CHEAP_MODEL, Case("counted", smear_bytes("Pre", i))).status_code == 200
-    delta = {k: v - before[k] for k, v in counters().items()}
+    delta = {k: v - before[k] for k, v in read_counters(torchserve.metrics_url, CHEAP_MODEL).items()}
     assert delta[REQUESTS] == 3
     assert delta[LATENCY] > delta[QUEUE] > 0
 
