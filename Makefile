@@ -27,7 +27,7 @@ $(STAMP): $(LOCK) $(CONSTRAINTS) requirements/system-deps.sh
 	touch $@
 
 # The test command (README, .ci/run). Uses MySQL when DATABASE_URL points at it, else SQLite.
-test: setup
+test: setup kserve-env
 	$(PY) -m pytest
 
 lint: setup

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.errors import RequestError
-from core.v2 import v2_image, v2_request
+from core.v2 import v2_image, v2_parameters, v2_request
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -43,6 +43,7 @@ __all__ = [
     "enforce_pillow_limits",
     "extract_payload",
     "request_json",
+    "request_flag",
     "open_image",
     "to_rgb",
     "decode_request",
@@ -118,6 +119,20 @@ def request_json(row: Any) -> Any:
         except json.JSONDecodeError:
             return None
     return None
+
+
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+
+
+def request_flag(row: Any, name: str, *headers: str | None) -> bool:
+    """Whether a request asks for ``name`` (``annotate``, ``explain``): a true value in one of ``headers``
+    (the values of its request headers), ``"<name>": true`` in its JSON body, or in the ``parameters`` of
+    a v2 request. TorchServe does not hand the query string to the handler, so ``?<name>=1`` cannot count."""
+    body = request_json(row)
+    values: list[Any] = list(headers)
+    if isinstance(body, dict):
+        values += [body.get(name), v2_parameters(body).get(name)]
+    return any(str(v).strip().lower() in _TRUE_WORDS for v in values if v is not None)
 
 
 def extract_payload(row: Any) -> bytes:

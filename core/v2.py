@@ -6,27 +6,34 @@ Every model also accepts a v2 inference request, so it runs unchanged behind Tor
     {"id": "r1", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["<base64>"]}],
      "parameters": {"annotate": true}}
 
-and answers in v2 form: the contract's body as one JSON string (output ``result``), with the
-classifier's probabilities (FP32, ``parameters.classes`` naming the columns) and label, or the cell
-model's counts (INT64), as tensors beside it::
+``"parameters": {"explain": true}`` asks a frame classifier for its Grad-CAM heatmap as well (the
+v2 protocol has no explain verb), ``{"annotate": true}`` the cell model for its annotated image.
+It answers in v2 form: the contract's body as one JSON string (output ``result``), with the
+classifier's probabilities (FP32, ``parameters.classes`` naming the columns, comma-separated: v2
+parameter values are strings, numbers or booleans) and label, or the cell model's counts (INT64), as
+tensors beside it::
 
     {"model_name": "...", "model_version": "...", "id": "r1",
      "outputs": [{"name": "result", "datatype": "BYTES", "shape": [1], "data": ["{...}"],
                   "parameters": {"content_type": "application/json"}},
                  {"name": "probabilities", "datatype": "FP32", "shape": [1, 4], "data": [...], ...}, ...]}
 
-A refusal keeps its HTTP status and is ``{"error": message, "code": code}`` (the v2 error object).
+A refusal keeps its HTTP status and is the v2 error object, ``{"error": "<code>: <message>", "code":
+code}``: the text starts with the contract's code, because a v2 proxy in front (KServe's model server)
+passes on only the ``error`` text (in its own HTTP 500); :func:`error_code` reads it back.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from core.errors import RequestError
+from core.errors import ERROR_STATUS, RequestError
 
-__all__ = ["INPUT_NAME", "v2_request", "v2_image", "v2_parameters", "to_v2", "v2_error"]
+__all__ = ["INPUT_NAME", "v2_request", "v2_image", "v2_parameters", "to_v2", "v2_error", "error_code"]
 
+_CODE_PREFIX = re.compile(r"(?:^|\s)(" + "|".join(map(re.escape, sorted(ERROR_STATUS))) + r"): ")
 #: the name clients give the image tensor (any name is accepted when there is one BYTES input)
 INPUT_NAME = "image"
 
@@ -79,7 +86,7 @@ def to_v2(body: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
                 "datatype": "FP32",
                 "shape": [1, len(probs)],
                 "data": [float(p) for p in probs.values()],
-                "parameters": {"classes": list(probs)},
+                "parameters": {"classes": ",".join(probs)},
             }
         )
         outputs.append({"name": "label", "datatype": "BYTES", "shape": [1], "data": [body.get("label") or ""]})
@@ -91,7 +98,7 @@ def to_v2(body: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
                 "datatype": "INT64",
                 "shape": [len(counts)],
                 "data": [int(n) for n in counts.values()],
-                "parameters": {"classes": list(counts)},
+                "parameters": {"classes": ",".join(counts)},
             }
         )
     answer: dict[str, Any] = {"model_name": body.get("model"), "model_version": body.get("version"), "outputs": outputs}
@@ -101,4 +108,19 @@ def to_v2(body: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
 
 
 def v2_error(error: RequestError) -> dict[str, Any]:
-    return {"error": error.message, "code": error.code}
+    return {"error": f"{error.code}: {error.message}", "code": error.code}
+
+
+def error_code(error: Any) -> str | None:
+    """The contract's code of a v2 error (:func:`v2_error`), also where a proxy kept only its text,
+    prefixed with its own words (KServe: ``"HTTPStatusError : <code>: <message>, '422 ...' for url ..."``);
+    None when it names none."""
+    if isinstance(error, dict):
+        code = error.get("code")
+        if isinstance(code, str) and code in ERROR_STATUS:
+            return code
+        error = error.get("error")
+    if not isinstance(error, str):
+        return None
+    match = _CODE_PREFIX.search(error)
+    return match.group(1) if match else None

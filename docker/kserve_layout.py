@@ -15,7 +15,7 @@ KServe's runtime needs changed, and nothing else:
   container forwards requests; metrics and gRPC stay on loopback;
 - ``model_snapshot`` names the one model (the wrapper reads the model name from it), with the per-model
   batch and worker settings from the ``models`` entry of the base file;
-- ``enable_envvars_config=true``: the runtime passes TS_SERVICE_ENVELOPE (the KServe v1/v2 envelope);
+- ``enable_envvars_config=true``: the runtime passes TS_SERVICE_ENVELOPE (empty: the handlers read v2 themselves);
 - ``disable_token_authorization=true``: the wrapper sends no TorchServe token; access control is
   KServe's (NetworkPolicy in docker/k8s/base, the cluster's KServe authentication);
 - ``allowed_urls`` admits only archives under /mnt/models/model-store.

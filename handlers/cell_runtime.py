@@ -21,10 +21,9 @@ import torch
 from cells.segment import find_cells
 from core.card import check_card_matches, read_card
 from core.cell_answer import build_cell, counts_of
-from core.decode import decode_request, request_json
+from core.decode import decode_request, request_flag
 from core.prediction import NOTICE
 from core.smear_gate import SmearGate
-from core.v2 import v2_parameters
 from handlers.annotate import annotated_png_base64
 from handlers.postprocess import calibrated_probabilities
 from handlers.runtime import MODEL_SUBDIR, elapsed_ms
@@ -33,7 +32,6 @@ from training.cell_typer import build_typer_transform, crop_cell, load_typer
 __all__ = ["CellRuntime", "wants_annotation"]
 #: crops typed per forward pass (a crowded frame has a few dozen cells)
 TYPER_BATCH = 32
-_TRUE = {"1", "true", "yes", "on"}
 
 
 def wants_annotation(row: Any, header: str | None = None, explain: str | None = None) -> bool:
@@ -41,13 +39,8 @@ def wants_annotation(row: Any, header: str | None = None, explain: str | None = 
 
     Asked by the header ``annotate: 1``, by ``"annotate": true`` in a JSON body (``parameters`` of a
     v2 request), or by calling ``/explanations/wbc_cells`` (TorchServe sets the header ``explain: True``).
-    TorchServe does not hand the query string to the handler, so ``?annotate=1`` cannot be read.
     """
-    body = request_json(row)
-    values: list[Any] = [header, explain]
-    if isinstance(body, dict):
-        values += [body.get("annotate"), v2_parameters(body).get("annotate")]
-    return any(str(v).strip().lower() in _TRUE for v in values if v is not None)
+    return request_flag(row, "annotate", header, explain)
 
 
 class CellRuntime:

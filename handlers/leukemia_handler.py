@@ -8,7 +8,8 @@ once, then :meth:`LeukemiaHandler.handle` per batch. Everything else lives in pl
 Per-request results: a JSON body for every request of the batch, with its own HTTP status set by
 ``context.set_response_status(code, phrase, idx)``: 200 for a prediction or explanation, the
 contract's 4xx for a refusal (:mod:`core.errors`). Requests sent to
-``/explanations/{model}`` carry the header ``explain: True`` and get a Grad-CAM heatmap.
+``/explanations/{model}`` (TorchServe sets the header ``explain: True``), and JSON or v2 requests
+with ``"explain": true`` (in a v2 request's ``parameters``), get a Grad-CAM heatmap.
 ``GET /models/{model}?customized=true`` (management API; TorchServe sends the header ``describe:
 True``) answers the forward runtime the worker serves with and how it was chosen
 (:meth:`handlers.backends.Selection.describe`) in ``customizedMetadata``.
@@ -24,6 +25,7 @@ import logging
 import time
 from typing import Any
 
+from core.decode import request_flag
 from core.errors import RequestError
 from handlers.respond import request_header, respond
 from handlers.runtime import ModelRuntime, prepare_worker
@@ -57,8 +59,10 @@ class LeukemiaHandler:
         )
 
     @staticmethod
-    def _is_explain(context: Any, idx: int) -> bool:
-        return request_header(context, idx, "explain") == "True"
+    def _is_explain(context: Any, idx: int, row: Any) -> bool:
+        """``/explanations/{model}`` (TorchServe sets the header ``explain: True``), or ``"explain": true``
+        in a JSON body or in a v2 request's ``parameters`` (KServe's v2 protocol has no explain verb)."""
+        return request_flag(row, "explain", request_header(context, idx, "explain"))
 
     def handle(self, data: list[Any], context: Any) -> list[Any]:
         if self.runtime is None:
@@ -69,7 +73,7 @@ class LeukemiaHandler:
         results: list[dict[str, Any] | RequestError] = [RequestError("internal_error", "not processed")] * len(data)
         predict_idx = []
         for i, row in enumerate(data):
-            if self._is_explain(context, i):
+            if self._is_explain(context, i, row):
                 try:
                     results[i] = runtime.explain(row)
                 except RequestError as exc:

@@ -41,7 +41,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 def readyz(request: HttpRequest) -> JsonResponse:
     from django_q.models import OrmQ
 
-    from portal.analyses.inference import TorchServeClient
+    from portal.analyses.inference import ModelClient
 
     checks: dict[str, dict[str, object]] = {}
     try:
@@ -60,7 +60,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
         }
     except DatabaseError as exc:
         checks["queue"] = {"ok": False, "error": exc.__class__.__name__}
-    healthy, detail = TorchServeClient().ping()
+    healthy, detail = ModelClient().ping()
     checks["model_server"] = {"ok": healthy, "detail": detail, "required": False}
     ready = all(c["ok"] for name, c in checks.items() if c.get("required", True))
     return JsonResponse({"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)

@@ -52,10 +52,10 @@ from portal import actions
 from portal.analyses import storage
 from portal.analyses.inference import (
     CellPrediction,
+    ModelClient,
     Prediction,
     Refusal,
     ServerError,
-    TorchServeClient,
     Unreachable,
 )
 from portal.analyses.models import Analysis, CellAnalysis, Image, QueuedJob
@@ -178,7 +178,7 @@ def _defer(model: type[QueuedJob], analysis_id: int, outcome: ServerError | Unre
     return "pending"
 
 
-def _run(model: type[QueuedJob], analysis_id: int, call: Callable[[TorchServeClient, QueuedJob, bytes], Any]) -> str:
+def _run(model: type[QueuedJob], analysis_id: int, call: Callable[[ModelClient, QueuedJob, bytes], Any]) -> str:
     """Claim, call the model server once, store the outcome once (or defer it). Returns what happened."""
     store = _store(model)
     claimed = _claim(model, analysis_id)
@@ -203,7 +203,7 @@ def _run(model: type[QueuedJob], analysis_id: int, call: Callable[[TorchServeCli
     except OSError as exc:
         return store(analysis_id, ServerError(f"stored image unreadable: {exc}")) or "final"
     try:
-        outcome = call(TorchServeClient(), analysis, data)
+        outcome = call(ModelClient(), analysis, data)
     except Exception as exc:  # noqa: BLE001 - a bug must not leave the analysis pending forever
         log.exception("%s %s: unexpected error calling the model server", model.__name__, analysis_id)
         outcome = ServerError(f"internal error: {exc.__class__.__name__}")

@@ -123,7 +123,10 @@ class ServerInfo:
         return Path(self.workdir) / KEY_FILE
 
     def auth(self, kind: str = "inference") -> dict[str, str]:
-        """The Authorization header for the inference or management API (fresh from the key file)."""
+        """The Authorization header for the inference or management API (fresh from the key file); none
+        for a TorchServe started with token authorization off (as under KServe)."""
+        if not self.inference_key:
+            return {}
         keys = read_keys(self.workdir)
         return {"Authorization": f"Bearer {keys.inference if kind == 'inference' else keys.management}"}
 
@@ -205,7 +208,7 @@ def _alive(pid: int) -> bool:
 
 
 def _ready_models(info_urls: dict[str, str], keys: Keys, models: Sequence[str]) -> bool:
-    headers = {"Authorization": f"Bearer {keys.management}"}
+    headers = {"Authorization": f"Bearer {keys.management}"} if keys.management else {}
     for name in models:
         r = requests.get(f"{info_urls['management']}/models/{name}", headers=headers, timeout=5)
         if r.status_code != 200:
@@ -246,7 +249,10 @@ def start(
     (work / "tmp").mkdir(exist_ok=True)
     (work / KEY_FILE).unlink(missing_ok=True)
     cfg = work / "config.properties"
-    cfg.write_text(effective_config(config, store, names, ports))
+    effective = effective_config(config, store, names, ports)
+    cfg.write_text(effective)
+    # token authorization off (a configuration for KServe, where the cluster does access control): no key file
+    no_tokens = dict(parse_properties(effective)).get("disable_token_authorization", "").strip().lower() == "true"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TS_") and k != "PYTHONPATH"}
     env.update(
         LOG_LOCATION=str(work / "logs"),
@@ -281,7 +287,7 @@ def start(
         if proc.poll() is not None:
             raise ServeError(f"TorchServe exited with {proc.returncode}\n{_log_tail(work)}")
         try:
-            keys = keys or read_keys(work)
+            keys = keys or (Keys("", "", "") if no_tokens else read_keys(work))
             if _ready_models(urls, keys, names):
                 break
         except (OSError, ValueError, KeyError, requests.RequestException):

@@ -58,3 +58,69 @@ def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         yield info
     finally:
         stop(info=info)
+
+
+#: KServe's model server, in its own environment (make kserve-env)
+KSERVE_PYTHON = REPO / ".venv-kserve" / "bin" / "python"
+#: the served models the KServe tests put behind it (one frame classifier, the cell model)
+KSERVE_MODELS = ("mobilenetv3_lstm", "wbc_cells")
+
+
+@pytest.fixture(scope="session")
+def kserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """KServe's model server forwarding the Open Inference Protocol (v2) to a real TorchServe, as a KServe
+    predictor runs it: TorchServe with the configuration KServe's runtime needs (docker/kserve_layout.py:
+    token authorization off, access control being the cluster's) and ``kserve.ModelServer`` in front
+    (tests/integration/kserve_proxy.py). Yields the model server's base URL."""
+    import importlib.util
+    import subprocess
+    import time
+
+    import requests
+
+    from serving.torchserve import DEFAULT_CONFIG, free_ports, parse_properties, start, stop
+
+    if not KSERVE_PYTHON.is_file():
+        pytest.fail(f"{KSERVE_PYTHON} not found: run `make kserve-env` (make test does)")
+    spec = importlib.util.spec_from_file_location("kserve_layout", REPO / "docker" / "kserve_layout.py")
+    assert spec is not None and spec.loader is not None
+    layout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layout)
+    work = tmp_path_factory.mktemp("kserve")
+    props = dict(parse_properties(DEFAULT_CONFIG.read_text()))
+    props["disable_token_authorization"] = layout.OVERRIDES["disable_token_authorization"]
+    config = work / "config.properties"
+    config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    info = start(model_store, models=list(KSERVE_MODELS), workdir=work / "ts", config=config, ports=free_ports())
+    port = free_ports()["inference"]
+    env = {
+        "KSERVE_HTTP_PORT": str(port),
+        "KSERVE_PREDICTOR": info.inference_url.removeprefix("http://"),
+        "KSERVE_MODELS": ",".join(KSERVE_MODELS),
+        "PATH": "/usr/bin:/bin",
+    }
+    log = open(work / "kserve.log", "wb")  # noqa: SIM115 - closed below, after the process
+    proc = subprocess.Popen(
+        [str(KSERVE_PYTHON), str(REPO / "tests" / "integration" / "kserve_proxy.py")],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"KServe's model server did not start:\n{(work / 'kserve.log').read_text()[-3000:]}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+        stop(info=info)

@@ -18,6 +18,7 @@ class AnalysesConfig(AppConfig):
 
         post_migrate.connect(_schedule_sweep, sender=self, dispatch_uid="portal.analyses.schedule_sweep")
         checks.register(_check_cell_model)
+        checks.register(_check_inference)
 
 
 def _check_cell_model(app_configs: Any = None, **kwargs: Any) -> list[Any]:
@@ -36,6 +37,34 @@ def _check_cell_model(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         ]
     return []
+
+
+def _check_inference(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """PORTAL_INFERENCE_PROTOCOL is one the client speaks; PORTAL_MODEL_URLS names served models and
+    gives each an http(s) URL."""
+    from django.conf import settings
+    from django.core import checks
+
+    from core.registry import served_model_names
+    from portal.analyses.inference import INFERENCE_PROTOCOLS
+
+    errors = []
+    if settings.PORTAL_INFERENCE_PROTOCOL not in INFERENCE_PROTOCOLS:
+        errors.append(
+            checks.Error(
+                f"PORTAL_INFERENCE_PROTOCOL={settings.PORTAL_INFERENCE_PROTOCOL!r} is not one of "
+                f"{', '.join(INFERENCE_PROTOCOLS)}",
+                id="portal.E002",
+            )
+        )
+    for model, url in settings.PORTAL_MODEL_URLS.items():
+        if model not in served_model_names():
+            errors.append(
+                checks.Error(f"PORTAL_MODEL_URLS names {model!r}, which is not a served model", id="portal.E003")
+            )
+        if not url.startswith(("http://", "https://")):
+            errors.append(checks.Error(f"PORTAL_MODEL_URLS: {model}={url!r} is not an http(s) URL", id="portal.E004"))
+    return errors
 
 
 def _schedule_sweep(sender: AppConfig, **kwargs: object) -> None:

@@ -1,21 +1,33 @@
-"""Client for TorchServe's inference API (the contract: docs/serving.md).
+"""Client for the models' inference API: TorchServe's REST contract, or the Open Inference Protocol.
 
-One call per image and model: ``POST /explanations/{model}`` answers the prediction (the same body
-as ``/predictions``, ``label`` null when the model abstains) and its Grad-CAM heatmap from one
-forward pass. Every call returns an outcome instead of raising, so the caller maps it onto an
-analysis state: ``Prediction`` -> done, ``Refusal`` (4xx with a contract code) -> rejected,
-``ServerError`` (5xx, timeouts, unexpected answers) -> retried with backoff, then failed,
-``Unreachable`` (connection refused) -> waits for the model server.
+One call per image and model: the prediction (the same body as ``/predictions``, ``label`` null when
+the model abstains) and its Grad-CAM heatmap from one forward pass. Every call returns an outcome
+instead of raising, so the caller maps it onto an analysis state: ``Prediction`` -> done, ``Refusal``
+(4xx with a contract code) -> rejected, ``ServerError`` (5xx, timeouts, unexpected answers) -> retried
+with backoff, then failed, ``Unreachable`` (connection refused) -> waits for the model server.
 
-The cell model answers ``POST /predictions/{model}`` with the header ``annotate: 1`` (every white cell with its box,
-outlines and type, and the annotated image): ``CellPrediction`` -> done, the other outcomes as above.
+The cell model answers with every white cell (box, outlines and type) and the annotated image:
+``CellPrediction`` -> done, the other outcomes as above.
+
+Two protocols (``PORTAL_INFERENCE_PROTOCOL``), each model at its own base URL where
+``PORTAL_MODEL_URLS`` names one (else ``TORCHSERVE_URL``):
+
+- ``torchserve`` (the default): ``POST /explanations/{model}`` for a frame classifier,
+  ``POST /predictions/{model}`` with the header ``annotate: 1`` for the cell model (docs/serving.md);
+- ``v2``: ``POST /v2/models/{model}/infer`` with the image as a BYTES input and ``parameters``
+  ``{"explain": true}`` or ``{"annotate": true}`` (:mod:`core.v2`), as KServe's predictors (one host
+  per model) and TorchServe itself answer it. Behind KServe a refusal arrives as KServe's HTTP 500
+  with the handler's error text, which starts with the contract's code: it is still a ``Refusal``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +35,7 @@ import requests
 from django.conf import settings
 
 from core.errors import ERROR_STATUS
+from core.v2 import INPUT_NAME, error_code
 from serving.torchserve import read_keys
 
 __all__ = [
@@ -32,11 +45,14 @@ __all__ = [
     "Prediction",
     "Refusal",
     "ServerError",
-    "TorchServeClient",
+    "INFERENCE_PROTOCOLS",
+    "ModelClient",
     "Unreachable",
     "inference_key",
 ]
 
+#: ``PORTAL_INFERENCE_PROTOCOL``: TorchServe's REST contract, or the Open Inference Protocol (v2)
+INFERENCE_PROTOCOLS = ("torchserve", "v2")
 #: The contract's refusal codes: the model server judged the image (4xx), retrying cannot help.
 REFUSAL_CODES = frozenset(code for code, status in ERROR_STATUS.items() if 400 <= status < 500)
 
@@ -90,91 +106,174 @@ def inference_key() -> str:
         return ""
 
 
-class TorchServeClient:
-    """Thin typed wrapper over ``POST /predictions/{model}`` and ``POST /explanations/{model}``."""
+class ModelClient:
+    """Thin typed wrapper over the models' inference API (see the module docstring for the protocols)."""
 
-    def __init__(self, base_url: str | None = None, key: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        key: str | None = None,
+        protocol: str | None = None,
+        model_urls: dict[str, str] | None = None,
+    ) -> None:
         self.base_url = (base_url or settings.TORCHSERVE_URL).rstrip("/")
+        self.model_urls = {
+            m: u.rstrip("/") for m, u in (settings.PORTAL_MODEL_URLS if model_urls is None else model_urls).items()
+        }
+        self.protocol = protocol or settings.PORTAL_INFERENCE_PROTOCOL
+        if self.protocol not in INFERENCE_PROTOCOLS:
+            raise ValueError(f"unknown inference protocol {self.protocol!r}; one of {INFERENCE_PROTOCOLS}")
         self.key = inference_key() if key is None else key
         self.timeout = (settings.TORCHSERVE_CONNECT_TIMEOUT_S, settings.TORCHSERVE_READ_TIMEOUT_S)
 
-    def _post(
-        self, endpoint: str, model: str, data: bytes, extra_headers: dict[str, str] | None = None
-    ) -> requests.Response | Unreachable | ServerError:
-        response = self._post_once(endpoint, model, data, extra_headers)
+    def url_for(self, model: str) -> str:
+        """The base URL that serves ``model``."""
+        return self.model_urls.get(model, self.base_url)
+
+    def _post(self, model: str, data: bytes, flag: str) -> requests.Response | Unreachable | ServerError:
+        """One request for ``model`` asking for ``flag`` (``explain`` or ``annotate``), in the client's
+        protocol; a refused TorchServe key is re-read and the request sent once more."""
+        response = self._post_once(model, data, flag)
         if isinstance(response, requests.Response) and _key_refused(response) and not settings.TORCHSERVE_KEY:
             self.key = inference_key()  # keys expire and rotate: re-read the key file once
-            response = self._post_once(endpoint, model, data, extra_headers)
+            response = self._post_once(model, data, flag)
         return response
 
-    def _post_once(
-        self, endpoint: str, model: str, data: bytes, extra_headers: dict[str, str] | None = None
-    ) -> requests.Response | Unreachable | ServerError:
-        # TorchServe hands the handler the body and the headers, never the query string
-        headers = {"Content-Type": "application/octet-stream", **(extra_headers or {})}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
+    def _post_once(self, model: str, data: bytes, flag: str) -> requests.Response | Unreachable | ServerError:
+        base = self.url_for(model)
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        if self.protocol == "v2":
+            url = f"{base}/v2/models/{model}/infer"
+            image = {"name": INPUT_NAME, "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(data).decode()]}
+            body = json.dumps({"inputs": [image], "parameters": {flag: True}}).encode()
+            headers["Content-Type"] = "application/json"
+        elif flag == "explain":  # TorchServe hands the handler the body and the headers, never the query string
+            url, body = f"{base}/explanations/{model}", data
+            headers["Content-Type"] = "application/octet-stream"
+        else:
+            url, body = f"{base}/predictions/{model}", data
+            headers.update({"Content-Type": "application/octet-stream", flag: "1"})
         try:
-            return requests.post(
-                f"{self.base_url}/{endpoint}/{model}", data=data, headers=headers, timeout=self.timeout
-            )
+            return requests.post(url, data=body, headers=headers, timeout=self.timeout)
         except requests.ConnectTimeout as exc:
             return Unreachable(f"model server did not accept the connection: {exc.__class__.__name__}")
         except requests.Timeout:
             return ServerError(f"model server timed out after {self.timeout[1]:.0f} s")
         except requests.ConnectionError as exc:
-            return Unreachable(f"model server unreachable at {self.base_url}: {exc.__class__.__name__}")
+            return Unreachable(f"model server unreachable at {base}: {exc.__class__.__name__}")
         except requests.RequestException as exc:
             return ServerError(f"request to the model server failed: {exc}")
 
+    def _answer(self, response: requests.Response) -> tuple[dict[str, Any] | None, Refusal | ServerError | None]:
+        """The contract's success body of an answer, or what the answer is instead (a refusal, an error)."""
+        body = _json_or_none(response)
+        if response.status_code == 200 and isinstance(body, dict):
+            if self.protocol != "v2":
+                return body, None
+            result = _v2_result(body)
+            if result is not None:
+                return result, None
+            return None, ServerError("the model server's v2 answer has no JSON output named result")
+        if self.protocol == "v2":
+            code = error_code(body)  # also where a v2 proxy (KServe) kept only the text, in its own HTTP 500
+            refused = response.status_code >= 400
+        else:
+            code = body.get("code") if isinstance(body, dict) else None
+            refused = 400 <= response.status_code < 500
+        if refused and isinstance(body, dict) and code in REFUSAL_CODES:
+            return None, Refusal(code=str(code), message=_refusal_message(body, str(code)))
+        return None, ServerError(_describe_error(response, body))
+
     def analyze(self, model: str, data: bytes) -> Outcome:
-        """Prediction and heatmap of one image, in one request (``/explanations/{model}``)."""
+        """Prediction and heatmap of one image, in one request."""
         start = time.perf_counter()
-        response = self._post("explanations", model, data)
+        response = self._post(model, data, "explain")
         if not isinstance(response, requests.Response):
             return response
         latency_ms = (time.perf_counter() - start) * 1000.0
-        body = _json_or_none(response)
-        if response.status_code == 200 and isinstance(body, dict) and "probabilities" in body:
-            png = _png_or_none(body.pop("overlay_png_base64", None))
-            body.pop("grid", None)  # the overlay carries it; the grid is for other services
-            if png is None:
-                return ServerError("the model server's heatmap is not a valid base64 PNG")
-            return Prediction(
-                body=body, latency_ms=latency_ms, heatmap_png=png, explained_class=str(body.get("explained_class", ""))
-            )
-        if 400 <= response.status_code < 500 and isinstance(body, dict) and body.get("code") in REFUSAL_CODES:
-            return Refusal(code=str(body["code"]), message=str(body.get("message", "")))
-        return ServerError(_describe_error(response, body))
+        body, other = self._answer(response)
+        if body is None or "probabilities" not in body:
+            return other or ServerError("the model server's answer has no probabilities")
+        png = _png_or_none(body.pop("overlay_png_base64", None))
+        body.pop("grid", None)  # the overlay carries it; the grid is for other services
+        if png is None:
+            return ServerError("the model server's heatmap is not a valid base64 PNG")
+        return Prediction(
+            body=body, latency_ms=latency_ms, heatmap_png=png, explained_class=str(body.get("explained_class", ""))
+        )
 
     def cells(self, model: str, data: bytes) -> CellOutcome:
-        """Every white cell in one image, with the annotated image, in one request (``/predictions/{model}``)."""
+        """Every white cell in one image, with the annotated image, in one request."""
         start = time.perf_counter()
-        response = self._post("predictions", model, data, {"annotate": "1"})
+        response = self._post(model, data, "annotate")
         if not isinstance(response, requests.Response):
             return response
         latency_ms = (time.perf_counter() - start) * 1000.0
-        body = _json_or_none(response)
-        if response.status_code == 200 and isinstance(body, dict) and isinstance(body.get("cells"), list):
-            encoded = body.pop("annotated_png", None)
-            png = _png_or_none(encoded)
-            if encoded is not None and png is None:
-                return ServerError("the model server's annotated image is not a valid base64 PNG")
-            return CellPrediction(body=body, latency_ms=latency_ms, annotated_png=png)
-        if 400 <= response.status_code < 500 and isinstance(body, dict) and body.get("code") in REFUSAL_CODES:
-            return Refusal(code=str(body["code"]), message=str(body.get("message", "")))
-        return ServerError(_describe_error(response, body))
+        body, other = self._answer(response)
+        if body is None or not isinstance(body.get("cells"), list):
+            return other or ServerError("the model server's answer has no cells")
+        encoded = body.pop("annotated_png", None)
+        png = _png_or_none(encoded)
+        if encoded is not None and png is None:
+            return ServerError("the model server's annotated image is not a valid base64 PNG")
+        return CellPrediction(body=body, latency_ms=latency_ms, annotated_png=png)
 
-    def ping(self) -> tuple[bool, str]:
-        """(healthy, detail) from TorchServe's ``/ping`` (which needs the inference key)."""
+    def ping(self, models: Sequence[str] = ()) -> tuple[bool, str]:
+        """(healthy, detail): TorchServe's ``/ping`` (which needs the inference key), or, with ``v2``, the
+        protocol's ``/v2/health/ready`` of every base URL that serves one of ``models`` (default: the
+        portal's), falling back to ``/ping`` where that is not found (TorchServe's own v2 endpoint)."""
+        if self.protocol != "v2":
+            return self._ping_torchserve(self.base_url)
+        wanted = list(models) or [*settings.PORTAL_MODELS, *filter(None, [settings.PORTAL_CELL_MODEL])]
+        results = [self._ping_v2(url) for url in dict.fromkeys(self.url_for(m) for m in wanted)]
+        return all(ok for ok, _ in results), "; ".join(detail for _, detail in results)
+
+    def _ping_torchserve(self, base: str) -> tuple[bool, str]:
+        ok, detail, _ = self._get_health(f"{base}/ping", lambda b: b.get("status") == "Healthy")
+        return ok, detail
+
+    def _ping_v2(self, base: str) -> tuple[bool, str]:
+        ok, detail, status = self._get_health(f"{base}/v2/health/ready", lambda b: b.get("ready") is True)
+        return self._ping_torchserve(base) if status == 404 else (ok, detail)
+
+    def _get_health(self, url: str, healthy: Callable[[dict[str, Any]], bool]) -> tuple[bool, str, int | None]:
         headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
         try:
-            response = requests.get(f"{self.base_url}/ping", headers=headers, timeout=2)
+            response = requests.get(url, headers=headers, timeout=2)
         except requests.RequestException as exc:
-            return False, f"unreachable at {self.base_url}: {exc.__class__.__name__}"
+            return False, f"unreachable at {url}: {exc.__class__.__name__}", None
         body = _json_or_none(response)
-        healthy = response.status_code == 200 and isinstance(body, dict) and body.get("status") == "Healthy"
-        return healthy, f"HTTP {response.status_code}" + (f" {body.get('status')}" if isinstance(body, dict) else "")
+        ok = response.status_code == 200 and isinstance(body, dict) and healthy(body)
+        status = body.get("status") if isinstance(body, dict) else None
+        detail = f"HTTP {response.status_code}" + (f" {status}" if isinstance(status, str) else "") + f" from {url}"
+        return ok, detail, response.status_code
+
+
+#: what KServe's REST client appends to the error text it passes on
+_PROXY_SUFFIX = re.compile(r", '\d{3} [^']*' for url '[^']*'$")
+
+
+def _refusal_message(body: dict[str, Any], code: str) -> str:
+    """A refusal's human message: the contract's ``message``, or a v2 error's text without the code
+    (and without what a proxy put around it)."""
+    if isinstance(body.get("message"), str):
+        return str(body["message"])
+    text = str(body.get("error", ""))
+    return _PROXY_SUFFIX.sub("", text.split(f"{code}: ", 1)[-1])
+
+
+def _v2_result(answer: dict[str, Any]) -> dict[str, Any] | None:
+    """The contract's body carried by a v2 answer (its BYTES output ``result``, :func:`core.v2.to_v2`)."""
+    for output in answer.get("outputs") or []:
+        if isinstance(output, dict) and output.get("name") == "result":
+            data = output.get("data")
+            if isinstance(data, list) and len(data) == 1 and isinstance(data[0], str):
+                try:
+                    result = json.loads(data[0])
+                except ValueError:
+                    return None
+                return result if isinstance(result, dict) else None
+    return None
 
 
 def _png_or_none(encoded: Any) -> bytes | None:

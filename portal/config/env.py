@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-__all__ = ["env_bool", "env_int", "env_list", "env_str", "parse_database_url"]
+__all__ = ["env_bool", "env_int", "env_list", "env_map", "env_str", "parse_database_url"]
 
 
 def env_str(name: str, default: str = "") -> str:
@@ -35,6 +35,22 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if value is None:
         return default
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_map(name: str, default: dict[str, str]) -> dict[str, str]:
+    """``key=value,key=value`` (spaces around items ignored); an item without ``=`` is an error."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    out: dict[str, str] = {}
+    for item in (i.strip() for i in value.split(",")):
+        if not item:
+            continue
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip() or not val.strip():
+            raise ValueError(f"{name}: {item!r} is not key=value")
+        out[key.strip()] = val.strip()
+    return out
 
 
 def parse_database_url(url: str, base_dir: Path) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 Environment: DJANGO_SECRET_KEY, DJANGO_DEBUG (off unless set: `make dev` sets it), DJANGO_ALLOWED_HOSTS,
 DATABASE_URL (default: SQLite in var/portal/), PORTAL_STORAGE_DIR (uploaded images and heatmaps,
-never under a public URL), TORCHSERVE_URL, TORCHSERVE_KEY / TORCHSERVE_WORKDIR, PORTAL_MODELS, PORTAL_CELL_MODEL,
-PORTAL_WORKERS (job worker processes per `manage.py qcluster`).
+never under a public URL), TORCHSERVE_URL, TORCHSERVE_KEY / TORCHSERVE_WORKDIR, PORTAL_INFERENCE_PROTOCOL,
+PORTAL_MODEL_URLS, PORTAL_MODELS, PORTAL_CELL_MODEL, PORTAL_WORKERS (job worker processes per `manage.py qcluster`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from core import decode as image_limits
 from core.registry import cell_model_names, model_names
-from portal.config.env import env_bool, env_int, env_list, env_str, parse_database_url
+from portal.config.env import env_bool, env_int, env_list, env_map, env_str, parse_database_url
 
 REPO_DIR = Path(__file__).resolve().parent.parent.parent
 PORTAL_DIR = REPO_DIR / "portal"
@@ -161,6 +161,11 @@ TORCHSERVE_KEY = env_str("TORCHSERVE_KEY", "")
 TORCHSERVE_WORKDIR = env_str("TORCHSERVE_WORKDIR", str(REPO_DIR / ".torchserve"))  # holds key_file.json
 TORCHSERVE_CONNECT_TIMEOUT_S = float(env_str("TORCHSERVE_CONNECT_TIMEOUT_S", "2"))
 TORCHSERVE_READ_TIMEOUT_S = float(env_str("TORCHSERVE_READ_TIMEOUT_S", "12"))
+# How the portal calls the models (portal/analyses/inference.py): "torchserve", TorchServe's REST contract,
+# or "v2", the Open Inference Protocol, as KServe's predictors answer it. PORTAL_MODEL_URLS gives models
+# their own base URL ("model=url,model=url": one KServe predictor each); the others use TORCHSERVE_URL.
+PORTAL_INFERENCE_PROTOCOL = env_str("PORTAL_INFERENCE_PROTOCOL", "torchserve")
+PORTAL_MODEL_URLS = env_map("PORTAL_MODEL_URLS", {})
 PORTAL_MODELS = env_list("PORTAL_MODELS", model_names())  # default: every registered model
 # The cell model run once per uploaded image (cells, annotated image, differential); "" turns it off.
 PORTAL_CELL_MODEL = env_str("PORTAL_CELL_MODEL", cell_model_names()[0] if cell_model_names() else "")

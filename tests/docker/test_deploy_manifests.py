@@ -25,6 +25,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from core.registry import cell_model_names, get_cell_spec, get_spec, model_names, served_model_names
+from portal.config.env import env_map
 from training.archive import LAZY_MODULES, LOCAL_PACKAGES, handler_of, import_closure
 
 REPO = Path(__file__).resolve().parents[2]
@@ -363,10 +364,30 @@ def test_one_inference_service_per_model_with_its_own_target() -> None:
         assert predictor["model"]["runtime"] == "leukemia-torchserve"
         assert predictor["scaleMetric"] == "concurrency" and predictor["scaleTarget"] >= 1
         assert isvc["metadata"]["name"] == name.replace("_", "-")
+        assert predictor["model"]["protocolVersion"] == "v2"  # the handlers answer the Open Inference Protocol
     (runtime,) = _rendered("ServingRuntime")
-    args = runtime["spec"]["containers"][0]["args"]
-    assert "--model-store=/mnt/models/model-store" in args
-    assert "--ts-config=/mnt/models/config/config.properties" in args
+    container = runtime["spec"]["containers"][0]
+    assert "--model-store=/mnt/models/model-store" in container["args"]
+    assert "--ts-config=/mnt/models/config/config.properties" in container["args"]
+    assert runtime["spec"]["protocolVersions"] == ["v2"]
+    assert {"name": "TS_SERVICE_ENVELOPE", "value": ""} in container["env"]  # v2 reaches the handler as sent
+
+
+def test_the_portal_calls_every_model_at_its_kserve_predictor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PORTAL_MODEL_URLS names each served model's InferenceService predictor (KServe's cluster-local host
+    ``<name>-predictor.<namespace>.svc.cluster.local``), read as the portal's settings read it."""
+    (config,) = [c for c in _rendered("ConfigMap") if c["metadata"]["name"] == "leukemia-portal"]
+    data = config["data"]
+    assert data["PORTAL_INFERENCE_PROTOCOL"] == "v2"
+    monkeypatch.setenv("PORTAL_MODEL_URLS", data["PORTAL_MODEL_URLS"])
+    urls = env_map("PORTAL_MODEL_URLS", {})
+    names = {
+        s["spec"]["predictor"]["model"]["storageUri"].rsplit("/", 1)[1]: s["metadata"]["name"]
+        for s in _rendered("InferenceService")
+    }
+    assert set(urls) == set(names) == set(served_model_names())
+    for model, url in urls.items():
+        assert url == f"http://{names[model]}-predictor.leukemia.svc.cluster.local", model
 
 
 def test_portal_pods_share_uploads_and_web_is_protected() -> None:

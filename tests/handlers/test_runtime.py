@@ -171,6 +171,32 @@ def test_handler_sets_per_request_status(mobilenet_model_dir: Path) -> None:
     assert out[3]["method"] == "grad-cam"
 
 
+def test_a_v2_request_asks_for_the_heatmap_with_a_parameter(mobilenet_model_dir: Path) -> None:
+    """KServe's v2 protocol has no explain verb: ``parameters.explain`` asks for the Grad-CAM heatmap."""
+    from handlers.leukemia_handler import LeukemiaHandler
+
+    handler = LeukemiaHandler()
+    handler.initialize(_context(mobilenet_model_dir, [{}]))
+    image = {
+        "name": "image",
+        "datatype": "BYTES",
+        "shape": [1],
+        "data": [base64.b64encode(smear_bytes("Pre")).decode()],
+    }
+    rows = [
+        {"body": {"inputs": [image], "parameters": {"explain": True}}},
+        {"body": {"inputs": [image], "parameters": {"explain": False}}},
+        {"body": {"inputs": [image]}},
+    ]
+    ctx = _context(mobilenet_model_dir, [{}, {}, {}])
+    answers = [json.loads(o) for o in handler.handle(rows, ctx)]
+    assert [ctx.get_response_status(i)[0] for i in range(3)] == [200, 200, 200]
+    results = [json.loads(a["outputs"][0]["data"][0]) for a in answers]
+    assert results[0]["method"] == "grad-cam" and base64.b64decode(results[0]["overlay_png_base64"])[:4] == b"\x89PNG"
+    assert "overlay_png_base64" not in results[1] and "overlay_png_base64" not in results[2]
+    assert results[0]["probabilities"] == pytest.approx(results[1]["probabilities"], abs=1e-4)  # eager vs served
+
+
 def test_handler_module_defines_exactly_one_class() -> None:
     import inspect
 

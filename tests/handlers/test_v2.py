@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from core.decode import extract_payload, request_json
-from core.errors import RequestError
-from core.v2 import to_v2, v2_error
+from core.decode import extract_payload, request_flag, request_json
+from core.errors import ERROR_STATUS, RequestError
+from core.v2 import error_code, to_v2, v2_error
 from handlers.respond import respond
 from tests.handlers.inputs import smear_bytes
 
@@ -50,7 +50,7 @@ def test_a_frame_answer_in_v2_form() -> None:
     outputs = {o["name"]: o for o in answer["outputs"]}
     assert json.loads(outputs["result"]["data"][0]) == body
     assert outputs["probabilities"]["data"] == [0.1, 0.9] and outputs["probabilities"]["shape"] == [1, 2]
-    assert outputs["probabilities"]["parameters"]["classes"] == ["Benign", "Pre"]
+    assert outputs["probabilities"]["parameters"]["classes"] == "Benign,Pre"  # v2 parameters are scalars
     assert outputs["label"]["data"] == ["Pre"]
     assert "id" not in to_v2(body, {})
 
@@ -63,7 +63,7 @@ def test_a_cell_answer_in_v2_form() -> None:
         "datatype": "INT64",
         "shape": [2],
         "data": [2, 1],
-        "parameters": {"classes": ["neutrophil", "unclassified"]},
+        "parameters": {"classes": "neutrophil,unclassified"},
     }
     assert "probabilities" not in outputs
 
@@ -86,6 +86,48 @@ def test_respond_answers_v2_rows_in_v2_form_and_others_as_before() -> None:
     first, second, third = (json.loads(o) for o in respond(results, ctx, rows))
     assert first["model_name"] == "m" and first["outputs"][0]["name"] == "result"
     assert second == {"model": "m"}
-    assert third == v2_error(RequestError("bad_request", "no")) == {"error": "no", "code": "bad_request"}
+    assert third == v2_error(RequestError("bad_request", "no")) == {"error": "bad_request: no", "code": "bad_request"}
     assert ctx.status[2][0] == 400
     assert request_json({"body": b"\xff\xd8"}) is None
+
+
+@pytest.mark.parametrize(
+    ("row", "headers", "expected"),
+    [
+        ({"body": b"\xff\xd8"}, (), False),
+        ({"body": b"\xff\xd8"}, ("True",), True),  # TorchServe's explain header on /explanations
+        ({"body": b"\xff\xd8"}, (None, "1"), True),
+        ({"body": _v2(["eA=="], parameters={"explain": True})}, (), True),
+        ({"body": _v2(["eA=="], parameters={"explain": "false"})}, (), False),
+        ({"body": _v2(["eA=="], parameters={"annotate": True})}, (), False),  # another flag
+        ({"body": json.dumps({"image": "eA==", "explain": "yes"}).encode()}, (), True),
+        ({"body": _v2(["eA=="], parameters="explain")}, (), False),  # parameters must be an object
+    ],
+)
+def test_a_request_asks_for_a_flag_by_header_json_field_or_v2_parameter(row, headers, expected) -> None:
+    assert request_flag(row, "explain", *headers) is expected
+
+
+def test_v2_answers_keep_parameter_values_scalar_as_the_protocol_requires() -> None:
+    """Open Inference Protocol: a parameter is a string, number or boolean (KServe refuses a list)."""
+    frame = {"model": "m", "version": "1", "label": None, "probabilities": {"Benign": 0.6, "Pre": 0.4}}
+    cells = {"model": "wbc_cells", "version": "1.0", "cells": [], "counts": {"neutrophil": 2}}
+    for answer in (to_v2(frame, {}), to_v2(cells, {})):
+        for output in answer["outputs"]:
+            for value in (output.get("parameters") or {}).values():
+                assert isinstance(value, str | int | float | bool), (output["name"], value)
+
+
+@pytest.mark.parametrize("code", sorted(ERROR_STATUS))
+def test_the_code_of_a_v2_error_survives_a_proxy_that_keeps_only_its_text(code: str) -> None:
+    error = v2_error(RequestError(code, "why: because"))
+    assert error_code(error) == code
+    assert error_code({"error": error["error"]}) == code
+    # KServe's model server in front: its own HTTP 500 with the predictor's text inside
+    wrapped = f"HTTPStatusError : {error['error']}, '{ERROR_STATUS[code]} X' for url 'http://h/v2/models/m/infer'"
+    assert error_code({"error": wrapped}) == code
+
+
+@pytest.mark.parametrize("error", [{"error": "ValidationError : 4 validation errors"}, {"code": "nope"}, None, "x", {}])
+def test_an_error_without_a_contract_code_has_none(error) -> None:
+    assert error_code(error) is None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from portal.config.env import env_bool, parse_database_url
+from portal.config.env import env_bool, env_map, parse_database_url
 from tests.conftest import REPO
 
 
@@ -42,6 +42,30 @@ def test_env_bool_refuses_garbage(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("X_FLAG", "maybe")
     with pytest.raises(ValueError):
         env_bool("X_FLAG")
+
+
+def test_env_map_reads_model_urls_and_refuses_an_item_without_a_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("X_URLS", " a=http://h-a/ , b=http://h-b:80,, ")
+    assert env_map("X_URLS", {}) == {"a": "http://h-a/", "b": "http://h-b:80"}
+    monkeypatch.delenv("X_URLS")
+    assert env_map("X_URLS", {"d": "1"}) == {"d": "1"}
+    for bad in ("a", "a=", "=http://h"):
+        monkeypatch.setenv("X_URLS", bad)
+        with pytest.raises(ValueError, match="not key=value"):
+            env_map("X_URLS", {})
+
+
+def test_the_checks_refuse_an_unknown_protocol_and_bad_model_urls() -> None:
+    bad = _manage(
+        "check",
+        PORTAL_INFERENCE_PROTOCOL="grpc",
+        PORTAL_MODEL_URLS="xception_bigru=ftp://h,no_such_model=http://h",
+    )
+    assert bad.returncode != 0
+    for code in ("portal.E002", "portal.E003", "portal.E004"):
+        assert code in bad.stderr, bad.stderr
+    good = _manage("check", PORTAL_INFERENCE_PROTOCOL="v2", PORTAL_MODEL_URLS="wbc_cells=http://wbc-cells.lab.svc")
+    assert good.returncode == 0, good.stderr
 
 
 def _manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

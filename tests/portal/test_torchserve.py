@@ -132,10 +132,10 @@ def test_timeout_is_retried_with_backoff_then_done(
 
 def test_client_with_a_stale_key_rereads_the_key_file(use_torchserve: Any) -> None:
     """TorchServe refuses a stale key with 400 InvalidKeyException; the client re-reads the key file once."""
-    from portal.analyses.inference import Prediction, TorchServeClient
+    from portal.analyses.inference import ModelClient, Prediction
 
-    client = TorchServeClient(key="stale-key-from-before-a-restart")
+    client = ModelClient(key="stale-key-from-before-a-restart")
     outcome = client.analyze("mobilenetv3_lstm", smear_paths(1)[0].read_bytes())
     assert isinstance(outcome, Prediction), outcome
     assert client.key == use_torchserve.inference_key
-    assert client.ping() == (True, "HTTP 200 Healthy")
+    assert client.ping() == (True, f"HTTP 200 Healthy from {use_torchserve.inference_url}/ping")

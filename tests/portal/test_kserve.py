@@ -1,0 +1,95 @@
+"""The portal on the Open Inference Protocol (v2): each model at its own URL, as on Kubernetes with one
+KServe predictor per model, and against TorchServe's own v2 endpoint (token authorization on)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings as dj_settings
+
+from core.registry import served_model_names
+from portal import actions, jobs
+from portal.analyses import storage
+from portal.analyses.inference import CellPrediction, ModelClient, Prediction, Refusal
+from portal.analyses.models import CellAnalysis
+from portal.analyses.validation import validate_image_bytes
+from serving.torchserve import free_ports
+from tests.conftest import KSERVE_MODELS
+from tests.handlers.inputs import natural_photo_bytes
+from tests.portal.conftest import smear_paths
+
+pytestmark = [pytest.mark.django_db, pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def on_kserve(kserve: str, settings: Any) -> str:
+    """The portal on v2, its models at KServe's URL and TORCHSERVE_URL pointing nowhere: only the
+    per-model URLs can answer."""
+    settings.PORTAL_INFERENCE_PROTOCOL = "v2"
+    settings.PORTAL_MODEL_URLS = dict.fromkeys(KSERVE_MODELS, kserve)
+    settings.TORCHSERVE_URL = f"http://127.0.0.1:{free_ports()['inference']}"
+    settings.TORCHSERVE_KEY = "no-key-behind-kserve"  # KServe ignores it; the client never reads a key file
+    settings.PORTAL_MODELS = ["mobilenetv3_lstm"]
+    settings.PORTAL_CELL_MODEL = "wbc_cells"
+    return kserve
+
+
+def test_the_client_gets_predictions_heatmaps_cells_and_refusals_through_kserve(on_kserve: str) -> None:
+    client = ModelClient()
+    raw = smear_paths(1)[0].read_bytes()
+    frame = client.analyze("mobilenetv3_lstm", raw)
+    assert isinstance(frame, Prediction), frame
+    assert frame.heatmap_png and frame.heatmap_png.startswith(b"\x89PNG")
+    assert frame.explained_class == max(frame.body["probabilities"], key=frame.body["probabilities"].get)
+    cells = client.cells("wbc_cells", raw)
+    assert isinstance(cells, CellPrediction), cells
+    assert cells.annotated_png and cells.annotated_png.startswith(b"\x89PNG") and cells.body["cells"]
+    refusal = client.analyze("mobilenetv3_lstm", natural_photo_bytes())
+    assert isinstance(refusal, Refusal) and refusal.code == "not_a_blood_smear", refusal
+    assert refusal.message.startswith("this does not look like") and "for url" not in refusal.message
+    assert client.ping() == (True, f"HTTP 200 from {on_kserve}/v2/health/ready")
+
+
+def test_uploads_are_analysed_and_refused_through_kserve(on_kserve: str, technologist: Any, specimen: Any) -> None:
+    (smear,) = actions.upload_images(
+        technologist,
+        specimen,
+        [validate_image_bytes(p.name, p.read_bytes()) for p in smear_paths(1)],
+        ["mobilenetv3_lstm"],
+    )
+    (photo,) = actions.upload_images(
+        technologist, specimen, [validate_image_bytes("photo.jpg", natural_photo_bytes())], ["mobilenetv3_lstm"]
+    )
+    counts = jobs.run_queued()
+    assert counts == {"done": 2, "rejected": 2}, counts  # per image: the frame model and the cell model
+    analysis = smear.analyses.get()
+    assert analysis.status == "done" and storage.read(analysis.heatmap_name).startswith(b"\x89PNG")
+    assert CellAnalysis.objects.get(image=smear).status == "done"
+    refused = photo.analyses.get()
+    assert (refused.status, refused.error_code, refused.attempts) == ("rejected", "not_a_blood_smear", 0)
+
+
+def test_the_portal_on_torchserves_own_v2_endpoint(
+    use_torchserve: Any, technologist: Any, specimen: Any, settings: Any
+) -> None:
+    settings.PORTAL_INFERENCE_PROTOCOL = "v2"
+    settings.PORTAL_CELL_MODEL = "wbc_cells"
+    paths: list[Path] = smear_paths(1)
+    (image,) = actions.upload_images(
+        technologist,
+        specimen,
+        [validate_image_bytes(p.name, p.read_bytes()) for p in paths],
+        list(dj_settings.PORTAL_MODELS),
+    )
+    assert jobs.run_queued() == {"done": len(dj_settings.PORTAL_MODELS) + 1}
+    for a in image.analyses.all():
+        assert a.status == "done" and storage.read(a.heatmap_name).startswith(b"\x89PNG"), (
+            a.model_name,
+            a.error_message,
+        )
+    assert CellAnalysis.objects.get(image=image).status == "done"
+    # TorchServe has no /v2/health/ready: the client asks its /ping instead
+    assert ModelClient().ping() == (True, f"HTTP 200 Healthy from {use_torchserve.inference_url}/ping")
+    assert set(dj_settings.PORTAL_MODELS) | {"wbc_cells"} == set(served_model_names())  # every served model
