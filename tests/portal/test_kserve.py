@@ -93,3 +93,23 @@ def test_the_portal_on_torchserves_own_v2_endpoint(
     # TorchServe has no /v2/health/ready: the client asks its /ping instead
     assert ModelClient().ping() == (True, f"HTTP 200 Healthy from {use_torchserve.inference_url}/ping")
     assert set(dj_settings.PORTAL_MODELS) | {"wbc_cells"} == set(served_model_names())  # every served model
+
+
+def test_a_predictor_that_is_down_leaves_its_analyses_waiting(technologist: Any, specimen: Any, settings: Any) -> None:
+    """A KServe predictor scaled to zero or restarting refuses connections: the analysis waits for it
+    (as for a TorchServe that is down) instead of failing, and /readyz says which URL is down."""
+    down = f"http://127.0.0.1:{free_ports()['inference']}"
+    settings.PORTAL_INFERENCE_PROTOCOL = "v2"
+    settings.PORTAL_MODEL_URLS = {"mobilenetv3_lstm": down}
+    (image,) = actions.upload_images(
+        technologist,
+        specimen,
+        [validate_image_bytes(p.name, p.read_bytes()) for p in smear_paths(1)],
+        ["mobilenetv3_lstm"],
+    )
+    assert jobs.run_queued(max_jobs=1) == {"pending": 1}
+    analysis = image.analyses.get()
+    assert (analysis.status, analysis.stage) == ("pending", "waiting")
+    assert analysis.error_message == f"model server unreachable at {down}: ConnectionError"
+    healthy, detail = ModelClient().ping(["mobilenetv3_lstm"])
+    assert not healthy and detail == f"unreachable at {down}/v2/health/ready: ConnectionError"
