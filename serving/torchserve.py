@@ -124,10 +124,13 @@ class ServerInfo:
 
     def auth(self, kind: str = "inference") -> dict[str, str]:
         """The Authorization header for the inference or management API (fresh from the key file); none
-        for a TorchServe started with token authorization off (as under KServe)."""
-        if not self.inference_key:
+        for a TorchServe started with token authorization off (as under KServe), which writes no key file."""
+        try:
+            keys = read_keys(self.workdir)
+        except OSError:
+            if self.inference_key:
+                raise
             return {}
-        keys = read_keys(self.workdir)
         return {"Authorization": f"Bearer {keys.inference if kind == 'inference' else keys.management}"}
 
 

@@ -52,3 +52,20 @@ def test_start_refuses_an_empty_store(tmp_path: Path) -> None:
         start(tmp_path, workdir=tmp_path / "w")
     with pytest.raises(ServeError, match="not in"):
         start(tmp_path, models=["xception_bigru"], workdir=tmp_path / "w")
+
+
+def test_auth_reads_the_key_file_and_sends_nothing_when_token_authorization_is_off(tmp_path: Path) -> None:
+    """A TorchServe with token authorization off (the KServe configuration) writes no key file: no header.
+    One that has keys must have its key file: a missing one is an error, not an unauthenticated request."""
+    from serving.torchserve import KEY_FILE, ServerInfo
+
+    def info(key: str) -> ServerInfo:
+        return ServerInfo("http://i", "http://m", "http://x", key, key, 1, str(tmp_path), ("m",), 1.0)
+
+    assert info("").auth() == {}
+    with pytest.raises(FileNotFoundError):
+        info("k").auth()
+    keys = {"inference": {"key": "ik"}, "management": {"key": "mk"}, "API": {"key": "ak"}}
+    (tmp_path / KEY_FILE).write_text(json.dumps(keys))
+    assert info("").auth() == {"Authorization": "Bearer ik"}  # status() reads no keys: the file counts
+    assert info("k").auth("management") == {"Authorization": "Bearer mk"}
