@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import os
 import platform
 import queue
@@ -72,6 +73,10 @@ NOT_AN_IMAGE = b"not an image\n" * 2300
 #: closed-loop levels alternate between the sides in at most this many rounds (:func:`run_interleaved_level`)
 LEVEL_ROUNDS = 4
 BLOCK_REQUESTS_PER_CLIENT = 3
+#: each side of a level answers at least this long (a fast model gets more requests, from the in-process
+#: warm-up's images/s), so that its images/s and CPU per image are not a fraction of a second's (64
+#: requests at c=8 took mobilenetv3_lstm 0.5 s, and its ratio at c=8 varied 0.75-0.93 between runs)
+MIN_LEVEL_SECONDS = 4.0
 #: single requests per side in the paired c=1 comparison (:func:`run_paired_single`)
 PAIRED_REQUESTS = 64
 #: TorchServe's single-request p50 may exceed the in-process one by this much (issue 14's target)
@@ -233,8 +238,11 @@ class InProcessBatcher:
         self.thread.join()
 
 
-def _requests_for(level: int, scale: float) -> int:
-    return max(level * 3, int({1: 24, 8: 64, 32: 128}[level] * scale))
+def _requests_for(level: int, scale: float, images_per_s: float = 0.0) -> int:
+    """Requests per side at ``level``: a minimum per level, and at least :data:`MIN_LEVEL_SECONDS` at
+    ``images_per_s`` (both times ``scale``)."""
+    least = max(level * 3, int({1: 24, 8: 64, 32: 128}[level] * scale))
+    return max(least, math.ceil(images_per_s * MIN_LEVEL_SECONDS * scale))
 
 
 def forward_sweep(runtime: ModelRuntime, images: Sequence[bytes], sizes: Sequence[int] = (1, 2, 4, 8)) -> dict:
@@ -351,15 +359,15 @@ def bench_model(
         # then both sides alike on real frames before any level is measured
         warm = warm_frontend(info, model, procs["frontend"])
         print(f"   frontend warm-up: {warm}", flush=True)
-        for side in (ip.batcher, call):
-            run_closed_loop(side, images, WARMUP_CONCURRENCY, WARMUP_REQUESTS)
+        rate = run_closed_loop(ip.batcher, images, WARMUP_CONCURRENCY, WARMUP_REQUESTS)["images_per_s"]
+        run_closed_loop(call, images, WARMUP_CONCURRENCY, WARMUP_REQUESTS)
         paired = run_paired_single({"in_process": ip.batcher, "torchserve": call}, images, PAIRED_REQUESTS)
         print(f"   c=1 paired: {paired}", flush=True)
         ip_levels, ts_levels = [], []
         cpu: dict[str, float] = {}
         this = {"in_process": [psutil.Process()]}
         for c in LEVELS:
-            n = _requests_for(c, scale)
+            n = _requests_for(c, scale, rate)
             level = run_interleaved_level(
                 {
                     "in_process": (ip.batcher, lambda: _cpu_seconds(this)),
@@ -534,7 +542,8 @@ def render_markdown(results: dict, plot_name: str) -> str:
         f"{FRONTEND_WARMUP_CONCURRENCY} clients) take the whole request path while its JVM compiles it "
         "(`warm_frontend`; the curve of its CPU per request is under the targets). "
         f"Then both sides answer {WARMUP_REQUESTS} real frames (warm-up), "
-        "and each level runs in up to "
+        f"and each level runs for at least {MIN_LEVEL_SECONDS:g} s per side (the requests set from the "
+        "in-process warm-up's images/s) in up to "
         f"{LEVEL_ROUNDS} blocks per side that alternate between the sides (which goes first flips), each "
         f"block at least {BLOCK_REQUESTS_PER_CLIENT} requests per client, and the blocks are pooled.",
         "",

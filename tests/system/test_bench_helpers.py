@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from bench.serving import run_paired_single, targets
@@ -213,3 +214,12 @@ def test_the_committed_torchserve_overhead_report_is_what_its_results_render_to(
     assert render(report) == (docs / "ts_overhead.md").read_text()
     for parts in report["models"].values():  # the three parts add up to what TorchServe adds
         assert abs(sum(parts[k] for k in PARTS[:3]) - parts["torchserve_total"]) < 0.02
+
+
+def test_a_fast_models_level_lasts_at_least_the_minimum_and_a_slow_ones_keeps_its_minimum_requests() -> None:
+    from bench.serving import MIN_LEVEL_SECONDS, _requests_for
+
+    assert _requests_for(8, 1.0, images_per_s=160.0) == math.ceil(160 * MIN_LEVEL_SECONDS)  # mobilenetv3_lstm
+    assert _requests_for(8, 1.0, images_per_s=8.0) == 64  # xception_bigru: 64 requests already take 8 s
+    assert _requests_for(32, 0.5, images_per_s=8.0) == 96 and _requests_for(1, 1.0) == 24  # 3 per client
+    assert _requests_for(8, 2.0, images_per_s=160.0) == 2 * _requests_for(8, 1.0, images_per_s=160.0)
