@@ -28,6 +28,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,11 +222,15 @@ class ModelClient:
     def ping(self, models: Sequence[str] = ()) -> tuple[bool, str]:
         """(healthy, detail): TorchServe's ``/ping`` (which needs the inference key), or, with ``v2``, the
         protocol's ``/v2/health/ready`` of every base URL that serves one of ``models`` (default: the
-        portal's), falling back to ``/ping`` where that is not found (TorchServe's own v2 endpoint)."""
+        portal's), falling back to ``/ping`` where that is not found (TorchServe's own v2 endpoint). The
+        URLs are asked at once, so that ``/readyz`` takes one health check's time (at most 2 s, twice with
+        the fallback) however many predictors hang, within its probe's 5 s (docker/k8s/base/portal-web.yaml)."""
         if self.protocol != "v2":
             return self._ping_torchserve(self.base_url)
         wanted = list(models) or [*settings.PORTAL_MODELS, *filter(None, [settings.PORTAL_CELL_MODEL])]
-        results = [self._ping_v2(url) for url in dict.fromkeys(self.url_for(m) for m in wanted)]
+        urls = list(dict.fromkeys(self.url_for(m) for m in wanted))
+        with ThreadPoolExecutor(max_workers=len(urls)) as pool:
+            results = list(pool.map(self._ping_v2, urls))
         return all(ok for ok, _ in results), "; ".join(detail for _, detail in results)
 
     def _ping_torchserve(self, base: str) -> tuple[bool, str]:

@@ -113,3 +113,31 @@ def test_a_predictor_that_is_down_leaves_its_analyses_waiting(technologist: Any,
     assert analysis.error_message == f"model server unreachable at {down}: ConnectionError"
     healthy, detail = ModelClient().ping(["mobilenetv3_lstm"])
     assert not healthy and detail == f"unreachable at {down}/v2/health/ready: ConnectionError"
+
+
+def test_predictors_that_hang_are_asked_at_once_so_readyz_answers_within_its_probe(settings: Any) -> None:
+    """Three predictors that accept the connection and never answer (a cold start behind KServe's
+    activator): the readiness check waits one 2 s timeout, not three, inside the probe's 5 s."""
+    import socket
+    import time
+
+    hanging = []
+    for _ in range(3):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(4)  # the kernel accepts; nobody reads or answers
+        hanging.append(s)
+    try:
+        settings.PORTAL_INFERENCE_PROTOCOL = "v2"
+        settings.PORTAL_MODEL_URLS = {
+            m: f"http://127.0.0.1:{s.getsockname()[1]}"
+            for m, s in zip(("xception_bigru", "effnetb3_bigru", "effnetb3_vit"), hanging, strict=True)
+        }
+        t0 = time.monotonic()
+        healthy, detail = ModelClient().ping(list(settings.PORTAL_MODEL_URLS))
+        elapsed = time.monotonic() - t0
+    finally:
+        for s in hanging:
+            s.close()
+    assert not healthy and detail.count("ReadTimeout") == 3, detail
+    assert elapsed < 4.0, elapsed  # one after the other: at least 6 s
