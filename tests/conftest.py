@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -14,6 +17,16 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = paths.SHARED
 DATA_ALL4 = SHARED / "data" / "all4"
 XCEPTION_WEIGHTS = SHARED / "weights" / "legacy_xception.keras_in1k.backbone.fp16.safetensors"
+
+
+def load_module(name: str, path: Path) -> ModuleType:
+    """A script that is not in a package (docker/*.py) imported by its path, as ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +85,6 @@ def kserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     predictor runs it: TorchServe with the configuration KServe's runtime needs (docker/kserve_layout.py:
     token authorization off, access control being the cluster's) and ``kserve.ModelServer`` in front
     (tests/integration/kserve_proxy.py). Yields the model server's base URL."""
-    import importlib.util
     import subprocess
     import time
 
@@ -82,10 +94,7 @@ def kserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
     if not KSERVE_PYTHON.is_file():
         pytest.fail(f"{KSERVE_PYTHON} not found: run `make kserve-env` (make test does)")
-    spec = importlib.util.spec_from_file_location("kserve_layout", REPO / "docker" / "kserve_layout.py")
-    assert spec is not None and spec.loader is not None
-    layout = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(layout)
+    layout = load_module("deploy_kserve_layout", REPO / "docker" / "kserve_layout.py")
     work = tmp_path_factory.mktemp("kserve")
     props = dict(parse_properties(DEFAULT_CONFIG.read_text()))
     props["disable_token_authorization"] = layout.OVERRIDES["disable_token_authorization"]

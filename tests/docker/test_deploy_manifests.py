@@ -16,7 +16,6 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from packaging.utils import canonicalize_name
 
 from core.registry import cell_model_names, get_cell_spec, get_spec, model_names, served_model_names
 from portal.config.env import env_map
+from tests.conftest import load_module
 from training.archive import LAZY_MODULES, LOCAL_PACKAGES, handler_of, import_closure
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,17 +34,8 @@ K8S = DOCKER / "k8s"
 DOCKERFILES = sorted(p for p in DOCKER.glob("Dockerfile.*") if p.suffix != ".dockerignore")
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-validate = _load("deploy_validate", DOCKER / "validate.py")
-kserve_layout = _load("deploy_kserve_layout", DOCKER / "kserve_layout.py")
+validate = load_module("deploy_validate", DOCKER / "validate.py")
+kserve_layout = load_module("deploy_kserve_layout", DOCKER / "kserve_layout.py")
 
 
 def _compose() -> dict[str, Any]:

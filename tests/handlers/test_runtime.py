@@ -18,7 +18,7 @@ from core.errors import RequestError
 from core.registry import get_spec
 from handlers.explain import colorize, grad_cam, overlay_png
 from handlers.runtime import ModelRuntime
-from tests.handlers.inputs import bad_cases, good_cases, smear_bytes, smear_path
+from tests.handlers.inputs import bad_cases, good_cases, smear_bytes, smear_path, v2_image_request
 from training.models import load_model
 from training.transforms import build_eval_transform
 
@@ -177,16 +177,11 @@ def test_a_v2_request_asks_for_the_heatmap_with_a_parameter(mobilenet_model_dir:
 
     handler = LeukemiaHandler()
     handler.initialize(_context(mobilenet_model_dir, [{}]))
-    image = {
-        "name": "image",
-        "datatype": "BYTES",
-        "shape": [1],
-        "data": [base64.b64encode(smear_bytes("Pre")).decode()],
-    }
+    raw = smear_bytes("Pre")
     rows = [
-        {"body": {"inputs": [image], "parameters": {"explain": True}}},
-        {"body": {"inputs": [image], "parameters": {"explain": False}}},
-        {"body": {"inputs": [image]}},
+        {"body": v2_image_request(raw, explain=True)},
+        {"body": v2_image_request(raw, explain=False)},
+        {"body": v2_image_request(raw)},
     ]
     ctx = _context(mobilenet_model_dir, [{}, {}, {}])
     answers = [json.loads(o) for o in handler.handle(rows, ctx)]

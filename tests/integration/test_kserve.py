@@ -11,14 +11,13 @@ import requests
 
 from core.v2 import error_code
 from tests.conftest import KSERVE_MODELS
-from tests.handlers.inputs import natural_photo_bytes, smear_bytes
+from tests.handlers.inputs import natural_photo_bytes, smear_bytes, v2_image_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _infer(url: str, model: str, raw: bytes, **parameters: object) -> requests.Response:
-    image = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(raw).decode()]}
-    body = {"id": "k1", "inputs": [image], **({"parameters": parameters} if parameters else {})}
+    body = v2_image_request(raw, "k1", **parameters)
     return requests.post(f"{url}/v2/models/{model}/infer", json=body, timeout=120)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -10,7 +9,7 @@ import requests
 
 from core.registry import served_model_names
 from serving.torchserve import ServerInfo
-from tests.handlers.inputs import smear_bytes
+from tests.handlers.inputs import smear_bytes, v2_image_request
 
 pytestmark = pytest.mark.integration
 
@@ -24,15 +23,10 @@ def _infer(info: ServerInfo, model: str, body: dict) -> requests.Response:
     )
 
 
-def _request(raw: bytes, **extra: object) -> dict:
-    image = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(raw).decode()]}
-    return {"id": "req-7", "inputs": [image], **extra}
-
-
 @pytest.mark.parametrize("model", served_model_names())
 def test_v2_answer_carries_the_same_result_as_predictions(torchserve: ServerInfo, model: str) -> None:
     raw = smear_bytes("Pro")
-    r = _infer(torchserve, model, _request(raw))
+    r = _infer(torchserve, model, v2_image_request(raw, "req-7"))
     assert r.status_code == 200, r.text
     answer = r.json()
     assert answer["model_name"] == model and answer["id"] == "req-7"
@@ -52,7 +46,7 @@ def test_v2_answer_carries_the_same_result_as_predictions(torchserve: ServerInfo
 
 
 def test_v2_parameters_ask_the_cell_model_for_its_annotated_image(torchserve: ServerInfo) -> None:
-    r = _infer(torchserve, "wbc_cells", _request(smear_bytes("Pre"), parameters={"annotate": True}))
+    r = _infer(torchserve, "wbc_cells", v2_image_request(smear_bytes("Pre"), "req-7", annotate=True))
     result = json.loads({o["name"]: o for o in r.json()["outputs"]}["result"]["data"][0])
     assert result["annotated_png"]
 
@@ -62,5 +56,5 @@ def test_bad_v2_requests_get_a_v2_error_with_the_contract_code(torchserve: Serve
     r = _infer(torchserve, "mobilenetv3_lstm", bad)
     assert r.status_code == 400
     assert r.json()["code"] == "bad_request" and "BYTES" in r.json()["error"]
-    r = _infer(torchserve, "mobilenetv3_lstm", _request(b"%PDF-1.4 not an image"))
+    r = _infer(torchserve, "mobilenetv3_lstm", v2_image_request(b"%PDF-1.4 not an image", "req-7"))
     assert r.status_code == 415 and r.json()["code"] == "not_an_image"
