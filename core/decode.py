@@ -43,6 +43,7 @@ __all__ = [
     "enforce_pillow_limits",
     "extract_payload",
     "request_json",
+    "parse_json_body",
     "request_flag",
     "open_image",
     "to_rgb",
@@ -102,11 +103,19 @@ def _from_json(obj: Any) -> bytes:
     return raw
 
 
+def _payload_field(row: Any) -> str | None:
+    """The field of a TorchServe row dict that holds the payload (None: not a dict, or none present)."""
+    if not isinstance(row, dict):
+        return None
+    return next((k for k in _PAYLOAD_FIELDS if row.get(k) is not None), None)
+
+
 def request_json(row: Any) -> Any:
     """The request's JSON body (an object or a list) when it sent JSON, else None (never raises)."""
     value = row
     if isinstance(row, dict):
-        value = next((row[k] for k in _PAYLOAD_FIELDS if row.get(k) is not None), None)
+        field = _payload_field(row)
+        value = None if field is None else row[field]
     if isinstance(value, dict | list):
         return value
     if isinstance(value, bytes | bytearray):
@@ -119,6 +128,20 @@ def request_json(row: Any) -> Any:
         except json.JSONDecodeError:
             return None
     return None
+
+
+def parse_json_body(row: Any) -> Any:
+    """``row`` with its JSON body, where it sent one, parsed once: the flags (:func:`request_flag`), the
+    decoder (:func:`extract_payload`) and the answer's form (v2 or not) then read the object instead of
+    each parsing the text again (about 6 ms per parse for a 5 MB image in JSON). A row of image bytes,
+    or one already parsed, is returned as it is."""
+    field = _payload_field(row)
+    if isinstance(row, dict) and (field is None or isinstance(row[field], dict | list)):
+        return row
+    body = request_json(row)
+    if body is None:
+        return row
+    return {**row, field: body} if field is not None else {"body": body}
 
 
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -139,14 +162,14 @@ def extract_payload(row: Any) -> bytes:
     """The image bytes of one request row (TorchServe passes a dict per request)."""
     value: Any = row
     if isinstance(row, dict):
-        present = [k for k in _PAYLOAD_FIELDS if row.get(k) is not None]
-        if not present:
+        field = _payload_field(row)
+        if field is None:
             fields = sorted(str(k) for k in row)
             raise RequestError(
                 "bad_request",
                 f"no image found: send it as the body or as the multipart field 'data' (got fields {fields})",
             )
-        value = row[present[0]]
+        value = row[field]
     if isinstance(value, dict | list):
         return _from_json(value)
     if isinstance(value, str):

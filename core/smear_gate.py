@@ -185,6 +185,20 @@ def _percentile_of_scalar_q(sorted_values: np.ndarray, q: float) -> float:
     return float(b - d * dtype(1 - t) if t >= 0.5 else a + d * dtype(t))
 
 
+def _ordered_at(values: np.ndarray, q: float | None) -> np.ndarray:
+    """``values`` flattened, with the two positions :func:`_percentile_of_scalar_q` reads for percentile
+    ``q`` (``None``: the two :func:`_median` reads) holding what a full sort puts there, and the rest in
+    no useful order: one partition and a minimum, a quarter of a sort's time for equal results."""
+    flat = values.ravel()
+    n = flat.size
+    lo = n // 2 - 1 if q is None else int((n - 1) * (q / 100.0))
+    if lo + 1 >= n:
+        return np.sort(flat)
+    part = np.partition(flat, lo)
+    part[lo + 1] = part[lo + 1 :].min()  # the next order statistic: the least of what lies above
+    return part
+
+
 def _median(sorted_values: np.ndarray) -> float:
     """``np.median`` from sorted values (the mean of the middle two, in their dtype, for an even count)."""
     n = sorted_values.size
@@ -202,9 +216,16 @@ def _otsu(values: np.ndarray, bins: int = 64) -> float:
     return float(centres[int(np.argmax(w0 * w1 * (mu0 - mu1) ** 2))])
 
 
-def _shape_statistics(rgb: np.ndarray, lum: np.ndarray, grad: np.ndarray, lum_sorted: np.ndarray) -> list[float]:
-    """The values of :data:`SHAPE_FEATURE_NAMES` (see the module docstring); ``lum_sorted`` is ``lum``'s
-    values sorted."""
+def _shape_statistics(
+    rgb: np.ndarray,
+    lum: np.ndarray,
+    lum_gradient: tuple[np.ndarray, np.ndarray],
+    grad: np.ndarray,
+    lum_sorted: np.ndarray,
+) -> list[float]:
+    """The values of :data:`SHAPE_FEATURE_NAMES` (see the module docstring); ``lum_gradient`` is
+    ``np.gradient(lum)``, ``grad`` its magnitude, ``lum_sorted`` ``lum``'s values sorted."""
+    gy, gx = lum_gradient
     level = _otsu(lum)
     dark = lum < level
     labels, n = ndimage.label(dark)
@@ -230,7 +251,6 @@ def _shape_statistics(rgb: np.ndarray, lum: np.ndarray, grad: np.ndarray, lum_so
     total = float(sums[0]) + 1e-9
     bands = sums[1 : 1 + _N_BANDS]
     sectors = sums[1 + _N_BANDS : 5 + _N_BANDS] + 1e-9
-    gy, gx = np.gradient(lum)
     jxx, jyy, jxy = _SMOOTH @ np.stack([gx * gx, gy * gy, gx * gy]) @ _SMOOTH.T  # gaussian_filter(., 2.0)
     trace = jxx + jyy
     coherence = np.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy) / (trace + 1e-6)
@@ -249,7 +269,7 @@ def _shape_statistics(rgb: np.ndarray, lum: np.ndarray, grad: np.ndarray, lum_so
         by_bright,
         *np.log(bands / total + 1e-6).tolist(),
         float((coherence * trace).sum() / (float(trace.sum()) + 1e-9)),
-        _median(np.sort(coherence, axis=None)),
+        _median(_ordered_at(coherence, None)),
         float(np.log(sectors.max() / sectors.min())),
         *(log_energy - log_energy.mean()).tolist(),
     ]
@@ -263,11 +283,16 @@ class GateResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _prepare_bytes(image: Image.Image) -> np.ndarray:
-    """The image as the statistics see it: RGB bytes, resized to 128x128 (bilinear)."""
+def _prepare_image(image: Image.Image) -> Image.Image:
+    """The image as the statistics see it: RGB, resized to 128x128 (bilinear)."""
     if image.mode != "RGB":
         image = image.convert("RGB")
-    return np.asarray(image.resize((_SIZE, _SIZE), Image.Resampling.BILINEAR))
+    return image.resize((_SIZE, _SIZE), Image.Resampling.BILINEAR)
+
+
+def _prepare_bytes(image: Image.Image) -> np.ndarray:
+    """:func:`_prepare_image` as an array of bytes."""
+    return np.asarray(_prepare_image(image))
 
 
 def _prepare(image: Image.Image) -> np.ndarray:
@@ -291,6 +316,8 @@ def _bin_of_byte(bins: int) -> np.ndarray:
 
 
 _HUE_BIN, _SAT_BIN = _bin_of_byte(_HIST_BINS[0]), _bin_of_byte(_HIST_BINS[1])
+#: the histogram's cell of each (hue byte << 8 | saturation byte)
+_HUE_SAT_CELL = (_HUE_BIN[:, None] * _HIST_BINS[1] + _SAT_BIN[None, :]).ravel()
 
 
 def _hue_sat_hist(rgb: np.ndarray) -> np.ndarray:
@@ -299,11 +326,16 @@ def _hue_sat_hist(rgb: np.ndarray) -> np.ndarray:
 
 
 def _hue_sat_hist_bytes(rgb_bytes: np.ndarray) -> np.ndarray:
-    """Normalised hue x saturation histogram (the values of ``np.histogram2d`` on the HSV bytes / 255,
-    counted through lookup tables: a tenth of its time)."""
-    hsv = np.asarray(Image.fromarray(rgb_bytes).convert("HSV"))
-    codes = _HUE_BIN[hsv[..., 0]] * _HIST_BINS[1] + _SAT_BIN[hsv[..., 1]]
-    hist = np.bincount(codes.ravel(), minlength=_HIST_BINS[0] * _HIST_BINS[1]).astype(np.float64)
+    """:func:`_hue_sat_hist_image` of an array of RGB bytes."""
+    return _hue_sat_hist_image(Image.fromarray(rgb_bytes))
+
+
+def _hue_sat_hist_image(rgb: Image.Image) -> np.ndarray:
+    """Normalised hue x saturation histogram of an RGB image (the values of ``np.histogram2d`` on its HSV
+    bytes / 255, counted through one lookup table: a tenth of its time)."""
+    hsv = np.asarray(rgb.convert("HSV"))
+    cells = _HUE_SAT_CELL[(hsv[..., 0].astype(np.intp) << 8) | hsv[..., 1]]
+    hist = np.bincount(cells.ravel(), minlength=_HIST_BINS[0] * _HIST_BINS[1]).astype(np.float64)
     return hist / max(hist.sum(), 1.0)
 
 
@@ -328,14 +360,19 @@ def image_statistics(image: Image.Image, reference_hist: np.ndarray | None = Non
     224-px frame (same process, alternating, one thread), the same percentiles, quantisations and
     histograms bit for bit, the spectral and structure statistics within 1e-6 (the FFT now in float64,
     where NumPy 2 computed float32 input in float32), and the same decision on 235 smears and
-    non-smears of every kind."""
-    rgb_bytes = _prepare_bytes(image)
+    non-smears of every kind. Then the gradient computed once, the 90th percentile and the median by
+    partition, the hue/saturation histogram read from the resized image through one table: 4.73 -> 4.46 ms
+    (medians of 8 alternating runs over 96 frames), every statistic bit for bit the same on 187 smears,
+    cell images, noise and flat images."""
+    small = _prepare_image(image)
+    rgb_bytes = np.asarray(small)
     rgb = rgb_bytes.astype(np.float32) / 255.0
     lum = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     r, g_, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     mx, mn = np.maximum(np.maximum(r, g_), b), np.minimum(np.minimum(r, g_), b)  # = max/min over axis -1, faster
     chroma = mx - mn
-    g = _grad(lum)
+    lum_gradient = np.gradient(lum)
+    g = np.hypot(lum_gradient[1], lum_gradient[0])  # = _grad(lum)
     lap = np.abs(4 * lum[1:-1, 1:-1] - lum[:-2, 1:-1] - lum[2:, 1:-1] - lum[1:-1, :-2] - lum[1:-1, 2:])
     coarse = lum.reshape(_SIZE // 4, 4, _SIZE // 4, 4).mean(axis=(1, 3))
     gc = _grad(coarse)
@@ -346,7 +383,7 @@ def image_statistics(image: Image.Image, reference_hist: np.ndarray | None = Non
     fine_codes = fine_q[..., 0] * 1024 + fine_q[..., 1] * 32 + fine_q[..., 2]
     lum_sorted = np.sort(lum, axis=None)
     p05, p50, p95 = _percentiles(lum_sorted, (5, 50, 95))
-    hist_corr = _correlation(_hue_sat_hist_bytes(rgb_bytes), reference_hist) if reference_hist is not None else 0.0
+    hist_corr = _correlation(_hue_sat_hist_image(small), reference_hist) if reference_hist is not None else 0.0
     feats = [
         lum.mean(),
         lum.std(),
@@ -358,7 +395,7 @@ def image_statistics(image: Image.Image, reference_hist: np.ndarray | None = Non
         chroma.mean(),
         chroma.std(),
         g.mean(),
-        _percentile_of_scalar_q(np.sort(g, axis=None), 90),
+        _percentile_of_scalar_q(_ordered_at(g, 90), 90),
         lap.mean() / (g.mean() + 1e-4),
         gc.mean(),
         coarse.std() / (lum.std() + 1e-4),
@@ -367,7 +404,7 @@ def image_statistics(image: Image.Image, reference_hist: np.ndarray | None = Non
         hist_corr,
     ]
     if shape:
-        feats += _shape_statistics(rgb, lum, g, lum_sorted)
+        feats += _shape_statistics(rgb, lum, lum_gradient, g, lum_sorted)
     out = np.asarray(feats, dtype=np.float64)
     out[_LOG_FEATURES] = np.log(out[_LOG_FEATURES] + 1e-4)  # energies: compare on a log scale
     return out

@@ -25,17 +25,42 @@ passes on only the ``error`` text (in its own HTTP 500); :func:`error_code` read
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Any
 
 from core.errors import ERROR_STATUS, RequestError
 
-__all__ = ["INPUT_NAME", "v2_request", "v2_image", "v2_parameters", "to_v2", "v2_error", "error_code"]
+__all__ = [
+    "INPUT_NAME",
+    "image_request",
+    "v2_request",
+    "v2_image",
+    "v2_parameters",
+    "to_v2",
+    "result_body",
+    "v2_error",
+    "error_code",
+]
 
 _CODE_PREFIX = re.compile(r"(?:^|\s)(" + "|".join(map(re.escape, sorted(ERROR_STATUS))) + r"): ")
 #: the name clients give the image tensor (any name is accepted when there is one BYTES input)
 INPUT_NAME = "image"
+
+
+def image_request(
+    raw: bytes, parameters: dict[str, Any] | None = None, request_id: str | None = None
+) -> dict[str, Any]:
+    """The v2 inference request for one image (what :func:`v2_image` reads): a BYTES input named
+    :data:`INPUT_NAME` holding ``raw`` in base64, with ``parameters`` (``explain``, ``annotate``) where given."""
+    image = {"name": INPUT_NAME, "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(raw).decode("ascii")]}
+    request: dict[str, Any] = {"inputs": [image]}
+    if request_id is not None:
+        request["id"] = request_id
+    if parameters:
+        request["parameters"] = parameters
+    return request
 
 
 def v2_request(obj: Any) -> dict[str, Any] | None:
@@ -105,6 +130,22 @@ def to_v2(body: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     if "id" in request:
         answer["id"] = request["id"]
     return answer
+
+
+def result_body(answer: Any) -> dict[str, Any] | None:
+    """The contract's body a v2 answer carries (its BYTES output ``result``, :func:`to_v2`); None when the
+    answer holds none."""
+    outputs = answer.get("outputs") if isinstance(answer, dict) else None
+    for output in outputs if isinstance(outputs, list) else []:
+        if isinstance(output, dict) and output.get("name") == "result":
+            data = output.get("data")
+            if isinstance(data, list) and len(data) == 1 and isinstance(data[0], str):
+                try:
+                    result = json.loads(data[0])
+                except ValueError:
+                    return None
+                return result if isinstance(result, dict) else None
+    return None
 
 
 def v2_error(error: RequestError) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from core.decode import parse_json_body
 from core.errors import RequestError
 from handlers.cell_runtime import CellRuntime, wants_annotation
 from handlers.respond import request_header, respond
@@ -47,6 +48,7 @@ class CellsHandler:
     def handle(self, data: list[Any], context: Any) -> list[Any]:
         if self.runtime is None:
             raise RuntimeError("handler used before initialize()")
+        data = [parse_json_body(row) for row in data]
         results: list[dict[str, Any] | RequestError] = []
         for i, row in enumerate(data):
             try:

@@ -25,7 +25,7 @@ import logging
 import time
 from typing import Any
 
-from core.decode import request_flag
+from core.decode import parse_json_body, request_flag
 from core.errors import RequestError
 from handlers.respond import request_header, respond
 from handlers.runtime import ModelRuntime, prepare_worker
@@ -70,6 +70,7 @@ class LeukemiaHandler:
         runtime = self.runtime
         if data and request_header(context, 0, "describe") == "True":
             return [json.dumps(runtime.selection.describe(), separators=(",", ":"))]
+        data = [parse_json_body(row) for row in data]
         results: list[dict[str, Any] | RequestError] = [RequestError("internal_error", "not processed")] * len(data)
         predict_idx = []
         for i, row in enumerate(data):

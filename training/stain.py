@@ -32,6 +32,7 @@ __all__ = [
     "to_luminance",
     "LUMINANCE_REFERENCE",
     "standardize_luminance",
+    "standardized_luminance",
     "get_normalizer",
 ]
 
@@ -161,10 +162,15 @@ def standardize_luminance(image: Image.Image, reference: tuple[float, float] | N
     under Reinhard normalisation falls from 0.49 to 0.025 image standard deviations). A flat image
     (std below 1 grey level) is only shifted.
     """
+    return Image.fromarray(standardized_luminance(image, reference)).convert("RGB")
+
+
+def standardized_luminance(image: Image.Image, reference: tuple[float, float] | None = None) -> np.ndarray:
+    """The one channel :func:`standardize_luminance` replicates, as an (H, W) array of bytes."""
     ref_mean, ref_std = reference or LUMINANCE_REFERENCE
     lum = np.asarray(image.convert("RGB").convert("L"), dtype=np.float32)
     out = (lum - lum.mean()) / max(float(lum.std()), 1.0) * ref_std + ref_mean
-    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8)).convert("RGB")
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 _NORMALIZERS: dict[str, Callable[[Image.Image], Image.Image]] = {

@@ -17,7 +17,7 @@ from PIL import Image
 
 from core.registry import ModelSpec
 
-__all__ = ["data_config", "resize_frame", "to_normalized_tensor", "build_eval_transform"]
+__all__ = ["data_config", "resize_frame", "to_normalized_tensor", "grey_level_table", "build_eval_transform"]
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
@@ -58,11 +58,31 @@ def to_normalized_tensor(image: Image.Image, mean: tuple[float, ...], std: tuple
     return (t - m) / s
 
 
+def grey_level_table(mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """What :func:`to_normalized_tensor` makes of each grey level 0..255 in each channel, (3, 256): the
+    same operations on an image of the 256 levels, so that ``table[:, grey]`` equals them bit for bit."""
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
+    return to_normalized_tensor(Image.fromarray(levels), mean, std)[:, 0, :].contiguous()
+
+
 def build_eval_transform(spec: ModelSpec) -> Callable[[Image.Image], torch.Tensor]:
     """The deterministic transform used for validation, evaluation and serving."""
     cfg = data_config(spec)
     size, mean, std, interp = spec.input_size, cfg["mean"], cfg["std"], cfg["interpolation"]
     stain = None
+    if spec.stain_normalization == "luminance":
+        from training.stain import standardized_luminance
+
+        # standardize_luminance's grey replicated to RGB, then to_normalized_tensor, as one lookup: equal
+        # tensors, without the RGB image and the float passes over its three channels
+        table = grey_level_table(mean, std)
+
+        def luminance_transform(image: Image.Image) -> torch.Tensor:
+            grey = standardized_luminance(resize_frame(image, size, interp))
+            flat = torch.index_select(table, 1, torch.from_numpy(grey.astype(np.int64)).view(-1))
+            return flat.view(3, *grey.shape)
+
+        return luminance_transform
     if spec.stain_normalization:
         from training import stain as stain_module  # type: ignore[attr-defined]
 

@@ -36,7 +36,7 @@ import requests
 from django.conf import settings
 
 from core.errors import ERROR_STATUS
-from core.v2 import INPUT_NAME, error_code
+from core.v2 import error_code, image_request, result_body
 from serving.torchserve import read_keys
 
 __all__ = [
@@ -145,8 +145,7 @@ class ModelClient:
         headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
         if self.protocol == "v2":
             url = f"{base}/v2/models/{model}/infer"
-            image = {"name": INPUT_NAME, "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(data).decode()]}
-            body = json.dumps({"inputs": [image], "parameters": {flag: True}}).encode()
+            body = json.dumps(image_request(data, {flag: True})).encode()
             headers["Content-Type"] = "application/json"
         elif flag == "explain":  # TorchServe hands the handler the body and the headers, never the query string
             url, body = f"{base}/explanations/{model}", data
@@ -171,7 +170,7 @@ class ModelClient:
         if response.status_code == 200 and isinstance(body, dict):
             if self.protocol != "v2":
                 return body, None
-            result = _v2_result(body)
+            result = result_body(body)
             if result is not None:
                 return result, None
             return None, ServerError("the model server's v2 answer has no JSON output named result")
@@ -265,20 +264,6 @@ def _refusal_message(body: dict[str, Any], code: str) -> str:
         return str(body["message"])
     text = str(body.get("error", ""))
     return _PROXY_SUFFIX.sub("", text.split(f"{code}: ", 1)[-1])
-
-
-def _v2_result(answer: dict[str, Any]) -> dict[str, Any] | None:
-    """The contract's body carried by a v2 answer (its BYTES output ``result``, :func:`core.v2.to_v2`)."""
-    for output in answer.get("outputs") or []:
-        if isinstance(output, dict) and output.get("name") == "result":
-            data = output.get("data")
-            if isinstance(data, list) and len(data) == 1 and isinstance(data[0], str):
-                try:
-                    result = json.loads(data[0])
-                except ValueError:
-                    return None
-                return result if isinstance(result, dict) else None
-    return None
 
 
 def _png_or_none(encoded: Any) -> bytes | None:

@@ -46,18 +46,6 @@ class Case:
         return {"body": self.body}
 
 
-def v2_image_request(raw: bytes, request_id: str | None = None, **parameters: object) -> dict:
-    """An Open Inference Protocol (v2) request for one image: a BYTES input named ``image`` holding it in
-    base64, with ``parameters`` (``explain``, ``annotate``) where given."""
-    image = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(raw).decode()]}
-    request: dict = {"inputs": [image]}
-    if request_id is not None:
-        request["id"] = request_id
-    if parameters:
-        request["parameters"] = parameters
-    return request
-
-
 def smear_path(cls: str = "Pre", index: int = 0) -> Path:
     return sorted((DATA_ALL4 / "original" / cls).glob("*.jpg"))[index]
 

@@ -18,6 +18,7 @@ from cells.segment import find_cells
 from core.cell_answer import ANSWER_KEYS, CELL_KEYS, UNCLASSIFIED
 from core.errors import RequestError
 from core.registry import CELL_CLASSES
+from core.v2 import image_request
 from handlers.cell_runtime import CellRuntime
 from handlers.cells_handler import CellsHandler
 from tests.conftest import REPO
@@ -151,6 +152,23 @@ def test_handler_answers_each_row_with_its_own_status(model_dir: Path) -> None:
     first, second = (json.loads(o) for o in out)
     assert first["code"] == "bad_request" and ctx.get_response_status(0) == (400, "Bad Request")
     assert "cells" in second and "annotated_png" in second and ctx.get_response_status(1)[0] == 200
+
+
+def test_handler_parses_each_json_request_once(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The annotate flag, the decoder and the answer's v2 form all read one parse of the body."""
+    import core.decode
+
+    handler = CellsHandler()
+    ctx = Context("wbc_cells", str(model_dir), {}, 1, None, "0.12.0")
+    handler.initialize(ctx)
+    ctx.request_processor = [RequestProcessor({})]
+    text = json.dumps(image_request(smear_bytes("Benign"), {"annotate": True}))
+    parsed: list[int] = []
+    loads = json.loads
+    monkeypatch.setattr(core.decode.json, "loads", lambda t, *a, **k: parsed.append(len(t)) or loads(t, *a, **k))
+    (answer,) = handler.handle([{"body": text.encode()}], ctx)
+    assert parsed == [len(text)] and ctx.get_response_status(0)[0] == 200
+    assert "annotated_png" in loads(loads(answer)["outputs"][0]["data"][0])
 
 
 def test_handler_module_defines_exactly_one_class() -> None:

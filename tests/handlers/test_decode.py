@@ -1,14 +1,25 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from core import decode
-from core.decode import MAX_BYTES, decode_request, extract_payload, open_image, to_rgb
+from core.decode import (
+    MAX_BYTES,
+    decode_request,
+    extract_payload,
+    open_image,
+    parse_json_body,
+    request_flag,
+    request_json,
+    to_rgb,
+)
 from core.errors import ERROR_STATUS, RequestError
+from core.v2 import image_request
 from tests.handlers.inputs import bad_cases, good_cases, smear_bytes, smear_path
 
 GOOD = good_cases()
@@ -132,3 +143,55 @@ def test_draft_mode_refuses_what_full_decoding_refuses(case) -> None:
     with pytest.raises(RequestError) as info:
         decode_request(case.row(), draft_side=128)
     assert info.value.code == case.expected, info.value.message
+
+
+def _counting_json_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the JSON texts core.decode parses (their lengths)."""
+    parsed: list[int] = []
+    loads = json.loads
+
+    def counting(text, *args, **kwargs):
+        parsed.append(len(text))
+        return loads(text, *args, **kwargs)
+
+    monkeypatch.setattr(decode.json, "loads", counting)
+    return parsed
+
+
+@pytest.mark.parametrize("field", ["body", "data"])
+@pytest.mark.parametrize("as_text", [False, True])
+def test_a_json_body_is_parsed_once_and_then_read_as_an_object(
+    field: str, as_text: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = smear_bytes()
+    text = json.dumps(image_request(raw, {"explain": True}))
+    row = {field: text if as_text else text.encode(), "other": "kept"}
+    parsed = _counting_json_loads(monkeypatch)
+    once = parse_json_body(row)
+    assert parsed == [len(text)]
+    assert once["other"] == "kept" and isinstance(once[field], dict)
+    assert extract_payload(once) == raw and request_flag(once, "explain") and request_json(once) == once[field]
+    assert parsed == [len(text)]  # nothing parsed again
+    assert parse_json_body(once) is once
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"body": smear_bytes()},
+        smear_bytes(),
+        {"body": b"{not json"},
+        {"body": "text"},
+        {"x": 1},
+        {"body": {"image": "a"}},
+    ],
+    ids=["image_bytes", "bare_bytes", "bad_json", "text", "no_payload", "parsed"],
+)
+def test_a_row_that_is_not_json_text_is_left_as_it_is(row) -> None:
+    assert parse_json_body(row) is row
+
+
+def test_a_bare_json_row_is_wrapped_as_a_body() -> None:
+    raw = smear_bytes()
+    once = parse_json_body(json.dumps({"image": base64.b64encode(raw).decode()}).encode())
+    assert set(once) == {"body"} and extract_payload(once) == raw

@@ -16,9 +16,10 @@ from ts.context import Context, RequestProcessor
 
 from core.errors import RequestError
 from core.registry import get_spec
+from core.v2 import image_request
 from handlers.explain import colorize, grad_cam, overlay_png
 from handlers.runtime import ModelRuntime
-from tests.handlers.inputs import bad_cases, good_cases, smear_bytes, smear_path, v2_image_request
+from tests.handlers.inputs import bad_cases, good_cases, smear_bytes, smear_path
 from training.models import load_model
 from training.transforms import build_eval_transform
 
@@ -179,9 +180,9 @@ def test_a_v2_request_asks_for_the_heatmap_with_a_parameter(mobilenet_model_dir:
     handler.initialize(_context(mobilenet_model_dir, [{}]))
     raw = smear_bytes("Pre")
     rows = [
-        {"body": v2_image_request(raw, explain=True)},
-        {"body": v2_image_request(raw, explain=False)},
-        {"body": v2_image_request(raw)},
+        {"body": image_request(raw, {"explain": True})},
+        {"body": image_request(raw, {"explain": False})},
+        {"body": image_request(raw)},
     ]
     ctx = _context(mobilenet_model_dir, [{}, {}, {}])
     answers = [json.loads(o) for o in handler.handle(rows, ctx)]
@@ -190,6 +191,29 @@ def test_a_v2_request_asks_for_the_heatmap_with_a_parameter(mobilenet_model_dir:
     assert results[0]["method"] == "grad-cam" and base64.b64decode(results[0]["overlay_png_base64"])[:4] == b"\x89PNG"
     assert "overlay_png_base64" not in results[1] and "overlay_png_base64" not in results[2]
     assert results[0]["probabilities"] == pytest.approx(results[1]["probabilities"], abs=1e-4)  # eager vs served
+
+
+def test_the_handler_parses_each_json_request_once(mobilenet_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The explain flag, the decoder and the answer's v2 form all read one parse of the body (as
+    TorchServe passes it: bytes), and the answers are those of parsed rows."""
+    import core.decode
+    from handlers.leukemia_handler import LeukemiaHandler
+
+    handler = LeukemiaHandler()
+    handler.initialize(_context(mobilenet_model_dir, [{}]))
+    texts = [
+        json.dumps(image_request(smear_bytes("Pre"), {"explain": True})),
+        json.dumps(image_request(smear_bytes("Pro"))),
+    ]
+    parsed: list[int] = []
+    loads = json.loads
+    monkeypatch.setattr(core.decode.json, "loads", lambda t, *a, **k: parsed.append(len(t)) or loads(t, *a, **k))
+    ctx = _context(mobilenet_model_dir, [{}, {}])
+    answers = [loads(o) for o in handler.handle([{"body": t.encode()} for t in texts], ctx)]
+    assert sorted(parsed) == sorted(len(t) for t in texts)
+    assert [ctx.get_response_status(i)[0] for i in range(2)] == [200, 200]
+    results = [loads(a["outputs"][0]["data"][0]) for a in answers]
+    assert results[0]["method"] == "grad-cam" and "method" not in results[1]
 
 
 def test_handler_module_defines_exactly_one_class() -> None:

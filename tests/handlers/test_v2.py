@@ -9,7 +9,7 @@ import pytest
 
 from core.decode import extract_payload, request_flag, request_json
 from core.errors import ERROR_STATUS, RequestError
-from core.v2 import error_code, to_v2, v2_error
+from core.v2 import error_code, image_request, result_body, to_v2, v2_error, v2_image, v2_parameters
 from handlers.respond import respond
 from tests.handlers.inputs import smear_bytes
 
@@ -131,3 +131,32 @@ def test_the_code_of_a_v2_error_survives_a_proxy_that_keeps_only_its_text(code: 
 @pytest.mark.parametrize("error", [{"error": "ValidationError : 4 validation errors"}, {"code": "nope"}, None, "x", {}])
 def test_an_error_without_a_contract_code_has_none(error) -> None:
     assert error_code(error) is None
+
+
+def test_the_request_builder_and_the_answer_reader_meet_the_handler_side() -> None:
+    """What a client sends (:func:`image_request`) is what the handler reads, and what it answers
+    (:func:`to_v2`) is what a client reads back (:func:`result_body`)."""
+    raw = smear_bytes()
+    request = image_request(raw, {"explain": True}, "r9")
+    assert base64.b64decode(v2_image(request)) == raw and v2_parameters(request) == {"explain": True}
+    assert request["id"] == "r9" and "parameters" not in image_request(raw)
+    assert extract_payload({"body": json.dumps(request).encode()}) == raw
+    body = {"model": "m", "version": "1", "probabilities": {"Benign": 0.7, "Pro": 0.3}, "label": "Benign"}
+    assert result_body(to_v2(body, request)) == body
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        None,
+        [],
+        {},
+        {"outputs": None},
+        {"outputs": [{"name": "label", "data": ["x"]}]},
+        {"outputs": [{"name": "result", "data": ["not json"]}]},
+        {"outputs": [{"name": "result", "data": ["[1]"]}]},
+        {"outputs": [{"name": "result", "data": ["{}", "{}"]}]},
+    ],
+)
+def test_an_answer_without_a_result_body_reads_as_none(answer) -> None:
+    assert result_body(answer) is None

@@ -9,15 +9,15 @@ import json
 import pytest
 import requests
 
-from core.v2 import error_code
+from core.v2 import error_code, image_request
 from tests.conftest import KSERVE_MODELS
-from tests.handlers.inputs import natural_photo_bytes, smear_bytes, v2_image_request
+from tests.handlers.inputs import natural_photo_bytes, smear_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _infer(url: str, model: str, raw: bytes, **parameters: object) -> requests.Response:
-    body = v2_image_request(raw, "k1", **parameters)
+    body = image_request(raw, parameters, "k1")
     return requests.post(f"{url}/v2/models/{model}/infer", json=body, timeout=120)
 
 

@@ -8,8 +8,9 @@ import pytest
 import requests
 
 from core.registry import served_model_names
+from core.v2 import image_request
 from serving.torchserve import ServerInfo
-from tests.handlers.inputs import smear_bytes, v2_image_request
+from tests.handlers.inputs import smear_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ def _infer(info: ServerInfo, model: str, body: dict) -> requests.Response:
 @pytest.mark.parametrize("model", served_model_names())
 def test_v2_answer_carries_the_same_result_as_predictions(torchserve: ServerInfo, model: str) -> None:
     raw = smear_bytes("Pro")
-    r = _infer(torchserve, model, v2_image_request(raw, "req-7"))
+    r = _infer(torchserve, model, image_request(raw, request_id="req-7"))
     assert r.status_code == 200, r.text
     answer = r.json()
     assert answer["model_name"] == model and answer["id"] == "req-7"
@@ -46,7 +47,7 @@ def test_v2_answer_carries_the_same_result_as_predictions(torchserve: ServerInfo
 
 
 def test_v2_parameters_ask_the_cell_model_for_its_annotated_image(torchserve: ServerInfo) -> None:
-    r = _infer(torchserve, "wbc_cells", v2_image_request(smear_bytes("Pre"), "req-7", annotate=True))
+    r = _infer(torchserve, "wbc_cells", image_request(smear_bytes("Pre"), {"annotate": True}, "req-7"))
     result = json.loads({o["name"]: o for o in r.json()["outputs"]}["result"]["data"][0])
     assert result["annotated_png"]
 
@@ -56,5 +57,5 @@ def test_bad_v2_requests_get_a_v2_error_with_the_contract_code(torchserve: Serve
     r = _infer(torchserve, "mobilenetv3_lstm", bad)
     assert r.status_code == 400
     assert r.json()["code"] == "bad_request" and "BYTES" in r.json()["error"]
-    r = _infer(torchserve, "mobilenetv3_lstm", v2_image_request(b"%PDF-1.4 not an image", "req-7"))
+    r = _infer(torchserve, "mobilenetv3_lstm", image_request(b"%PDF-1.4 not an image", request_id="req-7"))
     assert r.status_code == 415 and r.json()["code"] == "not_an_image"

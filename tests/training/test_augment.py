@@ -106,3 +106,28 @@ def test_luminance_normaliser_removes_exposure_and_stain_changes(image: Image.Im
     # a flat image is shifted, not blown up
     flat = np.asarray(standardize_luminance(Image.new("RGB", (8, 8), (90, 90, 90))))
     assert (np.abs(flat.astype(int) - round(LUMINANCE_REFERENCE[0])) <= 1).all()
+
+
+@pytest.mark.parametrize("model", ["mobilenetv3_lstm", "xception_bigru"])
+def test_the_luminance_transform_is_the_normaliser_then_the_tensor_bit_for_bit(model: str) -> None:
+    """Serving and evaluation read the luminance models' input through one lookup of the standardised grey
+    level (:func:`training.transforms.grey_level_table`): the same tensor as the definition it shortens,
+    the normaliser's RGB image through ``to_normalized_tensor``."""
+    from core.registry import get_spec
+    from training.transforms import build_eval_transform, data_config, resize_frame, to_normalized_tensor
+
+    spec = get_spec(model)
+    cfg = data_config(spec)
+    rng = np.random.default_rng(5)
+    images = [Image.open(p).convert("RGB") for p in sorted((DATA_ALL4 / "original" / "Early").glob("*.jpg"))[:6]]
+    images += [Image.fromarray(rng.integers(0, 256, (97, 131, 3), dtype=np.uint8)) for _ in range(3)]
+    images += [Image.new("RGB", (80, 80), (v, v, v)) for v in (0, 90, 255)]
+    images += [Image.fromarray(rng.integers(0, 256, (150, 120), dtype=np.uint8))]  # grey, not RGB
+    transform = build_eval_transform(spec)
+    for image in images:
+        defined = to_normalized_tensor(
+            standardize_luminance(resize_frame(image, spec.input_size, cfg["interpolation"])), cfg["mean"], cfg["std"]
+        )
+        served = transform(image)
+        assert served.dtype == torch.float32 and served.is_contiguous()
+        assert torch.equal(served, defined)

@@ -143,7 +143,7 @@ def test_fast_statistics_count_as_numpy_does() -> None:
 
 
 def test_fast_statistics_equal_the_straightforward_numpy() -> None:
-    """The serving path's shortcuts (percentiles from one sort, the spectral sums as one product over a
+    """The serving path's shortcuts (percentiles from one sort or one partition, the spectral sums as one product over a
     real FFT's half spectrum, the Gaussian smoothing as matrix products) give what ``np.percentile``,
     ``np.median``, sums over ``np.fft.fft2``'s full spectrum and ``ndimage.gaussian_filter`` give."""
     from scipy import fft as sp_fft
@@ -162,6 +162,9 @@ def test_fast_statistics_equal_the_straightforward_numpy() -> None:
         assert sg._percentiles(ordered, qs) == np.percentile(lum, qs).tolist()
         assert sg._percentile_of_scalar_q(ordered, 90) == float(np.percentile(lum, 90))
         assert sg._median(ordered) == float(np.median(lum))
+        for part in (lum, lum[:, :-1], lum[:1, :3]):  # even, odd and tiny counts
+            assert sg._percentile_of_scalar_q(sg._ordered_at(part, 90), 90) == float(np.percentile(part, 90))
+            assert sg._median(sg._ordered_at(part, None)) == float(np.median(part))
 
         x = (lum - lum.mean()).astype(np.float64)
         power = np.abs(np.fft.fft2(x)) ** 2
