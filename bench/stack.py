@@ -148,6 +148,8 @@ class PortalStack:
     cell_model: str = ""
     workers: int = 4
     web_processes: int = 2
+    #: further portal settings by environment variable (PORTAL_INFERENCE_PROTOCOL, PORTAL_MODEL_URLS, ...)
+    settings_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     token: str = ""
@@ -175,6 +177,7 @@ class PortalStack:
         )
         if self.models:
             env["PORTAL_MODELS"] = ",".join(self.models)
+        env.update(self.settings_env)
         return env
 
     def start(self, timeout_s: float = 180) -> None:

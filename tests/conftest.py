@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 from collections.abc import Iterator
@@ -80,20 +81,12 @@ KSERVE_MODELS = ("mobilenetv3_lstm", "wbc_cells")
 
 
 @pytest.fixture(scope="session")
-def kserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """KServe's model server forwarding the Open Inference Protocol (v2) to a real TorchServe, as a KServe
-    predictor runs it: TorchServe with the configuration KServe's runtime needs (docker/kserve_layout.py:
-    token authorization off, access control being the cluster's) and ``kserve.ModelServer`` in front
-    (tests/integration/kserve_proxy.py). Yields the model server's base URL."""
-    import subprocess
-    import time
-
-    import requests
-
+def kserve_torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real TorchServe serving :data:`KSERVE_MODELS` with the configuration KServe's runtime needs
+    (docker/kserve_layout.py: token authorization off, access control being the cluster's): the predictor
+    host behind KServe's model server. Yields its ``ServerInfo``."""
     from serving.torchserve import DEFAULT_CONFIG, free_ports, parse_properties, start, stop
 
-    if not KSERVE_PYTHON.is_file():
-        pytest.fail(f"{KSERVE_PYTHON} not found: run `make kserve-env` (make test does)")
     layout = load_module("deploy_kserve_layout", REPO / "docker" / "kserve_layout.py")
     work = tmp_path_factory.mktemp("kserve")
     props = dict(parse_properties(DEFAULT_CONFIG.read_text()))
@@ -101,35 +94,62 @@ def kserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     config = work / "config.properties"
     config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
     info = start(model_store, models=list(KSERVE_MODELS), workdir=work / "ts", config=config, ports=free_ports())
-    port = free_ports()["inference"]
+    try:
+        yield info
+    finally:
+        stop(info=info)
+
+
+@contextlib.contextmanager
+def kserve_model_server(predictor: Any, log_path: Path, port: int | None = None) -> Iterator[tuple[str, Any]]:
+    """KServe's model server (tests/integration/kserve_proxy.py) forwarding the Open Inference Protocol (v2)
+    to ``predictor`` (a TorchServe's ``ServerInfo``), as a KServe predictor runs it, on ``port`` (a free one
+    if None). Yields its base URL, once ready, and its process; stops it on leaving, if it still runs."""
+    import subprocess
+    import time
+
+    import requests
+
+    from serving.torchserve import free_ports
+
+    if not KSERVE_PYTHON.is_file():
+        pytest.fail(f"{KSERVE_PYTHON} not found: run `make kserve-env` (make test does)")
+    port = port or free_ports()["inference"]
     env = {
         "KSERVE_HTTP_PORT": str(port),
-        "KSERVE_PREDICTOR": info.inference_url.removeprefix("http://"),
+        "KSERVE_PREDICTOR": predictor.inference_url.removeprefix("http://"),
         "KSERVE_MODELS": ",".join(KSERVE_MODELS),
         "PATH": "/usr/bin:/bin",
     }
-    log = open(work / "kserve.log", "wb")  # noqa: SIM115 - closed below, after the process
-    proc = subprocess.Popen(
-        [str(KSERVE_PYTHON), str(REPO / "tests" / "integration" / "kserve_proxy.py")],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"KServe's model server did not start:\n{(work / 'kserve.log').read_text()[-3000:]}")
-            time.sleep(0.25)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [str(KSERVE_PYTHON), str(REPO / "tests" / "integration" / "kserve_proxy.py")],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if requests.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"KServe's model server did not start:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.25)
+            yield url, proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def kserve(kserve_torchserve: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """KServe's model server in front of :func:`kserve_torchserve` (:func:`kserve_model_server`). Yields its
+    base URL."""
+    with kserve_model_server(kserve_torchserve, tmp_path_factory.mktemp("kserve_server") / "kserve.log") as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-        stop(info=info)

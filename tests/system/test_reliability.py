@@ -24,7 +24,7 @@ import requests
 
 from bench.stack import MariaDB, PortalStack, storage_report, upload_load, wait_until
 from serving.torchserve import free_ports
-from tests.conftest import DATA_ALL4
+from tests.conftest import DATA_ALL4, kserve_model_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -182,6 +182,47 @@ def test_torchserve_stopped_and_restarted_mid_run(stack_factory: Any, model_stor
         print(f"waiting seen after {waiting:.1f} s; all final {time.monotonic() - back:.1f} s after restart")
     finally:
         stop(info=ts)
+
+
+def test_through_kserve_many_uploads_and_a_model_server_killed_mid_run(
+    stack_factory: Any, kserve_torchserve: Any, tmp_path: Path
+) -> None:
+    """The portal on the Open Inference Protocol behind KServe's model server (as on Kubernetes): many
+    uploads at once, then the model server killed while their analyses run (SIGKILL: the connections
+    in flight drop), more uploads while it is down, and a new one on the same address. Every analysis
+    ends done, with its heatmap; none is lost, failed or run twice."""
+    port = free_ports()["inference"]
+    with kserve_model_server(kserve_torchserve, tmp_path / "kserve.log", port) as (url, proc):
+        stack = stack_factory(
+            torchserve_url=url,
+            torchserve_workdir=str(kserve_torchserve.workdir),
+            models=[CHEAP],
+            settings_env={"PORTAL_INFERENCE_PROTOCOL": "v2"},
+        )
+        first = upload_load(stack, frames(), clients=8, requests_per_client=3, images_per_request=2, model=CHEAP)
+        assert [r.status for r in first] == [201] * 24
+        wait_until(lambda: storage_report(stack)["analyses"].get("done", 0) >= 4, 60, 0.1, "analyses under way")
+        proc.kill()
+        proc.wait(timeout=30)
+        at_kill = storage_report(stack)["analyses"]
+    during = upload_load(stack, frames(), clients=4, requests_per_client=1, images_per_request=2, model=CHEAP)
+    assert [r.status for r in during] == [201] * 4  # uploads never depend on the model server
+    accepted = _accepted(first + during)
+    assert at_kill.get("pending", 0) > 0, f"every analysis was final before the kill: {at_kill}"
+    wait_until(lambda: storage_report(stack)["pending_stages"].get("waiting", 0) > 0, 60, 0.5, "analyses waiting")
+    ready = requests.get(f"{stack.url}/readyz", timeout=10).json()["checks"]["model_server"]
+    assert ready["ok"] is False and f"{url}/v2/health/ready" in ready["detail"], ready
+    with kserve_model_server(kserve_torchserve, tmp_path / "kserve.log", port):
+        back = time.monotonic()
+        wait_until(lambda: _all_final(stack), 90, 0.5, "all final after KServe's model server came back")
+        report = _assert_clean(stack, accepted)
+    assert report["analyses"] == {"done": len(accepted)} and report["done_without_heatmap"] == 0, report
+    with sqlite3.connect(stack.var_dir / "portal.sqlite3", timeout=10) as conn:
+        completions = conn.execute(
+            "SELECT object_id, COUNT(*) FROM audit_auditevent WHERE action = 'analysis.complete' GROUP BY object_id"
+        ).fetchall()
+    assert {int(i) for i, _ in completions} == accepted and all(n == 1 for _, n in completions)
+    print(f"at the kill: {at_kill}; all final {time.monotonic() - back:.1f} s after the model server returned")
 
 
 def test_mariadb_restart_mid_run_answers_503_and_loses_nothing(
