@@ -6,7 +6,7 @@ TS_WORKDIR ?= .torchserve
 
 PORTAL_COLUMN = $(if $(wildcard docs/portal_latency_models.json),--portal-json docs/portal_latency_models.json)
 
-.PHONY: bench-ts-config bench-ts-overhead bench-portal bench-runtimes bench-cells archive repack serve stop bench loadtest scale-bench test-serving
+.PHONY: bench-ts-config bench-ts-overhead bench-kserve bench-portal bench-runtimes bench-cells archive repack serve stop bench loadtest scale-bench test-serving
 
 archive: setup
 	$(PY) -m training.archive --artifacts $(ARTIFACTS) --out $(MODEL_STORE)
@@ -21,12 +21,13 @@ serve: setup
 stop: setup
 	$(PY) -m serving.torchserve stop --workdir $(TS_WORKDIR)
 
-bench: setup
+bench: setup kserve-env
 	OMP_NUM_THREADS=1 $(PY) -m bench.serving --model-store $(MODEL_STORE) --out docs/benchmarks
 	OMP_NUM_THREADS=1 $(PY) -m bench.portal_latency --model-store $(MODEL_STORE) --portal-json docs/portal_latency_models.json
 	OMP_NUM_THREADS=1 $(PY) -m bench.runtimes --model-store $(MODEL_STORE) --out docs/benchmarks --portal-json docs/portal_latency_models.json
 	OMP_NUM_THREADS=1 $(PY) -m bench.cells --model-store $(MODEL_STORE) --out docs/benchmarks_cells
 	OMP_NUM_THREADS=1 $(PY) -m bench.ts_overhead --model-store $(MODEL_STORE) --out docs/ts_overhead
+	OMP_NUM_THREADS=1 $(PY) -m bench.kserve_overhead --model-store $(MODEL_STORE) --out docs/kserve_overhead
 
 # forward runtimes, the limit, step shares alone (merged into docs/benchmarks.json/.md; `make bench` runs it too)
 bench-runtimes: setup
@@ -44,6 +45,10 @@ bench-portal: setup
 # What TorchServe adds to a single request, split by its own metrics (bench/ts_overhead.py; `make bench` too)
 bench-ts-overhead: setup
 	OMP_NUM_THREADS=1 $(PY) -m bench.ts_overhead --model-store $(MODEL_STORE) --out docs/ts_overhead
+
+# What KServe's model server adds in front of TorchServe (bench/kserve_overhead.py; `make bench` too)
+bench-kserve: setup kserve-env
+	OMP_NUM_THREADS=1 $(PY) -m bench.kserve_overhead --model-store $(MODEL_STORE) --out docs/kserve_overhead
 
 # TorchServe workers / threads / batch / delay for the frame models, by measurement (bench/ts_config.py)
 bench-ts-config: setup

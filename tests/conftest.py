@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -18,16 +15,6 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = paths.SHARED
 DATA_ALL4 = SHARED / "data" / "all4"
 XCEPTION_WEIGHTS = SHARED / "weights" / "legacy_xception.keras_in1k.backbone.fp16.safetensors"
-
-
-def load_module(name: str, path: Path) -> ModuleType:
-    """A script that is not in a package (docker/*.py) imported by its path, as ``name``."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
@@ -74,8 +61,6 @@ def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         stop(info=info)
 
 
-#: KServe's model server, in its own environment (make kserve-env)
-KSERVE_PYTHON = REPO / ".venv-kserve" / "bin" / "python"
 #: the served models the KServe tests put behind it (one frame classifier, the cell model)
 KSERVE_MODELS = ("mobilenetv3_lstm", "wbc_cells")
 
@@ -83,16 +68,13 @@ KSERVE_MODELS = ("mobilenetv3_lstm", "wbc_cells")
 @pytest.fixture(scope="session")
 def kserve_torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real TorchServe serving :data:`KSERVE_MODELS` with the configuration KServe's runtime needs
-    (docker/kserve_layout.py: token authorization off, access control being the cluster's): the predictor
-    host behind KServe's model server. Yields its ``ServerInfo``."""
-    from serving.torchserve import DEFAULT_CONFIG, free_ports, parse_properties, start, stop
+    (:func:`bench.kserve_server.torchserve_config`): the predictor host behind KServe's model server. Yields its
+    ``ServerInfo``."""
+    from bench.kserve_server import torchserve_config
+    from serving.torchserve import free_ports, start, stop
 
-    layout = load_module("deploy_kserve_layout", REPO / "docker" / "kserve_layout.py")
     work = tmp_path_factory.mktemp("kserve")
-    props = dict(parse_properties(DEFAULT_CONFIG.read_text()))
-    props["disable_token_authorization"] = layout.OVERRIDES["disable_token_authorization"]
-    config = work / "config.properties"
-    config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    config = torchserve_config(work / "config.properties")
     info = start(model_store, models=list(KSERVE_MODELS), workdir=work / "ts", config=config, ports=free_ports())
     try:
         yield info
@@ -102,49 +84,24 @@ def kserve_torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactor
 
 @contextlib.contextmanager
 def kserve_model_server(predictor: Any, log_path: Path, port: int | None = None) -> Iterator[tuple[str, Any]]:
-    """KServe's model server (tests/integration/kserve_proxy.py) forwarding the Open Inference Protocol (v2)
-    to ``predictor`` (a TorchServe's ``ServerInfo``), as a KServe predictor runs it, on ``port`` (a free one
-    if None). Yields its base URL, once ready, and its process; stops it on leaving, if it still runs."""
-    import subprocess
-    import time
-
-    import requests
-
+    """KServe's model server (:func:`bench.kserve_server.start_model_server`) in front of ``predictor`` (a
+    TorchServe's ``ServerInfo``) on ``port`` (a free one if None). Yields its base URL, once ready, and its
+    process; stops it on leaving, if it still runs."""
+    from bench.kserve_server import start_model_server
     from serving.torchserve import free_ports
 
-    if not KSERVE_PYTHON.is_file():
-        pytest.fail(f"{KSERVE_PYTHON} not found: run `make kserve-env` (make test does)")
-    port = port or free_ports()["inference"]
-    env = {
-        "KSERVE_HTTP_PORT": str(port),
-        "KSERVE_PREDICTOR": predictor.inference_url.removeprefix("http://"),
-        "KSERVE_MODELS": ",".join(KSERVE_MODELS),
-        "PATH": "/usr/bin:/bin",
-    }
-    url = f"http://127.0.0.1:{port}"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [str(KSERVE_PYTHON), str(REPO / "tests" / "integration" / "kserve_proxy.py")],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    try:
+        url, proc = start_model_server(
+            predictor.inference_url, KSERVE_MODELS, port or free_ports()["inference"], log_path
         )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if requests.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"KServe's model server did not start:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.25)
-            yield url, proc
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=30)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

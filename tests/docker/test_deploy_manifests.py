@@ -23,9 +23,9 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from bench.kserve_server import load_script
 from core.registry import cell_model_names, get_cell_spec, get_spec, model_names, served_model_names
 from portal.config.env import env_map
-from tests.conftest import load_module
 from training.archive import LAZY_MODULES, LOCAL_PACKAGES, handler_of, import_closure
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,8 +34,8 @@ K8S = DOCKER / "k8s"
 DOCKERFILES = sorted(p for p in DOCKER.glob("Dockerfile.*") if p.suffix != ".dockerignore")
 
 
-validate = load_module("deploy_validate", DOCKER / "validate.py")
-kserve_layout = load_module("deploy_kserve_layout", DOCKER / "kserve_layout.py")
+validate = load_script("deploy_validate", DOCKER / "validate.py")
+kserve_layout = load_script("deploy_kserve_layout", DOCKER / "kserve_layout.py")
 
 
 def _compose() -> dict[str, Any]:

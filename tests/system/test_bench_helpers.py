@@ -223,3 +223,20 @@ def test_a_fast_models_level_lasts_at_least_the_minimum_and_a_slow_ones_keeps_it
     assert _requests_for(8, 1.0, images_per_s=8.0) == 64  # xception_bigru: 64 requests already take 8 s
     assert _requests_for(32, 0.5, images_per_s=8.0) == 96 and _requests_for(1, 1.0) == 24  # 3 per client
     assert _requests_for(8, 2.0, images_per_s=160.0) == 2 * _requests_for(8, 1.0, images_per_s=160.0)
+
+
+def test_the_committed_kserve_overhead_report_is_what_its_results_render_to() -> None:
+    """docs/kserve_overhead.md is generated from docs/kserve_overhead.json, which measured every served
+    model and the large frames, each side of every pair answered."""
+    import json
+    from pathlib import Path
+
+    from bench.kserve_overhead import LARGE, render
+    from core.registry import served_model_names
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    report = json.loads((docs / "kserve_overhead.json").read_text())
+    assert render(report) == (docs / "kserve_overhead.md").read_text()
+    names = served_model_names()
+    assert list(report["models"]) == [*names, f"{names[0]}, {LARGE}"]
+    assert all(r["kserve_cpu_ms_per_request"] > 0 for r in report["models"].values())

@@ -1,5 +1,5 @@
-"""KServe's model server in front of TorchServe, as KServe's TorchServe runtime runs it (run by the
-KServe test environment, ``make kserve-env``, never imported by the suite).
+"""KServe's model server in front of TorchServe, as KServe's TorchServe runtime runs it: run in KServe's
+own environment (``make kserve-env``) by :func:`bench.kserve_server.start_model_server`, never imported.
 
 TorchServe's KServe wrapper is a ``kserve.Model`` per served model whose ``predict`` is KServe's own
 forwarding to the predictor host (TorchServe in the same pod); this is that model server, with
@@ -7,15 +7,15 @@ KServe's own :class:`kserve.Model` forwarding Open Inference Protocol (v2) reque
 ``/v2/models/{model}/infer``. Configured from the environment:
 
     KSERVE_HTTP_PORT=8090 KSERVE_PREDICTOR=127.0.0.1:8080 KSERVE_MODELS=mobilenetv3_lstm,wbc_cells \\
-        .venv-kserve/bin/python tests/integration/kserve_proxy.py
+        .venv-kserve/bin/python bench/kserve_proxy.py
 """
 
 from __future__ import annotations
 
 import os
 
-import kserve
-from kserve.predictor_config import PredictorConfig
+import kserve  # type: ignore[import-not-found]
+from kserve.predictor_config import PredictorConfig  # type: ignore[import-not-found]
 
 
 class Forwarding(kserve.Model):
