@@ -390,17 +390,22 @@ def render_section(results: dict[str, Any]) -> list[str]:
         f"What the end-to-end target (>= {E2E_OF_FORWARD_TARGET} of the forward's images/s) leaves for the rest, from "
         "the served runtime's steps below, ms per image: the steps besides the forward pass may take at most "
         f"forward x (1/{E2E_OF_FORWARD_TARGET} - 1); `without the gate` is the ratio decode, preprocess and "
-        "postprocess alone would allow (the floor of this design on this CPU).",
+        "postprocess alone would allow (the floor of this design on this CPU). `the cores allow` is the most "
+        f"the end-to-end path could reach with all {c['cores']} cores busy all the time: cores x the `by CPU "
+        "time` ratio above (the forward runs on one thread; the gate thread and the request path share the "
+        "cores), whatever the order of the steps.",
         "",
         "| model | forward | allowed besides the forward | decode + preprocess + postprocess + other | gate | "
-        "gate budget left | e2e/forward without the gate |",
-        "|---|---|---|---|---|---|---|",
+        "gate budget left | e2e/forward without the gate | e2e/forward the cores allow |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for m, r in rr["models"].items():
         b = _e2e_budget(r)
+        cpu_ratio = _served_checks(r)["e2e_of_forward_cpu"]
+        cores_allow = round(c["cores"] * cpu_ratio, 2) if cpu_ratio is not None else "-"
         lines.append(
             f"| {m} | {b['forward_ms']} | {b['allowed_ms']} | {b['rest_ms']} | {b['gate_ms']} | "
-            f"{b['gate_budget_ms']} | {b['e2e_of_forward_without_gate']} |"
+            f"{b['gate_budget_ms']} | {b['e2e_of_forward_without_gate']} | {cores_allow} |"
         )
     for m, r in rr["models"].items():
         served, fastest, bs = r["served"], r["fastest"], r["batch_size"]

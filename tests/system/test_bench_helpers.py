@@ -153,6 +153,14 @@ def test_the_committed_benchmark_report_is_what_its_results_render_to() -> None:
     c = r["torchserve"]["cpu_ms_per_image_c8"]
     ceiling = c["in_process"] / (c["ts_worker"] + c["ts_frontend"] + c["ts_client"])
     assert f"{m} {ceiling:.2f} (" in md
+    # and the end-to-end ceiling of the cores: cores x forward CPU over the whole path's CPU per image
+    from bench.runtimes import _e2e_budget, _served_checks
+
+    rr = results["runtimes"]
+    r = rr["models"][m]
+    allow = round(rr["conditions"]["cores"] * _served_checks(r)["e2e_of_forward_cpu"], 2)
+    row = next(line for line in md.splitlines() if line.startswith(f"| {m} | {_e2e_budget(r)['forward_ms']} |"))
+    assert row.endswith(f"| {allow} |")
 
 
 def test_the_committed_torchserve_configuration_report_is_what_its_results_render_to(tmp_path) -> None:
