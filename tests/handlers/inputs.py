@@ -14,8 +14,10 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 from tests.conftest import DATA_ALL4
@@ -44,6 +46,21 @@ class Case:
             except UnicodeDecodeError:
                 return {"body": self.body}
         return {"body": self.body}
+
+
+def count_json_parses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The lengths of the JSON texts core.decode parses from now on (the test's monkeypatch undoes it)."""
+    import core.decode
+
+    parsed: list[int] = []
+    loads = json.loads
+
+    def counting(text: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        parsed.append(len(text))
+        return loads(text, *args, **kwargs)
+
+    monkeypatch.setattr(core.decode.json, "loads", counting)
+    return parsed
 
 
 def smear_path(cls: str = "Pre", index: int = 0) -> Path:

@@ -18,11 +18,11 @@ from cells.segment import find_cells
 from core.cell_answer import ANSWER_KEYS, CELL_KEYS, UNCLASSIFIED
 from core.errors import RequestError
 from core.registry import CELL_CLASSES
-from core.v2 import image_request
+from core.v2 import image_request, result_body
 from handlers.cell_runtime import CellRuntime
 from handlers.cells_handler import CellsHandler
 from tests.conftest import REPO
-from tests.handlers.inputs import bad_cases, smear_bytes
+from tests.handlers.inputs import bad_cases, count_json_parses, smear_bytes
 from training.cell_data import bccd_split, pbc_split
 from training.cell_typer import build_typer_transform, crop_cell, load_typer
 
@@ -156,19 +156,15 @@ def test_handler_answers_each_row_with_its_own_status(model_dir: Path) -> None:
 
 def test_handler_parses_each_json_request_once(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The annotate flag, the decoder and the answer's v2 form all read one parse of the body."""
-    import core.decode
-
     handler = CellsHandler()
     ctx = Context("wbc_cells", str(model_dir), {}, 1, None, "0.12.0")
     handler.initialize(ctx)
     ctx.request_processor = [RequestProcessor({})]
     text = json.dumps(image_request(smear_bytes("Benign"), {"annotate": True}))
-    parsed: list[int] = []
-    loads = json.loads
-    monkeypatch.setattr(core.decode.json, "loads", lambda t, *a, **k: parsed.append(len(t)) or loads(t, *a, **k))
+    parsed = count_json_parses(monkeypatch)
     (answer,) = handler.handle([{"body": text.encode()}], ctx)
     assert parsed == [len(text)] and ctx.get_response_status(0)[0] == 200
-    assert "annotated_png" in loads(loads(answer)["outputs"][0]["data"][0])
+    assert "annotated_png" in (result_body(json.loads(answer)) or {})
 
 
 def test_handler_module_defines_exactly_one_class() -> None:

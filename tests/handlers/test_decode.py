@@ -20,7 +20,7 @@ from core.decode import (
 )
 from core.errors import ERROR_STATUS, RequestError
 from core.v2 import image_request
-from tests.handlers.inputs import bad_cases, good_cases, smear_bytes, smear_path
+from tests.handlers.inputs import bad_cases, count_json_parses, good_cases, smear_bytes, smear_path
 
 GOOD = good_cases()
 BAD = [c for c in bad_cases() if not c.needs_gate]
@@ -145,19 +145,6 @@ def test_draft_mode_refuses_what_full_decoding_refuses(case) -> None:
     assert info.value.code == case.expected, info.value.message
 
 
-def _counting_json_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count the JSON texts core.decode parses (their lengths)."""
-    parsed: list[int] = []
-    loads = json.loads
-
-    def counting(text, *args, **kwargs):
-        parsed.append(len(text))
-        return loads(text, *args, **kwargs)
-
-    monkeypatch.setattr(decode.json, "loads", counting)
-    return parsed
-
-
 @pytest.mark.parametrize("field", ["body", "data"])
 @pytest.mark.parametrize("as_text", [False, True])
 def test_a_json_body_is_parsed_once_and_then_read_as_an_object(
@@ -166,7 +153,7 @@ def test_a_json_body_is_parsed_once_and_then_read_as_an_object(
     raw = smear_bytes()
     text = json.dumps(image_request(raw, {"explain": True}))
     row = {field: text if as_text else text.encode(), "other": "kept"}
-    parsed = _counting_json_loads(monkeypatch)
+    parsed = count_json_parses(monkeypatch)
     once = parse_json_body(row)
     assert parsed == [len(text)]
     assert once["other"] == "kept" and isinstance(once[field], dict)

@@ -16,10 +16,10 @@ from ts.context import Context, RequestProcessor
 
 from core.errors import RequestError
 from core.registry import get_spec
-from core.v2 import image_request
+from core.v2 import image_request, result_body
 from handlers.explain import colorize, grad_cam, overlay_png
 from handlers.runtime import ModelRuntime
-from tests.handlers.inputs import bad_cases, good_cases, smear_bytes, smear_path
+from tests.handlers.inputs import bad_cases, count_json_parses, good_cases, smear_bytes, smear_path
 from training.models import load_model
 from training.transforms import build_eval_transform
 
@@ -195,8 +195,7 @@ def test_a_v2_request_asks_for_the_heatmap_with_a_parameter(mobilenet_model_dir:
 
 def test_the_handler_parses_each_json_request_once(mobilenet_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The explain flag, the decoder and the answer's v2 form all read one parse of the body (as
-    TorchServe passes it: bytes), and the answers are those of parsed rows."""
-    import core.decode
+    TorchServe passes it: bytes), and each row gets the answer it asked for."""
     from handlers.leukemia_handler import LeukemiaHandler
 
     handler = LeukemiaHandler()
@@ -205,14 +204,12 @@ def test_the_handler_parses_each_json_request_once(mobilenet_model_dir: Path, mo
         json.dumps(image_request(smear_bytes("Pre"), {"explain": True})),
         json.dumps(image_request(smear_bytes("Pro"))),
     ]
-    parsed: list[int] = []
-    loads = json.loads
-    monkeypatch.setattr(core.decode.json, "loads", lambda t, *a, **k: parsed.append(len(t)) or loads(t, *a, **k))
     ctx = _context(mobilenet_model_dir, [{}, {}])
-    answers = [loads(o) for o in handler.handle([{"body": t.encode()} for t in texts], ctx)]
+    parsed = count_json_parses(monkeypatch)
+    out = handler.handle([{"body": t.encode()} for t in texts], ctx)
     assert sorted(parsed) == sorted(len(t) for t in texts)
     assert [ctx.get_response_status(i)[0] for i in range(2)] == [200, 200]
-    results = [loads(a["outputs"][0]["data"][0]) for a in answers]
+    results = [result_body(json.loads(o)) for o in out]
     assert results[0]["method"] == "grad-cam" and "method" not in results[1]
 
 
