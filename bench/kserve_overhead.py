@@ -20,19 +20,17 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from bench.report import run_header, write_report
 from bench.runtimes import LARGE_SIZE, _enlarged
-from core.host import cpu_model
 from core.registry import cell_model_names, served_model_names
 from core.v2 import image_request
 
@@ -124,10 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe = [str(KSERVE_PYTHON), "-c", "import importlib.metadata as m; print(m.version('kserve'))"]
     version = subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
     report: dict[str, Any] = {
-        "when": time.strftime("%Y-%m-%d %H:%M"),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "command": "make bench-kserve",
+        **run_header("make bench-kserve"),
         "kserve": version,
         "pairs": args.pairs,
         "large_pairs": args.large_pairs,
@@ -162,9 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             proc.terminate()
             proc.wait(timeout=30)
         stop(info=ts)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(render(report))
-    print(f"wrote {args.out}.json and {args.out}.md")
+    write_report(args.out, report, render(report))
     return 0
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import tempfile
@@ -41,7 +40,7 @@ from typing import Any
 
 import requests
 
-from core.host import cpu_model
+from bench.report import run_header, write_report
 from core.registry import model_names
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,10 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = _images()
     work = Path(tempfile.mkdtemp(prefix="ts-overhead-"))
     report: dict[str, Any] = {
-        "when": time.strftime("%Y-%m-%d %H:%M"),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "command": "make bench-ts-overhead",
+        **run_header("make bench-ts-overhead"),
         "requests": args.requests,
         "models": {},
     }
@@ -156,9 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"== {model}", flush=True)
         report["models"][model] = measure(args.model_store.resolve(), model, images, args.requests, work)
         print(f"   {report['models'][model]}", flush=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(render(report))
-    print(f"wrote {args.out}.json and {args.out}.md")
+    write_report(args.out, report, render(report))
     return 0
 
 
