@@ -4,7 +4,9 @@ One call per image and model: the prediction (the same body as ``/predictions``,
 the model abstains) and its Grad-CAM heatmap from one forward pass. Every call returns an outcome
 instead of raising, so the caller maps it onto an analysis state: ``Prediction`` -> done, ``Refusal``
 (4xx with a contract code) -> rejected, ``ServerError`` (5xx, timeouts, unexpected answers) -> retried
-with backoff, then failed, ``Unreachable`` (connection refused) -> waits for the model server.
+with backoff, then failed, ``Unreachable`` (connection refused; 502, 503 or 504: a proxy with nothing
+behind it, or TorchServe with no worker for the model; KServe's 500 saying that its predictor refused
+the connection) -> waits for the model server.
 
 The cell model answers with every white cell (box, outlines and type) and the annotated image:
 ``CellPrediction`` -> done, the other outcomes as above.
@@ -164,9 +166,15 @@ class ModelClient:
         except requests.RequestException as exc:
             return ServerError(f"request to the model server failed: {exc}")
 
-    def _answer(self, response: requests.Response) -> tuple[dict[str, Any] | None, Refusal | ServerError | None]:
-        """The contract's success body of an answer, or what the answer is instead (a refusal, an error)."""
+    def _answer(
+        self, response: requests.Response
+    ) -> tuple[dict[str, Any] | None, Refusal | ServerError | Unreachable | None]:
+        """The contract's success body of an answer, or what the answer is instead (a refusal, an error, or
+        a model server that is not taking this model's requests now: :func:`_unavailable`)."""
         body = _json_or_none(response)
+        unavailable = _unavailable(response, body)
+        if unavailable is not None:
+            return None, unavailable
         if response.status_code == 200 and isinstance(body, dict):
             if self.protocol != "v2":
                 return body, None
@@ -289,6 +297,30 @@ def _json_or_none(response: requests.Response) -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+#: HTTP statuses that say no model server takes the request now, rather than that one failed on it: a
+#: proxy in front with nothing behind it (nginx, an ingress: 502, 504), or TorchServe with no worker for
+#: the model (503: a worker restarting after a crash, or the model's queue full)
+_UNAVAILABLE_STATUS = frozenset({502, 503, 504})
+#: the text KServe's model server answers (HTTP 500) when the predictor behind it, TorchServe in the same
+#: pod, refuses the connection (measured with kserve 0.21.0: ``ConnectError : All connection attempts
+#: failed``); its own /v2/health/ready still says ready
+_PREDICTOR_REFUSED = re.compile(r"^(?:ConnectError|ConnectTimeout) : ")
+
+
+def _unavailable(response: requests.Response, body: Any) -> Unreachable | None:
+    """The answer as :class:`Unreachable` when it says that nothing is taking the model's requests now:
+    the analysis then waits for the model server (as when the connection is refused), instead of spending
+    its few retries on an outage that lasts longer than their backoff (a TorchServe restart, a pod
+    rescheduled)."""
+    status = response.status_code
+    if status in _UNAVAILABLE_STATUS:
+        return Unreachable(f"model server unavailable: HTTP {status} from {response.url}")
+    error = body.get("error") if isinstance(body, dict) else None
+    if status == 500 and isinstance(error, str) and _PREDICTOR_REFUSED.match(error):
+        return Unreachable(f"the predictor behind {response.url} refused the connection: {error.split(' : ')[0]}")
+    return None
 
 
 def _describe_error(response: requests.Response, body: Any) -> str:

@@ -16,7 +16,7 @@ from portal.analyses.inference import CellPrediction, ModelClient, Prediction, R
 from portal.analyses.models import CellAnalysis
 from portal.analyses.validation import validate_image_bytes
 from serving.torchserve import free_ports
-from tests.conftest import KSERVE_MODELS
+from tests.conftest import KSERVE_MODELS, kserve_model_server
 from tests.handlers.inputs import natural_photo_bytes
 from tests.portal.conftest import smear_paths
 
@@ -113,6 +113,46 @@ def test_a_predictor_that_is_down_leaves_its_analyses_waiting(technologist: Any,
     assert analysis.error_message == f"model server unreachable at {down}: ConnectionError"
     healthy, detail = ModelClient().ping(["mobilenetv3_lstm"])
     assert not healthy and detail == f"unreachable at {down}/v2/health/ready: ConnectionError"
+
+
+def test_torchserve_down_behind_a_live_kserve_model_server_leaves_the_analysis_waiting(
+    model_store: Path, technologist: Any, specimen: Any, settings: Any, tmp_path: Path
+) -> None:
+    """In a predictor pod, TorchServe can stop while KServe's model server stays up (and keeps saying
+    ready): KServe then answers HTTP 500 "ConnectError : ...". The analysis waits for the predictor, as
+    for one that is down, and is done when TorchServe is back on the same port."""
+    from bench.kserve_server import torchserve_config
+    from serving.torchserve import start, stop
+
+    ports = free_ports()
+    config = torchserve_config(tmp_path / "config.properties")
+    ts = start(model_store, models=["mobilenetv3_lstm"], workdir=tmp_path / "ts", config=config, ports=ports)
+    with kserve_model_server(ts, tmp_path / "kserve.log") as (url, _):
+        settings.PORTAL_INFERENCE_PROTOCOL = "v2"
+        settings.PORTAL_MODEL_URLS = {"mobilenetv3_lstm": url}
+        (image,) = actions.upload_images(
+            technologist,
+            specimen,
+            [validate_image_bytes(p.name, p.read_bytes()) for p in smear_paths(1)],
+            ["mobilenetv3_lstm"],
+        )
+        stop(info=ts)
+        try:
+            for _ in range(dj_settings.PORTAL_MAX_ATTEMPTS + 1):
+                assert jobs.run_queued(max_jobs=1) == {"pending": 1}
+            analysis = image.analyses.get()
+            assert (analysis.status, analysis.stage, analysis.attempts) == ("pending", "waiting", 0)
+            assert analysis.error_message == (
+                f"the predictor behind {url}/v2/models/mobilenetv3_lstm/infer refused the connection: ConnectError"
+            )
+        finally:
+            ts = start(model_store, models=["mobilenetv3_lstm"], workdir=tmp_path / "ts", config=config, ports=ports)
+        try:
+            assert jobs.run_queued() == {"done": 1}
+        finally:
+            stop(info=ts)
+    analysis.refresh_from_db()
+    assert analysis.status == "done" and storage.read(analysis.heatmap_name).startswith(b"\x89PNG")
 
 
 def test_predictors_that_hang_are_asked_at_once_so_readyz_answers_within_its_probe(settings: Any) -> None:

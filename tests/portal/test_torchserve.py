@@ -115,6 +115,34 @@ def test_upload_while_torchserve_is_down_waits_and_completes_when_it_is_back(
         assert storage.read(image.storage_name) == path.read_bytes()  # nothing lost or altered
 
 
+def test_a_model_without_a_worker_waits_instead_of_failing(
+    use_torchserve: Any, technologist: Any, specimen: Any, settings: Any
+) -> None:
+    """TorchServe answers 503 while a model has no worker (one restarting after a crash, here scaled to
+    none): the analysis waits for it, as for a server that is down, rather than spending its three
+    retries within seconds and failing; it is done once the worker is back."""
+    import requests
+
+    settings.PORTAL_MODELS = ["mobilenetv3_lstm"]
+    scale = f"{use_torchserve.management_url}/models/mobilenetv3_lstm"
+    mgmt = {"Authorization": f"Bearer {use_torchserve.management_key}"}
+    (image,) = actions.upload_images(technologist, specimen, _validated(smear_paths(1)), ["mobilenetv3_lstm"])
+    try:
+        r = requests.put(f"{scale}?min_worker=0&max_worker=0&synchronous=true", headers=mgmt, timeout=60)
+        assert r.status_code == 200, r.text
+        for _ in range(dj_settings.PORTAL_MAX_ATTEMPTS + 1):
+            assert jobs.run_queued(max_jobs=1) == {"pending": 1}
+        analysis = image.analyses.get()
+        assert (analysis.status, analysis.stage, analysis.attempts) == ("pending", "waiting", 0)
+        assert analysis.error_message.startswith("model server unavailable: HTTP 503 from "), analysis.error_message
+    finally:
+        r = requests.put(f"{scale}?min_worker=1&max_worker=1&synchronous=true", headers=mgmt, timeout=120)
+        assert r.status_code == 200, r.text
+    assert jobs.run_queued() == {"done": 1}
+    analysis.refresh_from_db()
+    assert analysis.status == "done" and analysis.attempts == 0
+
+
 def test_timeout_is_retried_with_backoff_then_done(
     use_torchserve: Any, technologist: Any, specimen: Any, settings: Any
 ) -> None:
