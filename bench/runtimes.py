@@ -293,6 +293,17 @@ def _served_checks(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _e2e_of_forward_cores_allow(r: dict[str, Any], cores: int) -> float | None:
+    """The most the end-to-end path could reach of the forward's images/s with ``cores`` busy all the time:
+    cores x the forward's CPU per image over the whole path's."""
+    bs = r["batch_size"]
+    served = r["end_to_end"].get(r["served"]) or r["end_to_end"]["eager"]
+    if "cpu_ms_per_image" not in served:
+        return None
+    forward = r["forward"][served["runtime"]][f"images_per_s_batch{bs}"]
+    return round(cores * 1000.0 / served["cpu_ms_per_image"] / forward, 2)
+
+
 def _e2e_budget(r: dict[str, Any]) -> dict[str, float]:
     """How the served runtime's end-to-end time per image splits against the e2e/forward target: the time
     allowed besides the forward pass, what decode/preprocess/postprocess take, the gate, and the ratio
@@ -401,8 +412,7 @@ def render_section(results: dict[str, Any]) -> list[str]:
     ]
     for m, r in rr["models"].items():
         b = _e2e_budget(r)
-        cpu_ratio = _served_checks(r)["e2e_of_forward_cpu"]
-        cores_allow = round(c["cores"] * cpu_ratio, 2) if cpu_ratio is not None else "-"
+        cores_allow = _e2e_of_forward_cores_allow(r, c["cores"]) or "-"
         lines.append(
             f"| {m} | {b['forward_ms']} | {b['allowed_ms']} | {b['rest_ms']} | {b['gate_ms']} | "
             f"{b['gate_budget_ms']} | {b['e2e_of_forward_without_gate']} | {cores_allow} |"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import time
 
+import pytest
+
 from bench.serving import run_paired_single, targets
 
 
@@ -154,11 +156,12 @@ def test_the_committed_benchmark_report_is_what_its_results_render_to() -> None:
     ceiling = c["in_process"] / (c["ts_worker"] + c["ts_frontend"] + c["ts_client"])
     assert f"{m} {ceiling:.2f} (" in md
     # and the end-to-end ceiling of the cores: cores x forward CPU over the whole path's CPU per image
-    from bench.runtimes import _e2e_budget, _served_checks
+    from bench.runtimes import _e2e_budget, _e2e_of_forward_cores_allow, _served_checks
 
     rr = results["runtimes"]
     r = rr["models"][m]
-    allow = round(rr["conditions"]["cores"] * _served_checks(r)["e2e_of_forward_cpu"], 2)
+    allow = _e2e_of_forward_cores_allow(r, rr["conditions"]["cores"])
+    assert allow == pytest.approx(rr["conditions"]["cores"] * _served_checks(r)["e2e_of_forward_cpu"], abs=0.02)
     row = next(line for line in md.splitlines() if line.startswith(f"| {m} | {_e2e_budget(r)['forward_ms']} |"))
     assert row.endswith(f"| {allow} |")
 
