@@ -148,6 +148,14 @@ def smear_paths(n: int) -> list[Path]:
     return out
 
 
+def validated(paths: list[Path]) -> list[Any]:
+    """``paths`` as the portal's validated uploads: what the upload page and the API hand to
+    ``actions.upload_images``."""
+    from portal.analyses.validation import validate_image_bytes
+
+    return [validate_image_bytes(p.name, p.read_bytes()) for p in paths]
+
+
 # --- a real TorchServe (serving.torchserve), for the integration and browser tests -------------------
 
 

@@ -27,7 +27,7 @@ from portal.analyses.inference import CellPrediction, Refusal, ServerError
 from portal.analyses.models import Cell, CellAnalysis, Image, ImmutableError
 from portal.analyses.reports import DIFFERENTIAL_CSV_COLUMNS
 from portal.audit.models import AuditEvent
-from tests.portal.conftest import login, smear_paths
+from tests.portal.conftest import login, smear_paths, validated
 from tests.portal.helpers import complete, png_bytes, uncompressed_pdf
 
 pytestmark = pytest.mark.django_db
@@ -81,14 +81,7 @@ FRAME_B = [_cell([50, 50, 110, 110], "neutrophil", "neutrophil", 0.92)]
 
 
 def _upload(technologist: Any, specimen: Any, n: int, models: list[str] | None = None) -> list[Image]:
-    from portal.analyses.validation import validate_image_bytes
-
-    return actions.upload_images(
-        technologist,
-        specimen,
-        [validate_image_bytes(p.name, p.read_bytes()) for p in smear_paths(n)],
-        models or MODELS,
-    )
+    return actions.upload_images(technologist, specimen, validated(smear_paths(n)), models or MODELS)
 
 
 @pytest.fixture

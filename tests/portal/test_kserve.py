@@ -18,7 +18,7 @@ from portal.analyses.validation import validate_image_bytes
 from serving.torchserve import free_ports
 from tests.conftest import KSERVE_MODELS, kserve_model_server
 from tests.handlers.inputs import natural_photo_bytes
-from tests.portal.conftest import smear_paths
+from tests.portal.conftest import smear_paths, validated
 
 pytestmark = [pytest.mark.django_db, pytest.mark.integration, pytest.mark.slow]
 
@@ -53,12 +53,7 @@ def test_the_client_gets_predictions_heatmaps_cells_and_refusals_through_kserve(
 
 
 def test_uploads_are_analysed_and_refused_through_kserve(on_kserve: str, technologist: Any, specimen: Any) -> None:
-    (smear,) = actions.upload_images(
-        technologist,
-        specimen,
-        [validate_image_bytes(p.name, p.read_bytes()) for p in smear_paths(1)],
-        ["mobilenetv3_lstm"],
-    )
+    (smear,) = actions.upload_images(technologist, specimen, validated(smear_paths(1)), ["mobilenetv3_lstm"])
     (photo,) = actions.upload_images(
         technologist, specimen, [validate_image_bytes("photo.jpg", natural_photo_bytes())], ["mobilenetv3_lstm"]
     )
@@ -80,7 +75,7 @@ def test_the_portal_on_torchserves_own_v2_endpoint(
     (image,) = actions.upload_images(
         technologist,
         specimen,
-        [validate_image_bytes(p.name, p.read_bytes()) for p in paths],
+        validated(paths),
         list(dj_settings.PORTAL_MODELS),
     )
     assert jobs.run_queued() == {"done": len(dj_settings.PORTAL_MODELS) + 1}
@@ -95,18 +90,19 @@ def test_the_portal_on_torchserves_own_v2_endpoint(
     assert set(dj_settings.PORTAL_MODELS) | {"wbc_cells"} == set(served_model_names())  # every served model
 
 
+def _upload_on_v2(settings: Any, url: str, technologist: Any, specimen: Any) -> Any:
+    """The portal on v2 with mobilenetv3_lstm at ``url``; one real smear uploaded for it (its image)."""
+    settings.PORTAL_INFERENCE_PROTOCOL = "v2"
+    settings.PORTAL_MODEL_URLS = {"mobilenetv3_lstm": url}
+    (image,) = actions.upload_images(technologist, specimen, validated(smear_paths(1)), ["mobilenetv3_lstm"])
+    return image
+
+
 def test_a_predictor_that_is_down_leaves_its_analyses_waiting(technologist: Any, specimen: Any, settings: Any) -> None:
     """A KServe predictor scaled to zero or restarting refuses connections: the analysis waits for it
     (as for a TorchServe that is down) instead of failing, and /readyz says which URL is down."""
     down = f"http://127.0.0.1:{free_ports()['inference']}"
-    settings.PORTAL_INFERENCE_PROTOCOL = "v2"
-    settings.PORTAL_MODEL_URLS = {"mobilenetv3_lstm": down}
-    (image,) = actions.upload_images(
-        technologist,
-        specimen,
-        [validate_image_bytes(p.name, p.read_bytes()) for p in smear_paths(1)],
-        ["mobilenetv3_lstm"],
-    )
+    image = _upload_on_v2(settings, down, technologist, specimen)
     assert jobs.run_queued(max_jobs=1) == {"pending": 1}
     analysis = image.analyses.get()
     assert (analysis.status, analysis.stage) == ("pending", "waiting")
@@ -128,14 +124,7 @@ def test_torchserve_down_behind_a_live_kserve_model_server_leaves_the_analysis_w
     config = torchserve_config(tmp_path / "config.properties")
     ts = start(model_store, models=["mobilenetv3_lstm"], workdir=tmp_path / "ts", config=config, ports=ports)
     with kserve_model_server(ts, tmp_path / "kserve.log") as (url, _):
-        settings.PORTAL_INFERENCE_PROTOCOL = "v2"
-        settings.PORTAL_MODEL_URLS = {"mobilenetv3_lstm": url}
-        (image,) = actions.upload_images(
-            technologist,
-            specimen,
-            [validate_image_bytes(p.name, p.read_bytes()) for p in smear_paths(1)],
-            ["mobilenetv3_lstm"],
-        )
+        image = _upload_on_v2(settings, url, technologist, specimen)
         stop(info=ts)
         try:
             for _ in range(dj_settings.PORTAL_MAX_ATTEMPTS + 1):

@@ -9,19 +9,15 @@ from django.test import Client
 from django.utils import timezone
 
 from portal import actions
-from portal.analyses.validation import validate_image_bytes
 from portal.audit.models import AuditEvent
-from tests.portal.conftest import smear_paths
+from tests.portal.conftest import smear_paths, validated
 from tests.portal.helpers import complete
 
 pytestmark = pytest.mark.django_db
 
 
 def _images(technologist: Any, specimen: Any, n: int) -> list[Any]:
-    paths = smear_paths(n)
-    return actions.upload_images(
-        technologist, specimen, [validate_image_bytes(p.name, p.read_bytes()) for p in paths], ["xception_bigru"]
-    )
+    return actions.upload_images(technologist, specimen, validated(smear_paths(n)), ["xception_bigru"])
 
 
 def test_worklist_lists_unsigned_results_oldest_first(
