@@ -6,7 +6,7 @@ TS_WORKDIR ?= .torchserve
 
 PORTAL_COLUMN = $(if $(wildcard docs/portal_latency_models.json),--portal-json docs/portal_latency_models.json)
 
-.PHONY: bench-ts-config bench-ts-overhead bench-kserve bench-portal bench-runtimes bench-cells archive repack serve stop bench loadtest scale-bench test-serving
+.PHONY: bench-gate-side bench-ts-config bench-ts-overhead bench-kserve bench-portal bench-runtimes bench-cells archive repack serve stop bench loadtest scale-bench test-serving
 
 archive: setup
 	$(PY) -m training.archive --artifacts $(ARTIFACTS) --out $(MODEL_STORE)
@@ -49,6 +49,11 @@ bench-ts-overhead: setup
 # What KServe's model server adds in front of TorchServe (bench/kserve_overhead.py; `make bench` too)
 bench-kserve: setup kserve-env
 	OMP_NUM_THREADS=1 $(PY) -m bench.kserve_overhead --model-store $(MODEL_STORE) --out docs/kserve_overhead
+
+# The smear gate's statistics on a smaller copy of the image: time, and a gate refitted at each side
+# (bench/gate_side.py, about 8 min) -> docs/gate_side.md
+bench-gate-side: setup
+	OMP_NUM_THREADS=1 $(PY) -m bench.gate_side --sides 128 96 64 --out docs/gate_side
 
 # TorchServe workers / threads / batch / delay for the frame models, by measurement (bench/ts_config.py)
 bench-ts-config: setup
