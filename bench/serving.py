@@ -349,7 +349,7 @@ def bench_model(
 ) -> dict:
     """Cold start, both sides' warm-up, the paired single requests, then each concurrency level on both
     sides in alternating blocks (:func:`run_interleaved_level`)."""
-    bs = _batch_size(config, model)
+    bs, delay_ms = _batching(config, model)
     ip = InProcess(_extract(store / f"{model}.mar", work / f"ip-{model}"), images, bs, threads)
     info = start(store, [model], work / f"ts-{model}", config, ports=ports, torch_threads=threads)
     try:
@@ -395,7 +395,7 @@ def bench_model(
     finally:
         stop(info=info)
         ip.batcher.close()
-    return {"batch_size": bs, "in_process": ip.summary(ip_levels), "torchserve": ts}
+    return {"batch_size": bs, "max_batch_delay_ms": delay_ms, "in_process": ip.summary(ip_levels), "torchserve": ts}
 
 
 def _server_processes(info: ServerInfo, model: str) -> dict[str, list[psutil.Process]]:
@@ -428,20 +428,33 @@ def _process_rss(info: ServerInfo, models: Sequence[str]) -> dict[str, Any]:
     return {"worker_rss_mb": workers, "frontend_rss_mb": _rss_mb(java[0].pid) if java else None}
 
 
+def _delays(results: dict) -> str:
+    """The run's maxBatchDelay per model, e.g. ``1 ms (xception_bigru, effnetb3_bigru) and 2 ms (...)``."""
+    by_delay: dict[int | None, list[str]] = {}
+    for m, r in results["models"].items():
+        by_delay.setdefault(r.get("max_batch_delay_ms"), []).append(m)
+    return " and ".join(f"{'? ' if d is None else f'{d} '}ms ({', '.join(models)})" for d, models in by_delay.items())
+
+
 def _extract(mar: Path, dest: Path) -> Path:
     with zipfile.ZipFile(mar) as z:
         z.extractall(dest, [n for n in z.namelist() if n.startswith("model/") or n == "model_card.json"])
     return dest
 
 
-def _batch_size(config: Path, model: str) -> int:
+def _batching(config: Path, model: str) -> tuple[int, int]:
+    """The model's ``batchSize`` and ``maxBatchDelay`` (ms) in ``config`` (1 and 0 where it has none)."""
     from serving.torchserve import parse_properties
 
     props = dict(parse_properties(config.read_text()))
     per_model = json.loads(props.get("models", "{}")).get(model, {})
     for v in per_model.values():
-        return int(v.get("batchSize", 1))
-    return 1
+        return int(v.get("batchSize", 1)), int(v.get("maxBatchDelay", 0))
+    return 1, 0
+
+
+def _batch_size(config: Path, model: str) -> int:
+    return _batching(config, model)[0]
 
 
 def _images(n_per_class: int = 8) -> list[bytes]:
@@ -601,10 +614,11 @@ def render_markdown(results: dict, plot_name: str) -> str:
         "",
         "Forward pass alone (preprocessed tensors, images/s) by batch size, with one thread; `chosen` is the "
         "smallest batch within 10% of the best in this run. On the shared CPU, successive runs chose 1, 2 or 4 "
-        "(the differences are within the noise), so docker/torchserve/config.properties uses batchSize 4 with "
-        "maxBatchDelay 1 ms for every model (the `batch` column above; the delay chosen with bench.ts_config, "
-        "docs/torchserve_config.md): at most 1 ms added at c=1, and a backlog drains in a quarter of the "
-        "frontend-worker round trips.",
+        "(the differences are within the noise), so docker/torchserve/config.properties uses batchSize 4 for "
+        f"every model (the `batch` column above) with maxBatchDelay {_delays(results)} (chosen with "
+        "bench.ts_config, docs/torchserve_config.md, and for mobilenetv3_lstm docs/deployment.md): a single "
+        "request waits that long for batch-mates, and a backlog drains in a quarter of the frontend-worker "
+        "round trips.",
         "",
         "| model | "
         + " | ".join(f"batch {b}" for b in next(iter(results["models"].values()))["in_process"]["forward_sweep"])
