@@ -96,7 +96,7 @@ def _fit_worker(side: int, out: Path) -> int:
 
 
 def fit_at(side: int) -> dict[str, Any]:
-    """training.fit_gate's rates for a gate fitted at ``side`` (and how long statistics and fit took)."""
+    """training.fit_gate's rates for a gate fitted at ``side`` (and how long its statistics took)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "gate.json"
         print(f"[gate-side {time.strftime('%H:%M:%S')}] fitting at {side} px", flush=True)
