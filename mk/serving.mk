@@ -51,7 +51,7 @@ bench-kserve: setup kserve-env
 	OMP_NUM_THREADS=1 $(PY) -m bench.kserve_overhead --model-store $(MODEL_STORE) --out docs/kserve_overhead
 
 # The smear gate's statistics on a smaller copy of the image: time, and a gate refitted at each side
-# (bench/gate_side.py, about 8 min) -> docs/gate_side.md
+# (bench/gate_side.py, about 5 min on 2 cores) -> docs/gate_side.md
 bench-gate-side: setup
 	OMP_NUM_THREADS=1 $(PY) -m bench.gate_side --sides 128 96 64 --out docs/gate_side
 
