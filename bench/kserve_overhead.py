@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from bench.report import run_header, write_report
+from bench.report import markdown_table, run_header, write_report
 from bench.runtimes import LARGE_SIZE, _enlarged
 from core.registry import cell_model_names, served_model_names
 from core.v2 import image_request
@@ -93,14 +93,16 @@ def render(report: dict[str, Any]) -> str:
         "differences; `KServe CPU` is its process's CPU time per request it forwarded, which a predictor pod "
         "spends beside TorchServe's.",
         "",
-        "| model | request KB | direct p50 ms | through KServe p50 ms | KServe adds p50 ms | KServe CPU ms per req. |",
-        "|---|---|---|---|---|---|",
+        *markdown_table(
+            ["model", "request KB", "direct p50 ms", "through KServe p50 ms", "KServe adds p50 ms"]
+            + ["KServe CPU ms per req."],
+            (
+                [name, f"{r['request_bytes'] / 1024:.0f}", r["torchserve"]["p50"], r["kserve"]["p50"]]
+                + [r["difference_p50"], r["kserve_cpu_ms_per_request"]]
+                for name, r in report["models"].items()
+            ),
+        ),
     ]
-    for name, r in report["models"].items():
-        lines.append(
-            f"| {name} | {r['request_bytes'] / 1024:.0f} | {r['torchserve']['p50']} | {r['kserve']['p50']} | "
-            f"{r['difference_p50']} | {r['kserve_cpu_ms_per_request']} |"
-        )
     return "\n".join(lines) + "\n"
 
 

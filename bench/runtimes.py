@@ -49,7 +49,7 @@ import psutil
 import torch
 from PIL import Image
 
-from bench.serving import _batch_size, _extract, _images, _level, percentiles
+from bench.serving import _batching, _extract, _images, _level, percentiles
 from bench.serving import targets as serving_targets
 from core.decode import decode_request
 from core.host import cpu_model
@@ -244,7 +244,7 @@ def _memory_probe_main(model_dir: Path, runtime: str, threads: int) -> None:
 def bench_model(
     store: Path, model: str, images: Sequence[bytes], config: Path, threads: int, seconds: float, work: Path
 ) -> dict:
-    batch = _batch_size(config, model)
+    batch, _ = _batching(config, model)
     model_dir = _extract(store / f"{model}.mar", work / model)
     memory: dict[str, float] = {}
     for name in ("onnxruntime", "openvino"):

@@ -430,10 +430,10 @@ def _process_rss(info: ServerInfo, models: Sequence[str]) -> dict[str, Any]:
 
 def _delays(results: dict) -> str:
     """The run's maxBatchDelay per model, e.g. ``1 ms (xception_bigru, effnetb3_bigru) and 2 ms (...)``."""
-    by_delay: dict[int | None, list[str]] = {}
+    by_delay: dict[int, list[str]] = {}
     for m, r in results["models"].items():
-        by_delay.setdefault(r.get("max_batch_delay_ms"), []).append(m)
-    return " and ".join(f"{'? ' if d is None else f'{d} '}ms ({', '.join(models)})" for d, models in by_delay.items())
+        by_delay.setdefault(r["max_batch_delay_ms"], []).append(m)
+    return " and ".join(f"{d} ms ({', '.join(models)})" for d, models in by_delay.items())
 
 
 def _extract(mar: Path, dest: Path) -> Path:
@@ -451,10 +451,6 @@ def _batching(config: Path, model: str) -> tuple[int, int]:
     for v in per_model.values():
         return int(v.get("batchSize", 1)), int(v.get("maxBatchDelay", 0))
     return 1, 0
-
-
-def _batch_size(config: Path, model: str) -> int:
-    return _batching(config, model)[0]
 
 
 def _images(n_per_class: int = 8) -> list[bytes]:

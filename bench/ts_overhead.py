@@ -40,7 +40,7 @@ from typing import Any
 
 import requests
 
-from bench.report import run_header, write_report
+from bench.report import markdown_table, run_header, write_report
 from core.registry import model_names
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,14 +121,15 @@ def render(report: dict[str, Any]) -> str:
         "says how). The queue holds the `maxBatchDelay` a lone request waits for batch-mates (`delay`, from the "
         "shipped configuration).",
         "",
-        "| model | client | handler | TorchServe adds | HTTP in/out | queue | delay | worker round trip |",
-        "|---|---|---|---|---|---|---|---|",
+        *markdown_table(
+            ["model", "client", "handler", "TorchServe adds", "HTTP in/out", "queue", "delay", "worker round trip"],
+            (
+                [m, r["client"], r["handler"], r["torchserve_total"], r["http"], r["queue"]]
+                + [r["max_batch_delay_ms"], r["worker_round_trip"]]
+                for m, r in report["models"].items()
+            ),
+        ),
     ]
-    for m, r in report["models"].items():
-        lines.append(
-            f"| {m} | {r['client']} | {r['handler']} | {r['torchserve_total']} | {r['http']} | {r['queue']} | "
-            f"{r.get('max_batch_delay_ms', '-')} | {r['worker_round_trip']} |"
-        )
     return "\n".join(lines) + "\n"
 
 
