@@ -273,11 +273,25 @@ def bench_model(
     return result
 
 
+def _served_e2e(r: dict[str, Any]) -> dict[str, Any]:
+    """The served runtime's end-to-end results (eager's where the served runtime was not measured)."""
+    return r["end_to_end"].get(r["served"]) or r["end_to_end"]["eager"]
+
+
+def _forward_cpu_share(r: dict[str, Any]) -> float | None:
+    """The forward's CPU per image over the whole end-to-end path's (unrounded; None without CPU times).
+    The forward alone runs on one thread: its wall time is its CPU time."""
+    served = _served_e2e(r)
+    if "cpu_ms_per_image" not in served:
+        return None
+    return 1000.0 / served["cpu_ms_per_image"] / r["forward"][served["runtime"]][f"images_per_s_batch{r['batch_size']}"]
+
+
 def _served_checks(r: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets for one model from its results."""
     bs = r["batch_size"]
     fwd = r["forward"]
-    served = r["end_to_end"].get(r["served"]) or r["end_to_end"]["eager"]
+    served = _served_e2e(r)
     runtime = served["runtime"]
     best = fwd[r["fastest"]][f"images_per_s_batch{bs}"]
     forward = fwd[runtime][f"images_per_s_batch{bs}"]
@@ -285,10 +299,7 @@ def _served_checks(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "speedup_vs_eager": round(best / fwd["eager"][f"images_per_s_batch{bs}"], 2),
         "e2e_of_forward": round(served["images_per_s"] / forward, 2),
-        # the forward alone runs on one thread: its wall time is its CPU time
-        "e2e_of_forward_cpu": round(1000.0 / served["cpu_ms_per_image"] / forward, 2)
-        if "cpu_ms_per_image" in served
-        else None,
+        "e2e_of_forward_cpu": None if (share := _forward_cpu_share(r)) is None else round(share, 2),
         "e2e_of_forward_gate_inline": round(inline["images_per_s"] / forward, 2) if inline else None,
     }
 
@@ -296,20 +307,15 @@ def _served_checks(r: dict[str, Any]) -> dict[str, Any]:
 def _e2e_of_forward_cores_allow(r: dict[str, Any], cores: int) -> float | None:
     """The most the end-to-end path could reach of the forward's images/s with ``cores`` busy all the time:
     cores x the forward's CPU per image over the whole path's."""
-    bs = r["batch_size"]
-    served = r["end_to_end"].get(r["served"]) or r["end_to_end"]["eager"]
-    if "cpu_ms_per_image" not in served:
-        return None
-    forward = r["forward"][served["runtime"]][f"images_per_s_batch{bs}"]
-    return round(cores * 1000.0 / served["cpu_ms_per_image"] / forward, 2)
+    share = _forward_cpu_share(r)
+    return None if share is None else round(cores * share, 2)
 
 
 def _e2e_budget(r: dict[str, Any]) -> dict[str, float]:
     """How the served runtime's end-to-end time per image splits against the e2e/forward target: the time
     allowed besides the forward pass, what decode/preprocess/postprocess take, the gate, and the ratio
     without the gate."""
-    served = r["end_to_end"].get(r["served"]) or r["end_to_end"]["eager"]
-    steps = served["step_ms"]
+    steps = _served_e2e(r)["step_ms"]
     forward, gate = steps["forward"], steps["gate"]
     rest = sum(v for k, v in steps.items() if k not in ("forward", "gate", "gate_background"))
     allowed = forward * (1 / E2E_OF_FORWARD_TARGET - 1)
@@ -375,7 +381,7 @@ def render_section(results: dict[str, Any]) -> list[str]:
     for m, r in rr["models"].items():
         bs = r["batch_size"]
         chk = _served_checks(r)
-        served = r["end_to_end"].get(r["served"]) or r["end_to_end"]["eager"]
+        served = _served_e2e(r)
         s = serving.get(m, {})
         ip8 = _level(s["in_process"]["levels"], 8)["images_per_s"] if s else "-"
         ts8 = _level(s["torchserve"]["levels"], 8)["images_per_s"] if s else "-"
