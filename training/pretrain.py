@@ -22,9 +22,9 @@ from torch import nn
 from core.paths import PBC
 from training.augment import TrainAugment
 from training.data import IMAGE_SUFFIXES, Sample
+from training.image_data import ImageDataset, image_batches
 from training.loop import Log, Source, fit
 from training.models import HybridClassifier
-from training.train import ImageDataset, image_batches
 
 __all__ = ["pretrain_root", "pretrain_samples", "pretrain_backbone"]
 

@@ -35,7 +35,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,18 +43,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from core.registry import get_spec
 from training import compat  # noqa: F401  (before timm)
 from training.augment import TrainAugment, geometric_grid
-from training.data import DEFAULT_DATA_ROOT, Sample, Split, load_split, manifest_sha256
+from training.data import DEFAULT_DATA_ROOT, Split, load_split, manifest_sha256
 from training.features import cache_dir_for, cache_path, load_cache, map_batches
+from training.image_data import ImageDataset, image_batches, image_logits
 from training.loop import Checkpoint, Log, Source, fit, hardware_info, macro_f1, seed_everything
 from training.models import HybridClassifier, create_model, load_backbone_weights, save_model
 from training.recipes import describe, recipe_for
-from training.transforms import build_eval_transform
 
 __all__ = [
     "ImageDataset",
@@ -183,57 +182,6 @@ def train_cached(
 
 
 # -- end-to-end recipe --------------------------------------------------------------------------
-class ImageDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    """Augmented training images (seeded per sample and epoch) with optional soft targets."""
-
-    def __init__(
-        self, samples: Sequence[Sample], model_spec: Any, augment: TrainAugment | None, soft: np.ndarray | None
-    ):
-        self.samples = list(samples)
-        self.transform = build_eval_transform(model_spec)
-        self.size = model_spec.input_size
-        self.augment = augment
-        self.soft = soft
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor]:
-        s = self.samples[i]
-        im = Image.open(s.path).convert("RGB")
-        if self.augment is not None:
-            im = self.augment(im, i, self.epoch)
-        soft = torch.from_numpy(self.soft[i]).float() if self.soft is not None else torch.zeros(0)
-        return self.transform(im), s.label, soft
-
-
-@torch.no_grad()
-def image_logits(model: HybridClassifier, samples: Sequence[Sample], device: str, batch_size: int = 32) -> torch.Tensor:
-    ds = ImageDataset(samples, model.spec, None, None)
-    model.eval()
-    out = []
-    for i in range(0, len(ds), batch_size):
-        x = torch.stack([ds[j][0] for j in range(i, min(len(ds), i + batch_size))]).to(device)
-        out.append(model(x).float().cpu())
-    return torch.cat(out)
-
-
-def image_batches(
-    ds: ImageDataset, batch_size: int, seed_base: int, workers: int = 0
-) -> Callable[[int], Iterable[Any]]:
-    """An epoch's shuffled, augmented batches of ``ds`` (shuffle seeded by ``seed_base + epoch``)."""
-
-    def batches(epoch: int) -> Iterable[Any]:
-        ds.epoch = epoch
-        g = torch.Generator().manual_seed(seed_base + epoch)
-        return torch.utils.data.DataLoader(
-            ds, batch_size=batch_size, shuffle=True, generator=g, num_workers=workers, drop_last=len(ds) > batch_size
-        )
-
-    return batches
-
-
 def train_end2end(
     model: HybridClassifier,
     split: Split,
