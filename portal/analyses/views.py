@@ -34,6 +34,7 @@ from portal.analyses.models import (
     QueuedJob,
 )
 from portal.analyses.reports import analyses_in_range, csv_bytes, sign_off_text, specimen_pdf
+from portal.analyses.templatetags.portal_labels import class_name
 from portal.patients.models import Specimen
 
 
@@ -120,7 +121,8 @@ def upload(request: HttpRequest) -> HttpResponse:
     return render(request, "analyses/upload.html", {"form": form, "max_files": settings.PORTAL_MAX_FILES_PER_UPLOAD})
 
 
-def _image_context(request: HttpRequest, image: Image) -> dict[str, object]:
+def _image_context(request: HttpRequest, image: Image, review_form: ReviewForm | None = None) -> dict[str, object]:
+    """The image page's context; ``review_form``: a refused sign-off form, shown again as it was sent."""
     analyses = list(image.analyses.select_related("review").all())
     for a in analyses:
         a.signed = a.signed_review  # type: ignore[attr-defined]  # per-model sign-off of earlier versions
@@ -139,7 +141,7 @@ def _image_context(request: HttpRequest, image: Image) -> dict[str, object]:
         "refused": analyses[0].refusal_text if refused_by_all else "",
         "consensus": agreed,
         "image_review": image_review,
-        "review_form": ReviewForm(consensus_label=agreed.label if agreed else None),
+        "review_form": review_form or ReviewForm(consensus_label=agreed.label if agreed else None),
         "ready_to_sign": ready and frame_review is None,
         "pending": any(not a.is_final for a in analyses) or bool(cell_analysis and not cell_analysis.is_final),
         "can_sign": request.user.has_perm("analyses.sign_off_analysis"),
@@ -240,13 +242,30 @@ def analysis_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @permission_required("analyses.sign_off_analysis", raise_exception=True)
 @require_POST
 def sign_off(request: HttpRequest, pk: int) -> HttpResponse:
-    """The reviewer's decision on an image; then back to the worklist's next image, or to the image."""
-    image = get_object_or_404(Image, pk=pk)
+    """The reviewer's decision on an image; then back to the worklist's next image, or to the image.
+
+    A refused decision (incomplete, inconsistent, or refused by actions.sign_off) is audited and the page
+    comes back with the form exactly as it was sent and the errors beside the fields: never a fresh form
+    that would let a second press record a default the reviewer did not choose.
+    """
+    image = get_object_or_404(Image.objects.select_related("specimen__patient"), pk=pk)
     agreed = consensus(list(image.analyses.all()))
     form = ReviewForm(request.POST, consensus_label=agreed.label if agreed else None)
     if not form.is_valid():
-        messages.error(request, "Not signed: choose whether you agree with the consensus or reclassify.")
-        return redirect(image)
+        reasons = [str(m) for errors in form.errors.values() for m in errors]
+        actions.log_event(
+            "image.sign_off_refused",
+            actor=request.user,
+            obj=image,
+            request=request,
+            data={
+                "decision": str(request.POST.get("decision", ""))[:20],
+                "final_label": str(request.POST.get("final_label", ""))[:20],
+                "expected_label": str(request.POST.get("recorded_label", ""))[:20],
+                "reason": " ".join(reasons)[:500],
+            },
+        )
+        return _refused(request, image, form, reasons)
     try:
         review = actions.sign_off(
             request.user,
@@ -254,17 +273,25 @@ def sign_off(request: HttpRequest, pk: int) -> HttpResponse:
             decision=form.cleaned_data["decision"],
             final_label=form.cleaned_data["final_label"] or None,
             comment=form.cleaned_data["comment"],
+            expected_label=form.cleaned_data["recorded_label"],
             request=request,
         )
     except (ValidationError, ImmutableError) as exc:
-        messages.error(request, f"Not signed: {'; '.join(_messages(exc))}.")
-        return redirect(image)
-    messages.success(request, f"{image.original_name}: signed off as {review.final_label}.")
+        reasons = [f"{m[:1].upper()}{m[1:]}." for m in _messages(exc)]
+        form.add_error(None, reasons)
+        return _refused(request, image, form, reasons)
+    messages.success(request, f"{image.original_name}: signed off as {class_name(review.final_label)}.")
     following = awaiting_sign_off().filter(uploaded_at__gte=image.uploaded_at).exclude(pk=image.pk)
     after = following.order_by("uploaded_at", "id").first()
     if request.POST.get("next") == "worklist" and after is not None:
         return redirect(after)
     return redirect(image)
+
+
+def _refused(request: HttpRequest, image: Image, form: ReviewForm, reasons: list[str]) -> HttpResponse:
+    """The image page again, with the sign-off form as it was sent and why nothing was signed."""
+    messages.error(request, f"Not signed: {' '.join(reasons)}")
+    return render(request, "analyses/image_detail.html", _image_context(request, image, review_form=form))
 
 
 def _messages(exc: Exception) -> list[str]:

@@ -268,7 +268,10 @@ def test_sign_off_locks_the_frames_cells(
     signed, open_ = frames
     before = rev_client.get(f"/images/{signed.pk}/").content.decode()
     assert "also signs off its 3 cells" in before  # the sign-off page says what it covers
-    assert rev_client.post(f"/images/{signed.pk}/sign-off/", {"decision": "agree"}).status_code == 302
+    assert (
+        rev_client.post(f"/images/{signed.pk}/sign-off/", {"decision": "agree", "recorded_label": "Pre"}).status_code
+        == 302
+    )
     assert signed.signed_review is not None
     cell = Cell.objects.get(image=signed, index=0)
     with pytest.raises(ImmutableError):
