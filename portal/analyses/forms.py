@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django import forms
@@ -8,10 +9,18 @@ from django.core.exceptions import ValidationError
 
 from core.registry import CLASS_DESCRIPTIONS
 from portal.analyses.models import CLASS_LABELS, ImageReview
-from portal.analyses.validation import ValidatedImage, validate_image_bytes
+from portal.analyses.validation import ValidatedImage, megabytes, validate_image_bytes
 from portal.patients.models import Specimen
 
-__all__ = ["ALL_MODELS", "SIGN_OFF_TEXTS", "ExportForm", "ReviewForm", "UploadForm"]
+__all__ = [
+    "ALL_MODELS",
+    "SIGN_OFF_TEXTS",
+    "ExportForm",
+    "RefusedFile",
+    "ReviewForm",
+    "UploadForm",
+    "too_many_files_text",
+]
 
 ALL_MODELS = "all"
 
@@ -21,32 +30,41 @@ class MultipleFileInput(forms.ClearableFileInput):
 
 
 class MultipleImageField(forms.FileField):
-    """Several files in one field; each is validated with Pillow (validate_image_bytes)."""
+    """Several files in one field: at least one, at most PORTAL_MAX_FILES_PER_UPLOAD; cleans to the list
+    of uploaded files (each is validated by :meth:`UploadForm.clean_images`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("widget", MultipleFileInput(attrs={"accept": "image/jpeg,image/png,image/bmp,image/tiff"}))
         super().__init__(*args, **kwargs)
 
-    def clean(self, data: Any, initial: Any = None) -> list[ValidatedImage]:
-        files = data if isinstance(data, list | tuple) else ([data] if data else [])
+    def clean(self, data: Any, initial: Any = None) -> list[Any]:
+        files = list(data) if isinstance(data, list | tuple) else ([data] if data else [])
         if not files:
             raise ValidationError("Choose at least one image.", code="required")
         limit = settings.PORTAL_MAX_FILES_PER_UPLOAD
         if len(files) > limit:
-            raise ValidationError(f"At most {limit} images per upload.", code="too_many")
-        validated: list[ValidatedImage] = []
-        errors: list[ValidationError] = []
-        for upload in files:
-            if upload.size is not None and upload.size > settings.PORTAL_MAX_UPLOAD_BYTES:
-                errors.append(ValidationError(f"{upload.name}: file is over the size limit.", code="too_large"))
-                continue
-            try:
-                validated.append(validate_image_bytes(upload.name or "upload", upload.read()))
-            except ValidationError as exc:
-                errors.append(exc)
-        if errors:
-            raise ValidationError(errors)
-        return validated
+            raise ValidationError(too_many_files_text(len(files)), code="too_many")
+        return files
+
+
+def too_many_files_text(chosen: int | None = None) -> str:
+    """Why an upload with too many files was refused (``chosen``: how many, when known)."""
+    limit = settings.PORTAL_MAX_FILES_PER_UPLOAD
+    count = f"you chose {chosen}; " if chosen else ""
+    return f"At most {limit} images per upload: {count}nothing was saved. Choose {limit} or fewer and upload again."
+
+
+@dataclass(frozen=True)
+class RefusedFile:
+    """A file of an upload that was not saved, and why (the contract's code and a sentence)."""
+
+    name: str
+    code: str
+    reason: str
+    size_bytes: int | None
+
+    def as_audit(self) -> dict[str, Any]:
+        return {"name": self.name[:255], "code": self.code, "reason": self.reason[:300], "bytes": self.size_bytes}
 
 
 def model_choices() -> list[tuple[str, str]]:
@@ -59,9 +77,40 @@ class SpecimenChoiceField(forms.ModelChoiceField):
 
 
 class UploadForm(forms.Form):
+    """The specimen, the images and the model(s). Each file is validated on its own: the good ones are
+    ``cleaned_data["images"]``, the others :attr:`refused` (name, code, reason); only when no file is
+    good is the field itself invalid. The view saves the good files and lists the refused ones."""
+
     specimen = SpecimenChoiceField(queryset=Specimen.objects.select_related("patient").order_by("-collected_at"))
-    images = MultipleImageField(help_text="One or several images (JPEG, PNG, BMP, TIFF)")
+    images = MultipleImageField()
     model = forms.ChoiceField(choices=model_choices, initial=ALL_MODELS)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused: list[RefusedFile] = []
+        self.fields["images"].help_text = (
+            f"Up to {settings.PORTAL_MAX_FILES_PER_UPLOAD} images (JPEG, PNG, BMP, TIFF), at most "
+            f"{megabytes(settings.PORTAL_MAX_UPLOAD_BYTES)} each. A file that cannot be used is listed with "
+            "the reason; the others are saved."
+        )
+
+    def clean_images(self) -> list[ValidatedImage]:
+        limit = settings.PORTAL_MAX_UPLOAD_BYTES
+        accepted: list[ValidatedImage] = []
+        self.refused = []
+        for upload in self.cleaned_data["images"]:
+            name = upload.name or "upload"
+            if upload.size is not None and upload.size > limit:
+                reason = f"{name}: the file is {megabytes(upload.size)}, over the size limit of {megabytes(limit)}."
+                self.refused.append(RefusedFile(name, "image_too_large", reason, upload.size))
+                continue
+            try:
+                accepted.append(validate_image_bytes(name, upload.read()))
+            except ValidationError as exc:
+                self.refused.append(RefusedFile(name, str(exc.code or "refused"), " ".join(exc.messages), upload.size))
+        if not accepted:
+            raise ValidationError([r.reason for r in self.refused], code="all_refused")
+        return accepted
 
     def model_names(self) -> list[str]:
         chosen = self.cleaned_data["model"]

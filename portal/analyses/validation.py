@@ -18,7 +18,7 @@ from core.decode import ALLOWED_FORMATS as DECODER_FORMATS
 from core.decode import open_image
 from core.errors import RequestError
 
-__all__ = ["ALLOWED_FORMATS", "ValidatedImage", "validate_image_bytes"]
+__all__ = ["ALLOWED_FORMATS", "ValidatedImage", "megabytes", "validate_image_bytes"]
 
 # Pillow format -> (content type, file extension), for exactly the formats the decoder accepts.
 _TYPES: dict[str, tuple[str, str]] = {
@@ -34,6 +34,13 @@ _WHAT = {
     "image_too_large": "too large",
     "bad_request": "not an image",
 }
+
+
+def megabytes(size: int) -> str:
+    """A size in bytes as people read it: "25 MB", "31.2 MB" (MB of 2**20 bytes, as the limits are set),
+    rounded up to 0.1 MB, so a file over a limit never reads as the limit itself."""
+    tenths = -(-size * 10 // 2**20)
+    return f"{tenths / 10:.1f}".removesuffix(".0") + " MB"
 
 
 @dataclass(frozen=True)

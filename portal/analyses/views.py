@@ -14,6 +14,7 @@ from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -23,7 +24,7 @@ from portal.analyses import storage
 from portal.analyses.cell_review import differential_context
 from portal.analyses.consensus import consensus
 from portal.analyses.differential import differential
-from portal.analyses.forms import ExportForm, ReviewForm, UploadForm
+from portal.analyses.forms import ExportForm, ReviewForm, UploadForm, too_many_files_text
 from portal.analyses.models import (
     CELL_LABEL_CHOICES,
     REVIEWED_LABEL_CHOICES,
@@ -35,6 +36,7 @@ from portal.analyses.models import (
 )
 from portal.analyses.reports import analyses_in_range, csv_bytes, sign_off_text, specimen_pdf
 from portal.analyses.templatetags.portal_labels import class_name
+from portal.analyses.validation import megabytes
 from portal.patients.models import Specimen
 
 
@@ -102,23 +104,71 @@ def worklist(request: HttpRequest) -> HttpResponse:
     return render(request, "analyses/worklist.html", {"page": page, "rows": rows, "q": query, "date": day})
 
 
+UPLOAD_RESULT = "upload_result"  # session key: what the last partly refused upload saved and refused
+
+
 @permission_required(["analyses.add_image", "analyses.add_analysis"], raise_exception=True)
 @require_http_methods(["GET", "POST"])
 def upload(request: HttpRequest) -> HttpResponse:
+    """Upload images for a specimen. Each file is judged on its own: the good ones are saved (and analysed)
+    even when others are refused; every refused file is listed with its reason and audited
+    (image.upload_refused). When some were refused the page comes back (after a redirect, so a reload
+    uploads nothing twice) with the specimen still chosen, what was saved and what was refused."""
     initial = {}
     if request.GET.get("specimen", "").isdigit():
         initial["specimen"] = int(request.GET["specimen"])
     form = UploadForm(request.POST or None, request.FILES or None, initial=initial)
-    if request.method == "POST" and form.is_valid():
-        specimen = form.cleaned_data["specimen"]
-        images = actions.upload_images(
-            request.user, specimen, form.cleaned_data["images"], form.model_names(), request=request
-        )
-        messages.success(request, f"{len(images)} image(s) saved; analyses run on the model server.")
-        if len(images) == 1:
-            return redirect(images[0])
-        return redirect(specimen)
-    return render(request, "analyses/upload.html", {"form": form, "max_files": settings.PORTAL_MAX_FILES_PER_UPLOAD})
+    if request.method == "POST":
+        valid = form.is_valid()
+        specimen = form.cleaned_data.get("specimen")
+        if form.refused or form.has_error("images", "too_many"):
+            _audit_refused_upload(request, specimen, form)
+        if valid:
+            images = actions.upload_images(
+                request.user, specimen, form.cleaned_data["images"], form.model_names(), request=request
+            )
+            if form.refused:
+                request.session[UPLOAD_RESULT] = {
+                    "saved": [{"id": i.pk, "name": i.original_name} for i in images],
+                    "refused": [{"name": r.name, "reason": r.reason} for r in form.refused],
+                }
+                return redirect(f"{reverse('analyses:upload')}?specimen={specimen.pk}")
+            messages.success(request, f"{len(images)} image(s) saved; analyses run on the model server.")
+            if len(images) == 1:
+                return redirect(images[0])
+            return redirect(specimen)
+    context = {"form": form, "result": request.session.pop(UPLOAD_RESULT, None) if request.method == "GET" else None}
+    return render(request, "analyses/upload.html", {**context, **_upload_limits()})
+
+
+def _upload_limits() -> dict[str, object]:
+    return {
+        "max_files": settings.PORTAL_MAX_FILES_PER_UPLOAD,
+        "max_bytes": settings.PORTAL_MAX_UPLOAD_BYTES,
+        "max_size": megabytes(settings.PORTAL_MAX_UPLOAD_BYTES),
+    }
+
+
+def _audit_refused_upload(request: HttpRequest, specimen: Specimen | None, form: UploadForm | None) -> None:
+    """One audit row per refused upload attempt: which files were refused and why (nothing of them is kept)."""
+    if form is not None and form.refused:
+        data: dict[str, Any] = {"files": [r.as_audit() for r in form.refused]}
+    else:
+        data = {"reason": "too_many_files", "limit": settings.PORTAL_MAX_FILES_PER_UPLOAD}
+    actions.log_event("image.upload_refused", actor=request.user, obj=specimen, request=request, data=data)
+
+
+def upload_too_many_files(request: HttpRequest) -> HttpResponse:
+    """The upload page again, when Django refused the request for carrying more files than it reads
+    (DATA_UPLOAD_MAX_NUMBER_FILES, before any view; portal.errors.bad_request sends it here): the form
+    with the error, not a separate error page. The choices sent are lost with the request; the specimen
+    of the page's address (?specimen=) is kept."""
+    if not request.user.has_perm("analyses.add_image"):
+        raise PermissionDenied
+    initial = {"specimen": int(request.GET["specimen"])} if request.GET.get("specimen", "").isdigit() else {}
+    _audit_refused_upload(request, None, None)
+    context = {"form": UploadForm(initial=initial), "upload_error": too_many_files_text(), **_upload_limits()}
+    return render(request, "analyses/upload.html", context, status=400)
 
 
 def _image_context(request: HttpRequest, image: Image, review_form: ReviewForm | None = None) -> dict[str, object]:

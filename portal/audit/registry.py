@@ -28,6 +28,7 @@ ACTIONS: dict[str, str] = {
     "specimen.view": "Viewed specimen",
     "specimen.list": "Listed specimens",
     "image.upload": "Uploaded images",
+    "image.upload_refused": "Upload refused (files not saved, with the reasons)",
     "image.view": "Viewed image results",
     "analysis.complete": "Analysis completed",
     "analysis.reject": "Analysis rejected by the model server",
