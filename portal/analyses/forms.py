@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 
 from core.registry import CLASS_DESCRIPTIONS
 from portal.analyses.models import CLASS_LABELS, ImageReview
-from portal.analyses.validation import ValidatedImage, megabytes, validate_image_bytes
+from portal.analyses.validation import ValidatedImage, megabytes, over_the_limit_text, validate_image_bytes
 from portal.patients.models import Specimen
 
 __all__ = [
@@ -101,7 +101,7 @@ class UploadForm(forms.Form):
         for upload in self.cleaned_data["images"]:
             name = upload.name or "upload"
             if upload.size is not None and upload.size > limit:
-                reason = f"{name}: the file is {megabytes(upload.size)}, over the size limit of {megabytes(limit)}."
+                reason = over_the_limit_text(name, upload.size, limit)
                 self.refused.append(RefusedFile(name, "image_too_large", reason, upload.size))
                 continue
             try:

@@ -1,7 +1,8 @@
 """The audit log in the portal, for users with audit.view_auditevent.
 
-Filters: object, user, action, a date range, and "changes only" (hides the reads, portal.audit.registry.READS:
-views of records, lists, searches, the printable report, which otherwise dominate the log). Event data is shown as readable key: value lines, not a Python dict.
+Filters: object, user, action, a date range, and "changes only" (hides the reads,
+portal.audit.registry.READS: views of records, lists, searches, the printable report, which otherwise
+dominate the log). Event data is shown as readable key: value lines, not a Python dict.
 """
 
 from __future__ import annotations

@@ -123,6 +123,12 @@ def test_a_file_over_the_size_limit_says_the_limit(tech_client: Client, specimen
     page = tech_client.get(response["Location"]).content.decode()
     assert "big.png: the file is 1.1 MB, over the size limit of 1 MB." in page
     assert Image.objects.get().original_name == path.name
+    # sizes that read the same in MB are given in bytes
+    from portal.analyses.validation import over_the_limit_text
+
+    assert over_the_limit_text("a.png", 2**20 + 1, 2**20) == (
+        "a.png: the file is 1,048,577 bytes, over the size limit of 1 MB (1,048,576 bytes)."
+    )
     assert AuditEvent.objects.get(action="image.upload_refused").data["files"][0]["code"] == "image_too_large"
 
 

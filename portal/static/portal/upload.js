@@ -12,8 +12,19 @@
   var maxBytes = parseInt(form.getAttribute("data-max-bytes"), 10);
   var maxSize = form.getAttribute("data-max-size");
 
+  // as portal.analyses.validation.megabytes and over_the_limit_text
   function megabytes(size) {
-    return (Math.ceil(size * 10 / 1048576) / 10).toFixed(1).replace(/\.0$/, "") + " MB";  // as validation.megabytes
+    return (size / 1048576).toFixed(1).replace(/\.0$/, "") + " MB";
+  }
+
+  function overTheLimit(name, size) {
+    var shown = megabytes(size);
+    var most = maxSize;
+    if (shown === most) {
+      shown = size.toLocaleString("en") + " bytes";
+      most = maxSize + " (" + maxBytes.toLocaleString("en") + " bytes)";
+    }
+    return name + ": the file is " + shown + ", over the size limit of " + most + "; it will not be saved.";
   }
 
   function say(lines) {
@@ -35,7 +46,7 @@
     }
     files.forEach(function (file) {
       if (file.size > maxBytes) {
-        lines.push(file.name + ": the file is " + megabytes(file.size) + ", over the size limit of " + maxSize + "; it will not be saved.");
+        lines.push(overTheLimit(file.name, file.size));
       }
     });
     input.setCustomValidity(blocking);
