@@ -124,6 +124,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         if form.refused or form.has_error("images", "too_many"):
             _audit_refused_upload(request, specimen, form)
         if valid:
+            assert specimen is not None  # a valid form has one
             images = actions.upload_images(
                 request.user, specimen, form.cleaned_data["images"], form.model_names(), request=request
             )
