@@ -66,10 +66,19 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
 
 
 def _is_upload_page(request: HttpRequest) -> bool:
+    """The upload page, for a user the page itself would serve: Django refused the request before the
+    middleware's view checks (login, second factor) ran, so they are repeated here."""
     from django.urls import reverse
 
-    user = getattr(request, "user", None)
-    return request.path_info == reverse("analyses:upload") and bool(user and user.is_authenticated)
+    from portal.accounts.second_factor import needs_second_factor
+
+    user: Any = getattr(request, "user", None)
+    if request.path_info != reverse("analyses:upload") or user is None or not user.is_authenticated:
+        return False
+    if not (user.has_perm("analyses.add_image") and user.has_perm("analyses.add_analysis")):
+        return False
+    verified = getattr(user, "is_verified", lambda: False)()
+    return bool(verified or not needs_second_factor(user))
 
 
 def audit_access_denied(request: Any, reason: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
@@ -114,9 +115,11 @@ def upload(request: HttpRequest) -> HttpResponse:
     even when others are refused; every refused file is listed with its reason and audited
     (image.upload_refused). When some were refused the page comes back (after a redirect, so a reload
     uploads nothing twice) with the specimen still chosen, what was saved and what was refused."""
-    initial = {}
+    initial: dict[str, object] = {}
     if request.GET.get("specimen", "").isdigit():
         initial["specimen"] = int(request.GET["specimen"])
+    if request.GET.get("model"):
+        initial["model"] = request.GET["model"]  # a choice outside the list is simply not preselected
     form = UploadForm(request.POST or None, request.FILES or None, initial=initial)
     if request.method == "POST":
         valid = form.is_valid()
@@ -133,7 +136,8 @@ def upload(request: HttpRequest) -> HttpResponse:
                     "saved": [{"id": i.pk, "name": i.original_name} for i in images],
                     "refused": [{"name": r.name, "reason": r.reason} for r in form.refused],
                 }
-                return redirect(f"{reverse('analyses:upload')}?specimen={specimen.pk}")
+                query = urlencode({"specimen": specimen.pk, "model": form.cleaned_data["model"]})
+                return redirect(f"{reverse('analyses:upload')}?{query}")
             messages.success(request, f"{len(images)} image(s) saved; analyses run on the model server.")
             if len(images) == 1:
                 return redirect(images[0])
@@ -163,9 +167,8 @@ def upload_too_many_files(request: HttpRequest) -> HttpResponse:
     """The upload page again, when Django refused the request for carrying more files than it reads
     (DATA_UPLOAD_MAX_NUMBER_FILES, before any view; portal.errors.bad_request sends it here): the form
     with the error, not a separate error page. The choices sent are lost with the request; the specimen
-    of the page's address (?specimen=) is kept."""
-    if not request.user.has_perm("analyses.add_image"):
-        raise PermissionDenied
+    of the page's address (?specimen=) is kept. The caller has checked what the page's own decorators and
+    middleware would (portal.errors._is_upload_page)."""
     initial = {"specimen": int(request.GET["specimen"])} if request.GET.get("specimen", "").isdigit() else {}
     _audit_refused_upload(request, None, None)
     context = {"form": UploadForm(initial=initial), "upload_error": too_many_files_text(), **_upload_limits()}

@@ -184,7 +184,7 @@ def test_upload_keeps_the_good_files_and_lists_each_refused_one(
     assert "big.png: the file is 1.4 MB, over the size limit of 1 MB; it will not be saved." in check, check
     page.click("#upload-submit")
     page.wait_for_selector("#upload-result")
-    assert page.url == f"{live_server.url}/upload/?specimen={specimen.pk}"
+    assert page.url == f"{live_server.url}/upload/?specimen={specimen.pk}&model=all"
     result = page.inner_text("#upload-result")
     assert "2 images saved" in result and all(p.name in result for p in good)
     refused = page.inner_text("#refused-files")
@@ -207,7 +207,9 @@ def test_upload_keeps_the_good_files_and_lists_each_refused_one(
     page.click("#upload-submit")
     limit = settings.PORTAL_MAX_FILES_PER_UPLOAD
     assert f"At most {limit} images per upload: you chose {limit + 1}." in page.inner_text("#images-check")
-    assert page.url.endswith(f"/upload/?specimen={specimen.pk}") and "<h1>Upload smear images</h1>" in page.content()
+    assert page.url.endswith(f"/upload/?specimen={specimen.pk}&model=all") and "<h1>Upload smear images</h1>" in (
+        page.content()
+    )
     assert Image.objects.count() == 2
     _screenshot(page, "upload-too-many")
 

@@ -15,7 +15,7 @@ from PIL import Image as PILImage
 
 from portal.analyses.models import Analysis, Image
 from portal.audit.models import AuditEvent
-from tests.portal.conftest import smear_paths
+from tests.portal.conftest import PASSWORD, login, smear_paths
 
 pytestmark = pytest.mark.django_db
 
@@ -79,7 +79,7 @@ def test_a_bad_file_is_refused_with_its_reason_and_the_good_ones_are_saved(
     files = [*_files(good), SimpleUploadedFile(name, payload, content_type="image/jpeg")]
     response = tech_client.post("/upload/", {"specimen": specimen.pk, "model": "all", "images": files})
     # the good files are saved and queued; the page comes back (after a redirect: a reload saves nothing twice)
-    assert response.status_code == 302 and response["Location"] == f"/upload/?specimen={specimen.pk}"
+    assert response.status_code == 302 and response["Location"] == f"/upload/?specimen={specimen.pk}&model=all"
     assert sorted(Image.objects.values_list("original_name", flat=True)) == sorted(p.name for p in good)
     assert Analysis.objects.count() == 2 * len(settings.PORTAL_MODELS)
     page = tech_client.get(response["Location"]).content.decode()
@@ -132,13 +132,23 @@ def test_a_file_over_the_size_limit_says_the_limit(tech_client: Client, specimen
     assert AuditEvent.objects.get(action="image.upload_refused").data["files"][0]["code"] == "image_too_large"
 
 
-def test_too_many_files_is_a_form_error_on_the_upload_page(tech_client: Client, specimen: Any, settings: Any) -> None:
+def _too_many(settings: Any) -> list[SimpleUploadedFile]:
+    data = smear_paths(1)[0].read_bytes()
+    return [SimpleUploadedFile(f"f{i}.jpg", data) for i in range(settings.PORTAL_MAX_FILES_PER_UPLOAD + 1)]
+
+
+def _as_a_browser(client: Client) -> Client:
+    """CSRF checks on, with the cookie a browser has from the page: the CSRF middleware reads the body
+    first, before any view or permission check, and meets the refusal there (as in a browser)."""
+    client.cookies["csrftoken"] = "a" * 32
+    return client
+
+
+def test_too_many_files_is_a_form_error_on_the_upload_page(technologist: Any, specimen: Any, settings: Any) -> None:
     """Django stops reading at PORTAL_MAX_FILES_PER_UPLOAD files (DATA_UPLOAD_MAX_NUMBER_FILES): the upload
     page comes back with the error beside the images, not a separate "could not be used" page."""
-    path = smear_paths(1)[0]
-    files = [
-        SimpleUploadedFile(f"f{i}.jpg", path.read_bytes()) for i in range(settings.PORTAL_MAX_FILES_PER_UPLOAD + 1)
-    ]
+    tech_client = _as_a_browser(login(technologist, enforce_csrf_checks=True))
+    files = _too_many(settings)
     response = tech_client.post(f"/upload/?specimen={specimen.pk}", {"specimen": specimen.pk, "images": files})
     page = response.content.decode()
     assert response.status_code == 400 and "<h1>Upload smear images</h1>" in page
@@ -217,3 +227,18 @@ def test_a_commit_that_fails_with_the_connection_keeps_the_files(
     image = Image.objects.get()  # committed
     assert storage.read(image.storage_name) == path.read_bytes()  # and its file is still there
     assert jobs.sweep(orphan_grace_s=0)["orphans_removed"] == 0
+
+
+def test_too_many_files_shows_the_upload_form_only_to_whom_the_page_would(
+    norole: Any, reviewer: Any, specimen: Any, settings: Any
+) -> None:
+    """The refusal comes before the login and second-factor checks: the form (with its list of specimens
+    and patients) is shown only to a user the upload page itself would serve."""
+    password_only = Client(enforce_csrf_checks=True)
+    assert password_only.login(username=reviewer.username, password=PASSWORD)  # no second-factor code given
+    for client in (login(norole, enforce_csrf_checks=True), password_only, Client(enforce_csrf_checks=True)):
+        response = _as_a_browser(client).post("/upload/", {"specimen": specimen.pk, "images": _too_many(settings)})
+        page = response.content.decode()
+        assert response.status_code == 400 and "Upload smear images" not in page and "Ada Lovelace" not in page
+        assert "Too many files in one upload" in page
+    assert not AuditEvent.objects.filter(action="image.upload_refused").exists()
