@@ -470,16 +470,22 @@ def sign_off(
     decision: str,
     final_label: str | None = None,
     comment: str = "",
+    expected_label: str | None = None,
     request: HttpRequest | None = None,
 ) -> ImageReview:
     """A reviewer's one decision on an image: agree with the consensus of its models, or reclassify it
     (a label and a comment). The image, its analyses and its cells are then immutable.
 
+    ``expected_label``: the class the reviewer was told would be recorded (the sign-off button's); when
+    given, a decision that would record another class (the consensus changed meanwhile) is refused.
+    "agree" with a ``final_label`` other than the consensus is refused too: the reviewer's two answers
+    disagree, and neither may be guessed.
+
     A refused sign-off (no permission, already signed, models still running, invalid) raises and leaves
     its own audit row.
     """
     try:
-        return _sign_off(actor, image, decision, final_label, comment, request)
+        return _sign_off(actor, image, decision, final_label, comment, expected_label, request)
     except (PermissionDenied, ValidationError, ImmutableError) as exc:
         reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
         log_event(
@@ -487,7 +493,12 @@ def sign_off(
             actor=None if isinstance(actor, AnonymousUser) else actor,
             obj=image,
             request=request,
-            data={"decision": decision, "final_label": final_label or "", "reason": reason[:500]},
+            data={
+                "decision": decision,
+                "final_label": final_label or "",
+                "expected_label": expected_label or "",
+                "reason": reason[:500],
+            },
         )
         raise
 
@@ -514,6 +525,7 @@ def _sign_off(
     decision: str,
     final_label: str | None,
     comment: str,
+    expected_label: str | None,
     request: HttpRequest | None,
 ) -> ImageReview:
     if isinstance(actor, AnonymousUser) or not actor.has_perm("analyses.sign_off_analysis"):
@@ -534,6 +546,11 @@ def _sign_off(
         if decision == ImageReview.Decision.AGREE:
             if not consensus_label:
                 raise ValidationError("the models reached no consensus: reclassify with a label and a comment")
+            if final_label and final_label != consensus_label:
+                raise ValidationError(
+                    f"agreeing with the consensus ({consensus_label}) records {consensus_label}, not {final_label}: "
+                    "reclassify to record another class"
+                )
             final = consensus_label
         else:
             if final_label not in CLASS_LABELS:
@@ -541,6 +558,10 @@ def _sign_off(
             if not comment.strip():
                 raise ValidationError("a reclassification needs a comment")
             final = str(final_label)
+        if expected_label is not None and expected_label != final:
+            raise ValidationError(
+                f"this decision records {final}, not {expected_label or '(nothing)'} as shown: check and sign again"
+            )
         review = ImageReview.objects.create(
             image=image,
             reviewer=actor,

@@ -1,7 +1,8 @@
 """Error answers for the whole site: JSON under /api/, a short page elsewhere; never a traceback.
 
 - 400 (``handler400``): Django refused the request before any view (too many files in one upload,
-  too many form fields, a malformed body); the API gets ``{"detail": ..., "code": ...}``.
+  too many form fields, a malformed body); the API gets ``{"detail": ..., "code": ...}``. Too many
+  files on the upload page brings the upload form back with the error (a form error, not a new page).
 - 500 (``handler500``): when the database is unreachable (a restart, a network cut) the answer is
   **503 with Retry-After**, because the request can simply be sent again once it is back; nothing
   was accepted. Any other unexpected error stays a 500 and is logged with its traceback.
@@ -51,6 +52,10 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
     from django.conf import settings
 
     if isinstance(exception, TooManyFilesSent):
+        if not _wants_json(request) and _is_upload_page(request):
+            from portal.analyses.views import upload_too_many_files
+
+            return upload_too_many_files(request)  # the upload form with the error, not a separate page
         detail = f"Too many files in one upload: at most {settings.PORTAL_MAX_FILES_PER_UPLOAD}."
         return _answer(request, 400, "too_many_files", detail)
     if isinstance(exception, TooManyFieldsSent):
@@ -58,6 +63,22 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
     if isinstance(exception, RequestDataTooBig):
         return _answer(request, 400, "request_too_large", "The request body is larger than allowed.")
     return _answer(request, 400, "bad_request", "The request could not be understood.")
+
+
+def _is_upload_page(request: HttpRequest) -> bool:
+    """The upload page, for a user the page itself would serve: Django refused the request before the
+    middleware's view checks (login, second factor) ran, so they are repeated here."""
+    from django.urls import reverse
+
+    from portal.accounts.second_factor import needs_second_factor
+
+    user: Any = getattr(request, "user", None)
+    if request.path_info != reverse("analyses:upload") or user is None or not user.is_authenticated:
+        return False
+    if not (user.has_perm("analyses.add_image") and user.has_perm("analyses.add_analysis")):
+        return False
+    verified = getattr(user, "is_verified", lambda: False)()
+    return bool(verified or not needs_second_factor(user))
 
 
 def audit_access_denied(request: Any, reason: str) -> None:

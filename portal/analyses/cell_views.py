@@ -53,12 +53,14 @@ def differential_csv(request: HttpRequest, pk: int) -> HttpResponse:
 def reclassify(request: HttpRequest, pk: int) -> HttpResponse:
     cell = get_object_or_404(Cell.objects.select_related("image"), pk=pk)
     label = request.POST.get("label", "")
+    # the cell as the image page's table numbers it (#1 is the model's first cell of the frame)
+    name = f"Cell #{cell.index + 1} of {cell.image.original_name}"
     try:
         actions.reclassify_cell(request.user, cell, label, request=request)
-        messages.success(request, f"Cell {cell.pk}: now {describe(label)}.")
+        messages.success(request, f"{name}: now {describe(label)}.")
     except (ValidationError, ImmutableError) as exc:
         reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
-        messages.error(request, f"Cell {cell.pk}: not reclassified: {reason}")
+        messages.error(request, f"{name}: not reclassified: {reason}")
     target = reverse("analyses:differential", args=[cell.image.specimen_id])
     if request.POST.get("next") == "image":
         target = reverse("analyses:image", args=[cell.image_id])

@@ -18,7 +18,7 @@ from core.decode import ALLOWED_FORMATS as DECODER_FORMATS
 from core.decode import open_image
 from core.errors import RequestError
 
-__all__ = ["ALLOWED_FORMATS", "ValidatedImage", "validate_image_bytes"]
+__all__ = ["ALLOWED_FORMATS", "ValidatedImage", "megabytes", "over_the_limit_text", "validate_image_bytes"]
 
 # Pillow format -> (content type, file extension), for exactly the formats the decoder accepts.
 _TYPES: dict[str, tuple[str, str]] = {
@@ -34,6 +34,20 @@ _WHAT = {
     "image_too_large": "too large",
     "bad_request": "not an image",
 }
+
+
+def megabytes(size: int) -> str:
+    """A size in bytes as people read it: "25 MB", "31.2 MB" (MB of 2**20 bytes, as the limits are set)."""
+    return f"{size / 2**20:.1f}".removesuffix(".0") + " MB"
+
+
+def over_the_limit_text(name: str, size: int, limit: int) -> str:
+    """Why a file over the size limit is refused, with its size and the limit (in bytes when the two
+    would read the same in MB). portal/static/portal/upload.js says the same before the upload."""
+    shown, most = megabytes(size), megabytes(limit)
+    if shown == most:
+        shown, most = f"{size:,} bytes", f"{most} ({limit:,} bytes)"
+    return f"{name}: the file is {shown}, over the size limit of {most}."
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
@@ -14,6 +15,7 @@ from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -23,7 +25,7 @@ from portal.analyses import storage
 from portal.analyses.cell_review import differential_context
 from portal.analyses.consensus import consensus
 from portal.analyses.differential import differential
-from portal.analyses.forms import ExportForm, ReviewForm, UploadForm
+from portal.analyses.forms import ExportForm, ReviewForm, UploadForm, too_many_files_text
 from portal.analyses.models import (
     CELL_LABEL_CHOICES,
     REVIEWED_LABEL_CHOICES,
@@ -34,6 +36,8 @@ from portal.analyses.models import (
     QueuedJob,
 )
 from portal.analyses.reports import analyses_in_range, csv_bytes, sign_off_text, specimen_pdf
+from portal.analyses.templatetags.portal_labels import class_name
+from portal.analyses.validation import megabytes
 from portal.patients.models import Specimen
 
 
@@ -101,26 +105,78 @@ def worklist(request: HttpRequest) -> HttpResponse:
     return render(request, "analyses/worklist.html", {"page": page, "rows": rows, "q": query, "date": day})
 
 
+UPLOAD_RESULT = "upload_result"  # session key: what the last partly refused upload saved and refused
+
+
 @permission_required(["analyses.add_image", "analyses.add_analysis"], raise_exception=True)
 @require_http_methods(["GET", "POST"])
 def upload(request: HttpRequest) -> HttpResponse:
-    initial = {}
+    """Upload images for a specimen. Each file is judged on its own: the good ones are saved (and analysed)
+    even when others are refused; every refused file is listed with its reason and audited
+    (image.upload_refused). When some were refused the page comes back (after a redirect, so a reload
+    uploads nothing twice) with the specimen still chosen, what was saved and what was refused."""
+    initial: dict[str, object] = {}
     if request.GET.get("specimen", "").isdigit():
         initial["specimen"] = int(request.GET["specimen"])
+    if request.GET.get("model"):
+        initial["model"] = request.GET["model"]  # a choice outside the list is simply not preselected
     form = UploadForm(request.POST or None, request.FILES or None, initial=initial)
-    if request.method == "POST" and form.is_valid():
-        specimen = form.cleaned_data["specimen"]
-        images = actions.upload_images(
-            request.user, specimen, form.cleaned_data["images"], form.model_names(), request=request
-        )
-        messages.success(request, f"{len(images)} image(s) saved; analyses run on the model server.")
-        if len(images) == 1:
-            return redirect(images[0])
-        return redirect(specimen)
-    return render(request, "analyses/upload.html", {"form": form, "max_files": settings.PORTAL_MAX_FILES_PER_UPLOAD})
+    if request.method == "POST":
+        valid = form.is_valid()
+        specimen = form.cleaned_data.get("specimen")
+        if form.refused or form.has_error("images", "too_many"):
+            _audit_refused_upload(request, specimen, form)
+        if valid:
+            assert specimen is not None  # a valid form has one
+            images = actions.upload_images(
+                request.user, specimen, form.cleaned_data["images"], form.model_names(), request=request
+            )
+            if form.refused:
+                request.session[UPLOAD_RESULT] = {
+                    "saved": [{"id": i.pk, "name": i.original_name} for i in images],
+                    "refused": [{"name": r.name, "reason": r.reason} for r in form.refused],
+                }
+                query = urlencode({"specimen": specimen.pk, "model": form.cleaned_data["model"]})
+                return redirect(f"{reverse('analyses:upload')}?{query}")
+            messages.success(request, f"{len(images)} image(s) saved; analyses run on the model server.")
+            if len(images) == 1:
+                return redirect(images[0])
+            return redirect(specimen)
+    context = {"form": form, "result": request.session.pop(UPLOAD_RESULT, None) if request.method == "GET" else None}
+    return render(request, "analyses/upload.html", {**context, **_upload_limits()})
 
 
-def _image_context(request: HttpRequest, image: Image) -> dict[str, object]:
+def _upload_limits() -> dict[str, object]:
+    return {
+        "max_files": settings.PORTAL_MAX_FILES_PER_UPLOAD,
+        "max_bytes": settings.PORTAL_MAX_UPLOAD_BYTES,
+        "max_size": megabytes(settings.PORTAL_MAX_UPLOAD_BYTES),
+    }
+
+
+def _audit_refused_upload(request: HttpRequest, specimen: Specimen | None, form: UploadForm | None) -> None:
+    """One audit row per refused upload attempt: which files were refused and why (nothing of them is kept)."""
+    if form is not None and form.refused:
+        data: dict[str, Any] = {"files": [r.as_audit() for r in form.refused]}
+    else:
+        data = {"reason": "too_many_files", "limit": settings.PORTAL_MAX_FILES_PER_UPLOAD}
+    actions.log_event("image.upload_refused", actor=request.user, obj=specimen, request=request, data=data)
+
+
+def upload_too_many_files(request: HttpRequest) -> HttpResponse:
+    """The upload page again, when Django refused the request for carrying more files than it reads
+    (DATA_UPLOAD_MAX_NUMBER_FILES, before any view; portal.errors.bad_request sends it here): the form
+    with the error, not a separate error page. The choices sent are lost with the request; the specimen
+    of the page's address (?specimen=) is kept. The caller has checked what the page's own decorators and
+    middleware would (portal.errors._is_upload_page)."""
+    initial = {"specimen": int(request.GET["specimen"])} if request.GET.get("specimen", "").isdigit() else {}
+    _audit_refused_upload(request, None, None)
+    context = {"form": UploadForm(initial=initial), "upload_error": too_many_files_text(), **_upload_limits()}
+    return render(request, "analyses/upload.html", context, status=400)
+
+
+def _image_context(request: HttpRequest, image: Image, review_form: ReviewForm | None = None) -> dict[str, object]:
+    """The image page's context; ``review_form``: a refused sign-off form, shown again as it was sent."""
     analyses = list(image.analyses.select_related("review").all())
     for a in analyses:
         a.signed = a.signed_review  # type: ignore[attr-defined]  # per-model sign-off of earlier versions
@@ -139,7 +195,7 @@ def _image_context(request: HttpRequest, image: Image) -> dict[str, object]:
         "refused": analyses[0].refusal_text if refused_by_all else "",
         "consensus": agreed,
         "image_review": image_review,
-        "review_form": ReviewForm(consensus_label=agreed.label if agreed else None),
+        "review_form": review_form or ReviewForm(consensus_label=agreed.label if agreed else None),
         "ready_to_sign": ready and frame_review is None,
         "pending": any(not a.is_final for a in analyses) or bool(cell_analysis and not cell_analysis.is_final),
         "can_sign": request.user.has_perm("analyses.sign_off_analysis"),
@@ -240,13 +296,30 @@ def analysis_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @permission_required("analyses.sign_off_analysis", raise_exception=True)
 @require_POST
 def sign_off(request: HttpRequest, pk: int) -> HttpResponse:
-    """The reviewer's decision on an image; then back to the worklist's next image, or to the image."""
-    image = get_object_or_404(Image, pk=pk)
+    """The reviewer's decision on an image; then back to the worklist's next image, or to the image.
+
+    A refused decision (incomplete, inconsistent, or refused by actions.sign_off) is audited and the page
+    comes back with the form exactly as it was sent and the errors beside the fields: never a fresh form
+    that would let a second press record a default the reviewer did not choose.
+    """
+    image = get_object_or_404(Image.objects.select_related("specimen__patient"), pk=pk)
     agreed = consensus(list(image.analyses.all()))
     form = ReviewForm(request.POST, consensus_label=agreed.label if agreed else None)
     if not form.is_valid():
-        messages.error(request, "Not signed: choose whether you agree with the consensus or reclassify.")
-        return redirect(image)
+        reasons = [str(m) for errors in form.errors.values() for m in errors]
+        actions.log_event(
+            "image.sign_off_refused",
+            actor=request.user,
+            obj=image,
+            request=request,
+            data={
+                "decision": str(request.POST.get("decision", ""))[:20],
+                "final_label": str(request.POST.get("final_label", ""))[:20],
+                "expected_label": str(request.POST.get("recorded_label", ""))[:20],
+                "reason": " ".join(reasons)[:500],
+            },
+        )
+        return _refused(request, image, form, reasons)
     try:
         review = actions.sign_off(
             request.user,
@@ -254,17 +327,25 @@ def sign_off(request: HttpRequest, pk: int) -> HttpResponse:
             decision=form.cleaned_data["decision"],
             final_label=form.cleaned_data["final_label"] or None,
             comment=form.cleaned_data["comment"],
+            expected_label=form.cleaned_data["recorded_label"],
             request=request,
         )
     except (ValidationError, ImmutableError) as exc:
-        messages.error(request, f"Not signed: {'; '.join(_messages(exc))}.")
-        return redirect(image)
-    messages.success(request, f"{image.original_name}: signed off as {review.final_label}.")
+        reasons = [f"{m[:1].upper()}{m[1:]}." for m in _messages(exc)]
+        form.add_error(None, reasons)
+        return _refused(request, image, form, reasons)
+    messages.success(request, f"{image.original_name}: signed off as {class_name(review.final_label)}.")
     following = awaiting_sign_off().filter(uploaded_at__gte=image.uploaded_at).exclude(pk=image.pk)
     after = following.order_by("uploaded_at", "id").first()
     if request.POST.get("next") == "worklist" and after is not None:
         return redirect(after)
     return redirect(image)
+
+
+def _refused(request: HttpRequest, image: Image, form: ReviewForm, reasons: list[str]) -> HttpResponse:
+    """The image page again, with the sign-off form as it was sent and why nothing was signed."""
+    messages.error(request, f"Not signed: {' '.join(reasons)}")
+    return render(request, "analyses/image_detail.html", _image_context(request, image, review_form=form))
 
 
 def _messages(exc: Exception) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ACTIONS", "label_for"]
+__all__ = ["ACTIONS", "READS", "label_for"]
 
 ACTIONS: dict[str, str] = {
     "user.login": "Logged in",
@@ -28,6 +28,7 @@ ACTIONS: dict[str, str] = {
     "specimen.view": "Viewed specimen",
     "specimen.list": "Listed specimens",
     "image.upload": "Uploaded images",
+    "image.upload_refused": "Upload refused (files not saved, with the reasons)",
     "image.view": "Viewed image results",
     "analysis.complete": "Analysis completed",
     "analysis.reject": "Analysis rejected by the model server",
@@ -57,6 +58,13 @@ ACTIONS: dict[str, str] = {
     "specimen.differential": "Viewed the differential",
     "export.differential_csv": "Exported the differential (CSV)",
 }
+
+#: Reads: who looked at what (a record, a list, a search, a page made for reading such as the printable
+#: report or the differential). The audit page's "changes only" hides them; exports (data leaving the
+#: portal) and refusals stay listed. Every read's label says so ("Viewed", "Listed", "Searched").
+READS: frozenset[str] = frozenset(
+    code for code, label in ACTIONS.items() if label.startswith(("Viewed", "Listed", "Searched"))
+)
 
 
 def label_for(action: str) -> str:

@@ -110,3 +110,21 @@ def test_audit_page_filters_by_date_hides_views_and_shows_readable_data(
     changes = admin_client.get(f"/audit/?start={today}&changes_only=1").content.decode().split("<tbody>")[1]
     assert "changes.name: Ada Lovelace → Ada King" in changes and 'title="patient.view"' not in changes
     assert "Ada King" not in admin_client.get("/audit/?end=2001-01-01").content.decode()
+
+
+def test_changes_only_hides_every_read_and_keeps_changes_exports_and_refusals(
+    admin_client: Client, technologist: Any, patient: Any
+) -> None:
+    from portal.audit.registry import ACTIONS, READS
+
+    reads = {"export.report_html", "specimen.differential", "analysis.worklist", "patient.search", "image.view"}
+    assert reads <= READS
+    kept = {"patient.create", "image.upload", "image.upload_refused", "export.csv", "export.report_pdf"}
+    assert not kept & READS and kept <= set(ACTIONS)
+    for action in sorted(reads | kept):
+        actions.log_event(action, actor=technologist, obj=patient)
+    page = admin_client.get("/audit/?changes_only=1").content.decode().split("<tbody>")[1]
+    for action in reads:
+        assert f'title="{action}"' not in page, action
+    for action in kept:
+        assert f'title="{action}"' in page, action

@@ -178,7 +178,8 @@ def test_no_white_cell_is_done_with_no_cells_refusal_and_broken_answer(technolog
     assert "breaks the contract" in job.error_message and not job.annotated_name and broken.cells.count() == 0
     assert actions.store_cell_outcome(CellAnalysis.objects.get(image=empty).pk, ServerError("late")) is None
     client = login(technologist)
-    assert "No white cell found in this frame." in client.get(f"/images/{empty.pk}/").content.decode()
+    empty_page = client.get(f"/images/{empty.pk}/").content.decode()
+    assert "No white cell found in this frame." in empty_page and "0 cells found" not in empty_page
     assert (
         "does not look like a stained peripheral blood smear" in client.get(f"/images/{refused.pk}/").content.decode()
     )
@@ -195,6 +196,9 @@ def test_results_page_overlays_cells_with_a_toggle_and_lists_them(tech_client: C
     assert page.count('<rect class="box"') == 3 and page.count('class="nucleus"') == 3
     assert page.count("data-cell-row=") == 3
     assert "1 neutrophil" in page and "3 unclassified" in page  # per-cell labels on the overlay
+    # the summary line: each type found with its count, a full stop at the end (no dangling ", .")
+    summary = page[page.index('id="cells-summary"') :].split("</p>")[0]
+    assert "3 cells found: Lymphocyte 1, Neutrophil 1, Unclassified 1." in summary and ", ." not in summary
     assert f"/images/{image.pk}/annotated.png" in page and f"/specimens/{image.specimen_id}/differential/" in page
     annotated = tech_client.get(f"/images/{image.pk}/annotated.png")
     assert annotated.status_code == 200 and b"".join(annotated.streaming_content).startswith(b"\x89PNG")
@@ -268,7 +272,10 @@ def test_sign_off_locks_the_frames_cells(
     signed, open_ = frames
     before = rev_client.get(f"/images/{signed.pk}/").content.decode()
     assert "also signs off its 3 cells" in before  # the sign-off page says what it covers
-    assert rev_client.post(f"/images/{signed.pk}/sign-off/", {"decision": "agree"}).status_code == 302
+    assert (
+        rev_client.post(f"/images/{signed.pk}/sign-off/", {"decision": "agree", "recorded_label": "Pre"}).status_code
+        == 302
+    )
     assert signed.signed_review is not None
     cell = Cell.objects.get(image=signed, index=0)
     with pytest.raises(ImmutableError):

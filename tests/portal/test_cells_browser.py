@@ -161,7 +161,7 @@ def test_real_cell_model_upload_toggle_and_reclassify(
     figure = page.locator(f"#cell-{cell.pk}")
     figure.locator("select[name=label]").select_option(new)
     figure.locator("button:has-text('Reclassify')").click()
-    page.wait_for_selector(f"text=Cell {cell.pk}: now")
+    page.wait_for_selector(f"text=Cell #{cell.index + 1} of {image.original_name}: now")
     assert int(page.inner_text(f"#differential tr[data-type={new}] td.count")) == before + 1
     assert page.inner_text("#differential [data-total]") == str(white)
     page.screenshot(path=str(ARTIFACTS / "portal-cells-real-differential.png"), full_page=True)

@@ -202,7 +202,8 @@ def test_reclassify_as_artefact_is_audited_excluded_and_locked(
 
     # 3 white cells now: 1 neutrophil, 1 lymphocyte, 1 unclassified; the NRBC is 1 per 3 white cells
     page = tech_client.get(f"/specimens/{specimen.pk}/differential/").content.decode()
-    assert "Cell " + str(neutrophil.pk) + ": now Artefact (not a cell)." in page
+    # named as the image page's table numbers it (#1 the model's first cell of the frame), not by its row id
+    assert f"Cell #{neutrophil.index + 1} of {frame.original_name}: now Artefact (not a cell)." in page
     assert '<tr data-type="neutrophil"><td>Neutrophil</td><td class="num count">1</td><td class="num percent">33.3' in (
         page
     )

@@ -176,7 +176,9 @@ def test_technologist_uploads_reviewer_signs_off(
     form.locator("select[name=final_label]").select_option("Pre")
     form.locator("textarea[name=comment]").fill("blasts with fine chromatin; Pre-B")
     page.screenshot(path=str(ARTIFACTS / "portal-sign-off.png"), full_page=True)
-    form.locator("button:has-text('Sign off and open the next image')").click()
+    next_button = form.locator("button:has-text('and open the next image')")
+    assert next_button.inner_text() == "Sign off as Pre-B ALL (reclassified) and open the next image"
+    next_button.click()
     # the next image of the worklist opens; its decision: agree when the models agree, else set the label
     page.wait_for_url(lambda url: url != result_url and "/images/" in url)
     form = page.locator("form#sign-off")
@@ -185,7 +187,8 @@ def test_technologist_uploads_reviewer_signs_off(
     else:
         form.locator("select[name=final_label]").select_option("Benign")
         form.locator("textarea[name=comment]").fill("no consensus; normal lymphocytes at the microscope")
-    form.locator("button:text-is('Sign off')").click()
+    assert form.locator("button[data-sign-off]").first.inner_text().startswith("Sign off as ")
+    form.locator("button[data-sign-off]").first.click()
     page.wait_for_selector("#final-label")
     page.goto(result_url)
     final = page.locator("#final-label")

@@ -61,4 +61,5 @@ def test_an_image_refused_by_every_model_is_one_clear_message(
         actions.store_outcome(a.pk, Refusal("not_a_blood_smear", "smear score 0.02 < threshold 0.50"))
     page = tech_client.get(f"/images/{image.pk}/").content.decode()
     assert page.count("does not look like a stained peripheral blood smear") == 1
-    assert "all 4 models refused it" in page and "not_a_blood_smear" not in page and "v?" not in page
+    assert "All 4 models refused it" in page and "not_a_blood_smear" not in page and "v?" not in page
+    assert 'id="consensus"' not in page  # no empty consensus box beside the refusal

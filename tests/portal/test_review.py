@@ -49,7 +49,7 @@ def test_results_page_shows_side_by_side_consensus_chart_heatmap_and_disclaimer(
     assert "Decision support only" in page
     assert "v1.0" in page and "latency 42 ms" in page
     # 2 of 3 finished models say Pre: a strict majority.
-    assert "<strong>Pre</strong> (2 of 3 models say the same)" in page
+    assert "<strong>Pre-B ALL</strong> (2 of 3 models say the same)" in page
     assert "Majority vote of the models" in page  # the test answers carry versions the ensemble was not fitted on
     heatmap = rev_client.get(f"/analyses/{analyses[0].pk}/heatmap.png")
     assert heatmap.status_code == 200 and b"".join(heatmap.streaming_content).startswith(b"\x89PNG")
@@ -67,9 +67,14 @@ def test_reviewer_agrees_with_the_consensus_once_per_image(
 ) -> None:
     image = finished[0].image
     page = rev_client.get(f"/images/{image.pk}/").content.decode()
-    assert page.count('id="sign-off"') == 1 and page.count("Sign off</button>") == 1  # one form, not one per model
-    assert "Agree with the consensus: Pre" in page
-    response = rev_client.post(f"/images/{image.pk}/sign-off/", {"decision": "agree", "comment": "typical blasts"})
+    assert page.count('id="sign-off"') == 1 and page.count("data-sign-off=") == 2  # one form, not one per model
+    assert "Agree with the consensus: Pre-B ALL" in page
+    # the buttons say what will be recorded, and the form carries it back
+    assert ">Sign off as Pre-B ALL (agreeing with the consensus)</button>" in page
+    assert '<input type="hidden" name="recorded_label" value="Pre">' in page
+    response = rev_client.post(
+        f"/images/{image.pk}/sign-off/", {"decision": "agree", "comment": "typical blasts", "recorded_label": "Pre"}
+    )
     assert response.status_code == 302
     review = ImageReview.objects.get(image=image)
     assert (review.final_label, review.consensus_label, review.reviewer, review.comment) == (
@@ -91,22 +96,85 @@ def test_reclassify_needs_label_and_comment_and_then_leads_the_page(
     rev_client: Client, reviewer: Any, finished: list[Analysis]
 ) -> None:
     image = finished[0].image
-    response = rev_client.post(f"/images/{image.pk}/sign-off/", {"decision": "reclassify", "final_label": "Pro"})
-    assert "a reclassification needs a comment" in rev_client.get(response["Location"]).content.decode()
+    sent = {"decision": "reclassify", "final_label": "Pro", "recorded_label": "Pro"}
+    response = rev_client.post(f"/images/{image.pk}/sign-off/", sent)
+    # refused: the same page comes back (no redirect), the form exactly as it was sent, the error by the field
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Not signed: A reclassification needs a comment: say why." in page
+    assert '<input type="radio" name="decision" value="reclassify"' in page
+    assert 'value="reclassify" required id="id_decision_1" checked' in page  # still Reclassify, not Agree
+    assert 'value="agree" required id="id_decision_0" checked' not in page
+    assert '<option value="Pro" selected>Pro-B ALL</option>' in page
+    comment = page.index('name="comment"')
+    assert page.rfind("A reclassification needs a comment: say why.", 0, comment) > page.index('name="final_label"')
+    assert ">Sign off as Pro-B ALL (reclassified)</button>" in page
     assert not ImageReview.objects.exists()
     refused = AuditEvent.objects.get(action="image.sign_off_refused")
-    assert refused.data["reason"] == "a reclassification needs a comment"
-    rev_client.post(f"/images/{image.pk}/sign-off/", {"decision": "reclassify", "comment": "no label"})
-    assert not ImageReview.objects.exists()
-    rev_client.post(
-        f"/images/{image.pk}/sign-off/", {"decision": "reclassify", "final_label": "Pro", "comment": "coarse chromatin"}
-    )
+    assert refused.data["reason"] == "A reclassification needs a comment: say why."
+    assert (refused.data["decision"], refused.data["final_label"]) == ("reclassify", "Pro")
+    # the comment typed in the form that came back: the reviewer's choice is recorded, with the comment
+    response = rev_client.post(f"/images/{image.pk}/sign-off/", {**sent, "comment": "coarse chromatin"})
+    assert response.status_code == 302
     review = ImageReview.objects.get(image=image)
-    assert (review.final_label, review.consensus_label, review.changed_consensus) == ("Pro", "Pre", True)
+    assert (review.final_label, review.decision, review.consensus_label, review.changed_consensus) == (
+        "Pro",
+        "reclassify",
+        "Pre",
+        True,
+    )
     page = rev_client.get(f"/images/{image.pk}/").content.decode()
     final = page.index('id="final-label"')
     assert final < page.index('class="card status-')  # the reviewer's label comes before the models' evidence
-    assert "<strong>Pro</strong>" in page[final : final + 300] and "the consensus was Pre" in page
+    assert "<strong>Pro-B ALL</strong>" in page[final : final + 300] and "the consensus was Pre-B ALL" in page
+
+
+def test_reclassify_without_a_class_is_refused_beside_the_class(rev_client: Client, finished: list[Analysis]) -> None:
+    image = finished[0].image
+    response = rev_client.post(
+        f"/images/{image.pk}/sign-off/", {"decision": "reclassify", "comment": "no label", "recorded_label": ""}
+    )
+    page = response.content.decode()
+    assert response.status_code == 200 and "Choose the class to record." in page and "no label</textarea>" in page
+    assert ">Choose the class to sign off</button>" in page
+    assert not ImageReview.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("sent", "error"),
+    [
+        # "agree" with another class picked: the two answers disagree; neither is guessed
+        ({"decision": "agree", "final_label": "Pro", "recorded_label": "Pre"}, "but picked Pro-B ALL"),
+        # the button said Pre-B ALL (agree) but the form says reclassify to Pro: a stale or tampered form
+        (
+            {"decision": "reclassify", "final_label": "Pro", "comment": "x", "recorded_label": "Pre"},
+            "The form would record Pro-B ALL, not Pre-B ALL: nothing was signed.",
+        ),
+        # no statement of what would be recorded at all (a form from before this check)
+        ({"decision": "agree"}, "The form would record Pre-B ALL, not what the button said"),
+    ],
+)
+def test_an_inconsistent_sign_off_is_refused_and_audited(
+    rev_client: Client, finished: list[Analysis], sent: dict[str, str], error: str
+) -> None:
+    image = finished[0].image
+    response = rev_client.post(f"/images/{image.pk}/sign-off/", sent)
+    assert response.status_code == 200 and error in response.content.decode()
+    assert not ImageReview.objects.exists()
+    assert error in AuditEvent.objects.get(action="image.sign_off_refused").data["reason"]
+
+
+def test_the_action_refuses_a_decision_that_records_another_class(reviewer: Any, finished: list[Analysis]) -> None:
+    """The server-side guard inside the transaction: what is recorded is what the reviewer was shown."""
+    image = finished[0].image
+    with pytest.raises(ValidationError, match="records Pre, not Early as shown"):
+        actions.sign_off(reviewer, image, decision="agree", expected_label="Early")
+    with pytest.raises(ValidationError, match=r"agreeing with the consensus \(Pre\) records Pre, not Pro"):
+        actions.sign_off(reviewer, image, decision="agree", final_label="Pro")
+    assert not ImageReview.objects.exists()
+    assert AuditEvent.objects.filter(action="image.sign_off_refused").count() == 2
+    review = actions.sign_off(reviewer, image, decision="agree", final_label="Pre", expected_label="Pre")
+    assert review.final_label == "Pre"
 
 
 def test_no_consensus_defaults_to_choosing_a_label(reviewer: Any, analyses: list[Analysis]) -> None:
@@ -152,7 +220,7 @@ def test_technologist_cannot_sign_off(tech_client: Client, technologist: Any, fi
     with pytest.raises(PermissionDenied):
         actions.sign_off(technologist, image, decision="agree")
     page = tech_client.get(f"/images/{image.pk}/").content.decode()
-    assert "Sign off</button>" not in page and "Awaiting sign-off" in page
+    assert "data-sign-off" not in page and 'id="sign-off"' not in page and "Awaiting sign-off" in page
     assert not ImageReview.objects.exists()
 
 
@@ -172,9 +240,10 @@ def test_sign_off_and_open_the_next_image_follows_the_worklist(
 ) -> None:
     second = _one_model_image_finished(technologist, specimen, smear_paths(2)[1], "Pro")
     first = finished[0].image
-    response = rev_client.post(f"/images/{first.pk}/sign-off/", {"decision": "agree", "next": "worklist"})
+    sent = {"decision": "agree", "next": "worklist"}
+    response = rev_client.post(f"/images/{first.pk}/sign-off/", {**sent, "recorded_label": "Pre"})
     assert response["Location"] == f"/images/{second.pk}/"
-    response = rev_client.post(f"/images/{second.pk}/sign-off/", {"decision": "agree", "next": "worklist"})
+    response = rev_client.post(f"/images/{second.pk}/sign-off/", {**sent, "recorded_label": "Pro"})
     assert response["Location"] == f"/images/{second.pk}/"  # nothing left: stay on the signed image
 
 
@@ -193,7 +262,8 @@ def test_the_page_shows_the_fitted_ensembles_consensus_and_signs_on_it(
     agreed = consensus(list(image.analyses.all()))
     assert agreed is not None and agreed.method == "ensemble" and agreed.label == "Pre"
     page = rev_client.get(f"/images/{image.pk}/").content.decode()
-    assert f"Fitted ensemble {ensemble.version} of 4 models" in page and "Agree with the consensus: Pre" in page
+    assert f"Combined by the fitted ensemble (version {ensemble.version}) from the probabilities of 4 models." in page
+    assert "Agree with the consensus: Pre-B ALL" in page
     review = actions.sign_off(reviewer, image, decision="agree")
     assert (review.final_label, review.consensus_label) == ("Pre", "Pre")
 

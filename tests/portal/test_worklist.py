@@ -67,7 +67,10 @@ def test_refused_actions_leave_an_audit_row(
     denied = AuditEvent.objects.filter(action="access.denied", actor_username="tech")
     assert {e.data["path"] for e in denied} == {f"/images/{image.pk}/sign-off/", "/api/reviews/"}
     # a reviewer signs, then tries to sign the same image again
-    rev_client.post(f"/images/{image.pk}/sign-off/", {"decision": "agree"})
-    rev_client.post(f"/images/{image.pk}/sign-off/", {"decision": "reclassify", "final_label": "Pro", "comment": "x"})
+    rev_client.post(f"/images/{image.pk}/sign-off/", {"decision": "agree", "recorded_label": "Pre"})
+    rev_client.post(
+        f"/images/{image.pk}/sign-off/",
+        {"decision": "reclassify", "final_label": "Pro", "comment": "x", "recorded_label": "Pro"},
+    )
     refused = AuditEvent.objects.get(action="image.sign_off_refused")
     assert refused.actor_username == "rev" and "already signed" in refused.data["reason"]
