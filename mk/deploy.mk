@@ -7,7 +7,9 @@ KSERVE_VENV := .venv-kserve
 KSERVE_LOCK := requirements/kserve.txt
 KSERVE_STAMP := $(KSERVE_VENV)/.installed-$(shell cat $(KSERVE_LOCK) $(CONSTRAINTS) 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: compose-check kserve-layout kserve-env
+.PHONY: compose-check kserve-layout kserve-env serve-kserve
+KSERVE_PORT ?= 8090
+KSERVE_MODELS ?=
 
 compose-check: setup
 	$(PY) docker/validate.py
@@ -29,3 +31,9 @@ $(KSERVE_STAMP): $(KSERVE_LOCK) $(CONSTRAINTS)
 	$(KSERVE_VENV)/bin/python -m pip check
 	rm -f $(KSERVE_VENV)/.installed-*
 	touch $@
+
+# The project's KServe predictor (kserve_predictor/: KServe's model server with the runtimes, no TorchServe)
+# on the model store, in the foreground; every archive unless KSERVE_MODELS=a,b. docs/serving.md.
+serve-kserve: kserve-env
+	$(KSERVE_VENV)/bin/python -m kserve_predictor --model_dir $(MODEL_STORE) --http_port $(KSERVE_PORT) \
+	  $(if $(KSERVE_MODELS),--models $(KSERVE_MODELS))
