@@ -14,7 +14,9 @@ unless asked for (the manifests and the portal speak v2 over REST). Torch thread
 Every model is unpacked (:func:`kserve_predictor.artefacts.unpack`) and loaded before the server listens,
 so ``/v2/health/ready`` and ``/v2/models/{model}/ready`` answer only once every model here is ready; a
 model that fails to load stops the process (a pod that restarts, rather than one that serves part).
-Refusals keep the contract's status and body (:func:`install_error_handlers`).
+Refusals keep the contract's status and body (:func:`install_error_handlers`); a request body larger than
+the configuration's ``max_request_size`` (TorchServe's limit) is refused as ``image_too_large`` (413) from
+its Content-Length, before it is read (:func:`install_request_limit`).
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ from core.registry import cell_model_names
 from handlers.runtime import prepare_worker
 from kserve_predictor.artefacts import archives, batching, code_drift, config_for, unpack
 from kserve_predictor.model import CellModel, FrameModel, Refused, ServedModel, refusal_body
+from serving.torchserve import parse_properties
 
-__all__ = ["build_parser", "build_models", "install_error_handlers", "main"]
+__all__ = ["build_parser", "build_models", "install_error_handlers", "install_request_limit", "main"]
 
 log = logging.getLogger(__name__)
 #: where KServe mounts an InferenceService's storageUri
@@ -95,6 +98,18 @@ def install_error_handlers(app: Any) -> None:
     app.add_exception_handler(RequestValidationError, malformed)
 
 
+def install_request_limit(app: Any, max_bytes: int) -> None:
+    """Refuse a request whose Content-Length exceeds ``max_bytes`` with ``image_too_large`` (413), unread."""
+
+    @app.middleware("http")
+    async def limit(request: Any, call_next: Any) -> Any:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_bytes:
+            error = RequestError("image_too_large", f"the request body is larger than {max_bytes} bytes")
+            return JSONResponse(status_code=error.status, content=refusal_body(error))
+        return await call_next(request)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
@@ -108,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             model.load()
         log.info("serving %s (torch threads %d, batch settings from %s)", ", ".join(names or []), threads, config)
         install_error_handlers(model_server.app)
+        max_request = dict(parse_properties(config.read_text())).get("max_request_size")
+        if max_request:
+            install_request_limit(model_server.app, int(max_request))
         server = kserve.ModelServer(
             http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc, workers=1
         )

@@ -82,8 +82,8 @@ def test_ready_once_every_model_is_loaded_with_its_cards_version(kserve_predicto
         assert ready.status_code == 200 and ready.json()["ready"] is True, model
         with zipfile.ZipFile(model_store / f"{model}.mar") as z:
             version = json.loads(z.read("model_card.json"))["version"]
-        answer = _post(kserve_predictor, model, image_request(smear_bytes("Pre")))
-        assert answer.json()["model_version"] == version == result_body(answer.json())["version"], model
+        answer = _post(kserve_predictor, model, image_request(smear_bytes("Pre"))).json()
+        assert answer["model_version"] == version == (result_body(answer) or {}).get("version"), model
     assert requests.get(f"{kserve_predictor}/v2/models/xception_bigru/ready", timeout=5).status_code == 404
 
 
@@ -151,6 +151,19 @@ def test_malformed_v2_requests_and_the_cell_models_refusal(
     assert r_kp.status_code == r_ts.status_code == 422
     assert r_kp.json()["code"] == error_code(r_ts.json()) == "not_a_blood_smear"
     assert r_kp.json()["score"] < r_kp.json()["threshold"]  # the gate's details, as in the contract's body
+
+
+def test_a_body_over_torchserves_request_limit_is_refused_unread(kserve_predictor: str) -> None:
+    from serving.torchserve import DEFAULT_CONFIG, parse_properties
+
+    limit = int(dict(parse_properties(DEFAULT_CONFIG.read_text()))["max_request_size"])
+    r = requests.post(
+        f"{kserve_predictor}/v2/models/{FRAME_MODEL}/infer",
+        data=b"{" + b" " * limit + b"}",
+        headers={"Content-Type": "application/json"},
+        timeout=120,
+    )
+    assert r.status_code == 413 and r.json()["code"] == "image_too_large", r.text[:300]
 
 
 def test_v1_predict_and_explain_answer_the_contracts_body(kserve_predictor: str) -> None:
