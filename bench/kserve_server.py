@@ -7,6 +7,8 @@ tests and the benchmark (KServe itself needs a cluster; its model server runs an
   ``make kserve-env``) forwarding the Open Inference Protocol (v2) to that TorchServe
   (bench/kserve_proxy.py), started and waited for until ready. (This module is not named ``kserve``:
   the proxy runs from this directory and imports the ``kserve`` package.)
+- :func:`start_predictor`: the project's own KServe predictor (kserve_predictor/: KServe's model server
+  running the frame and cell runtimes, no TorchServe) in the same environment, started and waited for.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from types import ModuleType
 
 import requests
 
-__all__ = ["KSERVE_PYTHON", "load_script", "torchserve_config", "start_model_server"]
+__all__ = ["KSERVE_PYTHON", "load_script", "torchserve_config", "start_model_server", "start_predictor"]
 
 REPO = Path(__file__).resolve().parent.parent
 #: KServe's model server, in its own environment (make kserve-env)
@@ -56,16 +58,46 @@ def start_model_server(
     """KServe's model server on ``port`` forwarding v2 for ``models`` to the TorchServe at
     ``predictor_url``; returns its base URL, once ``/v2/health/ready`` answers 200, and its process.
     Raises RuntimeError (with the end of its log) when it does not start."""
-    if not KSERVE_PYTHON.is_file():
-        raise RuntimeError(f"{KSERVE_PYTHON} not found: run `make kserve-env`")
     env = {
         "KSERVE_HTTP_PORT": str(port),
         "KSERVE_PREDICTOR": predictor_url.removeprefix("http://"),
         "KSERVE_MODELS": ",".join(models),
         "PATH": "/usr/bin:/bin",
     }
+    return _start_ready([str(KSERVE_PYTHON), str(PROXY)], env, port, log_path, timeout_s, "KServe's model server")
+
+
+def start_predictor(
+    model_dir: Path,
+    models: Sequence[str],
+    port: int,
+    log_path: Path,
+    timeout_s: float = 180.0,
+    extra_env: dict[str, str] | None = None,
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """The project's KServe predictor (``python -m kserve_predictor``) on ``port`` serving ``models`` from
+    the archives in ``model_dir`` (a model store or a KServe storage layout), one torch thread as the
+    TorchServe workers; returns its base URL, once ``/v2/health/ready`` answers 200 (every model loaded),
+    and its process. Raises RuntimeError (with the end of its log) when it does not start."""
+    env = {
+        "PYTHONPATH": str(REPO),
+        "PATH": "/usr/bin:/bin",
+        "LEUKEMIA_TORCH_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        **(extra_env or {}),
+    }
+    cmd = [str(KSERVE_PYTHON), "-m", "kserve_predictor", "--model_dir", str(model_dir)]
+    cmd += ["--models", ",".join(models), "--http_port", str(port)]
+    return _start_ready(cmd, env, port, log_path, timeout_s, "the KServe predictor")
+
+
+def _start_ready(
+    cmd: list[str], env: dict[str, str], port: int, log_path: Path, timeout_s: float, what: str
+) -> tuple[str, subprocess.Popen[bytes]]:
+    if not KSERVE_PYTHON.is_file():
+        raise RuntimeError(f"{KSERVE_PYTHON} not found: run `make kserve-env`")
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([str(KSERVE_PYTHON), str(PROXY)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while True:
@@ -78,5 +110,5 @@ def start_model_server(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=30)
-            raise RuntimeError(f"KServe's model server did not start:\n{log_path.read_text()[-3000:]}")
+            raise RuntimeError(f"{what} did not start:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.25)

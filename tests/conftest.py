@@ -110,3 +110,24 @@ def kserve(kserve_torchserve: Any, tmp_path_factory: pytest.TempPathFactory) -> 
     base URL."""
     with kserve_model_server(kserve_torchserve, tmp_path_factory.mktemp("kserve_server") / "kserve.log") as (url, _):
         yield url
+
+
+@pytest.fixture(scope="session")
+def kserve_predictor(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The project's own KServe predictor (kserve_predictor/, in KServe's environment: ``make kserve-env``;
+    :func:`bench.kserve_server.start_predictor`) serving :data:`KSERVE_MODELS` from the same archives as
+    :func:`kserve_torchserve`, all in one server. Yields its base URL, once every model is ready."""
+    from bench.kserve_server import start_predictor
+    from serving.torchserve import free_ports
+
+    log_path = tmp_path_factory.mktemp("kserve_predictor") / "predictor.log"
+    try:
+        url, proc = start_predictor(model_store, KSERVE_MODELS, free_ports()["inference"], log_path)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)

@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 K8S = DOCKER / "k8s"
 DOCKERFILES = sorted(p for p in DOCKER.glob("Dockerfile.*") if p.suffix != ".dockerignore")
+#: the overlay that serves the models on KServe's TorchServe runtime instead of the project's predictor
+TS_RUNTIME = "overlays/torchserve-runtime"
 
 
 validate = load_script("deploy_validate", DOCKER / "validate.py")
@@ -87,33 +89,46 @@ def test_every_k8s_manifest_renders_and_matches_its_schema() -> None:
         "batch/v1/Job",
         "networking.k8s.io/v1/NetworkPolicy",
         "policy/v1/PodDisruptionBudget",
-        "serving.kserve.io/v1alpha1/ServingRuntime",
         "serving.kserve.io/v1beta1/InferenceService",
         "v1/ConfigMap",
         "v1/PersistentVolumeClaim",
         "v1/Secret",
         "v1/Service",
     ]
+    alternative = {o["kind"] for o in validate.render(K8S / "overlays" / "torchserve-runtime")}
+    assert "ServingRuntime" in alternative  # KServe's TorchServe runtime: the alternative, not the base
 
 
 @pytest.mark.parametrize(
     ("manifest", "old", "new", "expect"),
     [
-        ("portal-web.yaml", "  replicas: 2\n", "  replcias: 2\n", "'replcias' was unexpected"),
-        ("portal-web.yaml", "      automountServiceAccountToken:", "      automountServiceAcountToken:", "unexpected"),
-        ("portal-worker.yaml", "averageUtilization: 60", "averageUtilisation: 60", "'averageUtilisation'"),
-        ("migrate-job.yaml", "  backoffLimit: 4", "  backoffLimit: four", "is not of type"),
-        ("kserve-models.yaml", "    scaleTarget: 2", "    scaleTaget: 2", "'scaleTaget' was unexpected"),
-        ("kserve-models.yaml", "      storageUri: pvc", "      storageURI: pvc", "'storageURI' was unexpected"),
-        ("kserve-runtime.yaml", "  supportedModelFormats:", "  supportedModelFormat:", "unexpected"),
-        ("portal-web.yaml", "kind: PodDisruptionBudget", "kind: PodDisruptionBudgett", "no vendored schema"),
-        ("uploads-pvc.yaml", "  accessModes:", "  accesModes:", "'accesModes' was unexpected"),
+        ("base/portal-web.yaml", "  replicas: 2\n", "  replcias: 2\n", "'replcias' was unexpected"),
+        (
+            "base/portal-web.yaml",
+            "      automountServiceAccountToken:",
+            "      automountServiceAcountToken:",
+            "unexpected",
+        ),
+        ("base/portal-worker.yaml", "averageUtilization: 60", "averageUtilisation: 60", "'averageUtilisation'"),
+        ("base/migrate-job.yaml", "  backoffLimit: 4", "  backoffLimit: four", "is not of type"),
+        ("base/kserve-models.yaml", "    scaleTarget: 2", "    scaleTaget: 2", "'scaleTaget' was unexpected"),
+        (
+            "base/kserve-models.yaml",
+            "        readinessProbe:",
+            "        readynessProbe:",
+            "'readynessProbe' was unexpected",
+        ),
+        ("base/kserve-models.yaml", "containerPort: 8080", "containerPort: http", "is not of type"),
+        (TS_RUNTIME + "/kustomization.yaml", "storageUri: pvc", "storageURI: pvc", "'storageURI' was unexpected"),
+        (TS_RUNTIME + "/kserve-runtime.yaml", "  supportedModelFormats:", "  supportedModelFormat:", "unexpected"),
+        ("base/portal-web.yaml", "kind: PodDisruptionBudget", "kind: PodDisruptionBudgett", "no vendored schema"),
+        ("base/uploads-pvc.yaml", "  accessModes:", "  accesModes:", "'accesModes' was unexpected"),
     ],
 )
 def test_k8s_typo_is_rejected(tmp_path: Path, manifest: str, old: str, new: str, expect: str) -> None:
     root = tmp_path / "k8s"
     shutil.copytree(K8S, root)
-    path = root / "base" / manifest
+    path = root / manifest
     text = path.read_text()
     assert old in text, f"{old!r} not in {manifest}"
     path.write_text(text.replace(old, new, 1))
@@ -341,27 +356,62 @@ def test_torchserve_config_lists_every_served_model_at_its_registry_version() ->
         assert next(iter(config[name].values()))["batchSize"] == 1, name
 
 
+def _storage_uri(isvc: dict[str, Any]) -> str:
+    """Where an InferenceService's model comes from: a custom predictor's STORAGE_URI, or ``model.storageUri``."""
+    predictor = isvc["spec"]["predictor"]
+    if "containers" in predictor:
+        (container,) = predictor["containers"]
+        (uri,) = [e["value"] for e in container["env"] if e["name"] == "STORAGE_URI"]
+        return str(uri)
+    return str(predictor["model"]["storageUri"])
+
+
 def test_one_inference_service_per_model_with_its_own_target() -> None:
     services = _rendered("InferenceService")
-    by_model = {s["spec"]["predictor"]["model"]["storageUri"].rsplit("/", 1)[1]: s for s in services}
+    by_model = {_storage_uri(s).rsplit("/", 1)[1]: s for s in services}
     assert sorted(by_model) == _models() == sorted(served_model_names())
     (policy,) = _rendered("NetworkPolicy")
     guarded = policy["spec"]["podSelector"]["matchLabels"].items()
+    assert not _rendered("ServingRuntime")  # the base does not depend on KServe's TorchServe runtime
     for name, isvc in by_model.items():
         predictor = isvc["spec"]["predictor"]
         assert isvc["metadata"]["labels"]["leukemia.model"] == name
         assert guarded <= predictor["labels"].items(), f"{name}: model pods outside the NetworkPolicy"
-        assert predictor["model"]["modelFormat"]["name"] == "pytorch"
-        assert predictor["model"]["runtime"] == "leukemia-torchserve"
         assert predictor["scaleMetric"] == "concurrency" and predictor["scaleTarget"] >= 1
         assert isvc["metadata"]["name"] == name.replace("_", "-")
-        assert predictor["model"]["protocolVersion"] == "v2"  # the handlers answer the Open Inference Protocol
-    (runtime,) = _rendered("ServingRuntime")
+        assert _storage_uri(isvc) == f"pvc://leukemia-models/{name}"
+        # the project's predictor (kserve_predictor/, docker/Dockerfile.kserve-predictor), this model only
+        (container,) = predictor["containers"]
+        assert (
+            container["name"] == "kserve-container" and container["image"].split(":")[0] == "leukemia-kserve-predictor"
+        )
+        assert container["command"] == ["python", "-m", "kserve_predictor"]
+        assert f"--models={name}" in container["args"] and "--model_dir=/mnt/models" in container["args"]
+        (port,) = container["ports"]
+        assert f"--http_port={port['containerPort']}" in container["args"]
+        probe = container["readinessProbe"]["httpGet"]
+        assert (probe["path"], probe["port"]) == (f"/v2/models/{name}/ready", port["containerPort"])
+        assert {"name": "LEUKEMIA_TORCH_THREADS", "value": "1"} in container["env"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]  # the unpacked archive
+    # the alternative: KServe's TorchServe runtime on the same storage layout, same names and scaling
+    alternative = validate.render(K8S / TS_RUNTIME)
+    (runtime,) = [o for o in alternative if o["kind"] == "ServingRuntime"]
     container = runtime["spec"]["containers"][0]
     assert "--model-store=/mnt/models/model-store" in container["args"]
     assert "--ts-config=/mnt/models/config/config.properties" in container["args"]
     assert runtime["spec"]["protocolVersions"] == ["v2"]
     assert {"name": "TS_SERVICE_ENVELOPE", "value": ""} in container["env"]  # v2 reaches the handler as sent
+    for isvc in (o for o in alternative if o["kind"] == "InferenceService"):
+        predictor = isvc["spec"]["predictor"]
+        base = by_model[_storage_uri(isvc).rsplit("/", 1)[1]]["spec"]["predictor"]
+        assert "containers" not in predictor and "volumes" not in predictor
+        assert predictor["model"]["runtime"] == "leukemia-torchserve"
+        assert predictor["model"]["modelFormat"]["name"] == "pytorch"
+        assert predictor["model"]["protocolVersion"] == "v2"  # the handlers answer the Open Inference Protocol
+        assert {k: v for k, v in predictor.items() if k != "model"} == {
+            k: v for k, v in base.items() if k not in ("containers", "volumes")
+        }
 
 
 def test_the_portal_calls_every_model_at_its_kserve_predictor(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -372,10 +422,7 @@ def test_the_portal_calls_every_model_at_its_kserve_predictor(monkeypatch: pytes
     assert data["PORTAL_INFERENCE_PROTOCOL"] == "v2"
     monkeypatch.setenv("PORTAL_MODEL_URLS", data["PORTAL_MODEL_URLS"])
     urls = env_map("PORTAL_MODEL_URLS", {})
-    names = {
-        s["spec"]["predictor"]["model"]["storageUri"].rsplit("/", 1)[1]: s["metadata"]["name"]
-        for s in _rendered("InferenceService")
-    }
+    names = {_storage_uri(s).rsplit("/", 1)[1]: s["metadata"]["name"] for s in _rendered("InferenceService")}
     assert set(urls) == set(names) == set(served_model_names())
     for model, url in urls.items():
         assert url == f"http://{names[model]}-predictor.leukemia.svc.cluster.local", model
@@ -501,6 +548,47 @@ def test_kserve_image_adds_the_handlers_imports_at_the_serving_pins() -> None:
     assert needed <= set(pins), f"Dockerfile.kserve must pip install {sorted(needed - set(pins))}"
     for name, version in pins.items():
         assert serving.get(name) == version, f"{name}: Dockerfile.kserve {version}, serving {serving.get(name)}"
+
+
+#: docker/torchserve/requirements.txt pins that requirements/kserve.txt keeps at KServe's own (documented there)
+KSERVE_OWN_PINS = {"protobuf", "psutil"}
+
+
+def test_kserve_predictor_image_copies_what_the_predictor_imports() -> None:
+    """docker/Dockerfile.kserve-predictor: the predictor and every local package it runs, admitted by its
+    .dockerignore; no TorchServe."""
+    packages = {p.relative_to(REPO).parts[0] for p in _handler_closure()} | {"kserve_predictor"}
+    local = {"cells", "core", "handlers", "training", "serving", "kserve_predictor"}
+    for path in (REPO / "kserve_predictor").glob("*.py"):
+        packages |= {m.split(".")[0] for m in _imports(path)} & local
+    dockerfile = DOCKER / "Dockerfile.kserve-predictor"
+    copies = _instructions(dockerfile, "COPY")
+    ignore = (DOCKER / "Dockerfile.kserve-predictor.dockerignore").read_text().split()
+    for package in sorted(packages):
+        assert f"{package}/ {package}/" in copies, f"Dockerfile.kserve-predictor must COPY {package}/"
+        assert f"!{package}/" in ignore, f"its .dockerignore must admit {package}/"
+    (cmd,) = _instructions(dockerfile, "CMD")
+    assert json.loads(cmd)[:3] == ["python", "-m", "kserve_predictor"]
+    assert "torchserve" not in " ".join(_instructions(dockerfile, "RUN")).lower()
+
+
+def test_kserve_env_pins_the_runtimes_at_the_serving_pins() -> None:
+    """requirements/kserve.txt (make kserve-env, the predictor image): KServe plus every distribution the
+    runtimes import, at the serving image's pins (KServe's own pins kept where they differ), no TorchServe."""
+    kserve_pins = _pins(REPO / "requirements" / "kserve.txt")
+    kserve_env: dict[str, str] = {canonicalize_name(k): v for k, v in kserve_pins.items()}
+    serving: dict[str, str] = {
+        canonicalize_name(k): v.split("+")[0] for k, v in _pins(DOCKER / "torchserve" / "requirements.txt").items()
+    }
+    needed = _third_party_distributions(_handler_closure()) - {"openvino"}  # no model serves on OpenVINO
+    assert kserve_env["kserve"] == "0.21.0" and "torchserve" not in kserve_env
+    assert needed <= set(kserve_env), f"requirements/kserve.txt must pin {sorted(needed - set(kserve_env))}"
+    for name, version in kserve_env.items():
+        if name in serving and name not in KSERVE_OWN_PINS:
+            assert version == serving[name], f"{name}: kserve.txt {version}, serving {serving[name]}"
+    constraints = _pins(REPO / "requirements" / "constraints.txt")
+    assert kserve_env["torch"] == constraints["torch"] and kserve_env["torchvision"] == constraints["torchvision"]
+    assert "-c $(CONSTRAINTS)" in (REPO / "mk" / "deploy.mk").read_text()  # the CPU wheel, never CUDA
 
 
 def test_portal_image_carries_the_ensemble_parameters() -> None:

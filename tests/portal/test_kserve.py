@@ -1,5 +1,7 @@
 """The portal on the Open Inference Protocol (v2): each model at its own URL, as on Kubernetes with one
-KServe predictor per model, and against TorchServe's own v2 endpoint (token authorization on)."""
+KServe predictor per model (KServe's model server in front of TorchServe, and the project's own KServe
+predictor, kserve_predictor/, with no TorchServe), and against TorchServe's own v2 endpoint (token
+authorization on)."""
 
 from __future__ import annotations
 
@@ -23,10 +25,12 @@ from tests.portal.conftest import smear_paths, validated
 pytestmark = [pytest.mark.django_db, pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture
-def on_kserve(kserve: str, settings: Any) -> str:
-    """The portal on v2, its models at KServe's URL and TORCHSERVE_URL pointing nowhere: only the
-    per-model URLs can answer."""
+@pytest.fixture(params=["kserve", "kserve_predictor"])
+def on_kserve(request: pytest.FixtureRequest, settings: Any) -> str:
+    """The portal on v2, its models at a KServe model server's URL (in front of TorchServe, or the project's
+    own predictor) and TORCHSERVE_URL pointing nowhere: only the per-model URLs can answer. The client is
+    the same, unchanged, for both."""
+    kserve: str = request.getfixturevalue(request.param)
     settings.PORTAL_INFERENCE_PROTOCOL = "v2"
     settings.PORTAL_MODEL_URLS = dict.fromkeys(KSERVE_MODELS, kserve)
     settings.TORCHSERVE_URL = f"http://127.0.0.1:{free_ports()['inference']}"

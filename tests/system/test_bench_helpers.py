@@ -239,11 +239,11 @@ def test_a_fast_models_level_lasts_at_least_the_minimum_and_a_slow_ones_keeps_it
 
 def test_the_committed_kserve_overhead_report_is_what_its_results_render_to() -> None:
     """docs/kserve_overhead.md is generated from docs/kserve_overhead.json, which measured every served
-    model and the large frames, each side of every pair answered."""
+    model and the large frames, each side of every pair answered, and the KServe predictor's rows."""
     import json
     from pathlib import Path
 
-    from bench.kserve_overhead import LARGE, render
+    from bench.kserve_overhead import LARGE, SIDES, render
     from core.registry import served_model_names
 
     docs = Path(__file__).resolve().parents[2] / "docs"
@@ -252,6 +252,12 @@ def test_the_committed_kserve_overhead_report_is_what_its_results_render_to() ->
     names = served_model_names()
     assert list(report["models"]) == [*names, f"{names[0]}, {LARGE}"]
     assert all(r["kserve_cpu_ms_per_request"] > 0 for r in report["models"].values())
+    # the project's KServe predictor: every served model against TorchServe and in-process, and both layouts
+    run = report["predictor"]
+    assert list(run["models"]) == names
+    for r in run["models"].values():
+        assert all(r["single"][side]["p50"] > 0 and r["c8"][side]["images_per_s"] > 0 for side in SIDES)
+    assert run["layouts"]["models"] == names and set(run["layouts"]["c8"]) == {"all_in_one", "one_per_model"}
 
 
 def test_the_gate_side_benchmark_loads_the_served_statistics_at_another_side(shared_dir: Path) -> None:
