@@ -58,7 +58,10 @@ class SpecimenChoiceField(forms.ModelChoiceField):
 
 
 class UploadForm(forms.Form):
-    specimen = SpecimenChoiceField(queryset=Specimen.objects.select_related("patient").order_by("-collected_at"))
+    # a signed-off specimen takes no more images (portal.actions.upload_images refuses them too)
+    specimen = SpecimenChoiceField(
+        queryset=Specimen.objects.filter(review__isnull=True).select_related("patient").order_by("-collected_at")
+    )
     images = MultipleImageField(help_text="One or several images (JPEG, PNG, BMP, TIFF)")
     model = forms.ChoiceField(choices=model_choices, initial=ALL_MODELS)
 
