@@ -56,6 +56,8 @@ _BODY = ParagraphStyle("body", parent=_STYLES["Normal"], fontSize=9, leading=11.
 _SMALL = ParagraphStyle("small", parent=_BODY, fontSize=7.5, leading=9, splitLongWords=0)
 _CELL = ParagraphStyle("cell", parent=_BODY, fontSize=8, leading=10, splitLongWords=0)
 _STRONG = ParagraphStyle("strong", parent=_BODY, fontName="Helvetica-Bold", fontSize=11, leading=14)
+_H2 = ParagraphStyle("h2", parent=_STYLES["Heading2"], keepWithNext=1)  # a heading never ends a page
+_H3 = ParagraphStyle("h3", parent=_STYLES["Heading3"], keepWithNext=1)
 _GRID = TableStyle(
     [
         ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
@@ -153,7 +155,7 @@ def _conclusion_section(conclusion: SpecimenConclusion, review: SpecimenReview |
             ]
         )
     )
-    return [Paragraph("Specimen conclusion", _STYLES["Heading2"]), table, Spacer(1, 4 * mm)]
+    return [Paragraph("Specimen conclusion", _H2), table, Spacer(1, 4 * mm)]
 
 
 def _differential_section(conclusion: SpecimenConclusion) -> list[Flowable]:
@@ -170,13 +172,14 @@ def _differential_section(conclusion: SpecimenConclusion) -> list[Flowable]:
     blast_row = 0
     for r in diff.white_rows:
         interval = "-" if r.interval is None else f"{r.interval[0]:.1f}-{r.interval[1]:.1f}"
-        rows.append([r.description, str(r.count), f"{r.percent or 0.0:.1f}", interval])
-        if r.category == BLAST:
+        rows.append([Paragraph(_esc(r.description), _CELL), str(r.count), f"{r.percent or 0.0:.1f}", interval])
+        if r.category == BLAST:  # bold and in the blasts' colour (a Paragraph carries its own font)
             blast_row = len(rows) - 1
+            rows[-1][0] = Paragraph(f'<font color="{CELL_COLOURS[BLAST]}"><b>{_esc(r.description)}</b></font>', _CELL)
     rows.append(["White cells", str(diff.white_cells), "100.0" if diff.white_cells else "0.0", ""])
     nrbc = diff.nrbc_per_100_wbc
     per_100 = "-" if nrbc is None else f"{nrbc:.1f} per 100 white cells"
-    rows.append([diff.nrbc.description, str(diff.nrbc.count), per_100, ""])
+    rows.append([Paragraph(_esc(diff.nrbc.description), _CELL), str(diff.nrbc.count), per_100, ""])
     rows.append([diff.platelets.description, str(diff.platelets.count), "count only", ""])
     rows.append([f"Excluded: {diff.artefacts.description}", str(diff.excluded), "not counted", ""])
     widths = [70 * mm, 25 * mm, 45 * mm, 40 * mm]
@@ -187,12 +190,12 @@ def _differential_section(conclusion: SpecimenConclusion) -> list[Flowable]:
             [
                 ("BACKGROUND", (0, blast_row), (-1, blast_row), _BLAST_BACKGROUND),
                 ("FONTNAME", (0, blast_row), (-1, blast_row), "Helvetica-Bold"),
-                ("TEXTCOLOR", (0, blast_row), (0, blast_row), colors.HexColor(CELL_COLOURS[BLAST])),
+                ("TEXTCOLOR", (1, blast_row), (-1, blast_row), colors.HexColor(CELL_COLOURS[BLAST])),
             ]
         )
     )
     return [
-        Paragraph("White-cell differential", _STYLES["Heading2"]),
+        Paragraph("White-cell differential", _H2),
         Paragraph(_esc(intro), _BODY),
         Paragraph(f"<b>{_esc(diff.blast_text)}.</b>", _BODY),
         Spacer(1, 2 * mm),
@@ -204,7 +207,7 @@ def _differential_section(conclusion: SpecimenConclusion) -> list[Flowable]:
 def _frame_section(image: Image) -> list[Flowable]:
     analyses = list(image.analyses.all())
     out: list[Flowable] = [
-        Paragraph(f"Image {image.pk}: {_esc(image.original_name)} ({image.width}x{image.height})", _STYLES["Heading3"]),
+        Paragraph(f"Image {image.pk}: {_esc(image.original_name)} ({image.width}x{image.height})", _H3),
         Paragraph(_esc(sign_off_text(image, analyses, consensus(analyses))), _BODY),
         Spacer(1, 2 * mm),
     ]
@@ -277,7 +280,7 @@ def build_pdf(specimen: Specimen, generated_by: str) -> bytes:
         story += _differential_section(conclusion)
     images = list(specimen.images.order_by("uploaded_at", "id").select_related("review").prefetch_related("analyses"))
     if images:
-        story.append(Paragraph("Frames", _STYLES["Heading2"]))
+        story.append(Paragraph("Frames", _H2))
     for image in images:
         story += _frame_section(image)
     story.append(Paragraph(_esc(DISCLAIMER), _STYLES["Italic"]))

@@ -276,7 +276,7 @@ class SpecimenViewSet(
         body = {
             "specimen": specimen.pk,
             **conclusion.as_dict(),
-            "signed_off": None if review is None else SpecimenReviewSerializer(review).data,
+            "signed_off": review,
         }
         actions.log_event(
             "specimen.summary",
