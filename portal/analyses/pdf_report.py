@@ -95,7 +95,7 @@ def _grid(items: Sequence[tuple[str, str]]) -> list[Flowable]:
     rows: list[Flowable] = []
     for start in range(0, len(items), GRID_COLUMNS):
         chunk = items[start : start + GRID_COLUMNS]
-        cells = [[_picture(name, max_w, max_h), Paragraph(_esc(caption), _SMALL)] for name, caption in chunk]
+        cells: list[Any] = [[_picture(name, max_w, max_h), Paragraph(_esc(caption), _SMALL)] for name, caption in chunk]
         cells += ["" for _ in range(GRID_COLUMNS - len(chunk))]
         table = Table([cells], colWidths=[col] * GRID_COLUMNS, hAlign="LEFT")
         table.setStyle(

@@ -107,7 +107,7 @@ def sign_off(request: HttpRequest, pk: int) -> HttpResponse:
     form = SpecimenSignOffForm(request.POST, conclusion_label=conclusion.label)
     target = reverse("analyses:specimen_summary", args=[specimen.pk])
     if not form.is_valid():
-        errors = "; ".join(f"{k}: {' '.join(v)}" if k != "__all__" else " ".join(v) for k, v in form.errors.items())
+        errors = "; ".join(f"{field}: {' '.join(str(m) for m in found)}" for field, found in form.errors.items())
         messages.error(request, f"Not signed: {errors}")
         return redirect(target)
     try:

@@ -361,10 +361,10 @@ class CheckSerializer(serializers.Serializer):
 class FrameSummarySerializer(serializers.Serializer):
     image_id = serializers.IntegerField()
     name = serializers.CharField()
-    label = serializers.ChoiceField(
+    label = serializers.ChoiceField(  # type: ignore[assignment]  # the field is "label"
         choices=list(CLASS_LABELS), allow_null=True, help_text="signed label where signed, else the consensus"
     )
-    source = serializers.ChoiceField(choices=["signed", "consensus", ""], help_text="where the label comes from")
+    source = serializers.ChoiceField(choices=["signed", "consensus", ""], help_text="where the label comes from")  # type: ignore[assignment]
     consensus_label = serializers.ChoiceField(choices=list(CLASS_LABELS), allow_null=True)
     signed_label = serializers.ChoiceField(choices=list(CLASS_LABELS), allow_null=True)
     referred = serializers.BooleanField(help_text="no consensus and not signed off")
@@ -400,7 +400,7 @@ class SpecimenSummarySerializer(serializers.Serializer):
     """The specimen's one conclusion (portal.analyses.conclusion) and, once signed, its sign-off."""
 
     specimen = serializers.IntegerField()
-    label = serializers.ChoiceField(
+    label = serializers.ChoiceField(  # type: ignore[assignment]  # the field is "label"
         choices=list(CLASS_LABELS), allow_null=True, help_text="the specimen's class; null: refer (see reasons)"
     )
     refer = serializers.BooleanField()
@@ -433,4 +433,4 @@ class AddCellSerializer(serializers.Serializer):
     box = serializers.ListField(
         child=serializers.IntegerField(min_value=0), min_length=4, max_length=4, help_text="[x0, y0, x1, y1]"
     )
-    label = serializers.ChoiceField(choices=list(CELL_CLASSES), help_text="the cell's type")
+    label = serializers.ChoiceField(choices=list(CELL_CLASSES), help_text="the cell's type")  # type: ignore[assignment]

@@ -12,6 +12,8 @@
   box.hidden = true;
   view.appendChild(box);
   view.classList.add("drawable");
+  img.draggable = false;  // dragging draws a box, it does not pick the picture up
+  img.addEventListener("dragstart", function (ev) { ev.preventDefault(); });
   var start = null;
 
   function point(ev) {
