@@ -414,6 +414,7 @@ class SpecimenSummarySerializer(serializers.Serializer):
     target_count = serializers.ChoiceField(choices=list(TARGET_COUNTS))
     target_reached = serializers.BooleanField()
     signed_off = SpecimenReviewSerializer(allow_null=True, help_text="the sign-off; null until signed")
+    notice = serializers.CharField(help_text="decision support only: the notice every page and export carries")
 
 
 class SpecimenSignOffSerializer(serializers.Serializer):

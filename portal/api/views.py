@@ -24,6 +24,7 @@ from portal.accounts import second_factor
 from portal.analyses.cell_review import frame_reviews, specimen_differential, target_count
 from portal.analyses.differential import count_progress
 from portal.analyses.models import Analysis, Cell, CellAnalysis, ImageReview, ImmutableError
+from portal.analyses.reports import DISCLAIMER
 from portal.analyses.specimen_summary import signed_review, specimen_conclusion
 from portal.analyses.validation import validate_image_bytes
 from portal.api.permissions import CellPermission, SignOffPermission
@@ -277,6 +278,7 @@ class SpecimenViewSet(
             "specimen": specimen.pk,
             **conclusion.as_dict(),
             "signed_off": review,
+            "notice": DISCLAIMER,
         }
         actions.log_event(
             "specimen.summary",

@@ -218,6 +218,7 @@ def test_summary_page_and_api_refer_with_the_agreement_check(
     assert api["label"] is None and api["refer"] and [c["code"] for c in api["checks"]] == [BLASTS_IN_BENIGN]
     assert [f["label"] for f in api["frames"]] == ["Pre", "Benign"] and api["signed_off"] is None
     assert api["differential"]["blast_percent"] == 40.0 and api["referred_frames"] == []
+    assert api["notice"].startswith("Decision support only")
     assert "specimen-summary-button" in rev_client.get(specimen.get_absolute_url()).content.decode()
 
 
