@@ -165,6 +165,7 @@ CELL_CLASSES: tuple[str, ...] = (
     "monocyte",
     "neutrophil",
     "platelet",
+    "blast",
 )
 #: The white-cell (leukocyte) types: the differential's percentages are of these (plus white cells not yet
 #: typed), as in a manual 100-cell differential; nucleated red cells (erythroblasts) are reported per 100
@@ -179,6 +180,7 @@ CELL_DESCRIPTIONS: dict[str, str] = {
     "monocyte": "Monocyte",
     "neutrophil": "Neutrophil",
     "platelet": "Platelet",
+    "blast": "Blast",
 }
 
 

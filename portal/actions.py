@@ -34,6 +34,7 @@ from portal.analyses.models import (
     ImmutableError,
     QueuedJob,
     image_is_signed,
+    specimen_is_signed,
 )
 from portal.analyses.validation import ValidatedImage
 from portal.audit.log import record
@@ -201,6 +202,10 @@ def upload_images(
         for item in images:
             written.append(storage.save("images", item.data, item.extension))
         with transaction.atomic():
+            # the specimen's row is locked as its sign-off locks it (portal.specimen_actions): one or the other
+            Specimen.objects.select_for_update().get(pk=specimen.pk)
+            if specimen_is_signed(specimen.pk):
+                raise ValidationError("this specimen is signed off: it takes no more images (start a new specimen)")
             created: list[Image] = []
             analysis_ids: list[int] = []
             cell_analysis_ids: list[int] = []

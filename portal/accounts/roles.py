@@ -23,11 +23,18 @@ _TECH = [
     "analyses.add_analysis",
     "analyses.view_review",  # per-model sign-offs of earlier versions
     "analyses.view_imagereview",
+    "analyses.view_specimenreview",
     "analyses.view_cellanalysis",
     "analyses.view_cell",
     "analyses.reclassify_cell",
 ]
-_REVIEWER = [*_TECH, "analyses.sign_off_analysis", "analyses.add_imagereview", "analyses.export_analyses"]
+_REVIEWER = [
+    *_TECH,
+    "analyses.sign_off_analysis",
+    "analyses.add_imagereview",
+    "analyses.add_specimenreview",
+    "analyses.export_analyses",
+]
 _ADMIN = [
     *_REVIEWER,
     "auth.view_user",

@@ -9,12 +9,22 @@ import io
 from dataclasses import dataclass
 from functools import lru_cache
 
+from django.conf import settings
 from django.db.models import QuerySet
 from PIL import Image as PILImage
 
+from core.cell_answer import CELL_COLOURS, UNCLASSIFIED
 from core.registry import CELL_REGISTRY
 from portal.analyses import storage
-from portal.analyses.differential import ARTEFACT, CATEGORIES, Differential, describe, differential
+from portal.analyses.differential import (
+    ARTEFACT,
+    BLAST_THRESHOLD_PERCENT,
+    CATEGORIES,
+    Differential,
+    count_progress,
+    describe,
+    differential,
+)
 from portal.analyses.models import REVIEWED_LABEL_CHOICES, Cell, CellAnalysis, Image, ImageReview, Review
 from portal.patients.models import Specimen
 
@@ -27,6 +37,7 @@ __all__ = [
     "gallery",
     "specimen_cells",
     "specimen_differential",
+    "target_count",
 ]
 
 #: Gallery crops are scaled so their longer side is this many pixels (never enlarged past 2x).
@@ -41,6 +52,11 @@ def specimen_cells(specimen: Specimen) -> QuerySet[Cell]:
         .select_related("image", "reviewed_by", "cell_analysis")
         .order_by("image__uploaded_at", "image_id", "index")
     )
+
+
+def target_count() -> int:
+    """The white cells this lab counts per specimen (settings.PORTAL_DIFFERENTIAL_TARGET: 100 or 200)."""
+    return int(settings.PORTAL_DIFFERENTIAL_TARGET)
 
 
 def specimen_differential(specimen: Specimen) -> Differential:
@@ -62,6 +78,11 @@ class GalleryGroup:
     description: str
     cells: list[Cell]
     excluded: bool = False  # artefacts: shown for review, left out of the differential
+
+    @property
+    def colour(self) -> str:
+        """The type's drawing colour (core.cell_answer.CELL_COLOURS), as on the frames' overlays."""
+        return CELL_COLOURS.get(self.category, CELL_COLOURS[UNCLASSIFIED])
 
 
 def gallery(cells: list[Cell]) -> list[GalleryGroup]:
@@ -118,9 +139,12 @@ def differential_context(specimen: Specimen) -> dict[str, object]:
     ]
     for cell in cells:
         cell.locked = cell.image_id in reviews  # type: ignore[attr-defined]
+    diff = differential(cells)
     return {
         "specimen": specimen,
-        "diff": differential(cells),
+        "diff": diff,
+        "progress": count_progress(diff.white_cells, target_count()),
+        "threshold": BLAST_THRESHOLD_PERCENT,
         "groups": gallery(cells),
         "frames": frames,
         "signed_frames": sum(1 for f in frames if f["review"]),

@@ -17,13 +17,20 @@ resources with compatible content. The bundle (type ``collection``) holds:
   signed off, else ``preliminary``;
 - the white-cell differential (portal.analyses.differential), ``device`` the cell model, ``final`` once
   every frame with cells is signed off, else ``preliminary``: one ``Observation`` with the white cells
-  counted (a note gives the artefacts excluded); one per white-cell type with at least one cell
-  (``valueQuantity`` the count, a ``component`` the percentage of the white cells); the nucleated red
-  cells (count, a ``component`` per 100 white cells, UCUM ``/100{WBCs}``) and the platelets (count only,
-  never a percentage), each when any was counted;
-- the ``DiagnosticReport``: status ``final`` once every image with a result is signed off, else
-  ``preliminary``; subject, specimen, results, the reviewers as ``resultsInterpreter``, each image's
-  result (final class, else consensus) and the decision-support notice as ``conclusion``.
+  counted (LOINC 11282-1; a note gives the artefacts excluded and the cells added by hand); one per
+  white-cell type with at least one cell, and always one for the blasts once a white cell was counted:
+  ``valueQuantity`` the percentage of the white cells (UCUM ``%``), coded with LOINC's "<type>/100
+  leukocytes in Blood" where a term exists (portal.analyses.terminology says which, and where each code
+  was verified), ``component`` the count and the 95% interval's limits; the blasts' note says where they
+  stand against the acute-leukaemia line; the nucleated red cells (count, a ``component`` per 100 white
+  cells, UCUM ``/100{WBCs}``) and the platelets (count only, never a percentage), text only, each when any
+  was counted;
+- the ``DiagnosticReport``: status ``final`` once the specimen is signed off (portal.analyses.models.
+  SpecimenReview), else ``preliminary``; subject, specimen, results, the reviewers as
+  ``resultsInterpreter``, and as ``conclusion`` the specimen's one conclusion (the reviewer's class and
+  interpretive comment once signed; portal.analyses.conclusion's otherwise, with every reason to refer),
+  then each image's result (final class, else consensus) and the decision-support notice. Codes are text
+  where no standard code was verified (the report's own code, ``conclusionCode``).
 """
 
 from __future__ import annotations
@@ -37,12 +44,15 @@ from fhir.resources.R4B.bundle import Bundle
 from core.prediction import NOTICE
 from core.registry import CLASS_DESCRIPTIONS
 from portal.analyses.cell_review import frame_reviews, specimen_cells
+from portal.analyses.conclusion import SpecimenConclusion, class_description
 from portal.analyses.consensus import consensus
-from portal.analyses.differential import PLATELET, differential
-from portal.analyses.models import Analysis, Image, ImageReview, QueuedJob, Review
+from portal.analyses.differential import BLAST, PLATELET, Differential, DifferentialRow, differential
+from portal.analyses.models import Analysis, Image, ImageReview, QueuedJob, Review, SpecimenReview
+from portal.analyses.specimen_summary import signed_review, specimen_conclusion
+from portal.analyses.terminology import CELLS_COUNTED, PERCENT_OF_LEUKOCYTES, loinc_coding
 from portal.patients.models import Patient, Specimen
 
-__all__ = ["CLASS_SYSTEM", "specimen_bundle"]
+__all__ = ["CLASS_SYSTEM", "conclusion_text", "specimen_bundle"]
 
 CLASS_SYSTEM = "urn:leukemia-portal:b-all-class"
 _GENDER = {"F": "female", "M": "male", "O": "other", "U": "unknown"}
@@ -147,11 +157,40 @@ _PERCENT = {"unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}
 _PER_100_WBC = {"unit": "/100 WBC", "system": "http://unitsofmeasure.org", "code": "/100{WBCs}"}
 
 
+def _count(n: int) -> dict[str, Any]:
+    return {"value": n, "unit": "cells", "system": "http://unitsofmeasure.org", "code": "{cells}"}
+
+
+def _percent_observation(row: DifferentialRow, diff: Differential) -> tuple[str, dict[str, Any], list[Any], str]:
+    """A white-cell type as LOINC reports it: the percentage of the white cells, coded where a term exists;
+    the count and the 95% interval's limits as components."""
+    code: dict[str, Any] = {"text": f"{row.description}/100 white cells (image-based differential)"}
+    if row.category in PERCENT_OF_LEUKOCYTES:
+        code["coding"] = [loinc_coding(PERCENT_OF_LEUKOCYTES[row.category])]
+    components: list[dict[str, Any]] = [
+        {
+            "code": {"text": f"{row.description}, cells counted of {diff.white_cells} white cells"},
+            "valueQuantity": _count(row.count),
+        }
+    ]
+    if row.interval is not None:
+        for name, value in zip(("lower", "upper"), row.interval, strict=True):
+            components.append(
+                {
+                    "code": {"text": f"95% confidence interval, {name} limit (Wilson score interval)"},
+                    "valueQuantity": {"value": round(value, 1), **_PERCENT},
+                }
+            )
+    note = diff.blast_text if row.category == BLAST else ""
+    return row.category, code, components, note
+
+
 def _cell_observations(specimen: Specimen) -> tuple[list[dict[str, Any]], list[QueuedJob]]:
     """The differential as Observations (one computation: portal.analyses.differential), and the cell
     model(s) as devices: the white cells counted (artefacts excluded, in a note); one per white-cell type
-    counted with its percentage of the white cells; the nucleated red cells with their number per 100
-    white cells; the platelets as a count only (no percentage: they are not white cells)."""
+    counted (always one for the blasts) with its percentage of the white cells, its count and 95% interval;
+    the nucleated red cells with their number per 100 white cells; the platelets as a count only (no
+    percentage: they are not white cells)."""
     cells = list(specimen_cells(specimen))
     if not cells:
         return [], []
@@ -160,32 +199,44 @@ def _cell_observations(specimen: Specimen) -> tuple[list[dict[str, Any]], list[Q
     signed = frames <= set(frame_reviews(list(specimen.images.filter(pk__in=frames))))
     jobs: list[QueuedJob] = list({_device_id(c.cell_analysis): c.cell_analysis for c in cells}.values())
 
-    def observation(key: str, text: str, count: int, components: list[dict[str, Any]]) -> dict[str, Any]:
+    def observation(key: str, code: dict[str, Any], value: dict[str, Any], components: list[Any]) -> dict[str, Any]:
         return {
             "resourceType": "Observation",
             "id": f"differential-{specimen.pk}-{key}",
             "status": "final" if signed else "preliminary",
-            "code": {"text": f"{text}, count in the image-based white-cell differential"},
+            "category": [{"text": "Laboratory: haematology, cell counts"}],
+            "code": code,
             "subject": _ref("Patient", f"patient-{specimen.patient_id}"),
             "specimen": _ref("Specimen", f"specimen-{specimen.pk}"),
             "device": _ref("Device", _device_id(jobs[0])),
             "effectiveDateTime": specimen.collected_at.isoformat(),
-            "valueQuantity": {"value": count, "unit": "cells"},
+            "valueQuantity": value,
             **({"component": components} if components else {}),
         }
 
-    total = observation("white-cells", "White cells (typed and unclassified)", diff.white_cells, [])
+    total = observation(
+        "white-cells",
+        {
+            "coding": [loinc_coding(CELLS_COUNTED)],
+            "text": "White cells counted (typed and unclassified) in the image-based differential",
+        },
+        _count(diff.white_cells),
+        [],
+    )
     total["note"] = [
-        {"text": f"Excluded: {diff.excluded} detection(s) a technologist marked as artefacts (not cells)."}
+        {
+            "text": f"Excluded: {diff.excluded} detection(s) a technologist marked as artefacts (not cells). "
+            f"Added by hand: {diff.added} cell(s) the cell model missed."
+        }
     ]
     observations = [total]
     for row in diff.white_rows:
-        if row.count:
-            percent = {
-                "code": {"text": f"{row.description}, percent of {diff.white_cells} white cells"},
-                "valueQuantity": {"value": round(row.percent or 0.0, 1), **_PERCENT},
-            }
-            observations.append(observation(row.category, row.description, row.count, [percent]))
+        if row.count or (row.category == BLAST and diff.white_cells):
+            key, code, components, note = _percent_observation(row, diff)
+            obs = observation(key, code, {"value": round(row.percent or 0.0, 1), **_PERCENT}, components)
+            if note:
+                obs["note"] = [{"text": note}]
+            observations.append(obs)
     nrbc = diff.nrbc
     if nrbc.count:
         per_100 = []
@@ -196,9 +247,11 @@ def _cell_observations(specimen: Specimen) -> tuple[list[dict[str, Any]], list[Q
                     "valueQuantity": {"value": round(nrbc.per_100_wbc, 1), **_PER_100_WBC},
                 }
             ]
-        observations.append(observation(nrbc.category, nrbc.description, nrbc.count, per_100))
+        text = {"text": f"{nrbc.description}, count in the image-based white-cell differential"}
+        observations.append(observation(nrbc.category, text, _count(nrbc.count), per_100))
     if diff.platelets.count:
-        observations.append(observation(PLATELET, diff.platelets.description, diff.platelets.count, []))
+        text = {"text": f"{diff.platelets.description}, count in the image-based white-cell differential"}
+        observations.append(observation(PLATELET, text, _count(diff.platelets.count), []))
     return observations, jobs
 
 
@@ -235,6 +288,19 @@ def _image_observation(image: Image, analyses: list[Analysis], review: ImageRevi
     return observation
 
 
+def conclusion_text(conclusion: SpecimenConclusion, review: SpecimenReview | None) -> str:
+    """The specimen's one conclusion in words: the reviewer's sign-off once signed, with the portal's
+    conclusion it was signed against; else the portal's conclusion (label, frames, blasts, reasons)."""
+    if review is None:
+        return f"Specimen conclusion (not signed off): {conclusion.text}"
+    agreed = "agreed with the portal's conclusion" if review.decision == "agree" else "set the class"
+    return (
+        f"Specimen signed off by {review.reviewer_name} at {timezone.localtime(review.signed_at):%Y-%m-%d %H:%M}: "
+        f"{class_description(review.final_label)} ({agreed}). Interpretation: {review.comment} "
+        f"Evidence: {review.evidence.get('text', '')}"
+    )
+
+
 def _image_review(image: Image, analyses: list[Analysis]) -> ImageReview | Review | None:
     """The image's sign-off, else (earlier versions) the first per-model sign-off when every result has one."""
     if image.signed_review is not None:
@@ -255,7 +321,9 @@ def specimen_bundle(specimen: Specimen) -> dict[str, Any]:
     reviews = {pk: _image_review(images[pk], by_image[pk]) for pk in by_image}
     resources: list[dict[str, Any]] = [_patient(specimen.patient), _specimen(specimen)]
     resources += list({_device_id(a): _device(a) for a in done}.values())
-    reviewers = sorted({r.reviewer_name for r in reviews.values() if r is not None})
+    specimen_review = signed_review(specimen)
+    signers = {r.reviewer_name for r in reviews.values() if r is not None}
+    reviewers = sorted(signers | ({specimen_review.reviewer_name} if specimen_review is not None else set()))
     resources += [
         {"resourceType": "Practitioner", "id": f"practitioner-{name}", "name": [{"text": name}]} for name in reviewers
     ]
@@ -271,19 +339,19 @@ def specimen_bundle(specimen: Specimen) -> dict[str, Any]:
         said = f"{agreed.label} ({agreed.agreement} models)" if agreed and agreed.label else "no consensus (refer)"
         verdict = f"{review.final_label}, signed off by {review.reviewer_name}" if review else f"{said}, not signed off"
         lines.append(f"{images[pk].original_name}: {verdict}")
-    signed_all = bool(done) and all(r is not None for r in reviews.values())
+    frames = f"Frames: {'; '.join(lines)}. " if lines else "No completed analyses. "
     report = {
         "resourceType": "DiagnosticReport",
         "id": f"report-specimen-{specimen.pk}",
-        "status": "final" if signed_all else "preliminary",
-        "code": {"text": "Peripheral blood smear image analysis, B-ALL subtype (decision support)"},
+        "status": "final" if specimen_review is not None else "preliminary",
+        "code": {"text": "Peripheral blood smear image analysis, B-ALL subtype and differential (decision support)"},
         "subject": _ref("Patient", f"patient-{specimen.patient_id}"),
         "specimen": [_ref("Specimen", f"specimen-{specimen.pk}")],
         "effectiveDateTime": specimen.collected_at.isoformat(),
         "issued": timezone.now().isoformat(),
         "result": [_ref("Observation", o["id"]) for o in observations],
         "resultsInterpreter": [_ref("Practitioner", f"practitioner-{n}") for n in reviewers],
-        "conclusion": ("; ".join(lines) + ". " if lines else "No completed analyses. ") + NOTICE,
+        "conclusion": conclusion_text(specimen_conclusion(specimen), specimen_review) + " " + frames + NOTICE,
     }
     resources.append(report)
     data = {

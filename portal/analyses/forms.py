@@ -81,7 +81,10 @@ class UploadForm(forms.Form):
     ``cleaned_data["images"]``, the others :attr:`refused` (name, code, reason); only when no file is
     good is the field itself invalid. The view saves the good files and lists the refused ones."""
 
-    specimen = SpecimenChoiceField(queryset=Specimen.objects.select_related("patient").order_by("-collected_at"))
+    # a signed-off specimen takes no more images (portal.actions.upload_images refuses them too)
+    specimen = SpecimenChoiceField(
+        queryset=Specimen.objects.filter(review__isnull=True).select_related("patient").order_by("-collected_at")
+    )
     images = MultipleImageField()
     model = forms.ChoiceField(choices=model_choices, initial=ALL_MODELS)
 

@@ -13,7 +13,12 @@ analyses and cells are immutable. (Review is the per-model sign-off of earlier v
 so that what was signed stays readable.)
 
 The cell model runs once per image (CellAnalysis, the same job states) and stores one Cell per white
-cell found; a technologist may reclassify a cell until a reviewer signs off any analysis of its frame.
+cell found; a technologist may reclassify a cell, or add one the model missed, until a reviewer signs off
+any analysis of its frame.
+
+A reviewer signs a specimen off once (SpecimenReview), after every frame with a result is signed: its
+conclusion (portal.analyses.conclusion) with an interpretive comment, the conclusion as evidence. It never
+changes, and a signed specimen takes no more images.
 """
 
 from __future__ import annotations
@@ -44,7 +49,9 @@ __all__ = [
     "ImmutableError",
     "QueuedJob",
     "Review",
+    "SpecimenReview",
     "image_is_signed",
+    "specimen_is_signed",
 ]
 
 # The classes in the order of the inference contract, from the model registry (docs/serving.md).
@@ -342,14 +349,19 @@ class Cell(models.Model):
 
     ``label`` is the model's (empty when it abstained); ``reviewed_label`` the technologist's
     reclassification (null until then), which may also be "artefact": the detection is not a cell and
-    is left out of the differential. Once the frame is signed off the cell cannot change.
+    is left out of the differential. A cell the model missed is added by hand (``manual``: no model label,
+    no score, no outlines; its type is ``reviewed_label``). Once the frame is signed off the cell cannot
+    change.
     """
 
     cell_analysis = models.ForeignKey(CellAnalysis, on_delete=models.PROTECT, related_name="cells")
     image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="cells")
-    index = models.PositiveIntegerField(help_text="Position in the model's answer")
+    index = models.PositiveIntegerField(help_text="Position in the model's answer (cells added by hand follow)")
     box = models.JSONField(help_text="[x0, y0, x1, y1] in input-image pixels")
-    score = models.FloatField()
+    score = models.FloatField(null=True, blank=True, help_text="The detection score (none for a cell added by hand)")
+    manual = models.BooleanField(
+        default=False, help_text="Added by a technologist: a cell the model missed (its type is reviewed_label)"
+    )
     label = models.CharField(max_length=20, choices=CELL_LABEL_CHOICES, blank=True)
     probabilities = models.JSONField(default=dict, blank=True)
     abstained = models.BooleanField(default=False)
@@ -421,3 +433,34 @@ class Cell(models.Model):
         if self.pk is not None and not self._state.adding and image_is_signed(self.image_id):
             raise ImmutableError(f"cell {self.pk}: its frame is signed off and cannot change")
         super().save(*args, **kwargs)
+
+
+class SpecimenReview(SignOff):
+    """The reviewer's one sign-off of a specimen: agree with its conclusion or set the specimen's class,
+    always with an interpretive comment.
+
+    ``conclusion_label`` is what the conclusion said when it was signed (empty: it referred);
+    ``evidence`` keeps the whole conclusion as the reviewer saw it (frames, checks, the pooled differential
+    with the blast percentage and its interval). Like every sign-off it never changes.
+    """
+
+    class Decision(models.TextChoices):
+        AGREE = "agree", "Agree with the specimen conclusion"
+        RECLASSIFY = "reclassify", "Set the specimen's class myself"
+
+    specimen = models.OneToOneField(Specimen, on_delete=models.PROTECT, related_name="review")
+    decision = models.CharField(max_length=12, choices=Decision.choices)
+    conclusion_label = models.CharField(max_length=10, choices=LABEL_CHOICES, blank=True)
+    blast_percent = models.FloatField(null=True, blank=True, help_text="Blasts, % of the white cells, when signed")
+    evidence = models.JSONField(default=dict)
+
+    class Meta(SignOff.Meta):
+        pass
+
+    def __str__(self) -> str:
+        return f"Review of specimen {self.specimen_id}: {self.final_label} by {self.reviewer_name}"
+
+
+def specimen_is_signed(specimen_id: int) -> bool:
+    """A reviewer signed the specimen off: it takes no more images, its conclusion is final."""
+    return SpecimenReview.objects.filter(specimen_id=specimen_id).exists()

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from portal.analyses import cell_views, views
+from portal.analyses import cell_views, specimen_views, views
 
 app_name = "analyses"
 urlpatterns = [
@@ -24,4 +24,9 @@ urlpatterns = [
     path("images/<int:pk>/annotated.png", cell_views.annotated_file, name="annotated"),
     path("cells/<int:pk>/crop.png", cell_views.cell_crop, name="cell_crop"),
     path("cells/<int:pk>/reclassify/", cell_views.reclassify, name="reclassify_cell"),
+    path("images/<int:pk>/cells/add/", specimen_views.add_cell, name="add_cell"),
+    path("specimens/<int:pk>/summary/", specimen_views.summary, name="specimen_summary"),
+    path("specimens/<int:pk>/sign-off/", specimen_views.sign_off, name="specimen_sign_off"),
+    path("specimens/<int:pk>/summary.csv", specimen_views.summary_csv, name="summary_csv"),
+    path("specimens/<int:pk>/cells.csv", specimen_views.cells_csv, name="cells_csv"),
 ]

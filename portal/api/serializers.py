@@ -6,7 +6,9 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from portal.analyses.differential import CATEGORIES, WHITE_CATEGORIES
+from core.registry import CELL_CLASSES
+from portal.analyses.conclusion import CHECKS
+from portal.analyses.differential import BLAST, BLAST_THRESHOLD_PERCENT, CATEGORIES, TARGET_COUNTS, WHITE_CATEGORIES
 from portal.analyses.forms import ALL_MODELS
 from portal.analyses.models import (
     CLASS_LABELS,
@@ -17,11 +19,18 @@ from portal.analyses.models import (
     Image,
     ImageReview,
     Review,
+    SpecimenReview,
+    specimen_is_signed,
 )
 from portal.patients.models import Patient, Specimen
 
 __all__ = [
+    "AddCellSerializer",
     "AnalysisSerializer",
+    "ErrorSerializer",
+    "SpecimenReviewSerializer",
+    "SpecimenSignOffSerializer",
+    "SpecimenSummarySerializer",
     "CellAnalysisSerializer",
     "CellSerializer",
     "DifferentialSerializer",
@@ -219,6 +228,11 @@ class UploadSerializer(serializers.Serializer):
             raise serializers.ValidationError(f"unknown model {value!r}")
         return [value]
 
+    def validate_specimen(self, value: Specimen) -> Specimen:
+        if specimen_is_signed(value.pk):
+            raise serializers.ValidationError("this specimen is signed off: it takes no more images")
+        return value
+
     def validate_images(self, value: list[Any]) -> list[Any]:
         if len(value) > settings.PORTAL_MAX_FILES_PER_UPLOAD:
             raise serializers.ValidationError(f"at most {settings.PORTAL_MAX_FILES_PER_UPLOAD} images per upload")
@@ -254,6 +268,7 @@ class CellSerializer(serializers.ModelSerializer):
             "nucleus_area_px",
             "cell_area_px",
             "nc_ratio",
+            "manual",
             "reviewed_label",
             "reviewed_by",
             "reviewed_at",
@@ -278,15 +293,19 @@ class ReclassifySerializer(serializers.Serializer):
     )
 
 
-class DifferentialSerializer(serializers.Serializer):
-    """The specimen's differential (portal.analyses.differential), as a manual differential reports it:
-    percentages of the white cells only (typed + unclassified); nucleated red cells per 100 white cells;
-    platelets as a count; artefacts (a technologist's "not a cell") excluded from every figure."""
+class ErrorSerializer(serializers.Serializer):
+    """An error answer: 401 (no credentials), 403 (the role does not allow it), 404, 409 (signed: immutable)."""
 
-    specimen = serializers.IntegerField()
+    detail = serializers.CharField()
+
+
+class DifferentialBodySerializer(serializers.Serializer):
+    """The differential's figures (portal.analyses.differential.Differential.as_dict)."""
+
     white_cells = serializers.IntegerField(help_text="the denominator: white cells typed + unclassified")
     reviewed = serializers.IntegerField(help_text="detections a technologist reclassified (artefacts included)")
     excluded = serializers.IntegerField(help_text="detections a technologist marked as artefacts (not cells)")
+    added = serializers.IntegerField(help_text="cells a technologist added by hand (the model missed them)")
     counts = serializers.DictField(
         child=serializers.IntegerField(),
         help_text=f"per category ({', '.join(CATEGORIES)}): every category, zeros included",
@@ -295,8 +314,124 @@ class DifferentialSerializer(serializers.Serializer):
         child=serializers.FloatField(),
         help_text=f"0-100, of white_cells, per white category ({', '.join(WHITE_CATEGORIES)}); 0 when none",
     )
+    interval_95_of_white_cells = serializers.DictField(
+        child=serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2, allow_null=True),
+        help_text="per white category: the percentage's 95% Wilson score interval [low, high]; null with no white cell",
+    )
     nrbc_per_100_wbc = serializers.FloatField(
         allow_null=True, help_text="nucleated red cells (erythroblasts) per 100 white cells; null with no white cell"
     )
+    blast_percent = serializers.FloatField(
+        allow_null=True, help_text=f"{BLAST}s, percent of the white cells; null with no white cell"
+    )
+    blast_interval_95 = serializers.ListField(
+        child=serializers.FloatField(),
+        min_length=2,
+        max_length=2,
+        allow_null=True,
+        help_text="the blast percentage's 95% Wilson score interval [low, high]",
+    )
+    blast_threshold_percent = serializers.FloatField(
+        help_text=f"the blast line that defines acute leukaemia (WHO, ICC): {BLAST_THRESHOLD_PERCENT:g}"
+    )
+    blasts_over_threshold = serializers.BooleanField(help_text="blast_percent is at or over the line")
+
+
+class DifferentialSerializer(DifferentialBodySerializer):
+    """The specimen's differential (portal.analyses.differential), as a manual differential reports it:
+    percentages of the white cells only (typed + unclassified) with their 95% intervals; blasts against
+    the acute-leukaemia line; nucleated red cells per 100 white cells; platelets as a count; artefacts
+    (a technologist's "not a cell") excluded from every figure; the count against the lab's target."""
+
+    specimen = serializers.IntegerField()
     frames = serializers.IntegerField(help_text="frames with a finished cell analysis")
     signed_frames = serializers.IntegerField(help_text="frames a reviewer signed off (their cells are locked)")
+    target_count = serializers.ChoiceField(
+        choices=list(TARGET_COUNTS), help_text="white cells this lab counts per specimen"
+    )
+    target_reached = serializers.BooleanField()
+
+
+class CheckSerializer(serializers.Serializer):
+    code = serializers.ChoiceField(choices=list(CHECKS), help_text="; ".join(f"{k}: {v}" for k, v in CHECKS.items()))
+    image_id = serializers.IntegerField(allow_null=True)
+    text = serializers.CharField(help_text="why the specimen is referred, in words")
+
+
+class FrameSummarySerializer(serializers.Serializer):
+    image_id = serializers.IntegerField()
+    name = serializers.CharField()
+    label = serializers.ChoiceField(  # type: ignore[assignment]  # the field is "label"
+        choices=list(CLASS_LABELS), allow_null=True, help_text="signed label where signed, else the consensus"
+    )
+    source = serializers.ChoiceField(choices=["signed", "consensus", ""], help_text="where the label comes from")  # type: ignore[assignment]
+    consensus_label = serializers.ChoiceField(choices=list(CLASS_LABELS), allow_null=True)
+    signed_label = serializers.ChoiceField(choices=list(CLASS_LABELS), allow_null=True)
+    referred = serializers.BooleanField(help_text="no consensus and not signed off")
+    why = serializers.CharField(allow_blank=True, help_text="why it has no label")
+    pending = serializers.BooleanField()
+    has_result = serializers.BooleanField()
+    cells_done = serializers.BooleanField()
+    white_cells = serializers.IntegerField()
+    blasts = serializers.IntegerField()
+
+
+class SpecimenReviewSerializer(serializers.ModelSerializer):
+    """The specimen's sign-off: the reviewer's class and interpretive comment, the conclusion as evidence."""
+
+    class Meta:
+        model = SpecimenReview
+        fields = [
+            "id",
+            "specimen",
+            "reviewer_name",
+            "decision",
+            "final_label",
+            "conclusion_label",
+            "blast_percent",
+            "comment",
+            "evidence",
+            "signed_at",
+        ]
+        read_only_fields = fields
+
+
+class SpecimenSummarySerializer(serializers.Serializer):
+    """The specimen's one conclusion (portal.analyses.conclusion) and, once signed, its sign-off."""
+
+    specimen = serializers.IntegerField()
+    label = serializers.ChoiceField(  # type: ignore[assignment]  # the field is "label"
+        choices=list(CLASS_LABELS), allow_null=True, help_text="the specimen's class; null: refer (see reasons)"
+    )
+    refer = serializers.BooleanField()
+    text = serializers.CharField(help_text="the conclusion in one paragraph")
+    reasons = serializers.ListField(child=serializers.CharField(), help_text="every reason to refer")
+    notes = serializers.ListField(child=serializers.CharField(), help_text="remarks that do not refer")
+    checks = CheckSerializer(many=True, help_text="failed agreement checks between frames and their cells")
+    frames = FrameSummarySerializer(many=True)
+    referred_frames = serializers.ListField(child=serializers.IntegerField(), help_text="image ids")
+    differential = DifferentialBodySerializer()
+    target_count = serializers.ChoiceField(choices=list(TARGET_COUNTS))
+    target_reached = serializers.BooleanField()
+    signed_off = SpecimenReviewSerializer(allow_null=True, help_text="the sign-off; null until signed")
+    notice = serializers.CharField(help_text="decision support only: the notice every page and export carries")
+
+
+class SpecimenSignOffSerializer(serializers.Serializer):
+    decision = serializers.ChoiceField(
+        choices=SpecimenReview.Decision.choices, help_text="agree with the conclusion, or set the class (final_label)"
+    )
+    final_label = serializers.ChoiceField(
+        choices=list(CLASS_LABELS), required=False, allow_null=True, help_text="required to set the class"
+    )
+    comment = serializers.CharField(help_text="the interpretive comment (required)")
+
+
+class AddCellSerializer(serializers.Serializer):
+    """A cell the model missed: its frame, its box in image pixels, its type."""
+
+    image = serializers.PrimaryKeyRelatedField(queryset=Image.objects.all())
+    box = serializers.ListField(
+        child=serializers.IntegerField(min_value=0), min_length=4, max_length=4, help_text="[x0, y0, x1, y1]"
+    )
+    label = serializers.ChoiceField(choices=list(CELL_CLASSES), help_text="the cell's type")  # type: ignore[assignment]

@@ -8,7 +8,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Q, QuerySet
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
@@ -19,22 +19,30 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from portal import actions
+from portal import actions, specimen_actions
 from portal.accounts import second_factor
-from portal.analyses.cell_review import frame_reviews, specimen_differential
+from portal.analyses.cell_review import frame_reviews, specimen_differential, target_count
+from portal.analyses.differential import count_progress
 from portal.analyses.models import Analysis, Cell, CellAnalysis, ImageReview, ImmutableError
+from portal.analyses.reports import DISCLAIMER
+from portal.analyses.specimen_summary import signed_review, specimen_conclusion
 from portal.analyses.validation import validate_image_bytes
 from portal.api.permissions import CellPermission, SignOffPermission
 from portal.api.serializers import (
+    AddCellSerializer,
     AnalysisSerializer,
     CellSerializer,
     DifferentialSerializer,
+    ErrorSerializer,
     ImageSerializer,
     PatientSerializer,
     ReclassifySerializer,
     ReviewCreateSerializer,
     ReviewSerializer,
+    SpecimenReviewSerializer,
     SpecimenSerializer,
+    SpecimenSignOffSerializer,
+    SpecimenSummarySerializer,
     UploadSerializer,
 )
 from portal.patients.models import Patient, Specimen
@@ -66,6 +74,15 @@ class TokenResponseSerializer(serializers.Serializer):
 
 def _refused(detail: str, code: str, http_status: int) -> Response:
     return Response({"detail": detail, "code": code}, status=http_status)
+
+
+_UNAUTHENTICATED = OpenApiResponse(ErrorSerializer, description="no or invalid credentials")
+_FORBIDDEN = OpenApiResponse(ErrorSerializer, description="the role does not allow it")
+_NOT_FOUND = OpenApiResponse(ErrorSerializer, description="no such record")
+_INVALID = OpenApiResponse(
+    OpenApiTypes.OBJECT, description="invalid request: field -> messages, or detail -> messages (the rule refused)"
+)
+_SIGNED = OpenApiResponse(ErrorSerializer, description="signed off: it cannot change")
 
 
 class TokenView(ObtainAuthToken):
@@ -217,10 +234,12 @@ class SpecimenViewSet(
         return Response(bundle)
 
     @extend_schema(
-        responses={200: DifferentialSerializer},
+        responses={200: DifferentialSerializer, 401: _UNAUTHENTICATED, 403: _FORBIDDEN, 404: _NOT_FOUND},
         description="The specimen's white-cell differential, per final type (a technologist's reclassification, "
-        "else the cell model's label; abstentions count as unclassified white cells): percentages of the white "
-        "cells only, nucleated red cells per 100 white cells, platelets as a count, artefacts excluded.",
+        "else the cell model's label; abstentions count as unclassified white cells; cells added by hand "
+        "included): percentages of the white cells only with their 95% Wilson intervals, blasts against the "
+        "acute-leukaemia line, nucleated red cells per 100 white cells, platelets as a count, artefacts "
+        "excluded, and the count against the lab's target.",
     )
     @action(detail=True, methods=["get"], url_path="differential")
     def differential(self, request: Request, pk: str | None = None) -> Response:
@@ -229,14 +248,85 @@ class SpecimenViewSet(
         specimen = self.get_object()
         diff = specimen_differential(specimen)
         images = list(specimen.images.all())
+        progress = count_progress(diff.white_cells, target_count())
         body = {
             "specimen": specimen.pk,
             **diff.as_dict(),
             "frames": CellAnalysis.objects.filter(image__in=images, status=CellAnalysis.Status.DONE).count(),
             "signed_frames": len(frame_reviews(images)),
+            "target_count": progress.target,
+            "target_reached": progress.reached,
         }
         actions.log_event("specimen.differential", actor=request.user, obj=specimen, request=request, data=body)
         return Response(DifferentialSerializer(body).data)
+
+    @extend_schema(
+        responses={200: SpecimenSummarySerializer, 401: _UNAUTHENTICATED, 403: _FORBIDDEN, 404: _NOT_FOUND},
+        description="The specimen's one conclusion: each frame by consensus (its signed label where signed), the "
+        "referred frames, the pooled differential with the blast percentage, the agreement checks between "
+        "frames and cells (a frame called ALL without blasts, blasts in a frame called Benign: refer), every "
+        "reason to refer, and the sign-off once signed. Decision support only.",
+    )
+    @action(detail=True, methods=["get"], url_path="summary")
+    def summary(self, request: Request, pk: str | None = None) -> Response:
+        if not (request.user.has_perm("analyses.view_cell") and request.user.has_perm("analyses.view_analysis")):
+            raise PermissionDenied("the summary needs analyses.view_analysis and analyses.view_cell")
+        specimen = self.get_object()
+        conclusion = specimen_conclusion(specimen)
+        review = signed_review(specimen)
+        body = {
+            "specimen": specimen.pk,
+            **conclusion.as_dict(),
+            "signed_off": review,
+            "notice": DISCLAIMER,
+        }
+        actions.log_event(
+            "specimen.summary",
+            actor=request.user,
+            obj=specimen,
+            request=request,
+            data={"label": conclusion.label, "checks": [c.code for c in conclusion.checks]},
+        )
+        return Response(SpecimenSummarySerializer(body).data)
+
+    @extend_schema(
+        request=SpecimenSignOffSerializer,
+        responses={
+            201: SpecimenReviewSerializer,
+            400: _INVALID,
+            401: _UNAUTHENTICATED,
+            403: _FORBIDDEN,
+            404: _NOT_FOUND,
+            409: _SIGNED,
+        },
+        description="The reviewer signs the specimen off once, after every frame with a result is signed off: "
+        "agree with the conclusion or set its class, always with an interpretive comment. Needs "
+        "analyses.sign_off_analysis; 409 once signed (a sign-off never changes).",
+    )
+    @action(detail=True, methods=["post"], url_path="sign-off")
+    def sign_off(self, request: Request, pk: str | None = None) -> Response:
+        if not request.user.has_perm("analyses.sign_off_analysis"):
+            raise PermissionDenied("signing off needs analyses.sign_off_analysis")
+        specimen = self.get_object()
+        serializer = SpecimenSignOffSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            review = specimen_actions.sign_off_specimen(
+                request.user,
+                specimen,
+                decision=data["decision"],
+                final_label=data.get("final_label"),
+                comment=data["comment"],
+                request=request,
+            )
+        except DjangoPermissionDenied as exc:
+            raise PermissionDenied(str(exc)) from exc
+        except DjangoValidationError as exc:
+            raise ValidationError({"detail": exc.messages}) from exc
+        except ImmutableError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(SpecimenReviewSerializer(review).data, status=status.HTTP_201_CREATED)
 
     def perform_update(self, serializer: Any) -> None:
         data = dict(serializer.validated_data)
@@ -322,7 +412,8 @@ class ReviewViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
 
 
 class CellViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericViewSet):
-    """Cells the cell model found (filter by ``image`` or ``specimen``); POST ``reclassify`` sets a cell's type."""
+    """Cells the cell model found (filter by ``image`` or ``specimen``); POST ``reclassify`` sets a cell's type;
+    POST adds a cell the model missed."""
 
     serializer_class = CellSerializer
     permission_classes = [CellPermission]
@@ -336,6 +427,27 @@ class CellViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericViewS
             if value and value.isdigit():
                 qs = qs.filter(**{field: int(value)})
         return qs
+
+    @extend_schema(
+        request=AddCellSerializer,
+        responses={201: CellSerializer, 400: _INVALID, 401: _UNAUTHENTICATED, 403: _FORBIDDEN, 409: _SIGNED},
+        description="Add a cell the model missed: its frame, its box [x0, y0, x1, y1] in image pixels and its type. "
+        "It counts in the differential, marked manual. 400 before the frame's cell analysis finished, for a box "
+        "outside the image, too small, or over a cell already counted; 409 once the frame is signed off.",
+    )
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = AddCellSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            cell = specimen_actions.add_cell(request.user, data["image"], data["box"], data["label"], request=request)
+        except DjangoPermissionDenied as exc:
+            raise PermissionDenied(str(exc)) from exc
+        except DjangoValidationError as exc:
+            raise ValidationError({"detail": exc.messages}) from exc
+        except ImmutableError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(CellSerializer(cell).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=ReclassifySerializer, responses={200: CellSerializer})
     @action(detail=True, methods=["post"], url_path="reclassify")

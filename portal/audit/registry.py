@@ -57,6 +57,13 @@ ACTIONS: dict[str, str] = {
     "cell.reclassify_refused": "Cell reclassification refused",
     "specimen.differential": "Viewed the differential",
     "export.differential_csv": "Exported the differential (CSV)",
+    "export.cells_csv": "Exported the cells of a specimen (CSV)",
+    "cell.add": "Added a cell the model missed",
+    "cell.add_refused": "Adding a cell refused",
+    "specimen.summary": "Viewed the specimen summary",
+    "specimen.sign_off": "Signed off specimen",
+    "specimen.sign_off_refused": "Specimen sign-off refused",
+    "export.summary_csv": "Exported the specimen summary (CSV)",
 }
 
 #: Reads: who looked at what (a record, a list, a search, a page made for reading such as the printable

@@ -3,7 +3,8 @@
 Environment: DJANGO_SECRET_KEY, DJANGO_DEBUG (off unless set: `make dev` sets it), DJANGO_ALLOWED_HOSTS,
 DATABASE_URL (default: SQLite in var/portal/), PORTAL_STORAGE_DIR (uploaded images and heatmaps,
 never under a public URL), TORCHSERVE_URL, TORCHSERVE_KEY / TORCHSERVE_WORKDIR, PORTAL_INFERENCE_PROTOCOL,
-PORTAL_MODEL_URLS, PORTAL_MODELS, PORTAL_CELL_MODEL, PORTAL_WORKERS (job worker processes per `manage.py qcluster`).
+PORTAL_MODEL_URLS, PORTAL_MODELS, PORTAL_CELL_MODEL, PORTAL_DIFFERENTIAL_TARGET (white cells counted per specimen:
+100 or 200), PORTAL_WORKERS (job worker processes per `manage.py qcluster`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from core import decode as image_limits
 from core.registry import cell_model_names, model_names
+from portal.analyses.differential import DEFAULT_TARGET_COUNT, TARGET_COUNTS
 from portal.config.env import env_bool, env_int, env_list, env_map, env_str, parse_database_url
 
 REPO_DIR = Path(__file__).resolve().parent.parent.parent
@@ -169,6 +171,10 @@ PORTAL_MODEL_URLS = env_map("PORTAL_MODEL_URLS", {})
 PORTAL_MODELS = env_list("PORTAL_MODELS", model_names())  # default: every registered model
 # The cell model run once per uploaded image (cells, annotated image, differential); "" turns it off.
 PORTAL_CELL_MODEL = env_str("PORTAL_CELL_MODEL", cell_model_names()[0] if cell_model_names() else "")
+# The white cells this lab counts per specimen (portal/analyses/differential.py: 100 or 200).
+PORTAL_DIFFERENTIAL_TARGET = env_int("PORTAL_DIFFERENTIAL_TARGET", DEFAULT_TARGET_COUNT)
+if PORTAL_DIFFERENTIAL_TARGET not in TARGET_COUNTS:
+    raise ImproperlyConfigured(f"PORTAL_DIFFERENTIAL_TARGET must be one of {TARGET_COUNTS}")
 
 # The job queue (portal/jobs.py; django-q2 with its ORM broker in this database). The timings nest:
 # worst job = backoff wait (<= PORTAL_RETRY_MAX_DELAY_S) + connect + read timeout < job timeout <
@@ -222,6 +228,7 @@ SPECTACULAR_SETTINGS = {
         "CellTypeEnum": "portal.analyses.models.CELL_LABEL_CHOICES",
         "ImageDecisionEnum": "portal.analyses.models.ImageReview.Decision",
         "ModelDecisionEnum": "portal.analyses.models.Review.Decision",
+        "SpecimenDecisionEnum": "portal.analyses.models.SpecimenReview.Decision",
         "ReviewedCellTypeEnum": "portal.analyses.models.REVIEWED_LABEL_CHOICES",
     },
 }

@@ -25,7 +25,7 @@ from portal.analyses import storage
 from portal.analyses.differential import ARTEFACT, CATEGORIES, UNCLASSIFIED, differential
 from portal.analyses.inference import CellPrediction, Refusal, ServerError
 from portal.analyses.models import Cell, CellAnalysis, Image, ImmutableError
-from portal.analyses.reports import DIFFERENTIAL_CSV_COLUMNS
+from portal.analyses.reports import CELLS_CSV_COLUMNS, DIFFERENTIAL_CSV_COLUMNS
 from portal.audit.models import AuditEvent
 from tests.portal.conftest import login, smear_paths, validated
 from tests.portal.helpers import complete, png_bytes, uncompressed_pdf
@@ -118,7 +118,7 @@ def test_differential_counts_percentages_and_unclassified() -> None:
     empty = differential([])
     assert empty.white_cells == 0 and all(r.percent == 0.0 for r in empty.white_rows)
     with pytest.raises(ValueError, match="unknown cell labels"):
-        differential([_typed("blast")])
+        differential([_typed("myeloblast")])  # not a type the registry knows
 
 
 # --- jobs and storage -----------------------------------------------------------------------------
@@ -172,7 +172,7 @@ def test_no_white_cell_is_done_with_no_cells_refusal_and_broken_answer(technolog
     assert empty.cells.count() == 0
     refusal = Refusal("not_a_blood_smear", "no smear")
     assert actions.store_cell_outcome(refused.cell_analysis.pk, refusal) == "rejected"
-    bad = [dict(FRAME_B[0], label="blast")]  # a type outside the registry breaks the contract
+    bad = [dict(FRAME_B[0], label="myeloblast")]  # a type outside the registry breaks the contract
     assert actions.store_cell_outcome(broken.cell_analysis.pk, answer(bad)) == "failed"
     job = CellAnalysis.objects.get(image=broken)
     assert "breaks the contract" in job.error_message and not job.annotated_name and broken.cells.count() == 0
@@ -242,10 +242,10 @@ def test_reclassify_is_audited_and_updates_the_differential(
     last = AuditEvent.objects.filter(action="cell.reclassify").order_by("-id").first()
     assert last is not None and (last.data["old"], last.data["new"]) == ("monocyte", "lymphocyte")
     # an unknown type is refused, audited, and changes nothing
-    tech_client.post(f"/cells/{cell.pk}/reclassify/", {"label": "blast"})
+    tech_client.post(f"/cells/{cell.pk}/reclassify/", {"label": "myeloblast"})
     cell.refresh_from_db()
     assert cell.reviewed_label == "lymphocyte"
-    assert AuditEvent.objects.filter(action="cell.reclassify_refused").get().data["new"] == "blast"
+    assert AuditEvent.objects.filter(action="cell.reclassify_refused").get().data["new"] == "myeloblast"
 
 
 def test_permissions(norole: Any, frames: list[Image], specimen: Any, tech_client: Client) -> None:
@@ -308,13 +308,17 @@ def test_exports_include_the_differential(rev_client: Client, frames: list[Image
     response = rev_client.get(f"/specimens/{specimen.pk}/differential.csv")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
     lines = response.content.decode().splitlines()
-    summary = list(csv.DictReader(lines[: lines.index("")]))
+    assert "" not in lines  # one table, one header
+    summary = list(csv.DictReader(lines))
     assert list(summary[0]) == DIFFERENTIAL_CSV_COLUMNS
     by_type = {row["cell_type"]: (int(row["count"]), row["percent_of_white_cells"]) for row in summary}
     assert by_type["neutrophil"] == (1, "25.0") and by_type["eosinophil"] == (1, "25.0")
     assert by_type[UNCLASSIFIED] == (1, "25.0") and by_type["white_cells"] == (4, "100.0")
-    assert by_type["platelet"] == (0, "") and by_type[ARTEFACT] == (0, "")
-    cells = list(csv.DictReader(lines[lines.index("") + 1 :]))
+    assert by_type["platelet"] == (0, "") and by_type[ARTEFACT] == (0, "") and by_type["blast"] == (0, "0.0")
+    cells_csv = rev_client.get(f"/specimens/{specimen.pk}/cells.csv")
+    assert cells_csv.status_code == 200 and cells_csv["Content-Type"].startswith("text/csv")
+    cells = list(csv.DictReader(cells_csv.content.decode().splitlines()))
+    assert list(cells[0]) == CELLS_CSV_COLUMNS
     assert len(cells) == 4 and {c["final_label"] for c in cells} == {
         "neutrophil",
         "lymphocyte",
@@ -383,7 +387,7 @@ def test_api_cells_differential_and_reclassify(
     assert AuditEvent.objects.filter(action="cell.reclassify", actor_username="tech").exists()
     diff = api.get(f"/api/specimens/{specimen.pk}/differential/").json()
     assert (diff["counts"]["monocyte"], diff["counts"][UNCLASSIFIED], diff["reviewed"]) == (1, 0, 1)
-    bad = api.post(url, {"label": "blast"}, content_type="application/json")
+    bad = api.post(url, {"label": "myeloblast"}, content_type="application/json")
     assert bad.status_code == 400
     # no role: refused (and audited as a refused access)
     nobody = _token_client(norole)
@@ -420,10 +424,10 @@ def test_fhir_bundle_has_the_differential(
     bundle = rev_client.get(f"/specimens/{specimen.pk}/fhir.json").json()  # validated by fhir.resources
     resources = [e["resource"] for e in bundle["entry"]]
     diff = {r["id"]: r for r in resources if r["id"].startswith("differential-")}
-    expected = ("white-cells", "neutrophil", "lymphocyte", UNCLASSIFIED)
+    expected = ("white-cells", "neutrophil", "lymphocyte", UNCLASSIFIED, "blast")  # blasts: even at 0%
     assert set(diff) == {f"differential-{specimen.pk}-{t}" for t in expected}
     neutrophil = diff[f"differential-{specimen.pk}-neutrophil"]
-    assert neutrophil["valueQuantity"]["value"] == 2 and neutrophil["component"][0]["valueQuantity"]["value"] == 50.0
+    assert neutrophil["valueQuantity"]["value"] == 50.0 and neutrophil["component"][0]["valueQuantity"]["value"] == 2
     assert neutrophil["status"] == "preliminary"
     assert any(r["resourceType"] == "Device" and r["deviceName"][0]["name"] == "wbc_cells" for r in resources)
     report = next(r for r in resources if r["resourceType"] == "DiagnosticReport")

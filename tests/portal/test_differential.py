@@ -71,6 +71,7 @@ def test_denominator_is_the_white_cells_only() -> None:
     body = diff.as_dict()
     assert body["counts"] == {c: rows[c].count for c in CATEGORIES}
     assert body["percent_of_white_cells"] == {
+        "blast": 0.0,
         "basophil": 0.0,
         "eosinophil": 0.0,
         "ig": 0.0,
@@ -126,7 +127,7 @@ def frame(technologist: Any, specimen: Any) -> Image:
 
 def _csv_summary(client: Client, specimen: Any) -> dict[str, dict[str, str]]:
     lines = client.get(f"/specimens/{specimen.pk}/differential.csv").content.decode().splitlines()
-    return {row["cell_type"]: row for row in csv.DictReader(lines[: lines.index("")])}
+    return {row["cell_type"]: row for row in csv.DictReader(lines)}
 
 
 def _fhir(client: Client, specimen: Any) -> dict[str, dict[str, Any]]:
@@ -167,11 +168,19 @@ def test_every_view_reports_white_cell_percentages_nrbc_and_platelets(
     assert (summary[PLATELET]["count"], summary[PLATELET]["percent_of_white_cells"]) == ("1", "")
 
     fhir = _fhir(rev_client, specimen)
-    assert set(fhir) == {"white-cells", "neutrophil", "lymphocyte", UNCLASSIFIED, NRBC, PLATELET}
+    assert set(fhir) == {"white-cells", "neutrophil", "lymphocyte", UNCLASSIFIED, NRBC, PLATELET, "blast"}
     assert fhir["white-cells"]["valueQuantity"]["value"] == 4 and "component" not in fhir["white-cells"]
-    neutrophil = fhir["neutrophil"]["component"][0]
-    assert neutrophil["valueQuantity"]["value"] == 50.0 and neutrophil["valueQuantity"]["unit"] == "%"
-    assert "percent of 4 white cells" in neutrophil["code"]["text"]
+    assert fhir["white-cells"]["code"]["coding"][0]["code"] == "11282-1"  # Cells Counted Total [#] in Blood
+    neutrophil = fhir["neutrophil"]
+    assert neutrophil["valueQuantity"]["value"] == 50.0 and neutrophil["valueQuantity"]["code"] == "%"
+    assert neutrophil["code"]["coding"] == [
+        {"system": "http://loinc.org", "code": "26511-6", "display": "Neutrophils/100 leukocytes in Blood"}
+    ]
+    count = neutrophil["component"][0]
+    assert count["valueQuantity"]["value"] == 2 and "of 4 white cells" in count["code"]["text"]
+    assert [c["valueQuantity"]["value"] for c in neutrophil["component"][1:]] == [15.0, 85.0]  # Wilson 2 of 4
+    assert fhir["blast"]["valueQuantity"]["value"] == 0.0 and fhir["blast"]["code"]["coding"][0]["code"] == "26446-5"
+    assert "coding" not in fhir[UNCLASSIFIED]["code"] and "coding" not in fhir[NRBC]["code"]  # no verified code
     nrbc = fhir[NRBC]
     assert nrbc["valueQuantity"]["value"] == 1
     assert [c["valueQuantity"]["code"] for c in nrbc["component"]] == ["/100{WBCs}"]
@@ -222,7 +231,7 @@ def test_reclassify_as_artefact_is_audited_excluded_and_locked(
     fhir = _fhir(rev_client, specimen)
     assert ARTEFACT not in fhir and fhir["white-cells"]["valueQuantity"]["value"] == 3
     assert "Excluded: 1" in fhir["white-cells"]["note"][0]["text"]
-    assert fhir["neutrophil"]["component"][0]["valueQuantity"]["value"] == 33.3
+    assert fhir["neutrophil"]["valueQuantity"]["value"] == 33.3
     api = _token_client(technologist)
     body = api.get(f"/api/specimens/{specimen.pk}/differential/").json()
     assert (body["white_cells"], body["excluded"], body["reviewed"], body["counts"][ARTEFACT]) == (3, 1, 1, 1)

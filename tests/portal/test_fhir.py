@@ -11,7 +11,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
 
-from portal import actions
+from portal import actions, specimen_actions
 from portal.analyses.validation import validate_image_bytes
 from portal.audit.models import AuditEvent
 from tests.portal.conftest import smear_paths
@@ -72,9 +72,20 @@ def test_preliminary_then_final_after_sign_off(
     final = json.loads(download.content)
     Bundle.model_validate(final)
     (report,) = _resources(final, "DiagnosticReport")
+    # the frame is signed, the specimen not yet: the report stays preliminary, its conclusion says why
+    assert report["status"] == "preliminary" and "Specimen conclusion (not signed off)" in report["conclusion"]
+    assert "has no cell analysis to show a blast" in report["conclusion"]  # an agreement check refers it
+    specimen_actions.sign_off_specimen(
+        reviewer, specimen, decision="reclassify", final_label="Pro", comment="Pro-B ALL; flow cytometry advised."
+    )
+    final = rev_client.get(f"/specimens/{specimen.pk}/fhir.json").json()
+    Bundle.model_validate(final)
+    (report,) = _resources(final, "DiagnosticReport")
     assert report["status"] == "final" and report["resultsInterpreter"] == [
         {"reference": "Practitioner/practitioner-rev"}
     ]
+    assert "Specimen signed off by rev" in report["conclusion"] and "Pro-B ALL (set the class)" in report["conclusion"]
+    assert "Interpretation: Pro-B ALL; flow cytometry advised." in report["conclusion"]
     assert {o["status"] for o in _resources(final, "Observation")} == {"final"}
     codes = {o["id"]: o["valueCodeableConcept"]["coding"][0]["code"] for o in _resources(final, "Observation")}
     image_result = next(o for o in _resources(final, "Observation") if o["id"].startswith("image-"))
@@ -84,7 +95,7 @@ def test_preliminary_then_final_after_sign_off(
     # the models' observations stay what each model said (the evidence the reviewer overruled)
     assert codes[f"analysis-{analyses[0].pk}"] == "Pre" and codes[f"analysis-{analyses[2].pk}"] == "refer"
     assert "Pro, signed off by rev" in report["conclusion"]
-    assert AuditEvent.objects.filter(action="export.fhir").count() == 2
+    assert AuditEvent.objects.filter(action="export.fhir").count() == 3
 
 
 def test_fhir_export_needs_the_export_permission(tech_client: Client, specimen: Any) -> None:
