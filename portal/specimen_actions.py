@@ -115,7 +115,8 @@ def _add_cell(actor: User, image: Image, box: Any, label: str, request: HttpRequ
         for other in Cell.objects.filter(image=image).exclude(reviewed_label="artefact"):
             if _overlap(values, other.box) > MAX_OVERLAP:
                 raise ValidationError(
-                    f"the box lies over cell #{other.index + 1} ({other.final_label}), already counted: reclassify it instead"
+                    f"the box lies over cell #{other.index + 1} ({other.final_label}), already counted: "
+                    "reclassify it instead"
                 )
         index = (Cell.objects.filter(cell_analysis=job).aggregate(n=Max("index"))["n"] or 0) + 1
         x0, y0, x1, y1 = values
