@@ -56,6 +56,12 @@ ACTIONS: dict[str, str] = {
     "cell.reclassify_refused": "Cell reclassification refused",
     "specimen.differential": "Viewed the differential",
     "export.differential_csv": "Exported the differential (CSV)",
+    "dataset.export": "Exported the lab's confirmed data (training dataset)",
+    "model.promote": "Promoted a model version (made it the default)",
+    "model.rollback": "Rolled a model back to its previous version",
+    "model.switch_refused": "Model promotion or rollback refused",
+    "model.list": "Viewed the models and their versions",
+    "model.drift": "Viewed the drift watch",
 }
 
 

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "portal.audit",
     "portal.patients",
     "portal.analyses",
+    "portal.models_registry",
 ]
 
 MIDDLEWARE = [
