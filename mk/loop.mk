@@ -18,7 +18,7 @@ gate: setup
 
 promote: setup
 	@test -n "$(VERSION)" || { echo "make promote MODEL=<name> VERSION=<version>"; exit 2; }
-	$(PY) portal/manage.py promote_model --model $(MODEL) --version $(VERSION) --by "$(BY)"
+	$(PY) portal/manage.py promote_model --model $(MODEL) --model-version $(VERSION) --by "$(BY)"
 
 rollback: setup
 	$(PY) portal/manage.py rollback_model --model $(MODEL) --by "$(BY)"

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,19 +237,19 @@ def switch_default(
         )
 
 
-def restore(server: ServerInfo, models: Sequence[str] | None = None, root: Path | None = None) -> list[str]:
+def restore(server: ServerInfo, model_store: str | os.PathLike[str], root: Path | None = None) -> list[str]:
     """After a TorchServe start: load each promoted default (and the version rollback returns to) and make
     it the default again. Returns ``model=version`` for every switch made."""
     done = []
-    for model in models or server.models:
-        versions = Versions.of(model, root, Path(server.workdir).parent / "model_store")
+    for model in server.models:
+        versions = Versions.of(model, root, Path(model_store))
         if not (versions.root / RECORD_FILE).is_file():
             continue
         default, previous = versions.default_version(), versions.previous_version()
         if default == versions.base_version():
             continue
         url, headers = _management(server)
-        if previous and previous not in served_versions(model, url) and versions.archive(previous).is_file():
+        if previous and previous not in served_versions(model, server) and versions.archive(previous).is_file():
             _register(versions, previous, url, headers)
         switch_default(versions, default, server)
         done.append(f"{model}={default}")

@@ -94,6 +94,9 @@ def summarise(answers: Sequence[dict[str, Any]], frames: Sequence[Frame]) -> dic
         f1s.append(2 * tp / denom if denom else 0.0)
     conf = probs.max(1)
     sel = admitted
+    answered_idx = np.array([i for i, lab in enumerate(labels) if admitted[i] and lab is not None], dtype=int)
+    answered = admitted & np.array([lab is not None for lab in labels])
+    answered_labels = np.array([labels[i] for i in answered_idx], dtype=object)
     return {
         "frames": len(frames),
         "admitted": int(admitted.sum()),
@@ -107,6 +110,15 @@ def summarise(answers: Sequence[dict[str, Any]], frames: Sequence[Frame]) -> dic
         "malignancy_sensitivity": round(float(1 - missed.sum() / max(1, malignant.sum())), 5),
         "ece": round(_ece(conf[sel], (top[sel] == truth[sel]).astype(float)), 5) if sel.any() else 0.0,
         "malignant_as_benign": [frames[i].sha256 for i in np.flatnonzero(missed)],
+        # the drift watch's baseline (portal.models_registry.drift): what the version answers on these frames
+        "class_mix": {
+            c: round(float(np.mean(answered_labels == c)), 5) if answered.any() else 0.0 for c in CLASS_NAMES
+        },
+        "mean_confidence": round(float(conf[sel].mean()), 5) if sel.any() else 0.0,
+        "confidence_sd": round(float(conf[sel].std()), 5) if sel.any() else 0.0,
+        "accepted_accuracy": round(float(np.mean(answered_labels == np.array(CLASS_NAMES)[truth[answered_idx]])), 5)
+        if answered.any()
+        else 0.0,
     }
 
 
