@@ -226,7 +226,7 @@ def switch_default(
 ) -> None:
     """Make ``version`` TorchServe's default for the model, registering it first when it is not loaded."""
     url, headers = _management(server, workdir)
-    if version not in served_versions(versions.model, url, workdir):
+    if version not in served_versions(versions.model, server, workdir):
         if version == versions.base_version():
             raise PromotionError(f"TorchServe does not serve the base version {versions.model} {version}")
         _register(versions, version, url, headers)
