@@ -208,7 +208,7 @@ def _register(versions: Versions, version: str, url: str, headers: dict) -> None
     archive = versions.archive(version).resolve()
     r = requests.post(
         f"{url}/models",
-        params={"url": archive.as_uri(), "initial_workers": 1, "synchronous": "true"},
+        params={"url": archive.as_uri(), "initial_workers": "1", "synchronous": "true"},
         headers=headers,
         timeout=300,
     )

@@ -109,7 +109,7 @@ def summarise(answers: Sequence[dict[str, Any]], frames: Sequence[Frame]) -> dic
         "malignant_frames": int(malignant.sum()),
         "malignancy_sensitivity": round(float(1 - missed.sum() / max(1, malignant.sum())), 5),
         "ece": round(_ece(conf[sel], (top[sel] == truth[sel]).astype(float)), 5) if sel.any() else 0.0,
-        "malignant_as_benign": [frames[i].sha256 for i in np.flatnonzero(missed)],
+        "malignant_as_benign": [frames[int(i)].sha256 for i in np.flatnonzero(missed)],
         # the drift watch's baseline (portal.models_registry.drift): what the version answers on these frames
         "class_mix": {
             c: round(float(np.mean(answered_labels == c)), 5) if answered.any() else 0.0 for c in CLASS_NAMES
