@@ -15,7 +15,7 @@ from portal.models_registry.registry import models_overview
 __all__ = ["ModelsView"]
 
 
-class _GateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class GateReportSerializer(serializers.Serializer):  # type: ignore[type-arg]
     passed = serializers.BooleanField()
     report = serializers.CharField()
     finished = serializers.CharField(allow_null=True)
@@ -24,26 +24,26 @@ class _GateSerializer(serializers.Serializer):  # type: ignore[type-arg]
     candidate_metrics = serializers.DictField()
 
 
-class _VersionSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class ModelVersionSerializer(serializers.Serializer):  # type: ignore[type-arg]
     version = serializers.CharField()
     shipped = serializers.BooleanField()
     default = serializers.BooleanField()
     loaded = serializers.BooleanField(allow_null=True, help_text="TorchServe has it loaded (null: not running)")
     card = serializers.DictField(allow_null=True)
-    gate = _GateSerializer(allow_null=True)
+    gate = GateReportSerializer(allow_null=True)
 
 
-class ModelSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class ServedModelSerializer(serializers.Serializer):  # type: ignore[type-arg]
     name = serializers.CharField()
     kind = serializers.ChoiceField(choices=["frames", "cells"])
     default_version = serializers.CharField()
     previous_version = serializers.CharField(allow_null=True, help_text="what a rollback returns to")
     loaded_versions = serializers.ListField(child=serializers.CharField(), allow_null=True)
-    versions = _VersionSerializer(many=True)
+    versions = ModelVersionSerializer(many=True)
     history = serializers.ListField(child=serializers.DictField(), help_text="promotions and rollbacks")
 
 
-class _ErrorSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class ModelsErrorSerializer(serializers.Serializer):  # type: ignore[type-arg]
     detail = serializers.CharField()
 
 
@@ -52,9 +52,9 @@ class ModelsView(APIView):
 
     @extend_schema(
         responses={
-            200: ModelSerializer(many=True),
-            401: OpenApiResponse(_ErrorSerializer, description="not authenticated"),
-            403: OpenApiResponse(_ErrorSerializer, description="not allowed"),
+            200: ServedModelSerializer(many=True),
+            401: OpenApiResponse(ModelsErrorSerializer, description="not authenticated"),
+            403: OpenApiResponse(ModelsErrorSerializer, description="not allowed"),
         },
         description="Each model the portal uses: its versions (shipped, candidates), the default TorchServe answers "
         "with, the versions TorchServe has loaded, each version's card summary and gate report, and the promotion "
@@ -62,4 +62,4 @@ class ModelsView(APIView):
     )
     def get(self, request: Request) -> Response:
         record("model.list", request=request)
-        return Response(ModelSerializer(models_overview(), many=True).data)
+        return Response(ServedModelSerializer(models_overview(), many=True).data)
