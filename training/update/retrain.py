@@ -78,7 +78,9 @@ def feature_maps(model: HybridClassifier, frames: Sequence[Frame], device: str, 
     for i in range(0, len(frames), 32):
         x = torch.stack([transform(Image.open(f.path).convert("RGB")) for f in frames[i : i + 32]]).to(device)
         out.append(model.forward_cnn(x).half().cpu())
-    log(f"feature maps of {len(frames)} frames in {time.time() - t0:.1f} s")
+        done = min(i + 32, len(frames))
+        if done % 320 == 0 or done == len(frames):
+            log(f"feature maps: {done}/{len(frames)} frames, {time.time() - t0:.0f} s")
     return torch.cat(out)
 
 
