@@ -12,9 +12,11 @@ model: a promoted version is registered next to the base through the management 
 key), from a ``file://`` URL that ``allowed_urls`` admits only under ``model_versions/<model>/``, and made the
 default with ``PUT /models/<model>/<version>/set-default``; ``/predictions/<model>`` and
 ``/explanations/<model>`` then answer with it, and each answer names its version. The previous default stays
-loaded, so rollback is one ``set-default``. TorchServe copies a URL-registered archive into its model store;
-the copy is removed at once (the store must hold only the shipped ``<model>.mar`` files, which ``make serve``
-loads by file name): the worker runs from the archive TorchServe unpacked into its working directory.
+loaded, so rollback is one ``set-default``. A version stays loaded until TorchServe stops (one worker each);
+a start loads the shipped version, the promoted default and the rollback target. TorchServe copies a
+URL-registered archive into its model store; the copy is removed at once (the store must hold only the
+shipped ``<model>.mar`` files, which ``make serve`` loads by file name): the worker runs from the archive
+TorchServe unpacked into its working directory.
 
 Promotion and rollback are refused unless the target version has a passed gate report (the base version's
 release evidence is its model card: rollback to it needs none). :func:`restore` re-applies the record after a
@@ -49,7 +51,8 @@ RECORD_FILE = "promotions.json"
 
 
 def versions_root() -> Path:
-    """Where candidate archives, gate reports and promotion records live."""
+    """Where candidate archives, gate reports and promotion records live (a directory named ``model_versions``:
+    TorchServe's ``allowed_urls`` admits archives only there)."""
     return Path(os.environ.get(VERSIONS_ENV) or REPO / "var" / "model_versions")
 
 
@@ -206,6 +209,8 @@ def served_versions(
 
 def _register(versions: Versions, version: str, url: str, headers: dict) -> None:
     archive = versions.archive(version).resolve()
+    if archive.parent.parent.name != "model_versions":  # what allowed_urls admits (config.properties)
+        raise PromotionError(f"{archive}: TorchServe loads versions only from a directory named model_versions")
     r = requests.post(
         f"{url}/models",
         params={"url": archive.as_uri(), "initial_workers": "1", "synchronous": "true"},
