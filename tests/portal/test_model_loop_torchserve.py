@@ -4,7 +4,8 @@ sign-offs of real frames through real jobs -> ``export_dataset`` -> ``training.u
 on a small part of the original data) -> the gate refuses a deliberately worse candidate (the good one's head with
 the Benign and Pro rows swapped), and promotion of it is refused -> the gate passes the retrained candidate ->
 promotion under load (requests in flight the whole time, analyses queued before it) -> new results carry the new
-version, nothing lost -> rollback under load -> the old version again. Run it under the heavy lock
+version, nothing lost -> TorchServe restarted: the promoted default restored -> rollback under load -> the old
+version again. Run it under the heavy lock
 (``flock /tmp/heavy.lock``); about 5 minutes on 2 cores.
 """
 
@@ -29,7 +30,7 @@ from portal.analyses.inference import ModelClient, Prediction
 from portal.analyses.models import Analysis
 from portal.audit.models import AuditEvent
 from serving.torchserve import free_ports, start, stop
-from serving.versions import VERSIONS_ENV, Versions
+from serving.versions import VERSIONS_ENV, Versions, restore
 from tests.portal.conftest import smear_paths, validated
 
 pytestmark = [pytest.mark.django_db, pytest.mark.integration, pytest.mark.slow]
@@ -52,10 +53,11 @@ def loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: Any) -> Iter
     settings.TORCHSERVE_KEY = ""
     settings.PORTAL_MODELS = [MODEL]
     settings.PORTAL_MODEL_STORE = store
+    state = {"info": info, "store": store, "tmp": tmp_path, "versions": Versions.of(MODEL, model_store=store)}
     try:
-        yield {"info": info, "store": store, "tmp": tmp_path, "versions": Versions.of(MODEL, model_store=store)}
+        yield state
     finally:
-        stop(info=info)
+        stop(info=state["info"])
 
 
 def _training(module: str, loop: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
@@ -177,7 +179,20 @@ def test_sign_offs_to_dataset_to_gated_promotion_and_rollback(
     assert not any(p.name != f"{MODEL}.mar" for p in loop["store"].glob("*.mar"))  # TorchServe's copy removed
     entry = next(m for m in tech_client.get("/api/models/").json() if m["name"] == MODEL)
     assert entry["default_version"] == good and set(entry["loaded_versions"]) == {shipped, good}
-    # 7. rollback under load: one step back to the shipped version
+    # 7. TorchServe restarted (as make run does after a crash): the promoted default is restored
+    info = loop["info"]
+    ports = {
+        **free_ports(),
+        "inference": int(info.inference_url.rsplit(":", 1)[1]),
+        "management": int(info.management_url.rsplit(":", 1)[1]),
+        "metrics": int(info.metrics_url.rsplit(":", 1)[1]),
+    }
+    stop(info=info)
+    loop["info"] = start(loop["store"], [MODEL], workdir=info.workdir, ports=ports, torch_threads=1)
+    assert restore(loop["info"], loop["store"]) == [f"{MODEL}={good}"]
+    (restarted,) = _upload_and_run(technologist, specimen, smear_paths(18)[17:18])
+    assert restarted.status == "done" and restarted.model_version == good
+    # 8. rollback under load: one step back to the shipped version
     with Load(frames[1].read_bytes()) as load:
         call_command("rollback_model", model=MODEL, by=admin_user.username)
         while load.versions[-1:] != [shipped] and not load.errors:
