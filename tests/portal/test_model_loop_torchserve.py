@@ -5,8 +5,7 @@ on a small part of the original data) -> the gate refuses a deliberately worse c
 the Benign and Pro rows swapped), and promotion of it is refused -> the gate passes the retrained candidate ->
 promotion under load (requests in flight the whole time, analyses queued before it) -> new results carry the new
 version, nothing lost -> TorchServe restarted: the promoted default restored -> rollback under load -> the old
-version again. Run it under the heavy lock
-(``flock /tmp/heavy.lock``); about 5 minutes on 2 cores.
+version again. Run it under the heavy lock (``flock /tmp/heavy.lock``); about 2 minutes on 2 cores.
 """
 
 from __future__ import annotations
