@@ -170,6 +170,8 @@ PORTAL_MODEL_URLS = env_map("PORTAL_MODEL_URLS", {})
 PORTAL_MODELS = env_list("PORTAL_MODELS", model_names())  # default: every registered model
 # The cell model run once per uploaded image (cells, annotated image, differential); "" turns it off.
 PORTAL_CELL_MODEL = env_str("PORTAL_CELL_MODEL", cell_model_names()[0] if cell_model_names() else "")
+# The shipped archives and cards (the base versions of the update loop: portal/models_registry, docs/model_updates.md).
+PORTAL_MODEL_STORE = Path(env_str("PORTAL_MODEL_STORE", str(REPO_DIR / "model_store")))
 
 # The job queue (portal/jobs.py; django-q2 with its ORM broker in this database). The timings nest:
 # worst job = backoff wait (<= PORTAL_RETRY_MAX_DELAY_S) + connect + read timeout < job timeout <

@@ -15,14 +15,14 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from portal.audit.log import record
-from serving.torchserve import REPO, status
+from serving.torchserve import status
 from serving.versions import PromotionError, Versions, switch_default
 
 __all__ = ["PromotionError", "model_store", "promote", "rollback", "versions_of"]
 
 
 def model_store() -> Path:
-    return Path(getattr(settings, "PORTAL_MODEL_STORE", REPO / "model_store"))
+    return Path(settings.PORTAL_MODEL_STORE)
 
 
 def versions_of(model: str) -> Versions:
