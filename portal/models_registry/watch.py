@@ -50,18 +50,14 @@ def baselines(models: list[str]) -> dict[tuple[str, str], Baseline]:
             continue
         for version in known:
             report = versions.report(version)
-            if report is not None:
-                out[(model, version)] = baseline_from_metrics(
-                    report["candidate"]["metrics"],
-                    f"gate report {versions.report_path(version).name} (locked test set)",
-                )
-                served = report["served"]
-                out.setdefault(
-                    (model, served["version"]),
-                    baseline_from_metrics(
-                        served["metrics"], f"gate report {versions.report_path(version).name}, served side"
-                    ),
-                )
+            if report is None:
+                continue
+            source = f"gate report {versions.report_path(version).name}"
+            sides = [(version, report["candidate"]["metrics"], f"{source} (locked test set)")]
+            sides.append((report["served"]["version"], report["served"]["metrics"], f"{source}, served side"))
+            for v, metrics, text in sides:
+                if "abstention_rate" in metrics:  # else the card's numbers (below)
+                    out.setdefault((model, v), baseline_from_metrics(metrics, text))
         for version in known:
             card = versions.card(version)
             if (model, version) not in out and card is not None:

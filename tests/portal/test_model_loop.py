@@ -126,7 +126,9 @@ def _candidate(versions: Versions, version: str, passed: bool | None) -> None:
             "passed": passed,
             "served": {"version": versions.base_version(), "metrics": {}},
             "candidate": {"version": version, "metrics": {}},
-            "criteria": [{"name": "macro_f1_max_drop", "value": 0.9, "limit": ">= 0.95", "passed": passed}],
+            "criteria": [
+                {"name": "macro_f1_max_drop", "value": 0.951 if passed else 0.9, "limit": ">= 0.945", "passed": passed}
+            ],
             "finished": "2026-12-07T00:00:00Z",
         }
         versions.report_path(version).write_text(json.dumps(report))
