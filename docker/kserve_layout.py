@@ -40,6 +40,8 @@ OVERRIDES = {
     "metrics_address": "http://127.0.0.1:8082",
     "enable_envvars_config": "true",
     "disable_token_authorization": "true",
+    # no register/delete under KServe (tokens are off there): versions change by rolling out the InferenceService
+    "enable_model_api": "false",
     "model_store": f"{KSERVE_MOUNT}/model-store",
     "allowed_urls": f"^file://{KSERVE_MOUNT}/model-store/[A-Za-z0-9_]+\\\\.mar$",
 }

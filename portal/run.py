@@ -48,6 +48,17 @@ MAX_RESTART_PAUSE_S = 30.0
 __all__ = ["Child", "main"]
 
 
+def _restore_promotions(served: Any, model_store: Path) -> None:
+    """Make each promoted version the default again after a start (serving.versions; make promote/rollback)."""
+    from serving.versions import PromotionError, restore
+
+    try:
+        for switched in restore(served, model_store):
+            _log(f"promoted version restored: {switched}")
+    except (PromotionError, OSError, ValueError) as exc:
+        _log(f"promoted versions not restored; the shipped versions serve: {exc}")
+
+
 def _log(msg: str) -> None:
     print(f"portal: {msg}", file=sys.stderr, flush=True)
 
@@ -172,7 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def start_torchserve() -> ServerInfo | None:
         try:
             ports = consecutive_ports(args.torchserve_port) if args.torchserve_port else None
-            return start(args.model_store, workdir=args.torchserve_workdir, ports=ports)
+            served = start(args.model_store, workdir=args.torchserve_workdir, ports=ports)
+            _restore_promotions(served, args.model_store)
+            return served
         except ServeError as exc:
             _log(f"TorchServe did not start; uploads wait until it does.\n{exc}")
             return None

@@ -416,6 +416,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ServeError as exc:
             print(f"TorchServe did not start: {exc}", file=sys.stderr)
             return 1
+        from serving.versions import PromotionError, restore  # the promoted defaults (make promote / rollback)
+
+        try:
+            for switched in restore(info, args.model_store):
+                print(f"promoted version restored: {switched}")
+        except (PromotionError, OSError, ValueError, requests.RequestException) as exc:
+            print(f"promoted versions not restored, the shipped versions serve: {exc}", file=sys.stderr)
         print(f"TorchServe ready in {info.ready_s:.1f} s: {', '.join(info.models)}")
         print(f"  inference  {info.inference_url}   (Authorization: Bearer <inference key>)")
         print(f"  management {info.management_url}   metrics {info.metrics_url}/metrics")

@@ -5,6 +5,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.routers import DefaultRouter
 
 from portal.api import views
+from portal.models_registry.api import ModelsView
 
 
 class _Router(DefaultRouter):
@@ -32,5 +33,6 @@ urlpatterns = [
         login_required(SpectacularSwaggerView.as_view(url_name="api:schema", permission_classes=[IsAuthenticated])),
         name="docs",
     ),
+    path("models/", ModelsView.as_view(), name="models"),
     path("", include(router.urls)),
 ]

@@ -64,6 +64,12 @@ ACTIONS: dict[str, str] = {
     "specimen.sign_off": "Signed off specimen",
     "specimen.sign_off_refused": "Specimen sign-off refused",
     "export.summary_csv": "Exported the specimen summary (CSV)",
+    "dataset.export": "Exported the lab's confirmed data (training dataset)",
+    "model.promote": "Promoted a model version (made it the default)",
+    "model.rollback": "Rolled a model back to its previous version",
+    "model.switch_refused": "Model promotion or rollback refused",
+    "model.list": "Viewed the models and their versions",
+    "model.drift": "Viewed the drift watch",
 }
 
 #: Reads: who looked at what (a record, a list, a search, a page made for reading such as the printable

@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "portal.audit",
     "portal.patients",
     "portal.analyses",
+    "portal.models_registry",
 ]
 
 MIDDLEWARE = [
@@ -175,6 +176,8 @@ PORTAL_CELL_MODEL = env_str("PORTAL_CELL_MODEL", cell_model_names()[0] if cell_m
 PORTAL_DIFFERENTIAL_TARGET = env_int("PORTAL_DIFFERENTIAL_TARGET", DEFAULT_TARGET_COUNT)
 if PORTAL_DIFFERENTIAL_TARGET not in TARGET_COUNTS:
     raise ImproperlyConfigured(f"PORTAL_DIFFERENTIAL_TARGET must be one of {TARGET_COUNTS}")
+# The shipped archives and cards (the base versions of the update loop: portal/models_registry, docs/model_updates.md).
+PORTAL_MODEL_STORE = Path(env_str("PORTAL_MODEL_STORE", str(REPO_DIR / "model_store")))
 
 # The job queue (portal/jobs.py; django-q2 with its ORM broker in this database). The timings nest:
 # worst job = backoff wait (<= PORTAL_RETRY_MAX_DELAY_S) + connect + read timeout < job timeout <

@@ -24,6 +24,7 @@ urlpatterns = [
     path("patients/", include("portal.patients.urls")),
     path("accounts/", include("portal.accounts.urls")),
     path("audit/", include("portal.audit.urls")),
+    path("models/", include("portal.models_registry.urls")),
     path("api/", include("portal.api.urls")),
     path("admin/", admin.site.urls),
 ]

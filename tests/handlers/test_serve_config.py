@@ -21,11 +21,13 @@ def test_shipped_config_is_hardened() -> None:
         assert p[key].startswith("http://127.0.0.1:"), key
     assert p["grpc_inference_address"] == p["grpc_management_address"] == "127.0.0.1"
     assert p["disable_token_authorization"] == "false"
-    assert p["enable_model_api"] == "false"
+    # register/delete only for the update loop's promotions: loopback, management key, local archives only
+    assert p["enable_model_api"] == "true"
     assert p["enable_envvars_config"] == "false"
     assert p["limit_max_image_pixels"] == "true"
     assert p["metrics_mode"] == "prometheus"
     assert "model_store" in p["allowed_urls"] and "http" not in p["allowed_urls"]
+    assert all(u.startswith("^file:///") for u in p["allowed_urls"].split(","))
     assert int(p["default_workers_per_model"]) == 1
     per_model = json.loads(p["models"])
     assert set(per_model) == set(served_model_names())

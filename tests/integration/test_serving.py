@@ -254,13 +254,22 @@ def test_every_listener_is_loopback_only(torchserve: ServerInfo) -> None:
             pass
 
 
-def test_registering_or_deleting_models_is_refused(torchserve: ServerInfo) -> None:
+def test_registering_or_deleting_models_needs_the_key_and_a_local_archive(torchserve: ServerInfo) -> None:
+    """The model API is on for the update loop (serving.versions): remote URLs and local files outside the model
+    store and the versions store are refused, and nothing registers or deletes without the management key."""
     mgmt = torchserve.management_url
-    for url in ("https://example.com/evil.mar", "file:///etc/passwd"):
+    for url in (
+        "https://example.com/evil.mar",
+        "file:///etc/passwd",
+        "file:///tmp/model_versions/evil/../../etc/evil-1.mar",
+        "file:///tmp/elsewhere/xception_bigru.mar",
+    ):
         r = requests.post(f"{mgmt}/models", params={"url": url}, headers=torchserve.auth("management"), timeout=10)
-        assert r.status_code == 405, r.text
-    r = requests.delete(f"{mgmt}/models/{CHEAP_MODEL}", headers=torchserve.auth("management"), timeout=10)
-    assert r.status_code == 405
+        assert r.status_code in (400, 404), r.text
+    r = requests.post(f"{mgmt}/models", params={"url": f"{CHEAP_MODEL}.mar"}, timeout=10)  # no key
+    assert r.status_code == 400 and r.json()["type"] == "InvalidKeyException", r.text
+    r = requests.delete(f"{mgmt}/models/{CHEAP_MODEL}", headers=torchserve.auth("inference"), timeout=10)
+    assert r.status_code == 400 and r.json()["type"] == "InvalidKeyException", r.text
     assert _worker_pids(torchserve, CHEAP_MODEL)
 
 

@@ -1,0 +1,24 @@
+# The model update loop (docs/model_updates.md): the lab's sign-offs -> a dataset -> a candidate version -> the gate
+# against the served version on the locked test set -> promotion (TorchServe's default version) -> rollback.
+# State lives in var/ (datasets, candidate archives, gate reports, the promotion record; LEUKEMIA_MODEL_VERSIONS).
+VERSION ?=
+RETRAIN_ARGS ?=
+BY ?= $(USER)
+
+.PHONY: dataset retrain gate promote rollback
+
+dataset: setup
+	$(PY) portal/manage.py export_dataset
+
+retrain: setup
+	$(PY) -m training.update.retrain --model $(MODEL) --threads $(THREADS) $(if $(filter cuda,$(DEVICE)),--device cuda) $(RETRAIN_ARGS)
+
+gate: setup
+	$(PY) -m training.update.gate --model $(MODEL) $(if $(VERSION),--version $(VERSION))
+
+promote: setup
+	@test -n "$(VERSION)" || { echo "make promote MODEL=<name> VERSION=<version>"; exit 2; }
+	$(PY) portal/manage.py promote_model --model $(MODEL) --model-version $(VERSION) --by "$(BY)"
+
+rollback: setup
+	$(PY) portal/manage.py rollback_model --model $(MODEL) --by "$(BY)"

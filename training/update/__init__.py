@@ -1,0 +1,4 @@
+"""The model update loop's training side: the lab's data (:mod:`.lab_data`), a candidate version trained from the
+served weights (:mod:`.retrain`, ``make retrain``) and the gate against the served version on a locked test set
+(:mod:`.gate`, ``make gate``). Promotion and rollback are the portal's (``portal.models_registry``), over
+:mod:`serving.versions`."""

@@ -1,0 +1,223 @@
+"""``make retrain MODEL=<frame model>``: a candidate version trained from the served weights on the original
+training data plus the lab's confirmed frames, packed as a versioned archive.
+
+Recipe (the frame models' later stages, bounded on a CPU): the served version's weights are loaded from its
+archive (the promoted default, else the shipped ``model_store/<model>.mar``); the CNN stage stays frozen and
+each training frame's feature map is computed once (the handler's own preprocessing, :func:`training.transforms.
+build_eval_transform`); the token projection, the sequence stage and the head train on them with the shared loop
+(:func:`training.loop.fit`: warm-up then cosine, clipping, a checkpoint per epoch) and the cached recipe's
+geometric augmentation (90-degree rotations and flips of the grids). The lab's frames are repeated
+``--lab-repeat`` times per epoch, so that a few hundred sign-offs weigh against two thousand original frames.
+Frames of the locked test set are never trained on (:mod:`training.update.lab_data`).
+
+The candidate keeps the served version's temperature, abstention and Benign thresholds and smear gate (their
+fitting data, the validation blocks, is now part of the locked test set and may not be fitted on): the gate
+(:mod:`training.update.gate`) checks on the locked set that its calibration and its Benign safety hold with them.
+Its card is the served one with the new version and a ``training.lab_update`` block (base version, dataset,
+recipe, history); its validation metrics are the base version's, the gate report holds the candidate's.
+
+Output: ``<versions root>/<model>/<model>-<version>.mar`` and ``.card.json`` (serving.versions); the version is the
+base's with its last number raised (1.1 -> 1.2). Measured on the 2-core CPU: see docs/model_updates.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from core.registry import get_spec, model_names
+from serving.versions import Versions
+from training import compat  # noqa: F401  (before timm)
+from training.archive import archive_model
+from training.augment import geometric_grid
+from training.loop import Checkpoint, Log, Source, fit, hardware_info, seed_everything
+from training.models import HybridClassifier, load_model, save_model
+from training.transforms import build_eval_transform
+from training.update.lab_data import DATASETS_DIR, Frame, LockedTestSet, latest_dataset, training_frames
+
+__all__ = ["base_archive", "unpack", "feature_maps", "retrain", "pack_candidate", "main"]
+
+
+def base_archive(versions: Versions) -> Path:
+    """The archive of the version served as default now (what a candidate starts from and is gated against)."""
+    default = versions.default_version()
+    if default == versions.base_version():
+        return versions.model_store / f"{versions.model}.mar"
+    return versions.archive(default)
+
+
+def unpack(mar: Path, dest: Path) -> Path:
+    """``model/`` and ``model_card.json`` of an archive into ``dest`` (the layout TorchServe unpacks)."""
+    with zipfile.ZipFile(mar) as z:
+        for name in z.namelist():
+            if (name.startswith("model/") and not name.endswith("/")) or name == "model_card.json":
+                target = dest / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(z.read(name))
+    return dest
+
+
+@torch.no_grad()
+def feature_maps(model: HybridClassifier, frames: Sequence[Frame], device: str, log: Log) -> torch.Tensor:
+    """The frozen CNN stage's maps of every frame (fp16, N x C x H x W)."""
+    transform = build_eval_transform(model.spec)
+    model.eval().to(device)
+    out, t0 = [], time.time()
+    for i in range(0, len(frames), 32):
+        x = torch.stack([transform(Image.open(f.path).convert("RGB")) for f in frames[i : i + 32]]).to(device)
+        out.append(model.forward_cnn(x).half().cpu())
+        done = min(i + 32, len(frames))
+        if done % 320 == 0 or done == len(frames):
+            log(f"feature maps: {done}/{len(frames)} frames, {time.time() - t0:.0f} s")
+    return torch.cat(out)
+
+
+def retrain(
+    model: HybridClassifier,
+    maps: torch.Tensor,
+    labels: torch.Tensor,
+    work: Path,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: str,
+    log: Log,
+) -> dict[str, Any]:
+    """Train token projection, sequence stage and head on the maps (the backbone frozen)."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    params = model.sequence_parameters()
+    opt = torch.optim.AdamW([{"params": params, "base_lr": lr}], lr=lr, weight_decay=0.05)
+    n = len(labels)
+    steps = math.ceil(n / batch_size)
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(seed * 1000 + epoch)
+        order = torch.randperm(n, generator=g)
+        for step in range(steps):
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            k, flip = int(torch.randint(0, 4, (1,), generator=g)), bool(torch.randint(0, 2, (1,), generator=g))
+            yield geometric_grid(maps[idx].float(), k, flip), labels[idx]  # type: ignore[misc]
+
+    def loss(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        x, y = batch
+        logits = model.forward_head(model.forward_sequence(x.to(device)))
+        return F.cross_entropy(logits, y.to(device)), len(y)
+
+    def train_mode() -> None:
+        model.train()
+        model.backbone.eval()
+
+    model.to(device)
+    return fit(
+        model=model,
+        opt=opt,
+        source=Source(steps, batches),
+        loss=loss,
+        epochs=epochs,
+        log=log,
+        clip=params,
+        train_mode=train_mode,
+        checkpoint=Checkpoint(work / "checkpoint.pt"),
+        warmup=min(steps, 10),
+    )
+
+
+def pack_candidate(
+    versions: Versions, model: HybridClassifier, base_card: dict[str, Any], version: str, update: dict[str, Any]
+) -> Path:
+    """Archive ``model`` as ``version`` of the model into the versions store; returns the archive."""
+    card = json.loads(json.dumps(base_card))
+    card["version"] = version
+    card["training"] = {**card["training"], "lab_update": update}
+    with tempfile.TemporaryDirectory(prefix=f"candidate-{versions.model}-") as tmp_str:
+        artifact = Path(tmp_str) / versions.model
+        save_model(model.eval().cpu(), artifact / "model", dtype=torch.float16)
+        (artifact / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        mar = archive_model(artifact, Path(tmp_str) / "out")
+        versions.root.mkdir(parents=True, exist_ok=True)
+        target = versions.archive(version)
+        shutil.move(str(mar), target)
+        versions.card_path(version).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, choices=model_names())
+    ap.add_argument("--dataset", type=Path, default=None, help="a lab dataset directory (default: the newest export)")
+    ap.add_argument("--datasets", type=Path, default=DATASETS_DIR)
+    ap.add_argument("--data", default=None, help="the original data set's root (default ../shared/data/all4/original)")
+    ap.add_argument("--versions", type=Path, default=None, help="versions root (default serving.versions)")
+    ap.add_argument("--model-store", type=Path, default=None)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lab-repeat", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--base-limit", type=int, default=None, help="use every k-th original frame, this many (tests)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    get_spec(args.model)
+    versions = Versions.of(args.model, args.versions, args.model_store)
+    dataset = args.dataset or latest_dataset(args.datasets)
+    locked = LockedTestSet.open(versions.root.parent, args.data, dataset, args.base_limit)
+    base, lab = training_frames(locked, args.data, dataset, args.base_limit)
+    frames = base + lab * max(1, args.lab_repeat)
+    mar = base_archive(versions)
+    base_card = versions.card(versions.default_version()) or {}
+    version = versions.next_version(str(base_card["version"]))
+    with tempfile.TemporaryDirectory(prefix=f"retrain-{args.model}-") as tmp_str:
+        work = Path(tmp_str)
+        log = Log(work / "train.log")
+        log(
+            f"{args.model}: candidate {version} from {mar.name} (v{base_card['version']}); {len(base)} original + "
+            f"{len(lab)} lab frames (x{args.lab_repeat}) from {dataset.name if dataset else 'no lab dataset'}; "
+            f"locked test set {locked.sha256[:12]} ({len(locked.record['items'])} frames) excluded"
+        )
+        model = load_model(unpack(mar, work / "base") / "model")
+        t0 = time.time()
+        maps = feature_maps(model, frames, args.device, log)
+        labels = torch.tensor([f.label for f in frames])
+        result = retrain(model, maps, labels, work, args.epochs, args.lr, args.batch_size, args.seed, args.device, log)
+        wall = time.time() - t0
+        update = {
+            "base_version": base_card["version"],
+            "base_archive": mar.name,
+            "dataset": dataset.name if dataset else None,
+            "locked_test_set": locked.sha256,
+            "n_original": len(base),
+            "n_lab": len(lab),
+            "lab_repeat": args.lab_repeat,
+            "recipe": f"frozen CNN stage; token projection + sequence stage + head, AdamW lr {args.lr}, "
+            f"batch {args.batch_size}, {args.epochs} epoch(s), rotations/flips of the feature grids, seed {args.seed}",
+            "history": result["history"],
+            "wall_time_s": round(wall, 1),
+            "hardware": hardware_info(args.device),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "note": "metrics are the base version's; the gate report measures this version on the locked test set",
+        }
+        target = pack_candidate(versions, model, base_card, version, update)
+        (target.parent / f"{args.model}-{version}.train.log").write_text((work / "train.log").read_text())
+    print(f"candidate {args.model} {version}: {target} ({wall:.0f} s); next: make gate MODEL={args.model}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
