@@ -1,4 +1,5 @@
-"""Exports: CSV files (one table, one header each) and the per-specimen PDF report (portal.analyses.pdf_report).
+"""Exports: CSV files, one table with one header each. The per-specimen PDF report is
+portal.analyses.pdf_report, which imports this module.
 
 - the analyses of a period: one row per (image, model), with the image's consensus beside each model's
   answer and the reviewer's final label;
@@ -39,7 +40,6 @@ __all__ = [
     "cells_csv_bytes",
     "csv_bytes",
     "differential_csv_bytes",
-    "specimen_pdf",
     "summary_csv_bytes",
 ]
 
@@ -301,10 +301,3 @@ def summary_csv_bytes(specimen: Specimen) -> bytes:
         ]
     )
     return out.getvalue().encode("utf-8")
-
-
-def specimen_pdf(specimen: Specimen, generated_by: str) -> bytes:
-    """The printable A4 report (portal.analyses.pdf_report), opening with the specimen's conclusion."""
-    from portal.analyses.pdf_report import build_pdf  # reportlab is imported only when a PDF is asked for
-
-    return build_pdf(specimen, generated_by)

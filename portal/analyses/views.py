@@ -35,7 +35,7 @@ from portal.analyses.models import (
     ImmutableError,
     QueuedJob,
 )
-from portal.analyses.reports import analyses_in_range, csv_bytes, sign_off_text, specimen_pdf
+from portal.analyses.reports import analyses_in_range, csv_bytes, sign_off_text
 from portal.analyses.templatetags.portal_labels import class_name
 from portal.analyses.validation import megabytes
 from portal.patients.models import Specimen
@@ -410,7 +410,9 @@ def specimen_report_pdf(request: HttpRequest, pk: int) -> HttpResponse:
     specimen = get_object_or_404(Specimen.objects.select_related("patient"), pk=pk)
     if not request.user.is_authenticated:
         raise PermissionDenied
-    pdf = specimen_pdf(specimen, request.user.get_username())
+    from portal.analyses.pdf_report import build_pdf  # reportlab is imported only when a PDF is asked for
+
+    pdf = build_pdf(specimen, request.user.get_username())
     actions.log_event("export.report_pdf", actor=request.user, obj=specimen, request=request, data={"bytes": len(pdf)})
     response = HttpResponse(pdf, content_type="application/pdf")
     disposition = "attachment" if request.GET.get("download") else "inline"

@@ -50,7 +50,7 @@ def uncompressed_pdf(specimen: Any, monkeypatch: Any) -> bytes:
     """The specimen's PDF report with uncompressed page streams, so a test can find its text."""
     from reportlab import rl_config
 
-    from portal.analyses.reports import specimen_pdf
+    from portal.analyses.pdf_report import build_pdf
 
     monkeypatch.setattr(rl_config, "pageCompression", 0)
-    return specimen_pdf(specimen, "rev")
+    return build_pdf(specimen, "rev")
