@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.validators import ProhibitNullCharactersValidator
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.plumbing import ResolvedComponent
 from drf_spectacular.utils import OpenApiResponse
@@ -44,6 +45,21 @@ from rest_framework import serializers
 from portal.contract import SCHEMA_ATTRIBUTE, schema_rule
 
 __all__ = ["ERROR", "ErrorSerializer", "PortalAutoSchema", "schema_rule"]
+
+
+#: what DRF's ProhibitNullCharactersValidator lets through (every CharField has one)
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+
+
+def _add_pattern(schema: dict[str, Any], pattern: str) -> None:
+    """Adds ``pattern`` to what the field's value must match (in ``allOf`` when it has one already)."""
+    if "pattern" not in schema and "allOf" not in schema:
+        schema["pattern"] = pattern
+        return
+    all_of: list[dict[str, Any]] = schema.setdefault("allOf", [])
+    if "pattern" in schema:
+        all_of.append({"pattern": schema.pop("pattern")})
+    all_of.append({"pattern": pattern})
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -93,6 +109,8 @@ class PortalAutoSchema(AutoSchema):
                 fragment = getattr(validator, SCHEMA_ATTRIBUTE, None)
                 if fragment is not None:
                     schema.update(fragment() if callable(fragment) else fragment)
+            if any(isinstance(v, ProhibitNullCharactersValidator) for v in getattr(field, "validators", ())):
+                _add_pattern(schema, NO_NUL_PATTERN)  # DRF refuses NUL in every text field
         return schema
 
     def _map_basic_serializer(self, serializer: Any, direction: Any) -> Any:
