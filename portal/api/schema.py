@@ -34,6 +34,7 @@ the running API and fails on any answer the schema does not describe.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from django.core.validators import ProhibitNullCharactersValidator
@@ -108,7 +109,7 @@ class PortalAutoSchema(AutoSchema):
             for validator in getattr(field, "validators", ()):
                 fragment = getattr(validator, SCHEMA_ATTRIBUTE, None)
                 if fragment is not None:
-                    schema.update(fragment() if callable(fragment) else fragment)
+                    schema.update(copy.deepcopy(fragment() if callable(fragment) else fragment))
             if any(isinstance(v, ProhibitNullCharactersValidator) for v in getattr(field, "validators", ())):
                 _add_pattern(schema, NO_NUL_PATTERN)  # DRF refuses NUL in every text field
         return schema
