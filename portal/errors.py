@@ -1,5 +1,7 @@
 """Error answers for the whole site: JSON under /api/, a short page elsewhere; never a traceback.
 
+- 404 (``handler404``): under /api/, ``{"detail": "Not found.", "code": "not_found"}``; elsewhere the
+  404 page;
 - 400 (``handler400``): Django refused the request before any view (too many files in one upload,
   too many form fields, a malformed body); the API gets ``{"detail": ..., "code": ...}``. Too many
   files on the upload page brings the upload form back with the error (a form error, not a new page).
@@ -18,7 +20,14 @@ from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooMany
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-__all__ = ["audit_access_denied", "bad_request", "permission_denied", "server_error", "DATABASE_RETRY_AFTER_S"]
+__all__ = [
+    "audit_access_denied",
+    "bad_request",
+    "page_not_found",
+    "permission_denied",
+    "server_error",
+    "DATABASE_RETRY_AFTER_S",
+]
 
 log = logging.getLogger("portal.errors")
 DATABASE_RETRY_AFTER_S = 10
@@ -103,6 +112,15 @@ def permission_denied(request: HttpRequest, exception: Exception | None = None) 
 
     audit_access_denied(request, str(exception or ""))
     return render(request, "403.html", status=403)
+
+
+def page_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Under /api/ (a URL no API route matches) the API's JSON error; elsewhere Django's 404 page."""
+    if request.path_info.startswith("/api/"):
+        return JsonResponse({"detail": "Not found.", "code": "not_found"}, status=404)
+    from django.views.defaults import page_not_found as django_page_not_found
+
+    return django_page_not_found(request, exception)  # type: ignore[arg-type]
 
 
 def server_error(request: HttpRequest) -> HttpResponse:

@@ -20,6 +20,13 @@ keys expire after ``token_expiration_min`` (config.properties); TorchServe then 
 Each instance is isolated in its ``workdir``: effective ``config.properties``, logs (rotated), the
 key file, TorchServe's pid file and temporary directory (so two instances on different ports do
 not collide), and ``server.json`` (:class:`ServerInfo`, without keys).
+
+Processes: TorchServe (its Python launcher, the JVM and the JVM's model workers) runs in a process group
+of its own, recorded in ``<workdir>/torchserve.pgid`` the moment it is spawned, so that :func:`stop`
+(``make stop``) finds it while it is still starting (``server.json`` is written only once every model is
+ready), and :func:`start` refuses to start a second one over it. A :func:`start` interrupted (SIGTERM,
+Ctrl-C, a timeout) stops the group it started. With a :class:`serving.lifeline.Lifeline` (``make run``),
+the group also dies with the process that started it, even when that one is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ from pathlib import Path
 
 import requests
 
+from serving.lifeline import Lifeline, die_with_parent, group_alive, kill_groups, pid_alive
+
 __all__ = [
     "REPO",
     "DEFAULT_CONFIG",
@@ -54,6 +63,7 @@ __all__ = [
     "start",
     "stop",
     "status",
+    "running_group",
     "main",
 ]
 
@@ -70,6 +80,7 @@ DEFAULT_PORTS = {
 }
 KEY_FILE = "key_file.json"
 INFO_FILE = "server.json"
+PGID_FILE = "torchserve.pgid"
 
 
 def consecutive_ports(base: int) -> dict[str, int]:
@@ -196,20 +207,6 @@ def _log_tail(workdir: Path) -> str:
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child counts as dead
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
-
-
 def _ready_models(info_urls: dict[str, str], keys: Keys, models: Sequence[str]) -> bool:
     headers = {"Authorization": f"Bearer {keys.management}"} if keys.management else {}
     for name in models:
@@ -230,10 +227,14 @@ def start(
     ports: dict[str, int] | None = None,
     torch_threads: int | None = None,
     timeout_s: float = READY_TIMEOUT_S,
+    lifeline: Lifeline | None = None,
 ) -> ServerInfo:
     """Start TorchServe on every .mar in ``model_store`` (or ``models``); return once all are READY.
 
-    Raises :class:`ServeError` with the log tail if a model is not ready within ``timeout_s``.
+    Raises :class:`ServeError` with the log tail if a model is not ready within ``timeout_s``, or if a
+    TorchServe started from ``workdir`` still runs (ready or not). With ``lifeline``, TorchServe dies
+    with the calling process (see :mod:`serving.lifeline`); without, it outlives it (``make serve``).
+    Interrupted (any exception, KeyboardInterrupt included), it stops what it started and re-raises.
     """
     t0 = time.perf_counter()
     store = Path(model_store).resolve()
@@ -244,9 +245,11 @@ def start(
     missing = [n for n in names if not (store / f"{n}.mar").is_file()]
     if missing:
         raise ServeError(f"not in {store}: {', '.join(m + '.mar' for m in missing)}")
-    old = _read_info(work)
-    if old is not None and _alive(old.pid):
-        raise ServeError(f"TorchServe already running from {work} (pid {old.pid}); `make stop` first")
+    running = running_group(work)
+    if running is not None:
+        raise ServeError(
+            f"TorchServe already running (or starting) from {work} (process group {running}); `make stop` first"
+        )
     ports = {**DEFAULT_PORTS, **(ports or {})}
     (work / "logs").mkdir(parents=True, exist_ok=True)
     (work / "tmp").mkdir(exist_ok=True)
@@ -278,7 +281,37 @@ def start(
         str(LOG_CONFIG),
     ]
     with open(work / "torchserve.out", "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group: the launcher, the JVM and the JVM's workers
+            preexec_fn=die_with_parent() if lifeline is not None else None,
+        )
+    if lifeline is not None:
+        lifeline.watch(proc.pid)
+    (work / PGID_FILE).write_text(f"{proc.pid}\n")
+    try:
+        return _wait_ready(proc, work, names, ports, no_tokens, timeout_s, t0)
+    except BaseException:
+        _kill_group(proc.pid)
+        _clear(work)
+        if lifeline is not None:
+            lifeline.release(proc.pid)
+        raise
+
+
+def _wait_ready(
+    proc: subprocess.Popen[bytes],
+    work: Path,
+    names: list[str],
+    ports: dict[str, int],
+    no_tokens: bool,
+    timeout_s: float,
+    t0: float,
+) -> ServerInfo:
     urls = {
         "inference": f"http://127.0.0.1:{ports['inference']}",
         "management": f"http://127.0.0.1:{ports['management']}",
@@ -297,7 +330,6 @@ def start(
             pass
         time.sleep(0.25)
     else:
-        _kill_group(proc.pid)
         raise ServeError(f"models {names} not ready within {timeout_s:.0f} s\n{_log_tail(work)}")
     assert keys is not None
     info = ServerInfo(
@@ -329,56 +361,51 @@ def _read_info(work: Path) -> ServerInfo | None:
 
 def _kill_group(pid: int, grace_s: float = 20.0) -> None:
     """SIGTERM the process group started by :func:`start` (launcher, JVM, workers); SIGKILL if needed."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            break
-        if not _alive(pid) and not _group_has_live_members(pid):
-            break
-        time.sleep(0.2)
-    else:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+    kill_groups([pid], grace_s)
     with contextlib.suppress(ChildProcessError):  # reap if it is our child
         os.waitpid(pid, os.WNOHANG)
 
 
-def _group_has_live_members(pgid: int) -> bool:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+def _read_pgid(work: Path) -> int | None:
+    try:
+        return int((work / PGID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def running_group(workdir: str | os.PathLike[str] = DEFAULT_WORKDIR) -> int | None:
+    """The process group of the TorchServe started from ``workdir`` while any process of it lives (also
+    while it is still starting), else None."""
+    work = Path(workdir).resolve()
+    info = _read_info(work)
+    for pgid in {info.pid if info else None, _read_pgid(work)} - {None}:
+        assert pgid is not None
+        if pid_alive(pgid) or group_alive(pgid):
+            return pgid
+    return None
+
+
+def _clear(work: Path) -> None:
+    for name in (INFO_FILE, KEY_FILE, PGID_FILE):  # TorchServe leaves its key file behind when signalled
+        (work / name).unlink(missing_ok=True)
 
 
 def stop(workdir: str | os.PathLike[str] = DEFAULT_WORKDIR, info: ServerInfo | None = None) -> bool:
-    """Stop the TorchServe started from ``workdir``; True if one was running."""
+    """Stop the TorchServe started from ``workdir`` (ready or still starting); True if one was running."""
     work = Path(info.workdir if info else workdir).resolve()
-    current = info or _read_info(work)
-    if current is None:
-        return False
-    running = _alive(current.pid) or _group_has_live_members(current.pid)
-    if running:
-        _kill_group(current.pid)
-    (work / INFO_FILE).unlink(missing_ok=True)
-    (work / KEY_FILE).unlink(missing_ok=True)  # TorchServe leaves it behind when signalled
-    return running
+    pgid = info.pid if info is not None and (pid_alive(info.pid) or group_alive(info.pid)) else running_group(work)
+    if pgid is not None:
+        _kill_group(pgid)
+    elif info is not None:
+        with contextlib.suppress(ChildProcessError):  # our child that died by itself: reap it
+            os.waitpid(info.pid, os.WNOHANG)
+    _clear(work)
+    return pgid is not None
 
 
 def status(workdir: str | os.PathLike[str] = DEFAULT_WORKDIR) -> ServerInfo | None:
     info = _read_info(Path(workdir).resolve())
-    return info if info is not None and _alive(info.pid) else None
+    return info if info is not None and pid_alive(info.pid) else None
 
 
 def _wait_foreground(info: ServerInfo) -> int:
@@ -391,7 +418,7 @@ def _wait_foreground(info: ServerInfo) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    while not stopping and _alive(info.pid):
+    while not stopping and pid_alive(info.pid):
         time.sleep(1.0)
     stop(info=info)
     return 0 if stopping else 1

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
+from django.core.validators import MaxLengthValidator
+from django.http import QueryDict
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -26,8 +28,8 @@ from portal.patients.models import Patient, Specimen
 
 __all__ = [
     "AddCellSerializer",
+    "StrictFields",
     "AnalysisSerializer",
-    "ErrorSerializer",
     "SpecimenReviewSerializer",
     "SpecimenSignOffSerializer",
     "SpecimenSummarySerializer",
@@ -44,14 +46,76 @@ __all__ = [
 ]
 
 
-class PatientSerializer(serializers.ModelSerializer):
+class StrictFields(serializers.Serializer):
+    # A request serializer that refuses fields it does not know (400 naming them) instead of ignoring
+    # them: a misspelt field is a mistake to report, not to drop; and, in a JSON body, values of another
+    # type than the field's (DRF would turn 0 into "0"). Its request schema says so (additionalProperties:
+    # false, portal.api.schema). Text is taken as sent: DRF would strip surrounding whitespace first, so
+    # that "Ada" followed by 300 spaces passed a 200-character limit the schema states, and " Ada" passed
+    # the rule against surrounding spaces; here both answer 400. A comment, not a docstring:
+    # drf-spectacular shows an inherited docstring as the description of every serializer built on this.
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            if isinstance(field, serializers.CharField):
+                field.trim_whitespace = False
+
+    def to_internal_value(self, data: Any) -> Any:
+        if hasattr(data, "keys"):
+            unknown = sorted(set(data.keys()) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown}, code="unknown_field")
+        if isinstance(data, dict) and not isinstance(data, QueryDict):  # JSON: its types are the schema's
+            wrong = {
+                name: [f"Incorrect type: expected {_JSON_TYPES[kind][1]}."]
+                for name, value in data.items()
+                if value is not None
+                and (kind := _json_kind(self.fields[name])) is not None
+                and not _is_json_type(value, kind)
+            }
+            if wrong:
+                raise serializers.ValidationError(wrong, code="invalid_type")
+        return super().to_internal_value(data)
+
+
+#: a field's JSON type, as the schema names it: (Python types, in words)
+_JSON_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "string": ((str,), "a string"),
+    "integer": ((int,), "an integer"),
+    "boolean": ((bool,), "true or false"),
+    "array": ((list,), "an array"),
+}
+
+
+def _json_kind(field: serializers.Field) -> str | None:
+    if isinstance(field, serializers.BooleanField):
+        return "boolean"
+    if isinstance(field, serializers.IntegerField | serializers.PrimaryKeyRelatedField):
+        return "integer"
+    if isinstance(field, serializers.ListField | serializers.ManyRelatedField):
+        return "array"
+    if isinstance(
+        field, serializers.CharField | serializers.ChoiceField | serializers.DateField | serializers.DateTimeField
+    ):
+        return "string"
+    return None
+
+
+def _is_json_type(value: Any, kind: str) -> bool:
+    if kind == "integer" and isinstance(value, bool):
+        return False  # JSON true is not the integer 1
+    return isinstance(value, _JSON_TYPES[kind][0])
+
+
+class PatientSerializer(StrictFields, serializers.ModelSerializer):
     class Meta:
         model = Patient
         fields = ["id", "mrn", "name", "date_of_birth", "sex", "created_at", "updated_at"]
         read_only_fields = ["id", "created_at", "updated_at"]
 
 
-class SpecimenSerializer(serializers.ModelSerializer):
+class SpecimenSerializer(StrictFields, serializers.ModelSerializer):
     class Meta:
         model = Specimen
         fields = ["id", "patient", "accession", "kind", "stain", "collected_at", "collected_by", "notes", "created_at"]
@@ -86,7 +150,9 @@ class ReviewSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ReviewCreateSerializer(serializers.Serializer):
+class ReviewCreateSerializer(StrictFields):
+    """A sign-off: agree with the consensus of the models, or reclassify (with final_label and a comment)."""
+
     image = serializers.PrimaryKeyRelatedField(queryset=Image.objects.all())
     decision = serializers.ChoiceField(
         choices=ImageReview.Decision.choices, help_text="agree with the consensus of the models, or reclassify"
@@ -214,28 +280,27 @@ class ImageSerializer(serializers.ModelSerializer):
         return None if job is None else dict(CellAnalysisSerializer(job).data)
 
 
-class UploadSerializer(serializers.Serializer):
+class UploadSerializer(StrictFields):
     """multipart/form-data: specimen, images (one or more files), model (a model name or "all")."""
 
     specimen = serializers.PrimaryKeyRelatedField(queryset=Specimen.objects.all())
-    images = serializers.ListField(child=serializers.FileField(), allow_empty=False)
-    model = serializers.CharField(default=ALL_MODELS)
+    images = serializers.ListField(child=serializers.FileField(), allow_empty=False, min_length=1)
+    model = serializers.ChoiceField(choices=[ALL_MODELS], default=ALL_MODELS, help_text='a model, or "all"')
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # the served models and the limit are settings: read them now
+        cast(serializers.ChoiceField, self.fields["model"]).choices = [ALL_MODELS, *settings.PORTAL_MODELS]
+        limit = settings.PORTAL_MAX_FILES_PER_UPLOAD
+        images = cast(serializers.ListField, self.fields["images"])
+        images.max_length = limit
+        images.validators.append(MaxLengthValidator(limit, message=f"at most {limit} images per upload"))
 
     def validate_model(self, value: str) -> list[str]:
-        if value == ALL_MODELS:
-            return list(settings.PORTAL_MODELS)
-        if value not in settings.PORTAL_MODELS:
-            raise serializers.ValidationError(f"unknown model {value!r}")
-        return [value]
+        return list(settings.PORTAL_MODELS) if value == ALL_MODELS else [value]
 
     def validate_specimen(self, value: Specimen) -> Specimen:
         if specimen_is_signed(value.pk):
             raise serializers.ValidationError("this specimen is signed off: it takes no more images")
-        return value
-
-    def validate_images(self, value: list[Any]) -> list[Any]:
-        if len(value) > settings.PORTAL_MAX_FILES_PER_UPLOAD:
-            raise serializers.ValidationError(f"at most {settings.PORTAL_MAX_FILES_PER_UPLOAD} images per upload")
         return value
 
 
@@ -286,17 +351,13 @@ class CellSerializer(serializers.ModelSerializer):
         return reverse("analyses:cell_crop", args=[obj.pk])
 
 
-class ReclassifySerializer(serializers.Serializer):
+class ReclassifySerializer(StrictFields):
+    """A cell's new type."""
+
     label = serializers.ChoiceField(  # type: ignore[assignment]  # the field is "label"
         choices=REVIEWED_LABEL_CHOICES,
         help_text="a cell type, or 'artefact': not a cell (left out of the differential)",
     )
-
-
-class ErrorSerializer(serializers.Serializer):
-    """An error answer: 401 (no credentials), 403 (the role does not allow it), 404, 409 (signed: immutable)."""
-
-    detail = serializers.CharField()
 
 
 class DifferentialBodySerializer(serializers.Serializer):
@@ -417,7 +478,7 @@ class SpecimenSummarySerializer(serializers.Serializer):
     notice = serializers.CharField(help_text="decision support only: the notice every page and export carries")
 
 
-class SpecimenSignOffSerializer(serializers.Serializer):
+class SpecimenSignOffSerializer(StrictFields):
     decision = serializers.ChoiceField(
         choices=SpecimenReview.Decision.choices, help_text="agree with the conclusion, or set the class (final_label)"
     )
@@ -427,7 +488,7 @@ class SpecimenSignOffSerializer(serializers.Serializer):
     comment = serializers.CharField(help_text="the interpretive comment (required)")
 
 
-class AddCellSerializer(serializers.Serializer):
+class AddCellSerializer(StrictFields):
     """A cell the model missed: its frame, its box in image pixels, its type."""
 
     image = serializers.PrimaryKeyRelatedField(queryset=Image.objects.all())

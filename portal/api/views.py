@@ -8,14 +8,14 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Q, QuerySet
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -28,12 +28,12 @@ from portal.analyses.reports import DISCLAIMER
 from portal.analyses.specimen_summary import signed_review, specimen_conclusion
 from portal.analyses.validation import validate_image_bytes
 from portal.api.permissions import CellPermission, SignOffPermission
+from portal.api.schema import ERROR
 from portal.api.serializers import (
     AddCellSerializer,
     AnalysisSerializer,
     CellSerializer,
     DifferentialSerializer,
-    ErrorSerializer,
     ImageSerializer,
     PatientSerializer,
     ReclassifySerializer,
@@ -43,8 +43,10 @@ from portal.api.serializers import (
     SpecimenSerializer,
     SpecimenSignOffSerializer,
     SpecimenSummarySerializer,
+    StrictFields,
     UploadSerializer,
 )
+from portal.contract import IMAGE_MEDIA_TYPES
 from portal.patients.models import Patient, Specimen
 
 __all__ = [
@@ -54,10 +56,45 @@ __all__ = [
     "ReviewViewSet",
     "SpecimenViewSet",
     "TokenView",
+    "query_int",
 ]
 
+#: the largest id a filter accepts (a 32-bit primary key)
+MAX_ID = 2**31 - 1
 
-class TokenSerializer(AuthTokenSerializer):
+
+def query_int(request: Request, name: str) -> int | None:
+    """The query parameter ``name`` as a record id, None when absent; 400 naming it when it is not one
+    whole number from 1 (declare it with :func:`_id_filter`, so that the schema says the same)."""
+    values = request.query_params.getlist(name)
+    if not values:
+        return None
+    if len(values) > 1 or not values[0].isascii() or not values[0].isdigit() or not 1 <= int(values[0]) <= MAX_ID:
+        raise ValidationError({name: [f"Give one id: a whole number from 1 to {MAX_ID}."]})
+    return int(values[0])
+
+
+def _id_filter(name: str, what: str) -> OpenApiParameter:
+    return OpenApiParameter(
+        name, {"type": "integer", "minimum": 1, "maximum": MAX_ID}, description=f"only those of this {what}"
+    )
+
+
+def _query_text(request: Request, name: str, choices: Any = None) -> str | None:
+    """A text query parameter, once; with ``choices``, one of them (400 naming it otherwise)."""
+    values = request.query_params.getlist(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ValidationError({name: ["Give it once."]})
+    if choices is not None and values[0] not in choices:
+        raise ValidationError({name: [f"One of: {', '.join(choices)}."]})
+    return values[0]
+
+
+class TokenSerializer(StrictFields, AuthTokenSerializer):
+    """Username and password (and the authenticator app's code for the roles that need one)."""
+
     otp = serializers.CharField(
         required=False,
         allow_blank=True,
@@ -76,15 +113,6 @@ def _refused(detail: str, code: str, http_status: int) -> Response:
     return Response({"detail": detail, "code": code}, status=http_status)
 
 
-_UNAUTHENTICATED = OpenApiResponse(ErrorSerializer, description="no or invalid credentials")
-_FORBIDDEN = OpenApiResponse(ErrorSerializer, description="the role does not allow it")
-_NOT_FOUND = OpenApiResponse(ErrorSerializer, description="no such record")
-_INVALID = OpenApiResponse(
-    OpenApiTypes.OBJECT, description="invalid request: field -> messages, or detail -> messages (the rule refused)"
-)
-_SIGNED = OpenApiResponse(ErrorSerializer, description="signed off: it cannot change")
-
-
 class TokenView(ObtainAuthToken):
     """POST username + password (+ ``otp`` for the roles that need a second factor) -> {"token": ...}.
 
@@ -97,18 +125,13 @@ class TokenView(ObtainAuthToken):
 
     @extend_schema(
         request=TokenSerializer,
-        responses={
-            200: TokenResponseSerializer,
-            400: OpenApiTypes.OBJECT,
-            403: OpenApiTypes.OBJECT,
-            429: OpenApiTypes.OBJECT,
-        },
+        responses={200: TokenResponseSerializer, 401: ERROR, 403: ERROR, 429: ERROR},
     )
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         serializer = self.serializer_class(data=request.data, context={"request": request})
         try:
             serializer.is_valid(raise_exception=True)
-        except ValidationError:
+        except ValidationError as exc:
             # django-axes marks the request it saw (DRF's) when the account is locked out
             if getattr(request, "axes_locked_out", False) or getattr(request._request, "axes_locked_out", False):
                 return _refused(
@@ -116,6 +139,12 @@ class TokenView(ObtainAuthToken):
                     "locked_out",
                     status.HTTP_429_TOO_MANY_REQUESTS,
                 )
+            if "authorization" in str(exc.get_codes()):  # a well-formed request whose credentials are wrong
+                response = _refused(
+                    "Unable to log in with provided credentials.", "authentication_failed", status.HTTP_401_UNAUTHORIZED
+                )
+                response["WWW-Authenticate"] = "Token"
+                return response
             raise
         user = serializer.validated_data["user"]
         if second_factor.needs_second_factor(user):
@@ -175,6 +204,9 @@ class _AuditedRetrieve:
         return Response(self.get_serializer(obj).data)  # type: ignore[attr-defined]
 
 
+@extend_schema_view(
+    list=extend_schema(parameters=[OpenApiParameter("q", str, description="MRN or name contains (any case)")])
+)
 class PatientViewSet(
     _AuditedRetrieve, mixins.ListModelMixin, mixins.CreateModelMixin, mixins.UpdateModelMixin, viewsets.GenericViewSet
 ):
@@ -184,7 +216,7 @@ class PatientViewSet(
 
     def get_queryset(self) -> QuerySet[Patient]:
         qs = Patient.objects.order_by("name", "mrn")
-        query = self.request.query_params.get("q", "").strip()
+        query = (_query_text(self.request, "q") or "").strip() if self.action == "list" else ""
         if query:
             qs = qs.filter(Q(mrn__icontains=query) | Q(name__icontains=query))
         return qs
@@ -200,6 +232,7 @@ class PatientViewSet(
         )
 
 
+@extend_schema_view(list=extend_schema(parameters=[_id_filter("patient", "patient")]))
 class SpecimenViewSet(
     _AuditedRetrieve, mixins.ListModelMixin, mixins.CreateModelMixin, mixins.UpdateModelMixin, viewsets.GenericViewSet
 ):
@@ -209,9 +242,9 @@ class SpecimenViewSet(
 
     def get_queryset(self) -> QuerySet[Specimen]:
         qs = Specimen.objects.select_related("patient").order_by("-collected_at", "-id")
-        patient = self.request.query_params.get("patient")
-        if patient and patient.isdigit():
-            qs = qs.filter(patient_id=int(patient))
+        patient = query_int(self.request, "patient") if self.action == "list" else None
+        if patient is not None:
+            qs = qs.filter(patient_id=patient)
         return qs
 
     def perform_create(self, serializer: Any) -> None:
@@ -234,7 +267,7 @@ class SpecimenViewSet(
         return Response(bundle)
 
     @extend_schema(
-        responses={200: DifferentialSerializer, 401: _UNAUTHENTICATED, 403: _FORBIDDEN, 404: _NOT_FOUND},
+        responses={200: DifferentialSerializer},
         description="The specimen's white-cell differential, per final type (a technologist's reclassification, "
         "else the cell model's label; abstentions count as unclassified white cells; cells added by hand "
         "included): percentages of the white cells only with their 95% Wilson intervals, blasts against the "
@@ -261,7 +294,7 @@ class SpecimenViewSet(
         return Response(DifferentialSerializer(body).data)
 
     @extend_schema(
-        responses={200: SpecimenSummarySerializer, 401: _UNAUTHENTICATED, 403: _FORBIDDEN, 404: _NOT_FOUND},
+        responses={200: SpecimenSummarySerializer},
         description="The specimen's one conclusion: each frame by consensus (its signed label where signed), the "
         "referred frames, the pooled differential with the blast percentage, the agreement checks between "
         "frames and cells (a frame called ALL without blasts, blasts in a frame called Benign: refer), every "
@@ -291,14 +324,7 @@ class SpecimenViewSet(
 
     @extend_schema(
         request=SpecimenSignOffSerializer,
-        responses={
-            201: SpecimenReviewSerializer,
-            400: _INVALID,
-            401: _UNAUTHENTICATED,
-            403: _FORBIDDEN,
-            404: _NOT_FOUND,
-            409: _SIGNED,
-        },
+        responses={201: SpecimenReviewSerializer, 409: ERROR},
         description="The reviewer signs the specimen off once, after every frame with a result is signed off: "
         "agree with the conclusion or set its class, always with an interpretive comment. Needs "
         "analyses.sign_off_analysis; 409 once signed (a sign-off never changes).",
@@ -325,7 +351,7 @@ class SpecimenViewSet(
         except DjangoValidationError as exc:
             raise ValidationError({"detail": exc.messages}) from exc
         except ImmutableError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+            return _refused(str(exc), "immutable", status.HTTP_409_CONFLICT)
         return Response(SpecimenReviewSerializer(review).data, status=status.HTTP_201_CREATED)
 
     def perform_update(self, serializer: Any) -> None:
@@ -336,6 +362,15 @@ class SpecimenViewSet(
         )
 
 
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            _id_filter("specimen", "specimen"),
+            _id_filter("image", "image"),
+            OpenApiParameter("status", str, enum=Analysis.Status.values, description="only those in this state"),
+        ]
+    )
+)
 class AnalysisViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericViewSet):
     """List/retrieve analyses; POST (multipart) uploads images and queues one analysis per image and model."""
 
@@ -346,16 +381,25 @@ class AnalysisViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericV
 
     def get_queryset(self) -> QuerySet[Analysis]:
         qs = Analysis.objects.select_related("image__review", "review").order_by("-created_at", "-id")
+        if self.action != "list":
+            return qs
         for param, field in (("specimen", "image__specimen_id"), ("image", "image_id")):
-            value = self.request.query_params.get(param)
-            if value and value.isdigit():
-                qs = qs.filter(**{field: int(value)})
-        status_ = self.request.query_params.get("status")
+            value = query_int(self.request, param)
+            if value is not None:
+                qs = qs.filter(**{field: value})
+        status_ = _query_text(self.request, "status", Analysis.Status.values)
         if status_:
             qs = qs.filter(status=status_)
         return qs
 
-    @extend_schema(request={"multipart/form-data": UploadSerializer}, responses={201: ImageSerializer(many=True)})
+    @extend_schema(
+        request={"multipart/form-data": UploadSerializer},
+        responses={201: ImageSerializer(many=True)},
+        description=f"Upload images, each a file part ({', '.join(IMAGE_MEDIA_TYPES)}) the decoder reads, "
+        "each side at least PORTAL_MIN_IMAGE_SIDE px (64 by default): one analysis per image and model is queued. "
+        "A file that is not such an image answers 400 naming it under images (a schema cannot say what a "
+        "readable image is).",
+    )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         if not request.user.has_perm("analyses.add_image"):
             raise PermissionDenied("uploading needs analyses.add_image")
@@ -383,12 +427,13 @@ class ReviewViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
     analyses.sign_off_analysis and every model of the image finished; reviews never change (409 on a second)."""
 
     permission_classes = [SignOffPermission]
+    parser_classes = [JSONParser]  # final_label may be null, which a form cannot say
     queryset = ImageReview.objects.order_by("-signed_at")
 
     def get_serializer_class(self) -> Any:
         return ReviewCreateSerializer if self.action == "create" else ReviewSerializer
 
-    @extend_schema(request=ReviewCreateSerializer, responses={201: ReviewSerializer})
+    @extend_schema(request=ReviewCreateSerializer, responses={201: ReviewSerializer, 409: ERROR})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         serializer = ReviewCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -407,10 +452,11 @@ class ReviewViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
         except DjangoValidationError as exc:
             raise ValidationError({"detail": exc.messages}) from exc
         except ImmutableError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+            return _refused(str(exc), "immutable", status.HTTP_409_CONFLICT)
         return Response(ReviewSerializer(review).data, status=status.HTTP_201_CREATED)
 
 
+@extend_schema_view(list=extend_schema(parameters=[_id_filter("specimen", "specimen"), _id_filter("image", "image")]))
 class CellViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericViewSet):
     """Cells the cell model found (filter by ``image`` or ``specimen``); POST ``reclassify`` sets a cell's type;
     POST adds a cell the model missed."""
@@ -422,15 +468,17 @@ class CellViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericViewS
 
     def get_queryset(self) -> QuerySet[Cell]:
         qs = Cell.objects.select_related("image", "cell_analysis", "reviewed_by").order_by("image_id", "index")
+        if self.action != "list":
+            return qs
         for param, field in (("specimen", "image__specimen_id"), ("image", "image_id")):
-            value = self.request.query_params.get(param)
-            if value and value.isdigit():
-                qs = qs.filter(**{field: int(value)})
+            value = query_int(self.request, param)
+            if value is not None:
+                qs = qs.filter(**{field: value})
         return qs
 
     @extend_schema(
         request=AddCellSerializer,
-        responses={201: CellSerializer, 400: _INVALID, 401: _UNAUTHENTICATED, 403: _FORBIDDEN, 409: _SIGNED},
+        responses={201: CellSerializer, 409: ERROR},
         description="Add a cell the model missed: its frame, its box [x0, y0, x1, y1] in image pixels and its type. "
         "It counts in the differential, marked manual. 400 before the frame's cell analysis finished, for a box "
         "outside the image, too small, or over a cell already counted; 409 once the frame is signed off.",
@@ -446,10 +494,10 @@ class CellViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericViewS
         except DjangoValidationError as exc:
             raise ValidationError({"detail": exc.messages}) from exc
         except ImmutableError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+            return _refused(str(exc), "immutable", status.HTTP_409_CONFLICT)
         return Response(CellSerializer(cell).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=ReclassifySerializer, responses={200: CellSerializer})
+    @extend_schema(request=ReclassifySerializer, responses={200: CellSerializer, 409: ERROR})
     @action(detail=True, methods=["post"], url_path="reclassify")
     def reclassify(self, request: Request, pk: str | None = None) -> Response:
         """Set the cell's type, or 'artefact' (not a cell), audited old -> new; 409 once its frame is signed off."""
@@ -463,5 +511,5 @@ class CellViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericViewS
         except DjangoValidationError as exc:
             raise ValidationError({"detail": exc.messages}) from exc
         except ImmutableError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+            return _refused(str(exc), "immutable", status.HTTP_409_CONFLICT)
         return Response(CellSerializer(cell).data)

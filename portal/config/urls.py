@@ -10,6 +10,7 @@ admin.site.site_title = "Leukemia portal admin"
 
 handler400 = "portal.errors.bad_request"
 handler403 = "portal.errors.permission_denied"
+handler404 = "portal.errors.page_not_found"
 handler500 = "portal.errors.server_error"
 
 urlpatterns = [

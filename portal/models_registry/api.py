@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -43,19 +43,11 @@ class ServedModelSerializer(serializers.Serializer):  # type: ignore[type-arg]
     history = serializers.ListField(child=serializers.DictField(), help_text="promotions and rollbacks")
 
 
-class ModelsErrorSerializer(serializers.Serializer):  # type: ignore[type-arg]
-    detail = serializers.CharField()
-
-
 class ModelsView(APIView):
     permission_classes = [IsAuthenticated]
 
     @extend_schema(
-        responses={
-            200: ServedModelSerializer(many=True),
-            401: OpenApiResponse(ModelsErrorSerializer, description="not authenticated"),
-            403: OpenApiResponse(ModelsErrorSerializer, description="not allowed"),
-        },
+        responses={200: ServedModelSerializer(many=True)},
         description="Each model the portal uses: its versions (shipped, candidates), the default TorchServe answers "
         "with, the versions TorchServe has loaded, each version's card summary and gate report, and the promotion "
         "history.",

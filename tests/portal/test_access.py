@@ -65,7 +65,7 @@ def test_public_pages_open_without_login() -> None:
     client = Client()
     for url in ["/accounts/login/", "/accounts/register/", "/admin/login/"]:
         assert client.get(url).status_code == 200, url
-    assert client.post("/api/auth/token/", {"username": "nobody", "password": "x"}).status_code == 400
+    assert client.post("/api/auth/token/", {"username": "nobody", "password": "x"}).status_code == 401
 
 
 def test_csrf_is_enforced_on_forms(technologist: Any) -> None:

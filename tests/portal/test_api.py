@@ -39,12 +39,8 @@ def test_token_auth_patient_crud_and_search(technologist: Any) -> None:
     )
     assert response.status_code == 201, response.content
     pid = response.json()["id"]
-    assert (
-        client.post(
-            "/api/patients/", {"mrn": "API1", "name": "Dup", "date_of_birth": "1999-09-09"}, format="json"
-        ).status_code
-        == 400
-    )
+    dup = client.post("/api/patients/", {"mrn": "API1", "name": "Dup", "date_of_birth": "1999-09-09"}, format="json")
+    assert dup.status_code == 409 and dup.json()["code"] == "conflict" and "MRN" in dup.json()["detail"]
     assert client.patch(f"/api/patients/{pid}/", {"name": "Api P. Person"}, format="json").status_code == 200
     assert client.get("/api/patients/?q=api1").json()["results"][0]["name"] == "Api P. Person"
     assert client.get(f"/api/patients/{pid}/").status_code == 200
