@@ -16,10 +16,10 @@ repack: setup
 	$(PY) -m training.archive --repack --out $(MODEL_STORE)
 
 serve: setup
-	$(PY) -m serving.torchserve start --model-store $(MODEL_STORE) --config $(TS_CONFIG) --workdir $(TS_WORKDIR)
+	$(PY) -m serving.cli start --model-store $(MODEL_STORE) --config $(TS_CONFIG) --workdir $(TS_WORKDIR)
 
 stop: setup
-	$(PY) -m serving.torchserve stop --workdir $(TS_WORKDIR)
+	$(PY) -m serving.cli stop --workdir $(TS_WORKDIR)
 
 bench: setup kserve-env
 	OMP_NUM_THREADS=1 $(PY) -m bench.serving --model-store $(MODEL_STORE) --out docs/benchmarks
