@@ -1,4 +1,5 @@
-"""REST API: patients, specimens, analyses (create = upload images), reviews; every write via portal.actions."""
+"""REST API: patients, specimens, images (with their consensus), analyses (create = upload images), reviews;
+every write via portal.actions."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from rest_framework.response import Response
 from portal import actions
 from portal.accounts import second_factor
 from portal.analyses.cell_review import frame_reviews, specimen_differential
-from portal.analyses.models import Analysis, Cell, CellAnalysis, ImageReview, ImmutableError
+from portal.analyses.models import Analysis, Cell, CellAnalysis, Image, ImageReview, ImmutableError
 from portal.analyses.validation import validate_image_bytes
-from portal.api.permissions import CellPermission, SignOffPermission
+from portal.api.permissions import CellPermission, ImagePermission, SignOffPermission
 from portal.api.serializers import (
     AnalysisSerializer,
     CellSerializer,
@@ -42,6 +43,7 @@ from portal.patients.models import Patient, Specimen
 __all__ = [
     "AnalysisViewSet",
     "CellViewSet",
+    "ImageViewSet",
     "PatientViewSet",
     "ReviewViewSet",
     "SpecimenViewSet",
@@ -244,6 +246,23 @@ class SpecimenViewSet(
         serializer.instance = actions.update_specimen(
             self.request.user, serializer.instance, data, request=self.request
         )
+
+
+class ImageViewSet(_AuditedRetrieve, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """List/retrieve images with their analyses and their consensus (what the portal's image page shows);
+    ``?specimen=`` filters. Uploading is POST /api/analyses/."""
+
+    serializer_class = ImageSerializer
+    permission_classes = [ImagePermission]
+    audit_action = "image.view"
+    audit_list_action = "image.list"
+
+    def get_queryset(self) -> QuerySet[Image]:
+        qs = Image.objects.prefetch_related("analyses").order_by("-uploaded_at", "-id")
+        specimen = self.request.query_params.get("specimen")
+        if specimen and specimen.isdigit():
+            qs = qs.filter(specimen_id=int(specimen))
+        return qs
 
 
 class AnalysisViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericViewSet):

@@ -29,6 +29,7 @@ ACTIONS: dict[str, str] = {
     "specimen.list": "Listed specimens",
     "image.upload": "Uploaded images",
     "image.view": "Viewed image results",
+    "image.list": "Listed images",
     "analysis.complete": "Analysis completed",
     "analysis.reject": "Analysis rejected by the model server",
     "analysis.fail": "Analysis failed",
