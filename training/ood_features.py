@@ -285,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = sources(args.data)
     if args.source:
         items = {k: v for k, v in items.items() if k in args.source}
-    items["all4_train"] = items["all4_train"][:: args.train_every]
+    if "all4_train" in items:
+        items["all4_train"] = items["all4_train"][:: args.train_every]
     if args.reverse:
         items = dict(reversed(list(items.items())))
     encoded: dict[str, list[bytes]] = {}

@@ -183,7 +183,7 @@ class CellAnalysisSerializer(serializers.ModelSerializer):
 class ConsensusSerializer(serializers.Serializer):
     """The image's consensus as the portal shows it (portal.analyses.consensus: its rules in its docstring)."""
 
-    label = serializers.ChoiceField(
+    label = serializers.ChoiceField(  # type: ignore[assignment]  # the field is "label"
         choices=list(CLASS_LABELS), allow_null=True, help_text="the consensus label; null: refer for manual review"
     )
     refer = serializers.BooleanField(help_text="true: no label, refer the image for manual review (see reason)")
