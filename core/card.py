@@ -84,6 +84,14 @@ def validate_card(card: dict[str, Any]) -> dict[str, Any]:
         isinstance(benign, bool) or not isinstance(benign, (int, float)) or not 0.0 <= benign <= 1.0
     ):
         raise CardError("benign_threshold must be a number in [0, 1] (or absent)")
+    ood = card.get("ood")  # optional: the out-of-distribution score (core.ood); the shipped cards all carry one
+    if ood is not None:
+        from core.ood import OODError, OODScorer
+
+        try:
+            OODScorer.from_dict(ood)
+        except OODError as exc:
+            raise CardError(f"ood: {exc}") from None
     return card
 
 

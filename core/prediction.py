@@ -1,7 +1,10 @@
 """The public prediction body (docs/serving.md): label, abstention, probabilities, notice.
 
-``abstained`` is true when the top calibrated probability is under the card's ``abstain_threshold``
-(``abstain_reason: "low_confidence"``), or when the top class is Benign but ``P(Benign)`` is not above
+``abstained`` is true when the image is unlike anything the model learned (``abstain_reason:
+"out_of_distribution"``: its out-of-distribution score on the model's own features is beyond the card's
+threshold, :mod:`core.ood`; the score and threshold are in ``quality``; checked first, since a model's
+probabilities mean nothing there), when the top calibrated probability is under the card's ``abstain_threshold``
+(``"low_confidence"``), or when the top class is Benign but ``P(Benign)`` is not above
 the card's ``benign_threshold`` (``"benign_not_confirmed"``: the Benign safety operating point, the
 highest ``P(Benign)`` any malignant validation frame reached; cards without it keep the confidence rule
 alone). An abstained result carries ``label: null`` ("refer for manual review"), never a forced label,
@@ -23,6 +26,7 @@ __all__ = [
     "EXPLANATION_KEYS",
     "LOW_CONFIDENCE",
     "NOTICE",
+    "OUT_OF_DISTRIBUTION",
     "PREDICTION_KEYS",
     "build_prediction",
     "decide",
@@ -34,9 +38,15 @@ ABSTAIN_MESSAGE = "Confidence under the model's threshold: refer for manual revi
 #: Benign but P(Benign) is not above ``benign_threshold``.
 LOW_CONFIDENCE = "low_confidence"
 BENIGN_NOT_CONFIRMED = "benign_not_confirmed"
-ABSTAIN_REASONS = (LOW_CONFIDENCE, BENIGN_NOT_CONFIRMED)
+#: the image's features are beyond the model's out-of-distribution threshold (core.ood)
+OUT_OF_DISTRIBUTION = "out_of_distribution"
+ABSTAIN_REASONS = (LOW_CONFIDENCE, BENIGN_NOT_CONFIRMED, OUT_OF_DISTRIBUTION)
 ABSTAIN_MESSAGES = {
     LOW_CONFIDENCE: ABSTAIN_MESSAGE,
+    OUT_OF_DISTRIBUTION: (
+        "The image is unlike the images the model learned from (out of distribution: another lab, stain, camera "
+        "or magnification?): no label, refer for manual review."
+    ),
     BENIGN_NOT_CONFIRMED: (
         "Most probably Benign, but P(Benign) is under the threshold that no malignant validation frame "
         "exceeded: Benign not confirmed, refer for manual review."
@@ -99,8 +109,10 @@ def build_prediction(
     benign_class: str = "Benign",
     quality: Mapping[str, Any] | None = None,
     timing_ms: Mapping[str, float] | None = None,
+    out_of_distribution: bool = False,
 ) -> dict[str, Any]:
-    """The success body for one image."""
+    """The success body for one image (``out_of_distribution``: the model's score said the image is unlike
+    what it learned, so it abstains with that reason whatever its probabilities)."""
     if len(probabilities) != len(classes):
         raise ValueError(f"{len(probabilities)} probabilities for {len(classes)} classes")
     probs = [float(p) for p in probabilities]
@@ -111,6 +123,8 @@ def build_prediction(
         benign_threshold=benign_threshold,
         benign_class=benign_class,
     )
+    if out_of_distribution:
+        answer, reason = None, OUT_OF_DISTRIBUTION
     abstained = answer is None
     benign = probs[list(classes).index(benign_class)]
     result: dict[str, Any] = {

@@ -38,6 +38,7 @@ import torch
 from core.card import check_card_matches, read_card
 from core.decode import DecodedImage, decode_request, enforce_pillow_limits
 from core.errors import RequestError
+from core.ood import OODScorer
 from core.prediction import build_prediction
 from core.smear_gate import STATISTICS_SIDE, SmearGate
 from handlers.backends import Selection, select_forward
@@ -103,6 +104,8 @@ class Prepared:
     timing_ms: dict[str, float] = field(default_factory=dict)
     #: the gate thread's job for this image: its statistics and the ms they took (None: no gate thread)
     statistics: Future[tuple[np.ndarray, float]] | None = None
+    #: the image's gate statistics once :meth:`ModelRuntime._gate` has them (the out-of-distribution score reads them)
+    gate_statistics: np.ndarray | None = None
 
 
 class ModelRuntime:
@@ -124,6 +127,8 @@ class ModelRuntime:
         self.abstain_threshold = float(self.card["abstain_threshold"])
         self.transform = build_eval_transform(self.spec)
         self.gate = SmearGate.from_dict(self.card["smear_gate"])
+        #: the out-of-distribution score on the model's pooled features (core.ood); None: a card without one
+        self.ood: OODScorer | None = OODScorer.from_dict(self.card["ood"]) if self.card.get("ood") else None
         self.gate_thread: ThreadPoolExecutor | None = None
         self.use_gate_thread(os.environ.get(GATE_THREAD_ENV, "1") != "0")
         # the eager model stays loaded: reference for the parity check, fallback, and Grad-CAM
@@ -198,14 +203,31 @@ class ModelRuntime:
         thread, ``gate_background``, what its statistics took there (overlapping other steps)."""
         t0 = time.perf_counter()
         statistics, background_ms = (None, None) if p.statistics is None else p.statistics.result()
+        if statistics is None and self.ood is not None and self.ood.uses_statistics:
+            statistics = self.gate.statistics(p.decoded.image)  # the gate would compute them anyway
+        p.gate_statistics = statistics
         quality = self.gate_check(p.decoded, pooled, statistics)
         timing = {"gate": elapsed_ms(t0)}
         if background_ms is not None:
             timing["gate_background"] = background_ms
         return quality, timing
 
-    def _body(self, logits: torch.Tensor, quality: dict[str, Any], timing_ms: dict[str, float]) -> dict[str, Any]:
-        """The contract's success body from one image's logits (calibrated with the card's temperature)."""
+    def _body(
+        self,
+        logits: torch.Tensor,
+        quality: dict[str, Any],
+        timing_ms: dict[str, float],
+        pooled: torch.Tensor | None = None,
+        statistics: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """The contract's success body from one image's logits (calibrated with the card's temperature); with
+        ``pooled`` (its pooled features), ``statistics`` (its smear-gate statistics) and an out-of-distribution
+        score in the card, the score and threshold go into ``quality`` and an image beyond it is answered
+        ``out_of_distribution`` (abstained)."""
+        beyond = False
+        if self.ood is not None and pooled is not None:
+            beyond, fields = self.ood.evaluate(pooled, logits, statistics)
+            quality = {**quality, **fields}
         return build_prediction(
             calibrated_probabilities(logits, self.temperature).tolist(),
             classes=self.classes,
@@ -215,6 +237,7 @@ class ModelRuntime:
             benign_threshold=self.card.get("benign_threshold"),  # Benign operating point; absent in old cards
             quality=quality,
             timing_ms=timing_ms,
+            out_of_distribution=beyond,
         )
 
     # -- requests --------------------------------------------------------------------------
@@ -243,7 +266,13 @@ class ModelRuntime:
             try:
                 quality, gate_timing = self._gate(p, pooled)
                 t2 = time.perf_counter()
-                body = self._body(logits, quality, dict(p.timing_ms, inference=inference_ms, gate=gate_timing["gate"]))
+                body = self._body(
+                    logits,
+                    quality,
+                    dict(p.timing_ms, inference=inference_ms, gate=gate_timing["gate"]),
+                    pooled,
+                    p.gate_statistics,
+                )
                 body["timing_ms"]["postprocess"] = round(elapsed_ms(t2), 3)
                 self._finish_timing(body, gate_timing)
                 body["batch_size"] = len(idx)
@@ -294,7 +323,13 @@ class ModelRuntime:
         inference_ms = elapsed_ms(t0)
         quality, gate_timing = self._gate(p, cam.pooled)
         t2 = time.perf_counter()
-        body = self._body(cam.logits, quality, dict(p.timing_ms, inference=inference_ms, gate=gate_timing["gate"]))
+        body = self._body(
+            cam.logits,
+            quality,
+            dict(p.timing_ms, inference=inference_ms, gate=gate_timing["gate"]),
+            cam.pooled,
+            p.gate_statistics,
+        )
         body.update(
             explained_class=self.classes[cam.class_index],
             method="grad-cam",

@@ -11,7 +11,7 @@ TRAIN_ARGS ?=
 WORKERS ?= 0
 DATA_ARG := $(if $(DATA),--data $(DATA),)
 
-.PHONY: train train-all evaluate smear-gate smear-gate-cards evaluate-ensemble
+.PHONY: train train-all evaluate smear-gate smear-gate-cards evaluate-ensemble ood
 
 # One model; rerunning resumes from $(ARTIFACTS)/$(MODEL)/checkpoint.pt. MODEL=wbc_cells trains the cell typer
 # (training.train_cells: PBC + BCCD crops); its cell finder is classical and has nothing to train.
@@ -64,4 +64,12 @@ endif
 evaluate-ensemble: setup
 	nice -n 10 $(PY) -m training.member_outputs --threads $(THREADS) --cache $(ARTIFACTS)/ensemble/val_logits.npz $(DATA_ARG)
 	$(PY) -m training.ensemble --cache $(ARTIFACTS)/ensemble/val_logits.npz
+	$(PY) -m training.archive --repack --out $(MODEL_STORE)
+
+# Out-of-distribution scores (issue 30): every frame model's served outputs on the B-ALL blocks and on other sources
+# (BCCD, PBC, shifted validation frames; cached in $(ARTIFACTS)/ood/, about an hour on 2 busy cores), then the fit,
+# the choice and the per-source tables: each card's `ood` block, docs/ood.{md,json}; the archives are repacked.
+ood: setup
+	nice -n 10 $(PY) -m training.ood_features --threads $(THREADS) $(DATA_ARG)
+	$(PY) -m training.ood
 	$(PY) -m training.archive --repack --out $(MODEL_STORE)

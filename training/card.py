@@ -292,6 +292,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {r['n']} | {_fmt(r['accepted'])} | {'accepted' if r['should_accept'] else 'refused'} |"
         )
+    lines += ["", *ood_markdown(card)] if card.get("ood") else []
     lines += [
         "",
         "## Intended use",
@@ -302,6 +303,40 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+OOD_HEADING = "## Out of distribution"
+
+
+def ood_markdown(card: dict[str, Any]) -> list[str]:
+    """The card's out-of-distribution section (training/ood.py fits it; docs/ood.md has every candidate)."""
+    ood = card.get("ood") or {}
+    info = ood.get("info", {})
+    val = info.get("validation", {})
+    before, after = val.get("before", {}), val.get("after", {})
+    lines = [
+        OOD_HEADING,
+        f"- Score: `{info.get('score', ood.get('method'))}`, threshold {_fmt(ood.get('threshold'))}: beyond it the "
+        "model abstains with `out_of_distribution` (no label; the score and threshold are in `quality`).",
+        f"- Fitted on: {info.get('fitted_on', 'n/a')}; threshold: {info.get('threshold_rule', 'n/a')} "
+        f"(kept {_fmt(val.get('kept'))}, cross-fitted over two halves of the validation blocks "
+        f"{_fmt(val.get('kept_cross_fitted'))}). Command: `{info.get('command', 'n/a')}`.",
+        f"- Cost on the same-source validation frames: coverage {_fmt(before.get('coverage'))} -> "
+        f"{_fmt(after.get('coverage'))}, macro-F1 of the answered frames {_fmt(before.get('macro_f1_answered'))} -> "
+        f"{_fmt(after.get('macro_f1_answered'))}, malignant frames answered Benign "
+        f"{before.get('malignant_answered_benign')} -> {after.get('malignant_answered_benign')}.",
+        "",
+        "What the served model answers per source (share of images; docs/ood.md describes the sources):",
+        "",
+        "| source | n | refused (smear gate) | out of distribution | abstained | Benign | ALL |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in info.get("sources", {}).items():
+        lines.append(
+            f"| {name} | {r['n']} | {_fmt(r['refused'])} | {_fmt(r['ood'])} | {_fmt(r['abstained'])} | "
+            f"{_fmt(r['benign'])} | {_fmt(r['all'])} |"
+        )
+    return lines
 
 
 def summary_table(cards: list[dict[str, Any]]) -> str:

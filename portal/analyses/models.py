@@ -32,6 +32,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from core.cell_answer import CELL_COLOURS, UNCLASSIFIED
+from core.prediction import ABSTAIN_MESSAGES
 from core.registry import CELL_CLASSES, CELL_DESCRIPTIONS, CLASS_NAMES
 from portal.analyses.differential import REVIEW_LABELS, describe
 from portal.patients.models import Specimen
@@ -233,6 +234,11 @@ class Analysis(QueuedJob):
         if not self.probabilities:
             return ""
         return max(CLASS_LABELS, key=lambda c: float(self.probabilities.get(c, 0.0)))
+
+    @property
+    def abstain_text(self) -> str:
+        """Why the model abstained, in the contract's words (empty when it answered or the reason is unknown)."""
+        return ABSTAIN_MESSAGES.get(self.abstain_reason, "") if self.abstained else ""
 
     def probability_rows(self) -> list[tuple[str, float]]:
         """(class, probability) in contract order, for charts."""

@@ -7,7 +7,7 @@ from typing import Any
 from rest_framework.permissions import DjangoModelPermissions
 from rest_framework.request import Request
 
-__all__ = ["CellPermission", "ModelPermissions", "SignOffPermission"]
+__all__ = ["CellPermission", "ImagePermission", "ModelPermissions", "SignOffPermission"]
 
 
 class ModelPermissions(DjangoModelPermissions):
@@ -44,3 +44,10 @@ class CellPermission(ModelPermissions):
         if request.method == "POST":
             return bool(request.user.has_perm("analyses.reclassify_cell"))
         return request.method in ("GET", "HEAD", "OPTIONS")
+
+
+class ImagePermission(ModelPermissions):
+    """Reading images (with their analyses and consensus, as the image page) needs analyses.view_analysis too."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return super().has_permission(request, view) and bool(request.user.has_perm("analyses.view_analysis"))

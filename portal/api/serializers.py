@@ -10,6 +10,7 @@ from rest_framework import serializers
 
 from core.registry import CELL_CLASSES
 from portal.analyses.conclusion import CHECKS
+from portal.analyses.consensus import ENSEMBLE, MAJORITY, REFER_REASONS, Consensus, consensus
 from portal.analyses.differential import BLAST, BLAST_THRESHOLD_PERCENT, CATEGORIES, TARGET_COUNTS, WHITE_CATEGORIES
 from portal.analyses.forms import ALL_MODELS
 from portal.analyses.models import (
@@ -35,6 +36,7 @@ __all__ = [
     "SpecimenSummarySerializer",
     "CellAnalysisSerializer",
     "CellSerializer",
+    "ConsensusSerializer",
     "DifferentialSerializer",
     "ReclassifySerializer",
     "ImageSerializer",
@@ -253,9 +255,67 @@ class CellAnalysisSerializer(serializers.ModelSerializer):
         return reverse("analyses:annotated", args=[obj.image_id]) if obj.annotated_name else None
 
 
+class ConsensusSerializer(serializers.Serializer):
+    """The image's consensus as the portal shows it (portal.analyses.consensus: its rules in its docstring)."""
+
+    label = serializers.ChoiceField(  # type: ignore[assignment]  # the field is "label"
+        choices=list(CLASS_LABELS), allow_null=True, help_text="the consensus label; null: refer for manual review"
+    )
+    refer = serializers.BooleanField(help_text="true: no label, refer the image for manual review (see reason)")
+    method = serializers.ChoiceField(
+        choices=[ENSEMBLE, MAJORITY], help_text="the fitted ensemble, or the majority vote when it cannot be used"
+    )
+    reason = serializers.ChoiceField(
+        choices=list(REFER_REASONS), allow_null=True, help_text="why it refers (null when it answers)"
+    )
+    reason_text = serializers.CharField(help_text="the reason in words, as the portal shows it (empty when it answers)")
+    agreement = serializers.CharField(help_text="'<votes for the label> of <finished models>', or 'no consensus'")
+    votes = serializers.DictField(child=serializers.IntegerField(), help_text="labels given by the finished models")
+    answered = serializers.IntegerField(help_text="models that finished, abstentions included")
+    abstained = serializers.IntegerField(help_text="finished models that abstained")
+    probabilities = serializers.DictField(
+        child=serializers.FloatField(), allow_null=True, help_text="the ensemble's pooled probabilities (null: vote)"
+    )
+    malignant_probability = serializers.FloatField(allow_null=True, help_text="the ensemble's 1 - P(Benign)")
+    mean_malignant_probability = serializers.FloatField(
+        allow_null=True, help_text="the mean of the finished models' 1 - P(Benign)"
+    )
+    members_used = serializers.ListField(child=serializers.CharField(), help_text="models the ensemble pooled")
+    members_missing = serializers.ListField(
+        child=serializers.CharField(), help_text="ensemble members left out (pending, failed, refused, other version)"
+    )
+    ensemble_version = serializers.CharField(allow_null=True, help_text="the fitted ensemble's version (null: vote)")
+
+
+def consensus_data(agreed: Consensus | None) -> dict[str, Any] | None:
+    """:class:`ConsensusSerializer`'s fields of a consensus (None: no model has finished)."""
+    if agreed is None:
+        return None
+    return {
+        "label": agreed.label,
+        "refer": agreed.refer,
+        "method": agreed.method,
+        "reason": agreed.reason,
+        "reason_text": agreed.refer_text,
+        "agreement": agreed.agreement,
+        "votes": agreed.votes,
+        "answered": agreed.answered,
+        "abstained": agreed.abstained,
+        "probabilities": agreed.probabilities,
+        "malignant_probability": agreed.malignant_probability,
+        "mean_malignant_probability": agreed.mean_malignant_probability,
+        "members_used": list(agreed.members_used),
+        "members_missing": list(agreed.members_missing),
+        "ensemble_version": agreed.ensemble_version,
+    }
+
+
 class ImageSerializer(serializers.ModelSerializer):
     analyses = AnalysisSerializer(many=True, read_only=True)
     cell_analysis = serializers.SerializerMethodField(help_text="The cell model's run on this image (null: not run)")
+    consensus = serializers.SerializerMethodField(
+        help_text="The consensus of its finished analyses, as the portal shows it (null: none finished yet)"
+    )
 
     class Meta:
         model = Image
@@ -270,9 +330,14 @@ class ImageSerializer(serializers.ModelSerializer):
             "sha256",
             "uploaded_at",
             "analyses",
+            "consensus",
             "cell_analysis",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(ConsensusSerializer(allow_null=True))
+    def get_consensus(self, obj: Image) -> dict[str, Any] | None:
+        return consensus_data(consensus(list(obj.analyses.all())))
 
     @extend_schema_field(CellAnalysisSerializer(allow_null=True))
     def get_cell_analysis(self, obj: Image) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ class _Router(DefaultRouter):
 router = _Router()
 router.register("patients", views.PatientViewSet, basename="patient")
 router.register("specimens", views.SpecimenViewSet, basename="specimen")
+router.register("images", views.ImageViewSet, basename="image")
 router.register("analyses", views.AnalysisViewSet, basename="analysis")
 router.register("reviews", views.ReviewViewSet, basename="review")
 router.register("cells", views.CellViewSet, basename="cell")

@@ -1,4 +1,5 @@
-"""REST API: patients, specimens, analyses (create = upload images), reviews; every write via portal.actions."""
+"""REST API: patients, specimens, images (with their consensus), analyses (create = upload images), reviews;
+every write via portal.actions."""
 
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ from portal import actions, specimen_actions
 from portal.accounts import second_factor
 from portal.analyses.cell_review import frame_reviews, specimen_differential, target_count
 from portal.analyses.differential import count_progress
-from portal.analyses.models import Analysis, Cell, CellAnalysis, ImageReview, ImmutableError
+from portal.analyses.models import Analysis, Cell, CellAnalysis, Image, ImageReview, ImmutableError
 from portal.analyses.reports import DISCLAIMER
 from portal.analyses.specimen_summary import signed_review, specimen_conclusion
 from portal.analyses.validation import validate_image_bytes
-from portal.api.permissions import CellPermission, SignOffPermission
+from portal.api.permissions import CellPermission, ImagePermission, SignOffPermission
 from portal.api.schema import ERROR
 from portal.api.serializers import (
     AddCellSerializer,
@@ -52,6 +53,7 @@ from portal.patients.models import Patient, Specimen
 __all__ = [
     "AnalysisViewSet",
     "CellViewSet",
+    "ImageViewSet",
     "PatientViewSet",
     "ReviewViewSet",
     "SpecimenViewSet",
@@ -360,6 +362,24 @@ class SpecimenViewSet(
         serializer.instance = actions.update_specimen(
             self.request.user, serializer.instance, data, request=self.request
         )
+
+
+@extend_schema_view(list=extend_schema(parameters=[_id_filter("specimen", "specimen")]))
+class ImageViewSet(_AuditedRetrieve, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """List/retrieve images with their analyses and their consensus (what the portal's image page shows);
+    ``?specimen=`` filters. Uploading is POST /api/analyses/."""
+
+    serializer_class = ImageSerializer
+    permission_classes = [ImagePermission]
+    audit_action = "image.view"
+    audit_list_action = "image.list"
+
+    def get_queryset(self) -> QuerySet[Image]:
+        qs = Image.objects.prefetch_related("analyses").order_by("-uploaded_at", "-id")
+        if self.action != "list":
+            return qs
+        specimen = query_int(self.request, "specimen")
+        return qs if specimen is None else qs.filter(specimen_id=specimen)
 
 
 @extend_schema_view(

@@ -30,6 +30,7 @@ ACTIONS: dict[str, str] = {
     "image.upload": "Uploaded images",
     "image.upload_refused": "Upload refused (files not saved, with the reasons)",
     "image.view": "Viewed image results",
+    "image.list": "Listed images",
     "analysis.complete": "Analysis completed",
     "analysis.reject": "Analysis rejected by the model server",
     "analysis.fail": "Analysis failed",

@@ -10,6 +10,7 @@ import socket
 import stat
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -395,3 +396,65 @@ def test_a_model_worker_killed_under_load_is_replaced_and_the_logs_say_so(torchs
     assert pids and old_pid not in pids
     assert _post(torchserve, CHEAP_MODEL, Case("after", frame)).status_code == 200
     wait_until(lambda: recoveries() > before, 10, 0.2, "the recovery in ts_log.log (async appender)")
+
+
+@dataclass
+class _Served:
+    """One served answer in the shape the portal's consensus reads (portal.analyses.consensus)."""
+
+    status: str
+    label: str
+    abstained: bool
+    malignant_probability: float | None
+    probabilities: dict[str, float]
+    model_name: str
+    model_version: str
+    abstain_reason: str
+
+
+def _served(model: str, r: requests.Response) -> _Served:
+    if r.status_code != 200:
+        assert r.json()["code"] == "not_a_blood_smear", r.text
+        return _Served("rejected", "", False, None, {}, model, "", "")
+    b = r.json()
+    return _Served(
+        "done",
+        b["label"] or "",
+        b["abstained"],
+        b["malignant_probability"],
+        b["probabilities"],
+        model,
+        b["version"],
+        b["abstain_reason"] or "",
+    )
+
+
+def test_frames_from_another_lab_are_never_labelled_leukemia_by_the_consensus(
+    torchserve: ServerInfo, model_store: Path
+) -> None:
+    """BCCD frames (another lab, camera and stain; healthy donors' white cells, one of each type here): every
+    model reports its out-of-distribution score, and the portal's consensus of the four served answers (with the
+    shipped ensemble) never answers ALL (Early/Pre/Pro)."""
+    from core.ensemble import Ensemble
+    from core.paths import BCCD
+    from portal.analyses.consensus import consensus
+
+    if not all("ood" in _card(model_store, m) for m in model_names()):
+        pytest.skip("random-init test archives: no fitted out-of-distribution score")
+    rows = [line.split(",", 1) for line in (BCCD / "labels.csv").read_text().splitlines()[1:]]
+    labels = {name: kind for name, kind in rows}
+    frames = []
+    for kind in ("EOSINOPHIL", "NEUTROPHIL", "LYMPHOCYTE", "MONOCYTE"):
+        frames.append(next(p for p in sorted((BCCD / "JPEGImages").glob("*.jpg")) if labels.get(p.name) == kind))
+    ensemble = Ensemble.load(model_store / "ensemble.json")
+    for path in frames:
+        answers = []
+        for model in model_names():
+            r = _post(torchserve, model, Case(path.name, path.read_bytes()))
+            if r.status_code == 200:
+                q = r.json()["quality"]
+                assert {"ood_score", "ood_threshold", "in_distribution"} <= set(q), q
+                assert (r.json()["abstain_reason"] == "out_of_distribution") is (not q["in_distribution"])
+            answers.append(_served(model, r))
+        agreed = consensus(answers, ensemble=ensemble)
+        assert agreed is not None and agreed.label in (None, "Benign"), (path.name, agreed, answers)

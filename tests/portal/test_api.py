@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from portal.accounts.second_factor import needs_second_factor
 from portal.analyses.models import Analysis, Image, ImageReview
 from portal.audit.models import AuditEvent
-from tests.portal.conftest import PASSWORD, otp_code, otp_device, smear_paths
+from tests.portal.conftest import PASSWORD, login, otp_code, otp_device, smear_paths
 from tests.portal.helpers import complete
 
 pytestmark = pytest.mark.django_db
@@ -123,3 +123,62 @@ def test_too_many_files_in_one_upload_is_a_json_400(technologist: Any, specimen:
     assert response.status_code == 400 and response["Content-Type"] == "application/json"
     assert response.json()["code"] == "too_many_files" and "20" in response.json()["detail"]
     assert Image.objects.count() == 0
+
+
+def test_every_images_consensus_is_on_the_api_as_the_portal_shows_it(
+    technologist: Any, reviewer: Any, specimen: Any
+) -> None:
+    """GET /api/images/ and /api/images/{id}/: label or refer, method, reason (code and words), members; a
+    model's out-of-distribution abstention refers the image there as on the page."""
+    from portal import actions
+    from portal.analyses.consensus import consensus
+    from tests.portal.helpers import prediction
+
+    paths = smear_paths(2)
+    client = _token_client(technologist)
+    with paths[0].open("rb") as f0, paths[1].open("rb") as f1:
+        uploaded = client.post(
+            "/api/analyses/", {"specimen": specimen.pk, "model": "all", "images": [f0, f1]}, format="multipart"
+        ).json()
+    assert [i["consensus"] for i in uploaded] == [None, None]  # nothing finished yet
+    first, second = (Image.objects.get(pk=i["id"]) for i in uploaded)
+    for a in first.analyses.all():
+        complete(a, "Pro")
+    for k, a in enumerate(second.analyses.order_by("model_name")):
+        answer = prediction("Early", confidence=0.95)
+        if k == 0:
+            answer = prediction("Early", confidence=0.95, abstained=True)
+            answer.body.update(abstain_reason="out_of_distribution")
+        actions.store_outcome(a.pk, answer)
+
+    got = client.get(f"/api/images/{first.pk}/")
+    assert got.status_code == 200, got.content
+    c = got.json()["consensus"]
+    shown = consensus(list(first.analyses.all()))
+    assert shown is not None and (c["label"], c["refer"], c["method"]) == (shown.label, False, shown.method) == (
+        "Pro",
+        False,
+        "majority vote",  # the helper's answers carry version 1.0, not the ensemble's members' versions
+    )
+    assert (c["reason"], c["reason_text"], c["agreement"], c["votes"], c["answered"]) == (
+        None,
+        "",
+        "4 of 4",
+        {"Pro": 4},
+        4,
+    )
+    assert AuditEvent.objects.filter(action="image.view", object_id=str(first.pk)).exists()
+
+    c = client.get(f"/api/images/{second.pk}/").json()["consensus"]
+    assert (c["label"], c["refer"], c["reason"], c["abstained"]) == (None, True, "out_of_distribution", 1)
+    assert "out of distribution" in c["reason_text"]
+    page = login(reviewer).get(f"/images/{second.pk}/").content.decode()
+    assert c["reason_text"] in page and "unlike the images the model learned from" in page  # the model's card too
+
+    listed = client.get(f"/api/images/?specimen={specimen.pk}").json()
+    assert {r["id"]: r["consensus"]["reason"] for r in listed["results"]} == {
+        first.pk: None,
+        second.pk: "out_of_distribution",
+    }
+    schema = client.get("/api/schema/").content.decode()
+    assert "/api/images/{id}/" in schema and "Consensus" in schema and "out_of_distribution" in schema

@@ -10,7 +10,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from PIL import Image as PILImage
 
-from core.ensemble import Ensemble
+from core.ensemble import Ensemble, pool
 from core.registry import CLASS_NAMES, model_names
 from portal import actions
 from portal.analyses import storage
@@ -32,6 +32,7 @@ class A:
     probabilities: dict[str, float] = field(default_factory=dict)
     model_name: str = ""
     model_version: str = ""
+    abstain_reason: str = ""
 
 
 def test_consensus_needs_a_strict_majority() -> None:
@@ -74,20 +75,75 @@ def _answer(name: str, probs: list[float], status: str = "done", version: str = 
 
 
 def test_ensemble_consensus_pools_the_probabilities_not_the_votes() -> None:
-    # two members say Early weakly, two say Pro strongly: a vote ties, the geometric pool says Pro
+    # three members say Pre, one says Pro: the vote and the pool agree on Pre, but the consensus's probabilities
+    # are the weighted geometric mean's, not the vote shares
+    rows = [_answer(m, [0.02, 0.02, 0.9, 0.06]) for m in MEMBERS[:3]] + [_answer(MEMBERS[3], [0.02, 0.02, 0.16, 0.8])]
+    c = consensus(rows, ensemble=_ensemble())
+    assert c is not None and c.method == ENSEMBLE and c.label == "Pre" and not c.refer and c.reason is None
+    assert c.probabilities is not None and sum(c.probabilities.values()) == pytest.approx(1.0)
+    expected = pool("log_linear_pool", [0.25] * 4, [[r.probabilities[k] for k in CLASS_NAMES] for r in rows], 1.0)
+    assert list(c.probabilities.values()) == pytest.approx(expected) and c.probabilities["Pre"] != pytest.approx(0.75)
+    assert c.members_used == tuple(MEMBERS) and c.members_missing == () and c.ensemble_version == "1.0"
+    assert c.malignant_probability == pytest.approx(1 - c.probabilities["Benign"])
+    assert c.votes == {"Pre": 3, "Pro": 1} and c.agreement == "3 of 4"
+
+
+# -- the consensus rules (portal.analyses.consensus's docstring), one test each ---------------------------------
+def test_rule_nothing_finished_gives_no_consensus() -> None:
+    assert consensus([], ensemble=_ensemble()) is None
+    assert consensus([A("pending", ""), A("failed", "")], ensemble=_ensemble()) is None
+
+
+def test_rule_a_refusal_refers_whatever_the_others_said() -> None:
+    rows = [_answer(m, [0.01, 0.97, 0.01, 0.01]) for m in MEMBERS[:3]]
+    c = consensus([*rows, A("rejected", "", model_name=MEMBERS[3])], ensemble=_ensemble())
+    assert c is not None and c.refer and c.reason == "model_refused" and c.refer_text == "a model refused the image"
+
+
+def test_rule_an_out_of_distribution_abstention_refers_whatever_the_others_said() -> None:
+    rows = [_answer(m, [0.01, 0.97, 0.01, 0.01]) for m in MEMBERS[:3]]
+    ood = _answer(MEMBERS[3], [0.01, 0.97, 0.01, 0.01])
+    ood.abstained, ood.label, ood.abstain_reason = True, "", "out_of_distribution"
+    for ens in (_ensemble(), None):
+        c = consensus([*rows, ood], ensemble=ens)
+        assert c is not None and c.refer and c.reason == "out_of_distribution" and c.abstained == 1
+        assert "out of distribution" in c.refer_text
+    # another abstention reason is only a vote against, not a referral by itself
+    ood.abstain_reason = "low_confidence"
+    c = consensus([*rows, ood], ensemble=_ensemble())
+    assert c is not None and c.label == "Early" and c.agreement == "3 of 4"
+
+
+def test_rule_the_ensemble_keeps_its_fitted_thresholds() -> None:
+    # every model labels Benign, but the pooled P(Benign) 0.85 is not above the ensemble's 0.9: refer
+    c = consensus([_answer(m, [0.85, 0.05, 0.05, 0.05]) for m in MEMBERS], ensemble=_ensemble())
+    assert c is not None and c.refer and c.reason == "benign_not_confirmed" and c.votes == {"Benign": 4}
+
+
+def test_rule_no_label_from_a_minority() -> None:
+    # two members say Early weakly, two say Pro strongly: the pool says Pro, but only 2 of 4 models do
     rows = [
         _answer(MEMBERS[0], [0.05, 0.50, 0.05, 0.40]),
         _answer(MEMBERS[1], [0.05, 0.50, 0.05, 0.40]),
         _answer(MEMBERS[2], [0.01, 0.04, 0.01, 0.94]),
         _answer(MEMBERS[3], [0.01, 0.04, 0.01, 0.94]),
     ]
-    assert consensus(rows, ensemble=None).label is None  # the old majority vote: 2 against 2
+    assert consensus(rows, ensemble=None).label is None  # the vote: 2 against 2
+    pooled = _ensemble().combine({m: ("1.0", r.probabilities) for m, r in zip(MEMBERS, rows, strict=True)})
+    assert pooled is not None and pooled.label == "Pro"  # what the ensemble alone would answer
     c = consensus(rows, ensemble=_ensemble())
-    assert c is not None and c.method == ENSEMBLE and c.label == "Pro" and not c.refer and c.reason is None
-    assert c.probabilities is not None and sum(c.probabilities.values()) == pytest.approx(1.0)
-    assert c.members_used == tuple(MEMBERS) and c.members_missing == () and c.ensemble_version == "1.0"
-    assert c.malignant_probability == pytest.approx(1 - c.probabilities["Benign"])
-    assert c.votes == {"Early": 2, "Pro": 2} and c.agreement == "2 of 4"
+    assert c is not None and c.method == ENSEMBLE and c.refer and c.reason == "no_majority"
+    assert c.agreement == "no consensus" and c.probabilities is not None
+    # abstentions count against: 2 Early and 2 abstaining is 2 of 4 as well
+    early = [_answer(m, [0.02, 0.9, 0.04, 0.04]) for m in MEMBERS[:2]]
+    unsure = [
+        A("done", "", True, 0.9, {"Benign": 0.1, "Early": 0.5, "Pre": 0.2, "Pro": 0.2}, m, "1.0") for m in MEMBERS[2:]
+    ]
+    c = consensus([*early, *unsure], ensemble=_ensemble())
+    assert c is not None and c.refer and c.reason == "no_majority" and c.abstained == 2
+    # 3 of 4 is a majority
+    c = consensus([*early, _answer(MEMBERS[2], [0.02, 0.9, 0.04, 0.04]), unsure[1]], ensemble=_ensemble())
+    assert c is not None and c.label == "Early" and c.agreement == "3 of 4"
 
 
 def test_ensemble_consensus_refers_an_unconfirmed_benign_and_says_why() -> None:
@@ -109,9 +165,6 @@ def test_ensemble_consensus_with_missing_members() -> None:
     old = [*rows[:2], _answer(MEMBERS[2], [0.01, 0.01, 0.97, 0.01], version="0.9")]
     m = consensus(old, ensemble=_ensemble())
     assert m is not None and m.method == MAJORITY and m.label == "Pre" and m.agreement == "3 of 3"
-    # a refusal by any model (not a blood smear) refers the image whatever the others said
-    refused = consensus([*rows, A("rejected", "", model_name=MEMBERS[3])], ensemble=_ensemble())
-    assert refused is not None and refused.label is None and refused.reason == "model_refused"
 
 
 def test_the_shipped_ensemble_is_the_default() -> None:
