@@ -106,6 +106,7 @@ CELL_COLOURS: dict[str, str] = {
     "monocyte": "#33a02c",
     "neutrophil": "#17becf",
     "platelet": "#bcbd22",
+    "blast": "#d62728",
     UNCLASSIFIED: "#7f7f7f",
     ARTEFACT: "#000000",
 }

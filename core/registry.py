@@ -155,7 +155,7 @@ def get_spec(name: str) -> ModelSpec:
 # -- cell-level model ----------------------------------------------------------------------------
 
 #: Cell types the cell-level model tells apart, in logit order: the eight classes of the PBC data set
-#: (Acevedo et al. 2020). Red cells are not typed (they are not listed in answers at all).
+#: (Acevedo et al. 2020), then blast. Red cells are not typed (they are not listed in answers at all).
 CELL_CLASSES: tuple[str, ...] = (
     "basophil",
     "eosinophil",
@@ -165,6 +165,7 @@ CELL_CLASSES: tuple[str, ...] = (
     "monocyte",
     "neutrophil",
     "platelet",
+    "blast",
 )
 #: The white-cell (leukocyte) types: the differential's percentages are of these (plus white cells not yet
 #: typed), as in a manual 100-cell differential; nucleated red cells (erythroblasts) are reported per 100
@@ -179,6 +180,7 @@ CELL_DESCRIPTIONS: dict[str, str] = {
     "monocyte": "Monocyte",
     "neutrophil": "Neutrophil",
     "platelet": "Platelet",
+    "blast": "Blast",
 }
 
 

@@ -60,10 +60,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from core.host import cpu_model
 from core.paths import WEIGHTS
-from core.registry import CellModelSpec, get_cell_spec
+from core.registry import CELL_CLASSES, CellModelSpec, get_cell_spec
 from training.augment import ColorAugment, GeometricAugment, TrainAugment, geometric_grid
 from training.cell_data import bccd_split, pbc_split
 from training.cell_typer import build_typer_transform, create_typer, crop_cell, save_typer, typer_split
+from training.cell_weak import CrossStats, Degrade, load_weak
 from training.loop import Checkpoint, Log, Source, fit, macro_f1
 from training.stain import lab_to_rgb, rgb_to_lab
 
@@ -131,8 +132,9 @@ def bccd_crops(
     return out
 
 
-def sample_weights(crops: CropSet, bccd_share: float) -> np.ndarray:
-    """Draw weights: PBC 1 per image; BCCD ``bccd_share`` x (PBC total), spread as sqrt(class count)."""
+def sample_weights(crops: CropSet, bccd_share: float, weak_share: float = 0.0) -> np.ndarray:
+    """Draw weights: PBC 1 per image; BCCD ``bccd_share`` x (PBC total), spread as sqrt(class count);
+    the weakly labelled all4 cells ``weak_share`` x (PBC total), half to ``blast``, half to the rest."""
     src = np.array(crops.sources)
     labels = np.array(crops.labels)
     w = np.zeros(len(crops), dtype=np.float64)
@@ -145,6 +147,12 @@ def sample_weights(crops: CropSet, bccd_share: float) -> np.ndarray:
         for c, n in bccd_counts.items():
             mass = bccd_share * n_pbc * root[c] / total_root
             w[(src == "bccd") & (labels == c)] = mass / n
+    weak = src == "all4"
+    if weak.any() and weak_share > 0:
+        blast = weak & (labels == CELL_CLASSES.index("blast"))
+        for group in (blast, weak & ~blast):
+            if group.any():
+                w[group] = 0.5 * weak_share * n_pbc / int(group.sum())
     return w / w.sum()
 
 
@@ -176,9 +184,17 @@ class _Views(Dataset):
     """Augmented views for the feature cache: item ``k`` is crop ``k % n`` in view ``k // n``."""
 
     def __init__(
-        self, crops: CropSet, views: int, augment: TrainAugment, transform: Any, stain: LabStatsJitter | None = None
+        self,
+        crops: CropSet,
+        views: int,
+        augment: TrainAugment,
+        transform: Any,
+        stain: LabStatsJitter | None = None,
+        degrade: Degrade | None = None,
+        cross: CrossStats | None = None,
     ) -> None:
         self.crops, self.views, self.augment, self.transform, self.stain = crops, views, augment, transform, stain
+        self.degrade, self.cross = degrade, cross
 
     def __len__(self) -> int:
         return len(self.crops) * self.views
@@ -186,7 +202,13 @@ class _Views(Dataset):
     def __getitem__(self, k: int) -> torch.Tensor:
         n = len(self.crops)
         image = self.crops.images[k % n]
-        if self.stain is not None:
+        rng = np.random.default_rng([self.augment.seed, 2, k // n, k % n])
+        if self.degrade is not None and self.crops.sources[k % n] != "all4":
+            image = self.degrade(image, rng)
+        crossed = False
+        if self.cross is not None:
+            image, crossed = self.cross.apply(image, rng)
+        if self.stain is not None and not crossed:  # one Reinhard-style move per view is enough
             image = self.stain(image, np.random.default_rng([self.augment.seed, 1, k // n, k % n]))
         return self.transform(self.augment(image, k % n, k // n))
 
@@ -206,11 +228,16 @@ def cache_views(
     workers: int,
     log: Any,
     stain: LabStatsJitter | None = None,
+    degrade: Degrade | None = None,
+    cross: CrossStats | None = None,
 ) -> torch.Tensor:
     """Stem feature maps of ``views`` augmented views of every crop: (views, N, C, H, W) float16."""
     stem.eval()
     loader = DataLoader(
-        _Views(crops, views, augment, transform, stain), batch_size=64, num_workers=workers, worker_init_fn=_one_thread
+        _Views(crops, views, augment, transform, stain, degrade, cross),
+        batch_size=64,
+        num_workers=workers,
+        worker_init_fn=_one_thread,
     )
     maps, t0, done = [], time.time(), 0
     for x in loader:
@@ -240,7 +267,19 @@ def train(args: argparse.Namespace) -> Path:
     cache_path = out / "feature_cache.pt"
     key = {
         k: getattr(args, k)
-        for k in ("views", "cache_size", "freeze_through", "seed", "limit", "init_weights", "lab_jitter", "p_gray")
+        for k in (
+            "views",
+            "cache_size",
+            "freeze_through",
+            "seed",
+            "limit",
+            "init_weights",
+            "lab_jitter",
+            "p_gray",
+            "weak",
+            "degrade",
+            "cross_stats",
+        )
     }
     cache = torch.load(cache_path, weights_only=False) if args.resume and cache_path.is_file() else None
     if cache is not None and cache["key"] != key:
@@ -256,6 +295,12 @@ def train(args: argparse.Namespace) -> Path:
             bccd_train, bccd_val = bccd_train[: cap * 4], bccd_val[: cap * 4]
         train_set = pbc_crops(pbc_train, args.cache_size)
         bccd_crops(bccd_train, spec, args.cache_size, out=train_set)
+        weak_val = None
+        if args.weak:
+            weak_train = load_weak(Path(args.weak), "train", spec.classes)
+            weak_val = load_weak(Path(args.weak), "val", spec.classes)
+            for crop, label, frame in zip(weak_train.crops, weak_train.labels, weak_train.frames, strict=True):
+                train_set.add(_resized(crop, args.cache_size), label, "all4", frame)
         counts = Counter(zip(train_set.sources, (spec.classes[i] for i in train_set.labels), strict=True))
         log(f"data: {len(train_set)} training crops {dict(sorted(counts.items()))}; decoded in {time.time() - t0:.0f}s")
         augment = TrainAugment(
@@ -264,9 +309,18 @@ def train(args: argparse.Namespace) -> Path:
             color=ColorAugment(p_gray=args.p_gray),
         )
         stain = LabStatsJitter(p=args.lab_jitter) if args.lab_jitter > 0 else None
-        train_maps = cache_views(stem, train_set, args.views, augment, transform, args.workers, log, stain)
+        degrade = Degrade(p=args.degrade) if args.degrade > 0 else None
+        # the colour pool: every 4th crop of every source (PBC, BCCD, all4 of every frame class)
+        cross = CrossStats(train_set.images[::4], p=args.cross_stats) if args.cross_stats > 0 else None
+        train_maps = cache_views(
+            stem, train_set, args.views, augment, transform, args.workers, log, stain, degrade, cross
+        )
         # validation: the clean crops exactly as evaluation / serving preprocess them (full decode, crop, resize)
         val_sets = {"pbc": pbc_crops(pbc_val, None), "bccd": bccd_crops(bccd_val, spec, None)}
+        if weak_val is not None:
+            val_sets["all4"] = CropSet()
+            for crop, label, frame in zip(weak_val.crops, weak_val.labels, weak_val.frames, strict=True):
+                val_sets["all4"].add(crop, label, "all4", frame)
         with torch.no_grad():
             val_maps = {
                 k: torch.cat(
@@ -289,9 +343,10 @@ def train(args: argparse.Namespace) -> Path:
     crops = CropSet()
     crops.labels, crops.sources = labels.tolist(), cache["train_sources"]
     crops.images = [None] * len(crops.labels)  # type: ignore[list-item]
-    weights = sample_weights(crops, args.bccd_share)
+    weights = sample_weights(crops, args.bccd_share, args.weak_share if args.weak else 0.0)
     n_pbc = sum(1 for s in crops.sources if s == "pbc")
-    per_epoch = int(round(n_pbc * (1.0 + args.bccd_share)))
+    n_weak = sum(1 for s in crops.sources if s == "all4")
+    per_epoch = int(round(n_pbc * (1.0 + args.bccd_share + (args.weak_share if n_weak else 0.0))))
     steps_per_epoch = math.ceil(per_epoch / args.batch_size)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -384,8 +439,12 @@ def train(args: argparse.Namespace) -> Path:
                 "recipe": "cached stem features (frozen through blocks[freeze_through]), tail + head trained",
                 "data": {
                     "pbc_train": n_pbc,
-                    "bccd_train": len(labels) - n_pbc,
-                    "split": "training.cell_data.pbc_split / bccd_split (seeded)",
+                    "bccd_train": len(labels) - n_pbc - n_weak,
+                    "all4_weak_train": n_weak,
+                    "all4_weak_train_by_label": dict(
+                        Counter(spec.classes[int(y)] for y, s in zip(labels, crops.sources, strict=True) if s == "all4")
+                    ),
+                    "split": "training.cell_data.pbc_split / bccd_split (seeded); all4 by block (training.data)",
                 },
                 **{
                     k: getattr(args, k)
@@ -396,6 +455,10 @@ def train(args: argparse.Namespace) -> Path:
                         "weight_decay",
                         "label_smoothing",
                         "bccd_share",
+                        "weak",
+                        "weak_share",
+                        "degrade",
+                        "cross_stats",
                         "cache_size",
                         "views",
                         "lab_jitter",
@@ -425,6 +488,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-steps", type=int, default=60)
     p.add_argument("--label-smoothing", type=float, default=0.05)
     p.add_argument("--bccd-share", type=float, default=0.2)
+    p.add_argument("--weak", default="", help="weakly labelled all4 cells (python -m training.cell_weak); '': none")
+    p.add_argument("--weak-share", type=float, default=0.5, help="all4 draws per epoch as a share of PBC's")
+    p.add_argument("--degrade", type=float, default=0.5, help="probability a PBC/BCCD view is seen at all4 resolution")
+    p.add_argument("--cross-stats", type=float, default=0.5, help="probability a view takes another crop's colour")
     p.add_argument("--cache-size", type=int, default=144)
     p.add_argument("--views", type=int, default=6, help="augmented views per crop in the feature cache")
     p.add_argument("--lab-jitter", type=float, default=0.5, help="probability of the L*a*b* stain jitter per view")
