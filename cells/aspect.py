@@ -47,7 +47,8 @@ def to_upload_box(box: Sequence[float], x_scale: float) -> list[int]:
     x0, y0, x1, y1 = box
     if x_scale == 1.0:
         return [int(x0), int(y0), int(x1), int(y1)]
-    return [int(x0 // x_scale), int(y0), int(-(-x1 // x_scale)), int(y1)]
+    # rounded, not floored/ceiled: the widened frame's full width (299) maps back to exactly 224
+    return [int(round(x0 / x_scale)), int(y0), int(round(x1 / x_scale)), int(y1)]
 
 
 def to_upload_polygon(polygon: Sequence[Sequence[float]], x_scale: float) -> list[list[int]]:

@@ -215,6 +215,7 @@ CELL_REGISTRY: dict[str, CellModelSpec] = {
     for spec in (
         CellModelSpec(
             name="wbc_cells",
+            version="2.0",  # blast learned beside the eight normal types
             # the only ImageNet-initialised small backbone available offline (mean = std = 0.5)
             backbone="mobilenetv2_100",
             input_size=128,

@@ -58,11 +58,14 @@ def _open(path: Path) -> Image.Image:
 
 
 def frame_blast(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The white cells of one answer and their blast numbers (share typed blast, mean blast probability)."""
-    white = [c for c in cells if c["kind"] == "wbc" and (c["label"] is None or c["label"] in LEUKOCYTE_CLASSES)]
+    """The white cells of one answer as the differential counts them (labelled a white-cell type or
+    unclassified, whatever the finder's ``kind``) and their blast numbers (share typed blast, mean blast
+    probability)."""
+    white = [c for c in cells if c["label"] is None or c["label"] in LEUKOCYTE_CLASSES]
     blasts = sum(1 for c in white if c["label"] == BLAST)
     return {
         "white": len(white),
+        "white_platelet_kind": sum(1 for c in white if c["kind"] != "wbc"),
         "blast": blasts,
         "share": blasts / len(white) if white else 0.0,
         "mean_p": float(np.mean([c["probabilities"].get(BLAST, 0.0) for c in white])) if white else 0.0,
@@ -97,6 +100,7 @@ def evaluate_all4(pipeline: CellPipeline, every: int = 1, log: Any = print) -> d
         per_class[name] = {
             "frames": len(rs),
             "white_cells_per_frame": round(float(np.mean([r["white"] for r in rs])), 2),
+            "of_them_platelet_sized": round(float(np.mean([r["white_platelet_kind"] for r in rs])), 2),
             "blast_share_mean": round(float(np.mean([r["share"] for r in rs])), 4),
             "blast_share_median": round(float(np.median([r["share"] for r in rs])), 4),
             "frames_without_white_cells": sum(1 for r in rs if r["white"] == 0),
