@@ -10,6 +10,12 @@ nucleus and cell outlines), one batched typer pass over the cells' crops, temper
 probabilities and abstention per cell (:func:`core.cell_answer.build_cell`); boxes and outlines
 are mapped back to the uploaded image's pixels. Then counts, and on request the annotated image.
 
+A detection of platelet size (``kind`` platelet: a nucleus under a quarter of a red cell's area) is
+never typed as a white cell: its probabilities are renormalised over the non-white types
+(:func:`restrict_small`). A white cell, a blast above all, is larger than a red cell; on the B-ALL
+frames such specks were counted as white cells, and through the served path 11 of 40 PBC platelet
+images were called blast (a platelet's crop, enlarged, is a blurred purple dot).
+
 :class:`CellPipeline` is also what evaluation runs (:mod:`training.cell_served`), so the model
 card's served-path numbers measure exactly this code.
 """
@@ -25,18 +31,19 @@ import torch
 from PIL import Image
 
 from cells.aspect import to_upload_box, to_upload_polygon, true_shape
-from cells.segment import find_cells
+from cells.segment import PLATELET, find_cells
 from core.card import check_card_matches, read_card
 from core.cell_answer import build_cell, counts_of
 from core.decode import decode_request, request_flag
 from core.prediction import NOTICE
+from core.registry import LEUKOCYTE_CLASSES
 from core.smear_gate import SmearGate
 from handlers.annotate import annotated_png_base64
 from handlers.postprocess import calibrated_probabilities
 from handlers.runtime import MODEL_SUBDIR, elapsed_ms
 from training.cell_typer import CellTyper, build_typer_transform, crop_cell, load_typer
 
-__all__ = ["CellPipeline", "CellRuntime", "wants_annotation"]
+__all__ = ["CellPipeline", "CellRuntime", "restrict_small", "wants_annotation"]
 #: crops typed per forward pass (a crowded frame has a few dozen cells)
 TYPER_BATCH = 32
 
@@ -48,6 +55,15 @@ def wants_annotation(row: Any, header: str | None = None, explain: str | None = 
     v2 request), or by calling ``/explanations/wbc_cells`` (TorchServe sets the header ``explain: True``).
     """
     return request_flag(row, "annotate", header, explain)
+
+
+def restrict_small(probs: list[float], classes: list[str]) -> list[float]:
+    """Probabilities of a platelet-sized detection: the white-cell types' mass removed, the rest renormalised."""
+    kept = [0.0 if c in LEUKOCYTE_CLASSES else p for p, c in zip(probs, classes, strict=True)]
+    total = sum(kept)
+    if total <= 0.0:
+        return [1.0 if c == PLATELET else 0.0 for c in classes]
+    return [p / total for p in kept]
 
 
 class CellPipeline:
@@ -89,7 +105,10 @@ class CellPipeline:
         timing["segment"] = elapsed_ms(t)
         t = time.perf_counter()
         crops = [self.transform(crop_cell(shaped, c.box, self.spec)) for c in found]
-        probs = self.type_crops(crops).tolist()
+        probs = [
+            restrict_small(p, self.classes) if c.kind == PLATELET else p
+            for c, p in zip(found, self.type_crops(crops).tolist(), strict=True)
+        ]
         timing["type"] = elapsed_ms(t)
         return [
             build_cell(

@@ -219,7 +219,7 @@ def build(out: Path, every: int, typer_dir: Path, log: Any = None) -> None:
             rows["r"].append(fc.rbc_radius)
         if (i + 1) % 50 == 0:
             log(f"{i + 1}/{len(frames)} frames, {len(rows['crop'])} cells, {time.time() - t0:.0f}s")
-    data = dict(rows)
+    data: dict[str, Any] = dict(rows)
     data["probs8"] = np.concatenate(probs) if probs else np.zeros((0, len(typer.spec.classes)))
     data["typer_classes"] = list(typer.spec.classes)
     data["frames"] = [(s.relpath, s.class_name, s.block, part) for s, part in frames]

@@ -249,6 +249,38 @@ def cache_views(
     return out.view(views, len(crops), *out.shape[1:])
 
 
+@torch.no_grad()
+def _pooled_cache(
+    path: Path,
+    key: dict[str, Any],
+    model: torch.nn.Module,
+    tail: torch.nn.Module,
+    train_maps: torch.Tensor,
+    val_maps: dict[str, torch.Tensor],
+    log: Any,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Pooled features (the classifier's input) of the cached stem maps, computed once (``path`` keeps them)."""
+    if path.is_file():
+        saved = torch.load(path, weights_only=False)
+        if saved["key"] == key:
+            return saved["train"], saved["val"]
+    model.eval()
+    tail.eval()
+
+    def pooled(maps: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [model.forward_head(tail(maps[i : i + 256].float()), pre_logits=True) for i in range(0, len(maps), 256)]
+        )
+
+    t0 = time.time()
+    views, n = train_maps.shape[:2]
+    train = pooled(train_maps.reshape(views * n, *train_maps.shape[2:])).reshape(views, n, -1)
+    val = {k: pooled(v) for k, v in val_maps.items()}
+    torch.save({"key": key, "train": train, "val": val}, path)
+    log(f"pooled features {tuple(train.shape)} in {time.time() - t0:.0f}s -> {path}")
+    return train, val
+
+
 def train(args: argparse.Namespace) -> Path:
     """Cache stem features, train the tail, checkpoint every epoch; returns the saved model directory."""
     torch.set_num_threads(args.threads)
@@ -349,6 +381,15 @@ def train(args: argparse.Namespace) -> Path:
     per_epoch = int(round(n_pbc * (1.0 + args.bccd_share + (args.weak_share if n_weak else 0.0))))
     steps_per_epoch = math.ceil(per_epoch / args.batch_size)
 
+    val_maps = cache["val_maps"]
+    if args.head_only:
+        # Only the classifier trains, on the pooled features of the frozen network (cached once): the eight
+        # normal types keep the saved typer's features exactly; the new class is a linear read-out of them.
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in model.net.classifier.parameters():
+            p.requires_grad_(True)
+        train_maps, val_maps = _pooled_cache(out / "pooled_cache.pt", key, model, tail, train_maps, val_maps, log)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
     ckpt_path = out / "checkpoint.pt"
@@ -362,6 +403,8 @@ def train(args: argparse.Namespace) -> Path:
     )
 
     def head(maps: torch.Tensor) -> torch.Tensor:
+        if args.head_only:
+            return model.net.classifier(maps.float())
         return model.forward_head(tail(maps.float()))
 
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -375,7 +418,7 @@ def train(args: argparse.Namespace) -> Path:
             sl = slice(b * args.batch_size, (b + 1) * args.batch_size)
             x = torch.stack(
                 [
-                    geometric_grid(train_maps[v, i], int(k), bool(f))  # type: ignore[misc]
+                    train_maps[v, i] if args.head_only else geometric_grid(train_maps[v, i], int(k), bool(f))  # type: ignore[misc]
                     for i, v, k, f in zip(order[sl], view[sl], rot[sl], flip[sl], strict=True)
                 ]
             )
@@ -391,7 +434,8 @@ def train(args: argparse.Namespace) -> Path:
         return F.cross_entropy(logits, y, label_smoothing=args.label_smoothing), len(y)
 
     def train_mode() -> None:
-        tail.train()
+        if not args.head_only:  # head only: the frozen network's batch-norm statistics stay as saved
+            tail.train()
         model.net.classifier.train()
         tally.update(correct=0, seen=0, t0=time.time())
 
@@ -407,7 +451,7 @@ def train(args: argparse.Namespace) -> Path:
         model.eval()
         rec: dict[str, Any] = {}
         with torch.no_grad():
-            for k, maps in cache["val_maps"].items():
+            for k, maps in val_maps.items():
                 val_logits = torch.cat([head(maps[i : i + 256]) for i in range(0, len(maps), 256)])
                 acc, f1 = macro_f1(val_logits, cache["val_labels"][k], spec.num_classes)
                 rec[f"val_{k}_acc"] = round(acc, 4)
@@ -436,7 +480,9 @@ def train(args: argparse.Namespace) -> Path:
         out / "model",
         extra={
             "training": {
-                "recipe": "cached stem features (frozen through blocks[freeze_through]), tail + head trained",
+                "recipe": "classifier only, on the frozen network's pooled features of cached augmented views"
+                if args.head_only
+                else "cached stem features (frozen through blocks[freeze_through]), tail + head trained",
                 "data": {
                     "pbc_train": n_pbc,
                     "bccd_train": len(labels) - n_pbc - n_weak,
@@ -464,6 +510,7 @@ def train(args: argparse.Namespace) -> Path:
                         "lab_jitter",
                         "p_gray",
                         "freeze_through",
+                        "head_only",
                         "seed",
                         "limit",
                     )
@@ -502,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="per-class cap for a quick smoke run (0: all)")
     p.add_argument("--resume", action="store_true")
+    p.add_argument(
+        "--head-only", action="store_true", help="train only the classifier on the frozen network's pooled features"
+    )
     p.add_argument("--no-eval", action="store_true", help="skip evaluation after training")
     args = p.parse_args(argv)
     model_dir = train(args)
