@@ -63,7 +63,7 @@ from core.paths import WEIGHTS
 from core.registry import CELL_CLASSES, CellModelSpec, get_cell_spec
 from training.augment import ColorAugment, GeometricAugment, TrainAugment, geometric_grid
 from training.cell_data import bccd_split, pbc_split
-from training.cell_typer import build_typer_transform, create_typer, crop_cell, save_typer, typer_split
+from training.cell_typer import CellTyper, build_typer_transform, create_typer, crop_cell, save_typer, typer_split
 from training.cell_weak import CrossStats, Degrade, load_weak
 from training.loop import Checkpoint, Log, Source, fit, macro_f1
 from training.stain import lab_to_rgb, rgb_to_lab
@@ -253,7 +253,7 @@ def cache_views(
 def _pooled_cache(
     path: Path,
     key: dict[str, Any],
-    model: torch.nn.Module,
+    model: CellTyper,
     tail: torch.nn.Module,
     train_maps: torch.Tensor,
     val_maps: dict[str, torch.Tensor],
