@@ -28,8 +28,12 @@ BACKGROUND_DENSITY = 0.15
 MIN_BACKGROUND_SHARE = 0.05
 #: A region whose area is at most this times its inscribed disc's counts as one cell (not a clump).
 SINGLE_CELL_AREA_RATIO = 1.6
-#: ... but only when single cells make up at least this share of the stained area (else they are fragments).
+#: ... but only when single cells make up at least this share of the stained area (else they are fragments),
+#: or number at least ``SINGLE_CELL_MIN_COUNT``: a crowded B-ALL frame whose touching blasts and red cells form
+#: one large region still shows a dozen lone red cells, and that region's inscribed radius (2-5x a red cell's)
+#: must not set the unit (it did on 15% of the all4 frames, which then merged every touching cell into one).
 SINGLE_CELL_MIN_SHARE = 0.2
+SINGLE_CELL_MIN_COUNT = 8
 #: Red-cell radius used when the image has too few cells to measure one (fraction of the shorter side).
 FALLBACK_RADIUS_FRACTION = 0.05
 
@@ -81,7 +85,8 @@ def _rbc_radius(foreground: np.ndarray) -> float:
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
     # Regions about as large as their inscribed disc are single cells; prefer them over clumps when there are any.
     single = (areas <= SINGLE_CELL_AREA_RATIO * np.pi * peaks**2) & (peaks >= 2.0)
-    if areas[single].sum() >= max(50.0, SINGLE_CELL_MIN_SHARE * areas.sum()):
+    enough = areas[single].sum() >= max(50.0, SINGLE_CELL_MIN_SHARE * areas.sum())
+    if enough or int(single.sum()) >= SINGLE_CELL_MIN_COUNT:
         peaks, areas = peaks[single], areas[single]
     order = np.argsort(peaks)
     cumulative = np.cumsum(areas[order])

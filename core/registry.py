@@ -155,7 +155,7 @@ def get_spec(name: str) -> ModelSpec:
 # -- cell-level model ----------------------------------------------------------------------------
 
 #: Cell types the cell-level model tells apart, in logit order: the eight classes of the PBC data set
-#: (Acevedo et al. 2020). Red cells are not typed (they are not listed in answers at all).
+#: (Acevedo et al. 2020), then blast. Red cells are not typed (they are not listed in answers at all).
 CELL_CLASSES: tuple[str, ...] = (
     "basophil",
     "eosinophil",
@@ -215,6 +215,7 @@ CELL_REGISTRY: dict[str, CellModelSpec] = {
     for spec in (
         CellModelSpec(
             name="wbc_cells",
+            version="2.0",  # blast learned beside the eight normal types
             # the only ImageNet-initialised small backbone available offline (mean = std = 0.5)
             backbone="mobilenetv2_100",
             input_size=128,

@@ -34,8 +34,12 @@ __all__ = [
     "bccd_frames",
     "bccd_split",
     "BCCD_TYPE_TO_CLASS",
+    "PBC_CLASSES",
 ]
 
+#: the PBC data set's eight folders: every cell type but ``blast`` (learned from the B-ALL frames,
+#: :mod:`training.cell_weak`); labels stay indices into :data:`CELL_CLASSES`
+PBC_CLASSES: tuple[str, ...] = tuple(c for c in CELL_CLASSES if c != "blast")
 SEED = 20261123
 VAL_FRACTION = 0.2
 #: BCCD's white-cell type names (labels.csv) mapped to :data:`CELL_CLASSES`
@@ -100,7 +104,8 @@ class BccdFrame:
 def pbc_samples(root: Path = PBC) -> list[CellSample]:
     """Every PBC image, sorted by class then file name."""
     out = []
-    for label, name in enumerate(CELL_CLASSES):
+    for name in PBC_CLASSES:
+        label = CELL_CLASSES.index(name)
         folder = root / name
         if not folder.is_dir():
             raise FileNotFoundError(f"PBC class folder missing: {folder}")
@@ -115,7 +120,7 @@ def pbc_split(
     train: list[CellSample] = []
     val: list[CellSample] = []
     samples = pbc_samples(root)
-    for label in range(len(CELL_CLASSES)):
+    for label in (CELL_CLASSES.index(name) for name in PBC_CLASSES):
         group = [s for s in samples if s.label == label]
         random.Random(seed + label).shuffle(group)
         n_val = round(len(group) * val_fraction)

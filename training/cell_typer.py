@@ -111,7 +111,7 @@ def typer_split(model: CellTyper, after_block: int) -> tuple[nn.Module, nn.Modul
 
 
 def create_typer(spec: CellModelSpec, init_weights: str | None) -> CellTyper:
-    """Build the typer; ``init_weights`` is ``None``/``"random"``, ``"hub"`` or a safetensors file.
+    """Build the typer; ``init_weights`` is ``None``/``"random"``, ``"hub"``, a safetensors file or a typer directory.
 
     A file is a full timm state dict of ``spec.backbone`` (any float dtype, any head size): it is
     loaded strictly with its own head, then the head is replaced by one over ``spec.classes``.
@@ -130,6 +130,8 @@ def create_typer(spec: CellModelSpec, init_weights: str | None) -> CellTyper:
     from safetensors.torch import load_file
 
     path = Path(init_weights)
+    if path.is_dir():
+        return _from_typer(spec, path)
     state = {k: v.float() for k, v in load_file(str(path)).items()}
     head_classes = _head_classes(state)
     model = CellTyper(spec, num_classes=head_classes)
@@ -137,6 +139,33 @@ def create_typer(spec: CellModelSpec, init_weights: str | None) -> CellTyper:
     if head_classes != spec.num_classes:
         model.net.reset_classifier(spec.num_classes)
     model.init_info = {"source": "file", "path": path.name, "sha256": file_sha256(path), "strict": True}
+    return model
+
+
+def _from_typer(spec: CellModelSpec, directory: Path) -> CellTyper:
+    """A typer over ``spec.classes`` fine-tuned from a saved one (:func:`save_typer`) with fewer or other classes.
+
+    Every weight is copied; the classifier's rows of the classes both share are copied by name, a new
+    class's row starts at zero weights and the lowest old bias (it starts rare, the loss raises it).
+    """
+    old = load_typer(directory)
+    model = CellTyper(spec)
+    state = old.net.state_dict()
+    old_weight, old_bias = state["classifier.weight"], state["classifier.bias"]
+    weight = torch.zeros((spec.num_classes, old_weight.shape[1]), dtype=old_weight.dtype)
+    bias = torch.full((spec.num_classes,), float(old_bias.min()), dtype=old_bias.dtype)
+    for i, name in enumerate(spec.classes):
+        if name in old.spec.classes:
+            j = old.spec.classes.index(name)
+            weight[i], bias[i] = old_weight[j], old_bias[j]
+    model.net.load_state_dict(state | {"classifier.weight": weight, "classifier.bias": bias}, strict=True)
+    weights_file = directory / WEIGHTS_FILE
+    model.init_info = {
+        "source": "typer",
+        "path": str(directory),
+        "sha256": file_sha256(weights_file),
+        "classes": list(old.spec.classes),
+    }
     return model
 
 

@@ -11,7 +11,14 @@ Measured on the fixed validation splits of :mod:`training.cell_data` (never trai
 - **Colour perturbations** (:data:`training.augment.PERTURBATIONS`: grayscale, Reinhard stain
   normalisation, hue shift, white-balance shift), applied to the whole PBC image / BCCD frame
   before cropping, as a served frame would arrive: accuracy and its change from the clean one.
-- **Calibration**: a temperature fitted on PBC val (NLL); ECE before/after on PBC val (in-sample
+- **Weakly labelled B-ALL cells** (all4 validation blocks, :mod:`training.cell_weak`; when the typer
+  was trained with them): the cells the served finder finds on malignant frames (weak label
+  ``blast``) and on Benign frames (lymphocyte or a sure normal type): accuracy against the weak
+  labels, the blast-vs-rest AUC of the calibrated blast probability, and the share of Benign-frame
+  cells called blast. The weak labels are noisy (a malignant frame also shows normal cells), so
+  these are lower bounds on agreement, not a cell-level truth.
+- **Calibration**: a temperature fitted on PBC val plus the weakly labelled all4 val cells (NLL: the
+  ninth type, blast, exists only there); ECE before/after on PBC val (in-sample
   and 2-fold cross-fitted, the honest estimate) and on BCCD val (fitted on other data). Abstention:
   the threshold on the calibrated top probability that keeps >= ``coverage`` of PBC val; its
   accepted accuracy on PBC val and on BCCD val is reported.
@@ -43,6 +50,7 @@ from training.calibrate import (
 )
 from training.cell_data import BCCD_TYPE_TO_CLASS, bccd_split, pbc_split
 from training.cell_typer import CONFIG_FILE, CellTyper, build_typer_transform, crop_cell, load_typer
+from training.cell_weak import load_weak
 
 __all__ = ["typer_logits", "coverage_threshold", "evaluate", "main"]
 
@@ -160,6 +168,35 @@ def _plot_confusions(panels: list[tuple[str, np.ndarray]], classes: Sequence[str
     plt.close(fig)
 
 
+def _weak_scores(
+    logits: np.ndarray, labels: np.ndarray, weak: Any, classes: Sequence[str], temperature: float, threshold: float
+) -> dict[str, Any]:
+    """The typer on the weakly labelled all4 validation cells (labels from the frames, noisy)."""
+    from sklearn.metrics import roc_auc_score
+
+    blast = classes.index("blast")
+    probs = softmax(logits, temperature)
+    is_blast = labels == blast
+    benign = np.array([c == "Benign" for c in weak.frame_classes])
+    called = probs.argmax(1) == blast
+    accepted = probs.max(1) >= threshold
+    return {
+        "cells": int(len(labels)),
+        "weak_blast": int(is_blast.sum()),
+        "benign_frame_cells": int(benign.sum()),
+        "accuracy_vs_weak_labels": round(float((probs.argmax(1) == labels).mean()), 4),
+        "blast_auc_vs_weak_labels": round(float(roc_auc_score(is_blast, probs[:, blast])), 4)
+        if 0 < is_blast.sum() < len(labels)
+        else None,
+        "weak_blast_called_blast": round(float(called[is_blast].mean()), 4) if is_blast.any() else None,
+        "weak_blast_called_blast_accepted": round(float((called & accepted)[is_blast].mean()), 4)
+        if is_blast.any()
+        else None,
+        "benign_frame_cells_called_blast": round(float(called[benign].mean()), 4) if benign.any() else None,
+        "ece": round(expected_calibration_error(probs, labels), 4),
+    }
+
+
 def evaluate(
     model_dir: Path, out: Path, threads: int = 2, coverage: float = DEFAULT_COVERAGE, limit: int = 0
 ) -> dict[str, Any]:
@@ -182,6 +219,8 @@ def evaluate(
         bccd_val = [f for c in classes for f in [x for x in bccd_val if x.single_type == c][:limit]]
     y_pbc = np.array([s.label for s in pbc_val])
     y_bccd = np.array([classes.index(f.single_type) for f in bccd_val])
+    weak_file = json.loads((model_dir / CONFIG_FILE).read_text()).get("training", {}).get("weak")
+    weak = load_weak(Path(weak_file), "val", classes) if weak_file and "blast" in classes else None
 
     logits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, perturb in [("clean", None), *PERTURBATIONS.items()]:
@@ -191,10 +230,14 @@ def evaluate(
         )
         print(f"  evaluated {name} ({time.time() - t0:.0f}s)", flush=True)
     lp, lb = logits["clean"]
+    lw = typer_logits(model, weak.crops) if weak is not None else np.zeros((0, len(classes)), dtype=np.float32)
+    y_weak = np.array(weak.labels if weak is not None else [], dtype=int)
 
-    temperature = fit_temperature(lp, y_pbc)
+    # the calibration set: PBC val and the weakly labelled all4 val cells (the only blasts)
+    lc, yc = np.concatenate([lp, lw]), np.concatenate([y_pbc, y_weak])
+    temperature = fit_temperature(lc, yc)
     probs_p = softmax(lp, temperature)
-    threshold = coverage_threshold(probs_p, coverage)
+    threshold = coverage_threshold(softmax(lc, temperature), coverage)
     cross = cross_fitted_calibration(lp, y_pbc, [s.path.name for s in pbc_val], folds=2)
     pbc = classification_metrics(lp, y_pbc, classes, temperature=temperature)
     pbc_raw = classification_metrics(lp, y_pbc, classes)
@@ -223,7 +266,8 @@ def evaluate(
         "temperature": round(temperature, 4),
         "abstain_threshold": round(threshold, 4),
         "fitted_on": (
-            f"PBC validation split ({len(y_pbc)} images): temperature by NLL, threshold keeps >= {coverage:.0%}"
+            f"PBC validation split ({len(y_pbc)} images) and {len(y_weak)} weakly labelled all4 validation cells: "
+            f"temperature by NLL, threshold keeps >= {coverage:.0%}"
         ),
     }
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -233,6 +277,7 @@ def evaluate(
         "init": model.init_info,
         "spec": spec.to_dict(),
         "pbc_val": pbc | {"accuracy_uncalibrated_argmax": pbc_raw["accuracy"]},
+        "all4_weak_val": _weak_scores(lw, y_weak, weak, classes, temperature, threshold) if weak is not None else None,
         "bccd_val": bccd,
         "perturbations": perturbations,
         "calibration": {
@@ -240,6 +285,7 @@ def evaluate(
             "fitted_on": "PBC val",
             "pbc_val_ece_before": pbc_raw["ece"],
             "pbc_val_ece_after_in_sample": pbc["ece"],
+            "calibration_set": {"pbc_val": int(len(y_pbc)), "all4_weak_val": int(len(y_weak))},
             "pbc_val_ece_after_cross_fitted_2fold": cross["ece_after"],
             "cross_fitted_temperatures": cross["temperatures"],
             "bccd_val_ece_before": round(expected_calibration_error(softmax(lb), y_bccd), 4) if len(y_bccd) else None,

@@ -123,3 +123,35 @@ def test_large_real_frame_upscaled() -> None:
 def test_rejects_non_rgb() -> None:
     with pytest.raises(ValueError):
         find_cells(np.zeros((10, 10), np.uint8))
+
+
+def test_a_crowded_b_all_frame_keeps_the_red_cell_unit_and_splits_touching_blasts() -> None:
+    """Pre-162: touching blasts and red cells form one large stained region; the unit must stay a red cell's
+    radius (about 11 px at 299x224, it was measured as 44 px) and the cluster must not be one white cell."""
+    from cells.aspect import true_shape
+    from cells.stain import stain_maps
+
+    with Image.open(ALL4_ORIGINAL / "Pre" / "WBC-Malignant-Pre-162.jpg") as im:
+        image, _ = true_shape(im.convert("RGB"))
+    rgb = np.asarray(image)
+    assert 8 <= stain_maps(rgb).rbc_radius <= 16
+    wbcs = [c for c in find_cells(rgb) if c.kind == "wbc"]
+    _check_geometry(find_cells(rgb), rgb.shape)
+    assert len(wbcs) >= 8
+    # no box spans the cluster (it was 128x160 px); a single blast is about 40-60 px, two touching ones ~90
+    assert max(max(c.box[2] - c.box[0], c.box[3] - c.box[1]) for c in wbcs) <= 100
+
+
+def test_specks_and_faint_fragments_are_not_counted() -> None:
+    from cells.segment import WBC_MIN_SCORE, WBC_MIN_SIDE, counted
+
+    def cell(score: float, side: int) -> FoundCell:
+        return FoundCell("wbc", (10, 10, 10 + side, 10 + side), score, [], [], 1, 1)
+
+    r = 10.0
+    assert counted(cell(0.9, 30), r)
+    assert not counted(cell(WBC_MIN_SCORE - 0.01, 30), r)  # faint
+    assert not counted(cell(0.9, int(WBC_MIN_SIDE * r) - 1), r)  # a speck smaller than a red cell
+    for path in sorted((ALL4_ORIGINAL / "Early").glob("*.jpg"))[:5]:
+        for c in find_cells(_rgb(path)):
+            assert c.kind != "wbc" or c.score >= WBC_MIN_SCORE

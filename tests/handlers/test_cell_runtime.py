@@ -19,7 +19,7 @@ from core.cell_answer import ANSWER_KEYS, CELL_KEYS, UNCLASSIFIED
 from core.errors import RequestError
 from core.registry import CELL_CLASSES
 from core.v2 import image_request, result_body
-from handlers.cell_runtime import CellRuntime
+from handlers.cell_runtime import CellRuntime, restrict_small
 from handlers.cells_handler import CellsHandler
 from tests.conftest import REPO
 from tests.handlers.inputs import bad_cases, count_json_parses, smear_bytes
@@ -83,6 +83,12 @@ def test_probabilities_match_an_independent_typer_pass(runtime: CellRuntime, mod
     x = torch.stack([transform(crop_cell(image, c.box, typer.spec)) for c in found])
     with torch.no_grad():
         ref = torch.softmax(typer(x) / runtime.temperature, dim=-1)
+    # a platelet-sized detection is never a white cell: the white types' mass removed (restrict_small)
+    classes = list(typer.spec.classes)
+    ref = torch.tensor(
+        [restrict_small(p, classes) if c.kind == "platelet" else p for c, p in zip(found, ref.tolist(), strict=True)]
+    )
+    assert any(c.kind == "wbc" for c in found)
     got = torch.tensor([[c["probabilities"][k] for k in CELL_CLASSES] for c in body["cells"]])
     assert got.shape == ref.shape
     assert float((got - ref).abs().max()) <= 1e-4
@@ -174,3 +180,33 @@ def test_handler_module_defines_exactly_one_class() -> None:
     import handlers.cells_handler as mod
 
     assert [n for n, c in inspect.getmembers(mod, inspect.isclass) if c.__module__ == mod.__name__] == ["CellsHandler"]
+
+
+def test_a_platelet_sized_detection_is_never_a_white_cell() -> None:
+    from core.registry import LEUKOCYTE_CLASSES
+
+    classes = list(CELL_CLASSES)
+    probs = [0.0] * len(classes)
+    probs[classes.index("blast")], probs[classes.index("platelet")] = 0.8, 0.2
+    out = restrict_small(probs, classes)
+    assert out[classes.index("platelet")] == 1.0 and sum(out) == 1.0
+    assert all(out[classes.index(c)] == 0.0 for c in LEUKOCYTE_CLASSES)
+    only_white = [1.0 / len(LEUKOCYTE_CLASSES) if c in LEUKOCYTE_CLASSES else 0.0 for c in classes]
+    assert restrict_small(only_white, classes)[classes.index("platelet")] == 1.0
+
+
+def test_a_squashed_224_frame_is_typed_widened_and_answered_in_its_own_pixels(runtime: CellRuntime) -> None:
+    from cells.aspect import true_shape
+    from tests.handlers.inputs import smear_path
+
+    raw = smear_path("Pre").read_bytes()
+    body = runtime.analyse({"body": raw})
+    image = Image.open(io.BytesIO(raw)).convert("RGB")
+    assert image.size == (224, 224)
+    widened, scale = true_shape(image)
+    found = [c for c in find_cells(np.asarray(widened))]
+    assert len(body["cells"]) == len(found) > 0
+    for cell, c in zip(body["cells"], found, strict=True):
+        x0, y0, x1, y1 = cell["box"]
+        assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224
+        assert abs(x0 - c.box[0] / scale) <= 1 and abs(x1 - c.box[2] / scale) <= 1 and (y0, y1) == (c.box[1], c.box[3])

@@ -12,9 +12,12 @@ from PIL import Image
 
 from core.cell_answer import ANSWER_KEYS
 from core.errors import ERROR_STATUS
+from core.registry import CLASS_NAMES
 from serving.torchserve import ServerInfo
 from tests.handlers.inputs import Case, bad_cases, smear_bytes
 from training.cell_data import bccd_split
+from training.cell_served import frame_blast
+from training.data import load_split
 
 pytestmark = pytest.mark.integration
 
@@ -68,3 +71,28 @@ def test_concurrent_frames_all_answer(torchserve: ServerInfo) -> None:
     with ThreadPoolExecutor(6) as pool:
         codes = [r.status_code for r in pool.map(lambda b: _post(torchserve, b), bodies)]
     assert codes == [200] * 6
+
+
+def test_blasts_on_malignant_frames_and_a_lower_share_on_benign_ones(torchserve: ServerInfo) -> None:
+    """The served wbc_cells finds blasts on B-ALL validation frames (blocks never trained on), fewer on Benign ones.
+
+    The first three validation frames of each class, as uploaded (224x224, squashed: widened by the model).
+    """
+    val = load_split().val
+    found: dict[str, list[dict]] = {}
+    for name in CLASS_NAMES:
+        found[name] = []
+        for sample in [s for s in val if s.class_name == name][:3]:
+            r = _post(torchserve, sample.path.read_bytes())
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert "blast" in body["counts"]
+            for cell in body["cells"]:
+                x0, y0, x1, y1 = cell["box"]
+                assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224  # in the upload's pixels
+                assert set(cell["probabilities"]) >= {"blast", "lymphocyte"}
+            found[name].append(frame_blast(body["cells"]))
+    malignant = [f for name in CLASS_NAMES if name != "Benign" for f in found[name]]
+    assert sum(f["blast"] for f in malignant) >= 3
+    mean_share = lambda fs: sum(f["share"] for f in fs) / len(fs)  # noqa: E731
+    assert mean_share(malignant) > mean_share(found["Benign"]) + 0.2, (mean_share(malignant), found["Benign"])

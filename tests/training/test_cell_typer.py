@@ -164,6 +164,39 @@ def test_sample_weights_balance_sources_and_temper_bccd_classes() -> None:
     assert sample_weights(crops, 0.0)[src == "bccd"].sum() == 0
 
 
+def test_weak_cells_get_their_share_half_to_blast() -> None:
+    blast = CELL_CLASSES.index("blast")
+    crops = CropSet()
+    for i in range(80):
+        crops.add(Image.new("RGB", (4, 4)), i % 8, "pbc", f"p{i}")
+    for i in range(30):
+        crops.add(Image.new("RGB", (4, 4)), blast, "all4", f"b{i}")
+    for i in range(10):
+        crops.add(Image.new("RGB", (4, 4)), CELL_CLASSES.index("lymphocyte"), "all4", f"l{i}")
+    w = sample_weights(crops, bccd_share=0.0, weak_share=0.5)
+    src, labels = np.array(crops.sources), np.array(crops.labels)
+    assert w[src == "all4"].sum() == pytest.approx(0.5 / 1.5)
+    assert w[(src == "all4") & (labels == blast)].sum() == pytest.approx(w[(src == "all4") & (labels != blast)].sum())
+    assert sample_weights(crops, 0.0, 0.0)[src == "all4"].sum() == 0
+
+
+def test_a_saved_typer_is_fine_tuned_with_its_classes_kept_by_name(tmp_path) -> None:
+    from dataclasses import replace
+
+    torch.manual_seed(3)
+    old_spec = replace(SPEC, classes=CELL_CLASSES[:8])
+    old = create_typer(old_spec, None).eval()
+    save_typer(old, tmp_path / "old")
+    new = create_typer(SPEC, str(tmp_path / "old")).eval()
+    assert new.spec.classes == SPEC.classes and new.init_info["source"] == "typer"
+    x = _batch(3)
+    with torch.no_grad():
+        a, b = old(x), new(x)
+    assert torch.allclose(a, b[:, :8], atol=1e-5)  # the eight kept by name
+    blast = SPEC.classes.index("blast")
+    assert torch.allclose(b[:, blast], old.net.classifier.bias.min().expand(3), atol=1e-6)  # starts rare
+
+
 def test_coverage_threshold_keeps_the_requested_share() -> None:
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(8), size=1000)
