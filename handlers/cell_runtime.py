@@ -4,7 +4,7 @@
 typer's weights and config written by :func:`training.cell_typer.save_typer`, ``model_card.json``).
 One request: decode and validate (:mod:`core.decode`, the same limits as the frame models), the smear
 gate from the card (fails closed), then :class:`CellPipeline`: the image at its true shape
-(:func:`cells.aspect.true_shape`: an exactly 224x224 upload is a 4:3 camera frame squashed to a
+(:func:`core.aspect.true_shape`: an exactly 224x224 upload is a 4:3 camera frame squashed to a
 square and is widened by 4/3 first), the cell finder (:func:`cells.segment.find_cells`: boxes,
 nucleus and cell outlines), one batched typer pass over the cells' crops, temperature-scaled
 probabilities and abstention per cell (:func:`core.cell_answer.build_cell`); boxes and outlines
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cells.aspect import to_upload_box, to_upload_polygon, true_shape
 from cells.segment import PLATELET, find_cells
+from core.aspect import to_upload_box, to_upload_polygon, true_shape
 from core.card import check_card_matches, read_card
 from core.cell_answer import build_cell, counts_of
 from core.decode import decode_request, request_flag

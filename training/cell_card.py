@@ -180,7 +180,7 @@ def build_cell_card(
             "cell-level label was available, so its cell-level sensitivity on sharp images from another lab and on "
             "myeloblasts is not measured here. Other abnormal cells are typed as the nearest type or abstained on.",
             "An exactly 224x224 upload is taken as a 4:3 camera frame squashed to a square (the B-ALL data set's "
-            "format) and widened by 4/3 before finding and typing (cells.aspect); boxes are reported in the upload's "
+            "format) and widened by 4/3 before finding and typing (core.aspect); boxes are reported in the upload's "
             "pixels.",
             "The cell finder is classical (stain colour, thresholds, watershed), tuned on BCCD frames; other "
             "magnifications and stains shift its thresholds.",

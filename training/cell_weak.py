@@ -5,7 +5,7 @@ cells of Early/Pre/Pro (B-ALL) frames are mostly lymphoblasts, the Benign frames
 (benign lymphoid precursors, the blast's mimic) and normal cells. This module turns frames into
 labelled cell crops:
 
-1. every frame at its true shape (:func:`cells.aspect.true_shape`: the 224x224 frames are 4:3 camera
+1. every frame at its true shape (:func:`core.aspect.true_shape`: the 224x224 frames are 4:3 camera
    frames squashed to a square), the served finder (:func:`cells.segment.find_cells`) on it;
 2. each white cell cropped exactly as served (:func:`training.cell_typer.crop_cell`) and typed by the
    shipped 8-type typer (its calibrated probabilities are kept with the crop);
@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cells.aspect import true_shape
 from cells.segment import WBC, find_cells_in, segment
+from core.aspect import true_shape
 from core.registry import CELL_CLASSES
 from training.cell_typer import build_typer_transform, crop_cell, load_typer
 from training.data import load_split

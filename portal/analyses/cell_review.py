@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 from PIL import Image as PILImage
 
+from core.aspect import x_scale_of
 from core.cell_answer import CELL_COLOURS, UNCLASSIFIED
 from core.registry import CELL_REGISTRY
 from portal.analyses import storage
@@ -100,7 +101,8 @@ def _margin(model_name: str) -> float:
 
 
 def crop_png(cell: Cell) -> bytes:
-    """The cell cut from the stored original image by its box (grown by the model's margin), as PNG."""
+    """The cell cut from the stored original image by its box (grown by the model's margin), as PNG, at its
+    true shape (a squashed 4:3 frame's crop widened back, core.aspect)."""
     x0, y0, x1, y1 = (int(v) for v in cell.box)
     return _crop(cell.image.storage_name, (x0, y0, x1, y1), _margin(cell.cell_analysis.model_name))
 
@@ -113,9 +115,10 @@ def _crop(storage_name: str, box: tuple[int, int, int, int], margin: float) -> b
     with PILImage.open(io.BytesIO(storage.read(storage_name))) as im:
         region = (max(0, x0 - grow_x), max(0, y0 - grow_y), min(im.width, x1 + grow_x), min(im.height, y1 + grow_y))
         crop = im.convert("RGB").crop(region)
-    scale = min(2.0, CROP_SIDE / max(crop.width, crop.height, 1))
+        x_scale = x_scale_of(im.size)
+    scale = min(2.0, CROP_SIDE / max(crop.width * x_scale, crop.height, 1))
     crop = crop.resize(
-        (max(1, round(crop.width * scale)), max(1, round(crop.height * scale))), PILImage.Resampling.LANCZOS
+        (max(1, round(crop.width * x_scale * scale)), max(1, round(crop.height * scale))), PILImage.Resampling.LANCZOS
     )
     out = io.BytesIO()
     crop.save(out, "PNG", optimize=True)

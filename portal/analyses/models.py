@@ -31,6 +31,7 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
+from core.aspect import x_scale_of
 from core.cell_answer import CELL_COLOURS, UNCLASSIFIED
 from core.prediction import ABSTAIN_MESSAGES
 from core.registry import CELL_CLASSES, CELL_DESCRIPTIONS, CLASS_NAMES
@@ -93,6 +94,12 @@ class Image(models.Model):
 
     def __str__(self) -> str:
         return f"Image {self.pk} ({self.original_name})"
+
+    @property
+    def display_width(self) -> int:
+        """The width the frame is shown at: a squashed 4:3 camera frame (224x224, core.aspect) widened
+        back, so that its cells are seen at their true shape; any other frame as it is."""
+        return round(self.width * x_scale_of((self.width, self.height)))
 
     def get_absolute_url(self) -> str:
         return reverse("analyses:image", args=[self.pk])

@@ -128,8 +128,8 @@ def test_rejects_non_rgb() -> None:
 def test_a_crowded_b_all_frame_keeps_the_red_cell_unit_and_splits_touching_blasts() -> None:
     """Pre-162: touching blasts and red cells form one large stained region; the unit must stay a red cell's
     radius (about 11 px at 299x224, it was measured as 44 px) and the cluster must not be one white cell."""
-    from cells.aspect import true_shape
     from cells.stain import stain_maps
+    from core.aspect import true_shape
 
     with Image.open(ALL4_ORIGINAL / "Pre" / "WBC-Malignant-Pre-162.jpg") as im:
         image, _ = true_shape(im.convert("RGB"))

@@ -196,7 +196,7 @@ def test_a_platelet_sized_detection_is_never_a_white_cell() -> None:
 
 
 def test_a_squashed_224_frame_is_typed_widened_and_answered_in_its_own_pixels(runtime: CellRuntime) -> None:
-    from cells.aspect import true_shape
+    from core.aspect import true_shape
     from tests.handlers.inputs import smear_path
 
     raw = smear_path("Pre").read_bytes()

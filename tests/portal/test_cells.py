@@ -218,8 +218,11 @@ def test_differential_page_gallery_and_crop(tech_client: Client, frames: list[Im
     crop = tech_client.get(f"/cells/{cell.pk}/crop.png")
     assert crop.status_code == 200 and crop["Content-Type"] == "image/png"
     with PILImage.open(io.BytesIO(crop.content)) as im:
-        # the box grown by 25 % on each side (75 px), scaled to 128 px
-        assert im.size == (128, 128)
+        # the box grown by 25 % on each side (75 px); the frame is a 4:3 camera frame squashed to 224x224
+        # (core.aspect), so the crop is widened back by 4/3 (100 x 75 px), then scaled to 128 px on its long side
+        assert frames[0].width == frames[0].height == 224 and im.size == (128, 96)
+    frame_page = tech_client.get(frames[0].get_absolute_url()).content.decode()
+    assert "aspect-ratio: 299 / 224" in frame_page  # the frame and its cell overlay at their true shape
     assert f"/specimens/{specimen.pk}/differential/" in tech_client.get(specimen.get_absolute_url()).content.decode()
 
 

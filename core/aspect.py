@@ -1,4 +1,4 @@
-"""True cell shape for frames that were squashed to a square (torch-free).
+"""True cell shape for frames that were squashed to a square (torch- and numpy-free: the portal uses it too).
 
 The B-ALL data set's frames (and any frame resized the same way) are 4:3 camera frames
 (1024x768 and larger) resized to 224x224 without keeping the aspect ratio: every cell is narrowed

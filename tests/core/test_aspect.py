@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cells.aspect import SQUASH_X_SCALE, to_upload_box, to_upload_polygon, true_shape, x_scale_of
+from core.aspect import SQUASH_X_SCALE, to_upload_box, to_upload_polygon, true_shape, x_scale_of
 
 
 def test_only_an_exactly_224_square_is_widened() -> None:
