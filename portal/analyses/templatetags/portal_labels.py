@@ -22,7 +22,7 @@ register = template.Library()
 
 def class_name(label: str | None) -> str:
     """The class's full name; the label itself when it is not a class (empty stays empty)."""
-    return class_description(label or "")
+    return class_description(label)
 
 
 register.filter("class_name", class_name)
