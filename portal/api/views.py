@@ -50,6 +50,7 @@ from portal.api.serializers import (
     UploadSerializer,
 )
 from portal.contract import IMAGE_MEDIA_TYPES
+from portal.errors import error_body
 from portal.patients.models import Patient, Specimen
 
 __all__ = [
@@ -114,7 +115,7 @@ class TokenResponseSerializer(serializers.Serializer):
 
 
 def _refused(detail: str, code: str, http_status: int) -> Response:
-    return Response({"detail": detail, "code": code}, status=http_status)
+    return Response(error_body(detail, code), status=http_status)
 
 
 class Immutable(APIException):
