@@ -45,7 +45,9 @@ __all__ = [
     "create_patient",
     "create_specimen",
     "log_event",
+    "log_refusal",
     "reclassify_cell",
+    "refusal_reason",
     "register_user",
     "sign_off",
     "store_cell_outcome",
@@ -128,6 +130,22 @@ def log_event(
     """Audit a read (view, search, export) or an auth event; reads change nothing else."""
     with transaction.atomic():
         record(action, actor=actor, obj=obj, data=data, request=request, object_type=object_type, object_id=object_id)
+
+
+def refusal_reason(exc: Exception) -> str:
+    """Why an action refused, in words: a validation error's messages joined, else the exception's text."""
+    return "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+
+
+def log_refusal(action: str, actor: User, obj: Any, request: HttpRequest | None, exc: Exception, **data: Any) -> None:
+    """Audit a refused write (``<what>_refused``) with ``data`` and the reason (500 characters at most)."""
+    log_event(
+        action,
+        actor=None if isinstance(actor, AnonymousUser) else actor,
+        obj=obj,
+        request=request,
+        data={**data, "reason": refusal_reason(exc)[:500]},
+    )
 
 
 # --- patients and specimens ---------------------------------------------------------------------
@@ -430,14 +448,7 @@ def reclassify_cell(actor: User, cell: Cell, label: str, request: HttpRequest | 
     try:
         return _reclassify_cell(actor, cell, label, request)
     except (PermissionDenied, ValidationError, ImmutableError) as exc:
-        reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
-        log_event(
-            "cell.reclassify_refused",
-            actor=None if isinstance(actor, AnonymousUser) else actor,
-            obj=cell,
-            request=request,
-            data={"image_id": cell.image_id, "new": label[:40], "reason": reason[:500]},
-        )
+        log_refusal("cell.reclassify_refused", actor, cell, request, exc, image_id=cell.image_id, new=label[:40])
         raise
 
 
@@ -492,18 +503,15 @@ def sign_off(
     try:
         return _sign_off(actor, image, decision, final_label, comment, expected_label, request)
     except (PermissionDenied, ValidationError, ImmutableError) as exc:
-        reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
-        log_event(
+        log_refusal(
             "image.sign_off_refused",
-            actor=None if isinstance(actor, AnonymousUser) else actor,
-            obj=image,
-            request=request,
-            data={
-                "decision": decision,
-                "final_label": final_label or "",
-                "expected_label": expected_label or "",
-                "reason": reason[:500],
-            },
+            actor,
+            image,
+            request,
+            exc,
+            decision=decision,
+            final_label=final_label or "",
+            expected_label=expected_label or "",
         )
         raise
 

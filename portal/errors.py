@@ -23,6 +23,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 __all__ = [
     "audit_access_denied",
     "bad_request",
+    "error_body",
     "page_not_found",
     "permission_denied",
     "server_error",
@@ -33,13 +34,18 @@ log = logging.getLogger("portal.errors")
 DATABASE_RETRY_AFTER_S = 10
 
 
+def error_body(detail: str, code: str) -> dict[str, str]:
+    """The API's error answer (portal.api.schema's ``Error``): a message for people, a stable code."""
+    return {"detail": detail, "code": code}
+
+
 def _wants_json(request: HttpRequest) -> bool:
     return request.path_info.startswith("/api/") or "application/json" in request.headers.get("Accept", "")
 
 
 def _answer(request: HttpRequest, status: int, code: str, detail: str) -> HttpResponse:
     if _wants_json(request):
-        return JsonResponse({"detail": detail, "code": code}, status=status)
+        return JsonResponse(error_body(detail, code), status=status)
     if status == 400:  # the styled page; never for 5xx, whose cause (the database) may break rendering
         from django.shortcuts import render
 
@@ -117,7 +123,7 @@ def permission_denied(request: HttpRequest, exception: Exception | None = None) 
 def page_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """Under /api/ (a URL no API route matches) the API's JSON error; elsewhere Django's 404 page."""
     if request.path_info.startswith("/api/"):
-        return JsonResponse({"detail": "Not found.", "code": "not_found"}, status=404)
+        return JsonResponse(error_body("Not found.", "not_found"), status=404)
     from django.views.defaults import page_not_found as django_page_not_found
 
     return django_page_not_found(request, exception)  # type: ignore[arg-type]

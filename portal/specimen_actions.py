@@ -27,7 +27,8 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from core.registry import CELL_CLASSES
-from portal.actions import log_event
+from portal.actions import log_event, log_refusal
+from portal.analyses.conclusion import SpecimenConclusion
 from portal.analyses.models import (
     CLASS_LABELS,
     Cell,
@@ -41,7 +42,7 @@ from portal.analyses.specimen_summary import specimen_conclusion
 from portal.audit.log import record
 from portal.patients.models import Specimen
 
-__all__ = ["MAX_OVERLAP", "MIN_CELL_SIDE", "add_cell", "sign_off_specimen"]
+__all__ = ["MAX_OVERLAP", "MIN_CELL_SIDE", "add_cell", "log_summary_read", "sign_off_specimen"]
 
 User = Any
 
@@ -52,14 +53,14 @@ MIN_CELL_SIDE = 4
 MAX_OVERLAP = 0.5
 
 
-def _refused(action: str, actor: User, obj: Any, request: HttpRequest | None, exc: Exception, **data: Any) -> None:
-    reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+def log_summary_read(actor: User, specimen: Specimen, conclusion: SpecimenConclusion, request: HttpRequest) -> None:
+    """Audit a read of the specimen's summary (the page or the API) with the conclusion it showed."""
     log_event(
-        action,
-        actor=None if isinstance(actor, AnonymousUser) else actor,
-        obj=obj,
+        "specimen.summary",
+        actor=actor,
+        obj=specimen,
         request=request,
-        data={**data, "reason": reason[:500]},
+        data={"label": conclusion.label, "checks": [c.code for c in conclusion.checks]},
     )
 
 
@@ -95,7 +96,7 @@ def add_cell(actor: User, image: Image, box: Any, label: str, request: HttpReque
     try:
         return _add_cell(actor, image, box, label, request)
     except (PermissionDenied, ValidationError, ImmutableError) as exc:
-        _refused("cell.add_refused", actor, image, request, exc, box=str(box)[:100], label=str(label)[:40])
+        log_refusal("cell.add_refused", actor, image, request, exc, box=str(box)[:100], label=str(label)[:40])
         raise
 
 
@@ -161,7 +162,7 @@ def sign_off_specimen(
     try:
         return _sign_off_specimen(actor, specimen, decision, final_label, comment, request)
     except (PermissionDenied, ValidationError, ImmutableError) as exc:
-        _refused(
+        log_refusal(
             "specimen.sign_off_refused",
             actor,
             specimen,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,26 +289,12 @@ def _val_blocks(ids: Sequence[str]) -> list[str]:
     return [by_rel[str(i)] for i in ids]
 
 
-@dataclass
-class _Row:
-    """One model's answer to one image in the shape :func:`portal.analyses.consensus.consensus` reads."""
-
-    status: str
-    label: str
-    abstained: bool
-    malignant_probability: float | None
-    probabilities: Mapping[str, float]
-    model_name: str
-    model_version: str
-    abstain_reason: str
-
-
 def _consensus_outcomes(
     cards: dict[str, dict[str, Any]], per_image: dict[str, dict[str, Any]], source: str
 ) -> dict[str, Any]:
     """The consensus (new rules) and the ensemble alone (the old rule) on every image of ``source``."""
     from core.ensemble import Ensemble
-    from portal.analyses.consensus import consensus
+    from portal.analyses.consensus import MODEL_REFUSED, Answer, consensus
 
     ens = Ensemble.load()
     names = list(per_image)
@@ -325,7 +311,7 @@ def _consensus_outcomes(
             probs = _softmax(got["logits"][i : i + 1].astype(np.float64), float(card["temperature"]))[0]
             p = dict(zip(CLASS_NAMES, (float(v) for v in probs), strict=True))
             rows.append(
-                _Row(
+                Answer(
                     status="rejected" if kind == "refused" else "done",
                     label="" if idx is None else CLASS_NAMES[idx],
                     abstained=kind in ("ood", "abstained"),
@@ -339,7 +325,7 @@ def _consensus_outcomes(
         two_all += sum(1 for r in rows if r.label and r.label != "Benign") >= 2
         c = consensus(rows, ensemble=ens)
         if c is None or c.label is None:  # None: every model refused the image (the smear gate)
-            outcomes.append(f"refer: {c.reason if c else 'model_refused'}")
+            outcomes.append(f"refer: {c.reason if c else MODEL_REFUSED}")
             labels_answered.append(-1)
         else:
             outcomes.append("benign" if c.label == "Benign" else "all")

@@ -19,7 +19,7 @@ from portal.analyses.cell_review import crop_png, differential_context
 from portal.analyses.differential import Differential, describe
 from portal.analyses.models import Cell, CellAnalysis, ImmutableError
 from portal.analyses.reports import differential_csv_bytes
-from portal.analyses.views import _private_file
+from portal.analyses.views import CSV, _private_file, download
 from portal.patients.models import Specimen
 
 __all__ = ["annotated_file", "cell_crop", "differential_csv", "reclassify", "specimen_differential_page"]
@@ -42,10 +42,7 @@ def differential_csv(request: HttpRequest, pk: int) -> HttpResponse:
     specimen = get_object_or_404(Specimen.objects.select_related("patient"), pk=pk)
     body = differential_csv_bytes(specimen)
     actions.log_event("export.differential_csv", actor=request.user, obj=specimen, request=request)
-    response = HttpResponse(body, content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="differential_{specimen.accession}.csv"'
-    response["Cache-Control"] = "private, no-store"
-    return response
+    return download(body, CSV, f"differential_{specimen.accession}.csv")
 
 
 @permission_required("analyses.reclassify_cell", raise_exception=True)
@@ -59,8 +56,7 @@ def reclassify(request: HttpRequest, pk: int) -> HttpResponse:
         actions.reclassify_cell(request.user, cell, label, request=request)
         messages.success(request, f"{name}: now {describe(label)}.")
     except (ValidationError, ImmutableError) as exc:
-        reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
-        messages.error(request, f"{name}: not reclassified: {reason}")
+        messages.error(request, f"{name}: not reclassified: {actions.refusal_reason(exc)}")
     target = reverse("analyses:differential", args=[cell.image.specimen_id])
     if request.POST.get("next") == "image":
         target = reverse("analyses:image", args=[cell.image_id])

@@ -69,9 +69,11 @@ CHECKS: dict[str, str] = {
 }
 
 
-def class_description(label: str) -> str:
-    """A frame or specimen class in words ("Pre" -> "Pre-B ALL"), from the registry."""
-    return CLASS_DESCRIPTIONS.get(label, label)
+def class_description(label: str | None) -> str:
+    """A frame or specimen class in words ("Pre" -> "Pre-B ALL"), from the registry; anything else (an empty
+    label, an unknown code) as it is, None as empty. Every page, form, export and the FHIR bundle name
+    classes through it."""
+    return CLASS_DESCRIPTIONS.get(label or "", label or "")
 
 
 @dataclass(frozen=True)

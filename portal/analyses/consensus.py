@@ -39,6 +39,7 @@ from core.prediction import BENIGN_NOT_CONFIRMED, LOW_CONFIDENCE, OUT_OF_DISTRIB
 
 __all__ = [
     "ENSEMBLE",
+    "Answer",
     "MAJORITY",
     "MODEL_REFUSED",
     "NO_MAJORITY",
@@ -69,6 +70,21 @@ REFER_REASONS = tuple(REFER_TEXTS)
 
 
 class _Answer(Protocol):
+    status: str
+    label: str
+    abstained: bool
+    malignant_probability: float | None
+    probabilities: Mapping[str, float]
+    model_name: str
+    model_version: str
+    abstain_reason: str
+
+
+@dataclass
+class Answer:
+    """One model's answer as plain data, for a caller without the database (a measurement script, a
+    test against the served models); the portal passes its Analysis rows."""
+
     status: str
     label: str
     abstained: bool

@@ -42,7 +42,6 @@ from django.utils import timezone
 from fhir.resources.R4B.bundle import Bundle
 
 from core.prediction import NOTICE
-from core.registry import CLASS_DESCRIPTIONS
 from portal.analyses.cell_review import frame_reviews, specimen_cells
 from portal.analyses.conclusion import SpecimenConclusion, class_description
 from portal.analyses.consensus import consensus
@@ -100,7 +99,7 @@ def _device(a: QueuedJob) -> dict[str, Any]:
 
 
 def _class(label: str) -> dict[str, Any]:
-    return {"system": CLASS_SYSTEM, "code": label, "display": CLASS_DESCRIPTIONS.get(label, label)}
+    return {"system": CLASS_SYSTEM, "code": label, "display": class_description(label)}
 
 
 def _observation(a: Analysis, review: ImageReview | Review | None) -> dict[str, Any]:

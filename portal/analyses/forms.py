@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from core.registry import CLASS_DESCRIPTIONS
+from portal.analyses.conclusion import class_description as _name
 from portal.analyses.models import CLASS_LABELS, ImageReview
 from portal.analyses.validation import ValidatedImage, megabytes, over_the_limit_text, validate_image_bytes
 from portal.patients.models import Specimen
@@ -128,10 +129,6 @@ SIGN_OFF_TEXTS: dict[str, str] = {
     "set": "Sign off as {name} (your label: the models reached no consensus)",
     "incomplete": "Choose the class to sign off",
 }
-
-
-def _name(label: str | None) -> str:
-    return CLASS_DESCRIPTIONS.get(label or "", label or "")
 
 
 class ReviewForm(forms.Form):

@@ -23,6 +23,7 @@ from portal.analyses.differential import BLAST_THRESHOLD_PERCENT, describe
 from portal.analyses.models import CLASS_LABELS, Image, ImmutableError, SpecimenReview
 from portal.analyses.reports import cells_csv_bytes, summary_csv_bytes
 from portal.analyses.specimen_summary import signed_review, specimen_conclusion
+from portal.analyses.views import CSV, download
 from portal.patients.models import Specimen
 
 __all__ = ["AddCellForm", "SpecimenSignOffForm", "add_cell", "cells_csv", "sign_off", "summary", "summary_csv"]
@@ -89,13 +90,7 @@ def summary(request: HttpRequest, pk: int) -> HttpResponse:
     context = _summary_context(request, specimen)
     conclusion = context["conclusion"]
     assert isinstance(conclusion, SpecimenConclusion)
-    actions.log_event(
-        "specimen.summary",
-        actor=request.user,
-        obj=specimen,
-        request=request,
-        data={"label": conclusion.label, "checks": [c.code for c in conclusion.checks]},
-    )
+    specimen_actions.log_summary_read(request.user, specimen, conclusion, request)
     return render(request, "analyses/specimen_summary.html", context)
 
 
@@ -120,8 +115,7 @@ def sign_off(request: HttpRequest, pk: int) -> HttpResponse:
             request=request,
         )
     except (ValidationError, ImmutableError) as exc:
-        reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
-        messages.error(request, f"Not signed: {reason}.")
+        messages.error(request, f"Not signed: {actions.refusal_reason(exc)}.")
         return redirect(target)
     messages.success(request, f"Specimen {specimen.accession}: signed off as {class_description(review.final_label)}.")
     return redirect(target)
@@ -142,18 +136,10 @@ def add_cell(request: HttpRequest, pk: int) -> HttpResponse:
             request.user, image, [data["x0"], data["y0"], data["x1"], data["y1"]], data["label"], request=request
         )
     except (ValidationError, ImmutableError, PermissionDenied) as exc:
-        reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
-        messages.error(request, f"Cell not added: {reason}.")
+        messages.error(request, f"Cell not added: {actions.refusal_reason(exc)}.")
         return redirect(target)
     messages.success(request, f"Cell {cell.pk} added as {describe(cell.final_label)}: it counts in the differential.")
     return redirect(reverse("analyses:image", args=[image.pk]) + f"#cell-{cell.pk}")
-
-
-def _csv(body: bytes, name: str) -> HttpResponse:
-    response = HttpResponse(body, content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="{name}"'
-    response["Cache-Control"] = "private, no-store"
-    return response
 
 
 @permission_required("analyses.export_analyses", raise_exception=True)
@@ -162,7 +148,7 @@ def summary_csv(request: HttpRequest, pk: int) -> HttpResponse:
     specimen = get_object_or_404(Specimen.objects.select_related("patient"), pk=pk)
     body = summary_csv_bytes(specimen)
     actions.log_event("export.summary_csv", actor=request.user, obj=specimen, request=request)
-    return _csv(body, f"summary_{specimen.accession}.csv")
+    return download(body, CSV, f"summary_{specimen.accession}.csv")
 
 
 @permission_required("analyses.export_analyses", raise_exception=True)
@@ -171,4 +157,4 @@ def cells_csv(request: HttpRequest, pk: int) -> HttpResponse:
     specimen = get_object_or_404(Specimen.objects.select_related("patient"), pk=pk)
     body = cells_csv_bytes(specimen)
     actions.log_event("export.cells_csv", actor=request.user, obj=specimen, request=request)
-    return _csv(body, f"cells_{specimen.accession}.csv")
+    return download(body, CSV, f"cells_{specimen.accession}.csv")

@@ -272,6 +272,18 @@ def heatmap_file(request: HttpRequest, pk: int) -> FileResponse:
     return _private_file(analysis.heatmap_name, "image/png")
 
 
+#: the content type of every CSV export
+CSV = "text/csv; charset=utf-8"
+
+
+def download(body: bytes | str, content_type: str, filename: str, *, inline: bool = False) -> HttpResponse:
+    """An export as a file (a download, or shown in the browser with ``inline``), never cached."""
+    response = HttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'{"inline" if inline else "attachment"}; filename="{filename}"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
 def _private_file(name: str, content_type: str) -> FileResponse:
     try:
         handle = open(storage.path_for(name), "rb")  # noqa: SIM115 (FileResponse closes it)
@@ -367,10 +379,7 @@ def export(request: HttpRequest) -> HttpResponse:
             object_type="analysis",
             data={"start": start.isoformat(), "end": end.isoformat(), "rows": rows.count()},
         )
-        response = HttpResponse(body, content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="analyses_{start}_{end}.csv"'
-        response["Cache-Control"] = "private, no-store"
-        return response
+        return download(body, CSV, f"analyses_{start}_{end}.csv")
     return render(request, "analyses/export.html", {"form": form})
 
 
@@ -399,10 +408,7 @@ def specimen_fhir(request: HttpRequest, pk: int) -> HttpResponse:
     actions.log_event(
         "export.fhir", actor=request.user, obj=specimen, request=request, data={"entries": len(bundle["entry"])}
     )
-    response = HttpResponse(json.dumps(bundle, indent=1), content_type="application/fhir+json")
-    response["Content-Disposition"] = f'attachment; filename="fhir_{specimen.accession}.json"'
-    response["Cache-Control"] = "private, no-store"
-    return response
+    return download(json.dumps(bundle, indent=1), "application/fhir+json", f"fhir_{specimen.accession}.json")
 
 
 @permission_required("analyses.export_analyses", raise_exception=True)
@@ -414,8 +420,4 @@ def specimen_report_pdf(request: HttpRequest, pk: int) -> HttpResponse:
 
     pdf = build_pdf(specimen, request.user.get_username())
     actions.log_event("export.report_pdf", actor=request.user, obj=specimen, request=request, data={"bytes": len(pdf)})
-    response = HttpResponse(pdf, content_type="application/pdf")
-    disposition = "attachment" if request.GET.get("download") else "inline"
-    response["Content-Disposition"] = f'{disposition}; filename="report_{specimen.accession}.pdf"'
-    response["Cache-Control"] = "private, no-store"
-    return response
+    return download(pdf, "application/pdf", f"report_{specimen.accession}.pdf", inline=not request.GET.get("download"))

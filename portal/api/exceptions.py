@@ -19,7 +19,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from portal.errors import audit_access_denied
+from portal.errors import audit_access_denied, error_body
 
 __all__ = ["audited_exception_handler"]
 
@@ -55,7 +55,7 @@ def audited_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
         codes = set(_leaves(exc.get_codes()))
         if len(codes) == 1 and (mapped := _NOT_A_BAD_REQUEST.get(codes.pop())) is not None:
             http_status, code = mapped
-            return Response({"detail": " ".join(_messages(exc.detail)), "code": code}, status=http_status)
+            return Response(error_body(" ".join(_messages(exc.detail)), code), status=http_status)
     response = exception_handler(exc, context)
     request = context.get("request")
     if isinstance(exc, exceptions.PermissionDenied) and request is not None:

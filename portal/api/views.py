@@ -3,6 +3,8 @@ every write via portal.actions."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -15,7 +17,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import APIException, PermissionDenied, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -48,6 +50,7 @@ from portal.api.serializers import (
     UploadSerializer,
 )
 from portal.contract import IMAGE_MEDIA_TYPES
+from portal.errors import error_body
 from portal.patients.models import Patient, Specimen
 
 __all__ = [
@@ -112,7 +115,28 @@ class TokenResponseSerializer(serializers.Serializer):
 
 
 def _refused(detail: str, code: str, http_status: int) -> Response:
-    return Response({"detail": detail, "code": code}, status=http_status)
+    return Response(error_body(detail, code), status=http_status)
+
+
+class Immutable(APIException):
+    """409 ``immutable``: the record is signed off and never changes."""
+
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "immutable"
+
+
+@contextmanager
+def _action_refusals() -> Iterator[None]:
+    """A portal.actions refusal as the API's answer: 403 (no permission), 400 ``{"detail": [...]}``
+    (invalid), 409 ``immutable`` (signed off)."""
+    try:
+        yield
+    except DjangoPermissionDenied as exc:
+        raise PermissionDenied(str(exc)) from exc
+    except DjangoValidationError as exc:
+        raise ValidationError({"detail": exc.messages}) from exc
+    except ImmutableError as exc:
+        raise Immutable(str(exc)) from exc
 
 
 class TokenView(ObtainAuthToken):
@@ -315,13 +339,7 @@ class SpecimenViewSet(
             "signed_off": review,
             "notice": DISCLAIMER,
         }
-        actions.log_event(
-            "specimen.summary",
-            actor=request.user,
-            obj=specimen,
-            request=request,
-            data={"label": conclusion.label, "checks": [c.code for c in conclusion.checks]},
-        )
+        specimen_actions.log_summary_read(request.user, specimen, conclusion, request)
         return Response(SpecimenSummarySerializer(body).data)
 
     @extend_schema(
@@ -339,7 +357,7 @@ class SpecimenViewSet(
         serializer = SpecimenSignOffSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        try:
+        with _action_refusals():
             review = specimen_actions.sign_off_specimen(
                 request.user,
                 specimen,
@@ -348,12 +366,6 @@ class SpecimenViewSet(
                 comment=data["comment"],
                 request=request,
             )
-        except DjangoPermissionDenied as exc:
-            raise PermissionDenied(str(exc)) from exc
-        except DjangoValidationError as exc:
-            raise ValidationError({"detail": exc.messages}) from exc
-        except ImmutableError as exc:
-            return _refused(str(exc), "immutable", status.HTTP_409_CONFLICT)
         return Response(SpecimenReviewSerializer(review).data, status=status.HTTP_201_CREATED)
 
     def perform_update(self, serializer: Any) -> None:
@@ -458,7 +470,7 @@ class ReviewViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
         serializer = ReviewCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        try:
+        with _action_refusals():
             review = actions.sign_off(
                 request.user,
                 data["image"],
@@ -467,12 +479,6 @@ class ReviewViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
                 comment=data.get("comment", ""),
                 request=request,
             )
-        except DjangoPermissionDenied as exc:
-            raise PermissionDenied(str(exc)) from exc
-        except DjangoValidationError as exc:
-            raise ValidationError({"detail": exc.messages}) from exc
-        except ImmutableError as exc:
-            return _refused(str(exc), "immutable", status.HTTP_409_CONFLICT)
         return Response(ReviewSerializer(review).data, status=status.HTTP_201_CREATED)
 
 
@@ -507,14 +513,8 @@ class CellViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericViewS
         serializer = AddCellSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        try:
+        with _action_refusals():
             cell = specimen_actions.add_cell(request.user, data["image"], data["box"], data["label"], request=request)
-        except DjangoPermissionDenied as exc:
-            raise PermissionDenied(str(exc)) from exc
-        except DjangoValidationError as exc:
-            raise ValidationError({"detail": exc.messages}) from exc
-        except ImmutableError as exc:
-            return _refused(str(exc), "immutable", status.HTTP_409_CONFLICT)
         return Response(CellSerializer(cell).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=ReclassifySerializer, responses={200: CellSerializer, 409: ERROR})
@@ -524,12 +524,6 @@ class CellViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericViewS
         cell = self.get_object()
         serializer = ReclassifySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        try:
+        with _action_refusals():
             cell = actions.reclassify_cell(request.user, cell, serializer.validated_data["label"], request=request)
-        except DjangoPermissionDenied as exc:
-            raise PermissionDenied(str(exc)) from exc
-        except DjangoValidationError as exc:
-            raise ValidationError({"detail": exc.messages}) from exc
-        except ImmutableError as exc:
-            return _refused(str(exc), "immutable", status.HTTP_409_CONFLICT)
         return Response(CellSerializer(cell).data)

@@ -10,7 +10,6 @@ import socket
 import stat
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from PIL import Image
 
 from core.errors import ERROR_STATUS
 from core.registry import model_names
+from portal.analyses.consensus import Answer
 from serving.torchserve import ServerInfo
 from tests.handlers.artifacts import real_images
 from tests.handlers.inputs import Case, bad_cases, good_cases, smear_bytes
@@ -398,26 +398,13 @@ def test_a_model_worker_killed_under_load_is_replaced_and_the_logs_say_so(torchs
     wait_until(lambda: recoveries() > before, 10, 0.2, "the recovery in ts_log.log (async appender)")
 
 
-@dataclass
-class _Served:
-    """One served answer in the shape the portal's consensus reads (portal.analyses.consensus)."""
-
-    status: str
-    label: str
-    abstained: bool
-    malignant_probability: float | None
-    probabilities: dict[str, float]
-    model_name: str
-    model_version: str
-    abstain_reason: str
-
-
-def _served(model: str, r: requests.Response) -> _Served:
+def _served(model: str, r: requests.Response) -> Answer:
+    """One served answer in the shape the portal's consensus reads."""
     if r.status_code != 200:
         assert r.json()["code"] == "not_a_blood_smear", r.text
-        return _Served("rejected", "", False, None, {}, model, "", "")
+        return Answer("rejected", "", False, None, {}, model, "", "")
     b = r.json()
-    return _Served(
+    return Answer(
         "done",
         b["label"] or "",
         b["abstained"],

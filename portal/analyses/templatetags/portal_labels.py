@@ -3,8 +3,9 @@
 ``{{ label|class_name }}`` gives a leukemia class's full name (Early -> Early Pre-B ALL);
 ``{{ differential.rows|counts_text }}`` the cell types found, with their counts ("Lymphocyte 2, Neutrophil 1").
 
-The names come from the model registry (core.registry.CLASS_DESCRIPTIONS), the one source of truth the
-FHIR export and the sign-off form also read; anything else (an empty label, an unknown code) is shown as is.
+The names come from the model registry (core.registry.CLASS_DESCRIPTIONS) through
+portal.analyses.conclusion.class_description, which the FHIR export and the sign-off forms also use;
+anything else (an empty label, an unknown code) is shown as is.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from typing import Any
 
 from django import template
 
-from core.registry import CLASS_DESCRIPTIONS
+from portal.analyses.conclusion import class_description
 
 register = template.Library()
 
 
 def class_name(label: str | None) -> str:
     """The class's full name; the label itself when it is not a class (empty stays empty)."""
-    return CLASS_DESCRIPTIONS.get(label or "", label or "")
+    return class_description(label)
 
 
 register.filter("class_name", class_name)
