@@ -28,6 +28,7 @@ from portal import actions, jobs
 from portal.analyses.inference import ModelClient, Prediction
 from portal.analyses.models import Analysis
 from portal.audit.models import AuditEvent
+from portal.models_registry.dataset import side_of, specimen_key
 from serving.torchserve import free_ports, start, stop
 from serving.versions import VERSIONS_ENV, Versions, restore
 from tests.portal.conftest import smear_paths, validated
@@ -119,6 +120,24 @@ def _degrade(versions: Versions, good: str) -> str:
     return bad
 
 
+def _specimens_on_both_sides(technologist: Any, patient: Any, test: int, train: int) -> list[Any]:
+    """``test`` specimens the dataset's split puts on its test side, then ``train`` on its training side.
+
+    The split is a keyed hash of the specimen's id (portal.models_registry.dataset), and ids depend on the
+    database (MySQL does not reuse the ids of rolled-back tests): specimens are created until each side
+    has its share, so the test does not depend on where six given ids happen to fall."""
+    wanted = {"test": test, "train": train}
+    chosen: dict[str, list[Any]] = {"test": [], "train": []}
+    n = 0
+    while any(len(chosen[side]) < k for side, k in wanted.items()):
+        specimen = actions.create_specimen(technologist, patient, {"accession": f"LOOP-{n}", "collected_by": "t"})
+        n += 1
+        side = side_of(specimen_key(specimen.pk))
+        if len(chosen[side]) < wanted[side]:
+            chosen[side].append(specimen)
+    return chosen["test"] + chosen["train"]
+
+
 def test_sign_offs_to_dataset_to_gated_promotion_and_rollback(
     loop: dict[str, Any], technologist: Any, reviewer: Any, patient: Any, admin_user: Any, tech_client: Client
 ) -> None:
@@ -126,8 +145,7 @@ def test_sign_offs_to_dataset_to_gated_promotion_and_rollback(
     shipped = versions.base_version()
     # 1. sign-offs: real answers from TorchServe, the reviewer sets each frame's true class
     frames = smear_paths(12)
-    for s in range(6):
-        specimen = actions.create_specimen(technologist, patient, {"accession": f"LOOP-{s}", "collected_by": "t"})
+    for s, specimen in enumerate(_specimens_on_both_sides(technologist, patient, test=2, train=4)):
         for a, path in zip(
             _upload_and_run(technologist, specimen, frames[2 * s : 2 * s + 2]), frames[2 * s :], strict=False
         ):

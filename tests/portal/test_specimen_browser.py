@@ -83,11 +83,13 @@ def test_blasts_missed_cell_summary_and_specimen_sign_off(
     picture.scroll_into_view_if_needed()
     box = picture.bounding_box()
     assert box is not None
-    scale = box["width"] / frames[0].width
-    page.mouse.move(box["x"] + 20 * scale, box["y"] + 165 * scale)
+    # the 224x224 frame is shown at its true 4:3 shape (core.aspect): wider than tall on screen
+    sx, sy = box["width"] / frames[0].width, box["height"] / frames[0].height
+    assert sx / sy == pytest.approx(4 / 3, rel=0.02)
+    page.mouse.move(box["x"] + 20 * sx, box["y"] + 165 * sy)
     page.mouse.down()
-    page.mouse.move(box["x"] + 50 * scale, box["y"] + 190 * scale, steps=4)
-    page.mouse.move(box["x"] + 80 * scale, box["y"] + 215 * scale, steps=4)
+    page.mouse.move(box["x"] + 50 * sx, box["y"] + 190 * sy, steps=4)
+    page.mouse.move(box["x"] + 80 * sx, box["y"] + 215 * sy, steps=4)
     page.mouse.up()
     assert page.locator(".cellview .draw-box").is_visible()
     corners = [int(page.input_value(f"#add-cell input[name={k}]")) for k in ("x0", "y0", "x1", "y1")]

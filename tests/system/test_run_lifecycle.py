@@ -218,7 +218,7 @@ def test_a_stop_during_startup_stops_everything(how: str, one_model_store: Path,
         stopped = run.command("--stop")
         assert stopped.returncode == 0 and "stopped the portal" in stopped.stdout, stopped
         ts = subprocess.run(
-            [sys.executable, "-m", "serving.torchserve", "stop", "--workdir", str(run.ts_work)],
+            [sys.executable, "-m", "serving.cli", "stop", "--workdir", str(run.ts_work)],
             cwd=REPO,
             env=run.env(),
             capture_output=True,
@@ -238,7 +238,7 @@ def test_a_stop_during_startup_stops_everything(how: str, one_model_store: Path,
 
 def test_make_stop_finds_a_torchserve_still_starting(one_model_store: Path, tmp_path: Path) -> None:
     """`make serve`'s TorchServe whose starter was SIGKILLed before any model was ready (no server.json):
-    `make stop` (serving.torchserve stop) finds it by its process group file and stops it all."""
+    `make stop` (serving.cli stop) finds it by its process group file and stops it all."""
     work = tmp_path / "ts"
     code = (
         "from serving.torchserve import start, consecutive_ports; "
@@ -253,7 +253,7 @@ def test_make_stop_finds_a_torchserve_still_starting(one_model_store: Path, tmp_
         starter.wait(timeout=10)
         assert not (work / "server.json").exists() and _group_members(pgid)
         stop = subprocess.run(
-            [sys.executable, "-m", "serving.torchserve", "stop", "--workdir", str(work)],
+            [sys.executable, "-m", "serving.cli", "stop", "--workdir", str(work)],
             cwd=REPO,
             capture_output=True,
             text=True,
