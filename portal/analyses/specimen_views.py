@@ -63,7 +63,10 @@ class AddCellForm(forms.Form):
     label = forms.ChoiceField(choices=[(c, describe(c)) for c in CELL_CLASSES])
 
 
-def _summary_context(request: HttpRequest, specimen: Specimen) -> dict[str, object]:
+def _summary_context(
+    request: HttpRequest, specimen: Specimen, form: SpecimenSignOffForm | None = None
+) -> dict[str, object]:
+    """The summary page's context; ``form``: a refused sign-off form, shown as the reviewer left it."""
     conclusion = specimen_conclusion(specimen)
     review = signed_review(specimen)
     unsigned = [f for f in conclusion.frames if f.evidence.has_result and f.source != "signed"]
@@ -80,7 +83,7 @@ def _summary_context(request: HttpRequest, specimen: Specimen) -> dict[str, obje
         "signed_frames": sum(1 for f in conclusion.frames if f.source == "signed"),
         "can_sign": request.user.has_perm("analyses.sign_off_analysis"),
         "ready_to_sign": review is None and not unsigned and not conclusion.pending and bool(conclusion.frames),
-        "form": SpecimenSignOffForm(conclusion_label=conclusion.label),
+        "form": form or SpecimenSignOffForm(conclusion_label=conclusion.label),
     }
 
 
@@ -94,6 +97,13 @@ def summary(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "analyses/specimen_summary.html", context)
 
 
+def _refused(request: HttpRequest, specimen: Specimen, form: SpecimenSignOffForm, reason: str) -> HttpResponse:
+    """A refused sign-off: the summary page again (400) with the form exactly as the reviewer left it
+    (choice, class, comment) and each error beside its field, never a fresh form to fill in again."""
+    messages.error(request, f"Not signed: {reason.rstrip('.')}.")
+    return render(request, "analyses/specimen_summary.html", _summary_context(request, specimen, form), status=400)
+
+
 @permission_required("analyses.sign_off_analysis", raise_exception=True)
 @require_POST
 def sign_off(request: HttpRequest, pk: int) -> HttpResponse:
@@ -103,8 +113,7 @@ def sign_off(request: HttpRequest, pk: int) -> HttpResponse:
     target = reverse("analyses:specimen_summary", args=[specimen.pk])
     if not form.is_valid():
         errors = "; ".join(f"{field}: {' '.join(str(m) for m in found)}" for field, found in form.errors.items())
-        messages.error(request, f"Not signed: {errors}")
-        return redirect(target)
+        return _refused(request, specimen, form, errors)
     try:
         review = specimen_actions.sign_off_specimen(
             request.user,
@@ -115,8 +124,8 @@ def sign_off(request: HttpRequest, pk: int) -> HttpResponse:
             request=request,
         )
     except (ValidationError, ImmutableError) as exc:
-        messages.error(request, f"Not signed: {actions.refusal_reason(exc)}.")
-        return redirect(target)
+        form.add_error(None, actions.refusal_reason(exc))
+        return _refused(request, specimen, form, actions.refusal_reason(exc))
     messages.success(request, f"Specimen {specimen.accession}: signed off as {class_description(review.final_label)}.")
     return redirect(target)
 
@@ -138,7 +147,9 @@ def add_cell(request: HttpRequest, pk: int) -> HttpResponse:
     except (ValidationError, ImmutableError, PermissionDenied) as exc:
         messages.error(request, f"Cell not added: {actions.refusal_reason(exc)}.")
         return redirect(target)
-    messages.success(request, f"Cell {cell.pk} added as {describe(cell.final_label)}: it counts in the differential.")
+    messages.success(
+        request, f"Cell #{cell.index + 1} added as {describe(cell.final_label)}: it counts in the differential."
+    )
     return redirect(reverse("analyses:image", args=[image.pk]) + f"#cell-{cell.pk}")
 
 

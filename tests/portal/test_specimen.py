@@ -11,6 +11,7 @@ every export carrying the conclusion: summary CSV, analyses CSV's consensus, FHI
 from __future__ import annotations
 
 import csv
+import re
 from typing import Any
 
 import pytest
@@ -250,6 +251,13 @@ def test_specimen_sign_off_once_with_a_comment_then_immutable(
     )
     empty = rev_client.post(f"/specimens/{specimen.pk}/sign-off/", {"decision": "agree", "comment": " "}, follow=True)
     assert "Not signed" in empty.content.decode() and not SpecimenReview.objects.exists()
+    # a refused form comes back as the reviewer left it (choice, class, comment), never a fresh one
+    kept = rev_client.post(
+        f"/specimens/{specimen.pk}/sign-off/", {"decision": "reclassify", "final_label": "Pro", "comment": " "}
+    )
+    html = kept.content.decode()
+    assert kept.status_code == 400 and "Not signed" in html and not SpecimenReview.objects.exists()
+    assert re.search(r'value="reclassify"[^>]*checked', html) and re.search(r'value="Pro"[^>]*selected', html)
     response = rev_client.post(
         f"/specimens/{specimen.pk}/sign-off/", {"decision": "agree", "comment": comment}, follow=True
     )
