@@ -33,21 +33,35 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from core.registry import get_spec, model_names
+from core.smear_gate import SmearGate
 from serving.versions import Versions
 from training import compat  # noqa: F401  (before timm)
 from training.archive import archive_model
 from training.augment import geometric_grid
+from training.data import load_split
 from training.loop import Checkpoint, Log, Source, fit, hardware_info, seed_everything
 from training.models import HybridClassifier, load_model, save_model
+from training.ood import refit_features
 from training.transforms import build_eval_transform
+from training.update import other_benign
 from training.update.lab_data import DATASETS_DIR, Frame, LockedTestSet, latest_dataset, training_frames
 
-__all__ = ["base_archive", "unpack", "feature_maps", "retrain", "pack_candidate", "main"]
+__all__ = [
+    "base_archive",
+    "unpack",
+    "feature_maps",
+    "retrain",
+    "pooled_features",
+    "refit_card",
+    "pack_candidate",
+    "main",
+]
 
 
 def base_archive(versions: Versions) -> Path:
@@ -136,6 +150,50 @@ def retrain(
     )
 
 
+@torch.no_grad()
+def pooled_features(model: HybridClassifier, maps: torch.Tensor, device: str) -> np.ndarray:
+    """The pooled (penultimate) features of cached feature maps: what the out-of-distribution score reads."""
+    model.eval().to(device)
+    out = [
+        model.forward_head(model.forward_sequence(maps[i : i + 64].float().to(device)), pre_logits=True).cpu()
+        for i in range(0, len(maps), 64)
+    ]
+    return torch.cat(out).double().numpy()
+
+
+def original_rows(frames: Sequence[Frame]) -> list[int]:
+    """Indices of the original data set's frames (what the out-of-distribution score is fitted on)."""
+    return [i for i, f in enumerate(frames) if f.source.startswith("original:")]
+
+
+def refit_card(
+    model: HybridClassifier,
+    maps: torch.Tensor,
+    frames: Sequence[Frame],
+    card: dict[str, Any],
+    base_pooled: np.ndarray,
+    data: str | None,
+    device: str,
+) -> dict[str, Any]:
+    """``card`` with what reads the pooled features refitted to ``model``'s features of the original training
+    frames: the out-of-distribution score (:func:`training.ood.refit_features`, scaled by the base version's
+    measured ratio, ``base_pooled``: the base version's features of the same frames; the validation blocks are the
+    locked test set and are not used) and the smear gate's feature statistics (reported, never deciding)."""
+    block = {s.relpath: s.block for s in load_split(data).train}
+    rows = original_rows(frames)
+    blocks = [block[frames[i].source.split(":", 1)[1]] for i in rows]
+    labels = np.array([frames[i].label for i in rows])
+    pooled = pooled_features(model, maps[rows], device)
+    out = dict(card)
+    if card.get("ood"):
+        out["ood"] = refit_features(card["ood"], pooled, labels, blocks, base_pooled)
+    if card.get("smear_gate", {}).get("feature_mean") is not None:
+        gate = SmearGate.from_dict(card["smear_gate"])
+        gate.fit_feature_statistics(pooled)
+        out["smear_gate"] = gate.to_dict()
+    return out
+
+
 def pack_candidate(
     versions: Versions, model: HybridClassifier, base_card: dict[str, Any], version: str, update: dict[str, Any]
 ) -> Path:
@@ -167,6 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lab-repeat", type=int, default=4)
+    ap.add_argument(
+        "--other-benign",
+        type=int,
+        default=0,
+        metavar="VIEWS",
+        help="add the train half of the other labs' normal frames (training.update.other_benign) as Benign, "
+        "each as it is and VIEWS-1 changed copies (0: none)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--base-limit", type=int, default=None, help="use every k-th original frame, this many (tests)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -179,23 +245,29 @@ def main(argv: list[str] | None = None) -> int:
     dataset = args.dataset or latest_dataset(args.datasets)
     locked = LockedTestSet.open(versions.root.parent, args.data, dataset, args.base_limit)
     base, lab = training_frames(locked, args.data, dataset, args.base_limit)
-    frames = base + lab * max(1, args.lab_repeat)
     mar = base_archive(versions)
     base_card = versions.card(versions.default_version()) or {}
     version = versions.next_version(str(base_card["version"]))
     with tempfile.TemporaryDirectory(prefix=f"retrain-{args.model}-") as tmp_str:
         work = Path(tmp_str)
         log = Log(work / "train.log")
+        other = other_benign.training_frames(work / "other", args.other_benign) if args.other_benign else []
+        frames = base + lab * max(1, args.lab_repeat) + other
         log(
             f"{args.model}: candidate {version} from {mar.name} (v{base_card['version']}); {len(base)} original + "
-            f"{len(lab)} lab frames (x{args.lab_repeat}) from {dataset.name if dataset else 'no lab dataset'}; "
+            f"{len(lab)} lab frames (x{args.lab_repeat}) from {dataset.name if dataset else 'no lab dataset'} + "
+            f"{len(other)} other labs' normal frames; "
             f"locked test set {locked.sha256[:12]} ({len(locked.record['items'])} frames) excluded"
         )
         model = load_model(unpack(mar, work / "base") / "model")
         t0 = time.time()
         maps = feature_maps(model, frames, args.device, log)
         labels = torch.tensor([f.label for f in frames])
+        base_pooled = pooled_features(model, maps[original_rows(frames)], args.device)
         result = retrain(model, maps, labels, work, args.epochs, args.lr, args.batch_size, args.seed, args.device, log)
+        base_card = refit_card(model, maps, frames, base_card, base_pooled, args.data, args.device)
+        if base_card.get("ood"):
+            log(f"out-of-distribution score refitted: {base_card['ood']['info']['refitted']}")
         wall = time.time() - t0
         update = {
             "base_version": base_card["version"],
@@ -205,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             "n_original": len(base),
             "n_lab": len(lab),
             "lab_repeat": args.lab_repeat,
+            "n_other_benign": len(other),
+            "other_benign_views": args.other_benign,
             "recipe": f"frozen CNN stage; token projection + sequence stage + head, AdamW lr {args.lr}, "
             f"batch {args.batch_size}, {args.epochs} epoch(s), rotations/flips of the feature grids, seed {args.seed}",
             "history": result["history"],
