@@ -2,7 +2,7 @@
 
 The gate's statistics are computed on a 128x128 copy of the image (core.smear_gate.STATISTICS_SIDE),
 whatever the input's size. On 2 cores they are the costliest step of a small model's answer after the
-forward pass (docs/benchmarks.md), so this benchmark asks what a smaller copy would give. For each side:
+forward pass (docs/results/benchmarks.md), so this benchmark asks what a smaller copy would give. For each side:
 
 - the statistics' time per image (one thread; median over passes that alternate between the sides in
   one process) on real 224x224 B-ALL frames and on 640x480 BCCD frames;
@@ -16,7 +16,7 @@ than give the product a setting it does not use, each side loads a copy of the m
 changed: for the timings under a name of its own, for the fits in a subprocess where the copy takes
 ``core.smear_gate``'s place before training.fit_gate imports it.
 
-    python -m bench.gate_side --sides 128 96 64 --out docs/gate_side
+    python -m bench.gate_side --sides 128 96 64 --out docs/results/gate_side
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 
 from PIL import Image
 
-from bench.report import markdown_table, run_header, write_report
+from bench.harness import RESULTS, markdown_table, run_header, write_report
 from core.paths import SHARED
 from core.smear_gate import STATISTICS_SIDE
 
@@ -188,7 +188,7 @@ def render(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sides", type=int, nargs="+", default=[STATISTICS_SIDE, 96, 64])
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "gate_side")
+    ap.add_argument("--out", type=Path, default=RESULTS / "gate_side")
     ap.add_argument("--fit-worker", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--render-only", action="store_true", help="rewrite <out>.md from <out>.json")
     args = ap.parse_args(argv)
