@@ -34,6 +34,7 @@ __all__ = [
     "level_summary",
     "machine",
     "markdown_table",
+    "measured",
     "percentile",
     "run_closed_loop",
     "run_header",
@@ -59,12 +60,12 @@ def machine() -> str:
 
 
 def conditions(**extra: Any) -> dict[str, Any]:
-    """The host's conditions now: CPU model, cores, 1/5/15-minute load average, Python; plus ``extra``."""
+    """The host's conditions before a run: CPU model, cores, the 1/5/15-minute load average; plus ``extra``
+    (library versions, threads, inputs). A scenario adds ``load_avg_after`` when it is done."""
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "load_avg": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
+        "load_avg_before": [round(x, 2) for x in os.getloadavg()],
         **extra,
     }
 
@@ -224,6 +225,15 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list
         "|" + "---|" * len(header),
         *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows),
     ]
+
+
+#: how a report states where and how its record was measured (the fields of :func:`run_header`)
+MEASURED = "Measured $when on $cpu ($cores cores) with `$command`"
+
+
+def measured(record: Mapping[str, Any]) -> str:
+    """:data:`MEASURED` filled from ``record``: the line every report's prose starts from."""
+    return fill(MEASURED, record)
 
 
 def fill(template: str, fields: Mapping[str, Any]) -> str:

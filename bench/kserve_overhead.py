@@ -43,7 +43,7 @@ from typing import Any
 
 import psutil
 
-from bench.harness import RESULTS, markdown_table, run_header, write_report
+from bench.harness import RESULTS, markdown_table, measured, run_header, write_report
 from bench.runtimes import _enlarged
 from bench.serving_report import LARGE_SIZE
 from core.registry import cell_model_names, served_model_names
@@ -252,7 +252,7 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         "# What KServe's model server adds in front of TorchServe",
         "",
-        f"Measured {report['when']} on {report['cpu']} ({report['cores']} cores) with `{report['command']}` "
+        measured(report) + f" "
         f"(kserve {report['kserve']}): one TorchServe with the KServe layout's configuration, KServe's own "
         "model server forwarding v2 to it, and per model the same v2 request sent directly to TorchServe's "
         f"`/v2/models/{{model}}/infer` and through KServe, one at a time, the two in turn, {report['pairs']} "

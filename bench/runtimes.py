@@ -49,11 +49,10 @@ import psutil
 import torch
 from PIL import Image
 
-from bench.harness import RESULTS, latency_summary
+from bench.harness import RESULTS, conditions, latency_summary
 from bench.serving_report import GATE_INLINE, LARGE_SIZE, write_reports
 from bench.sides import batching, extract, frames
 from core.decode import decode_request
-from core.host import cpu_model
 from core.registry import model_names
 from handlers import backends
 from handlers.runtime import ModelRuntime, configure_threads
@@ -293,16 +292,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')} python -m bench.runtimes "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "conditions": {
-            "cpu": cpu_model(),
-            "cores": psutil.cpu_count(),
-            "threads": args.threads,
-            "load_avg_before": [round(x, 2) for x in os.getloadavg()],
-            "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "openvino": openvino.__version__,
-            "images": f"{len(images)} real 224x224 JPEG smear frames",
-        },
+        "conditions": conditions(
+            threads=args.threads,
+            torch=torch.__version__,
+            onnxruntime=onnxruntime.__version__,
+            openvino=openvino.__version__,
+            images=f"{len(images)} real 224x224 JPEG smear frames",
+        ),
         "models": {},
         "plot": f"{args.out.name}_runtimes.png",
     }

@@ -36,7 +36,7 @@ from typing import Any
 import psutil
 import torch
 
-from bench.harness import RESULTS, run_closed_loop, run_interleaved_level, run_paired_single
+from bench.harness import RESULTS, conditions, run_closed_loop, run_interleaved_level, run_paired_single
 from bench.serving_report import write_reports
 from bench.sides import (
     LEVELS,
@@ -55,7 +55,6 @@ from bench.sides import (
     torchserve_client,
     warm_frontend,
 )
-from core.host import cpu_model
 from core.registry import model_names
 from serving.torchserve import start, stop
 
@@ -148,15 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')} python -m bench.serving "
             + " ".join(sys.argv[1:] if argv is None else argv),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "conditions": {
-                "cpu": cpu_model(),
-                "cores": psutil.cpu_count(),
-                "load_avg_before": [round(x, 2) for x in os.getloadavg()],
-                "torch": torch.__version__,
-                "threads": args.threads,
-                "archives": source,
-                "images": f"{len(images)} real 224x224 JPEG smear frames",
-            },
+            "conditions": conditions(
+                torch=torch.__version__,
+                threads=args.threads,
+                archives=source,
+                images=f"{len(images)} real 224x224 JPEG smear frames",
+            ),
             "models": {},
         }
         for m in models:

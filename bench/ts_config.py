@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import RESULTS
+from bench.harness import RESULTS, measured
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "docker" / "torchserve" / "config.properties"
@@ -81,7 +81,7 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         "# TorchServe configured by measurement",
         "",
-        f"Measured {report['when']} on {report['cpu']} ({report['cores']} cores) with `{report['command']}`: "
+        measured(report) + f": "
         f"bench.serving{' --scale ' + str(report['scale']) if 'scale' in report else ''} once per configuration "
         "(the frame models' TorchServe workers, torch threads per worker, batch size and delay changed together "
         "for every model), the same 32 real frames, nothing else running (1-minute load average before the "

@@ -40,7 +40,7 @@ from typing import Any
 
 import requests
 
-from bench.harness import RESULTS, markdown_table, run_header, write_report
+from bench.harness import RESULTS, markdown_table, measured, run_header, write_report
 from core.registry import model_names
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,7 +114,7 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         "# What TorchServe adds to a single request",
         "",
-        f"Measured {report['when']} on {report['cpu']} ({report['cores']} cores) with `{report['command']}`: "
+        measured(report) + f": "
         f"per model, a TorchServe with that model alone (shipped configuration), its frontend warmed, then "
         f"{report['requests']} real frames one at a time. Mean ms per request; `http`, `queue` and `worker round "
         "trip` come from TorchServe's Prometheus counters and each answer's `timing_ms.total` (bench/ts_overhead.py "
