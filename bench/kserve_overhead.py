@@ -33,7 +33,6 @@ import http.client
 import itertools
 import json
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -43,7 +42,7 @@ from typing import Any
 
 import psutil
 
-from bench.harness import RESULTS, markdown_table, measured, run_header, write_report
+from bench.harness import RESULTS, command_line, markdown_table, measured, run_header, write_report
 from bench.runtimes import _enlarged
 from bench.serving_report import LARGE_SIZE
 from core.registry import cell_model_names, served_model_names
@@ -349,16 +348,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     version = subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
     if args.predictor_only:
         report: dict[str, Any] = json.loads(args.out.with_suffix(".json").read_text())
-        command = " ".join(["python -m bench.kserve_overhead", *(sys.argv[1:] if argv is None else argv)])
     else:
         report = {
-            **run_header("make bench-kserve"),
+            **run_header(command_line("bench.kserve_overhead", argv)),
             "kserve": version,
             "pairs": args.pairs,
             "large_pairs": args.large_pairs,
             "models": {},
         }
-        command = "make bench-kserve"
+    command = command_line("bench.kserve_overhead", argv)
     run: dict[str, Any] = {**run_header(command), "pairs": args.pairs, "requests_c8": args.predictor_requests}
     run |= {"layout_requests": args.layout_requests, "models": {}}
     store = args.model_store.resolve()

@@ -40,7 +40,7 @@ from typing import Any
 
 import requests
 
-from bench.harness import RESULTS, markdown_table, measured, run_header, write_report
+from bench.harness import RESULTS, command_line, markdown_table, measured, run_header, write_report
 from core.registry import model_names
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = frames()
     work = Path(tempfile.mkdtemp(prefix="ts-overhead-"))
     report: dict[str, Any] = {
-        **run_header("make bench-ts-overhead"),
+        **run_header(command_line("bench.ts_overhead", argv)),
         "requests": args.requests,
         "models": {},
     }
