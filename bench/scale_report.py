@@ -9,9 +9,30 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.harness import fill
 from bench.layout import LAYOUT, PROCESS_TYPES
 
 __all__ = ["plot", "render", "write_report"]
+
+
+#: how every configuration was run and measured; the services and commands are bench.layout's
+METHOD = (
+    "Each configuration starts, as separate local processes, what docker/compose.yaml runs as separate "
+    "containers: a private MariaDB, `$migrate`, TorchServe with $models "
+    "(docker/torchserve/config.properties, workers per model overridden, 1 torch thread each), N web "
+    "instances (`$web`, $web_processes_per_instance gunicorn process(es) x 4 threads each, "
+    "`portal.config.settings_production`), N job clusters (`$worker`, $job_workers_per_cluster job worker "
+    "processes each) and nginx with docker/nginx.conf rendered for this machine (TLS with a throw-away "
+    "certificate, an upstream of the N web ports). Load: $clients concurrent API clients, each sending "
+    "$requests_per_client uploads of $images_per_request real smear frames with `model=$model` through "
+    "the proxy, pausing $think_s s between uploads (bench.stack.upload_load, as `make loadtest`); the "
+    "cell model off. One warm-up upload per configuration is not counted. Throughput: accepted images "
+    "(and analyses: one per image and model) divided by the time from the first upload to the last "
+    "analysis final. Upload-to-result: an analysis's `completed_at - created_at`. CPU: user + system "
+    "seconds of each process over that window (psutil); *cores* = CPU seconds / window. Memory: peak RSS "
+    "per process (shared pages counted in each) and the peak PSS summed over the processes of a type "
+    "(shared pages split), sampled every 2 s."
+)
 
 
 def _manage(command: Sequence[str]) -> str:
@@ -96,24 +117,16 @@ def render(runs: list[dict[str, Any]], meta: dict[str, Any], plot_name: str) -> 
         "",
         *_command_lines(runs),
         "",
-        "Each configuration starts, as separate local processes, what docker/compose.yaml runs as separate "
-        f"containers: a private MariaDB, `{_manage(LAYOUT['migrate'].command)}`, TorchServe with "
-        f"{', '.join(r0['models'])} "
-        "(docker/torchserve/config.properties, workers per model overridden, 1 torch thread each), N web "
-        f"instances (`{shlex.join(LAYOUT['web'].command)}`, "
-        f"{r0['web_processes_per_instance']} gunicorn process(es) x 4 threads each, "
-        f"`portal.config.settings_production`), N job clusters (`{_manage(LAYOUT['worker'].command)}`, "
-        f"{r0['job_workers_per_cluster']} job worker processes each) and nginx with docker/nginx.conf rendered "
-        "for this machine (TLS with a throw-away certificate, an upstream of the N web ports). "
-        f"Load: {r0['clients']} concurrent API clients, each sending {r0['requests_per_client']} uploads of "
-        f"{r0['images_per_request']} real smear frames with `model={r0['model']}` through the proxy, pausing "
-        f"{r0['think_s']} s between uploads (bench.stack.upload_load, as `make loadtest`); the cell model off. "
-        "One warm-up upload per configuration is not counted. Throughput: accepted images (and analyses: one "
-        "per image and model) divided by the time from the first upload to the last analysis final. "
-        "Upload-to-result: an analysis's `completed_at - created_at`. CPU: user + system seconds of each "
-        "process over that window (psutil); *cores* = CPU seconds / window. Memory: peak RSS per process "
-        "(shared pages counted in each) and the peak PSS summed over the processes of a type (shared pages "
-        "split), sampled every 2 s.",
+        fill(
+            METHOD,
+            {
+                **r0,
+                "migrate": _manage(LAYOUT["migrate"].command),
+                "web": shlex.join(LAYOUT["web"].command),
+                "worker": _manage(LAYOUT["worker"].command),
+                "models": ", ".join(r0["models"]),
+            },
+        ),
         "",
         "| configuration | uploads accepted | errors | analyses done / not final | images/s | analyses/s "
         "| upload p50 / p95 (s) | upload-to-result p50 / p95 (s) | TorchServe call p50 (ms) | window (s) "
