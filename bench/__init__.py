@@ -1,1 +1,1 @@
-"""Benchmarks (results in docs/benchmarks.md)."""
+"""Benchmarks (results in docs/results/benchmarks.md)."""

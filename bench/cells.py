@@ -13,7 +13,7 @@ two at a time (the worker count of this 2-core machine), after a warm-up pass:
 
 Writes ``<out>.json`` (numbers, conditions, the command), ``<out>.md`` and ``<out>_latency.png``.
 
-    python -m bench.cells --model-store model_store --out docs/benchmarks_cells      (make bench)
+    python -m bench.cells --model-store model_store --out docs/results/benchmarks_cells      (make bench)
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from typing import Any
 
 import torch
 
-from bench.serving import _extract, run_closed_loop
+from bench.harness import RESULTS, run_closed_loop, write_report
+from bench.sides import extract
 from core.host import cpu_model
 from core.paths import ALL4_ORIGINAL
 from core.registry import CLASS_NAMES
@@ -155,7 +156,7 @@ def render_markdown(r: dict[str, Any], plot_name: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-store", type=Path, default=Path("model_store"))
-    ap.add_argument("--out", type=Path, default=Path("docs/benchmarks_cells"))
+    ap.add_argument("--out", type=Path, default=RESULTS / "benchmarks_cells")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--passes", type=int, default=2, help="measured passes over each frame set per level")
     args = ap.parse_args(argv)
@@ -186,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             stop(info=info)
         configure_threads(args.threads)
-        runtime = CellRuntime(_extract(mar, work / "model"))
+        runtime = CellRuntime(extract(mar, work / "model"))
         for name, frames in sets.items():
             print(f"[{name}] in-process", flush=True)
 
@@ -208,11 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "python -m bench.cells " + " ".join(sys.argv[1:] if argv is None else argv),
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     png = args.out.with_name(args.out.name + "_latency.png")
+    write_report(args.out, report, render_markdown(report, png.name), indent=2)
     plot(latencies, png)
-    args.out.with_suffix(".md").write_text(render_markdown(report, png.name))
     for name, r in results.items():
         print(
             f"{name}: TorchServe p50 {r['torchserve']['1']['p50']} ms, in-process p50 {r['in_process']['1']['p50']} ms"

@@ -23,7 +23,7 @@ process against one process per model, memory and images/s with 8 in flight spre
 Writes ``<out>.json`` and ``<out>.md``; ``--predictor-only`` measures the predictor's part alone and keeps
 the KServe rows of an earlier run's ``<out>.json``.
 
-    python -m bench.kserve_overhead --model-store model_store --out docs/kserve_overhead
+    python -m bench.kserve_overhead --model-store model_store --out docs/results/kserve_overhead
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import http.client
 import itertools
 import json
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -43,8 +42,9 @@ from typing import Any
 
 import psutil
 
-from bench.report import markdown_table, run_header, write_report
-from bench.runtimes import LARGE_SIZE, _enlarged
+from bench.harness import RESULTS, command_line, markdown_table, measured, run_header, write_report
+from bench.runtimes import _enlarged
+from bench.serving_report import LARGE_SIZE
 from core.registry import cell_model_names, served_model_names
 from core.v2 import image_request
 
@@ -84,7 +84,7 @@ def measure(
     kserve: psutil.Process,
 ) -> dict[str, Any]:
     """Paired single requests (direct, then through KServe, in turn) and KServe's CPU ms per request."""
-    from bench.serving import run_paired_single
+    from bench.harness import run_paired_single
 
     for raw in images[:4]:  # both paths' first answers
         direct(raw)
@@ -115,13 +115,13 @@ def in_process(store: Path, model: str, work: Path) -> Iterator[tuple[Callable[[
     """``model`` loaded in this process from its archive, one torch thread: (one request, a request among
     concurrent ones). A frame model batches as TorchServe's configuration says (:class:`InProcessBatcher`);
     the cell model answers one request at a time, as its one worker does."""
-    from bench.serving import InProcessBatcher, _batching, _extract
+    from bench.sides import InProcessBatcher, batching, extract
     from handlers.cell_runtime import CellRuntime
     from handlers.runtime import ModelRuntime, configure_threads
     from serving.torchserve import DEFAULT_CONFIG
 
     configure_threads(1)
-    model_dir = _extract(store / f"{model}.mar", work / f"in-process-{model}")
+    model_dir = extract(store / f"{model}.mar", work / f"in-process-{model}")
     if model in cell_model_names():
         cells = CellRuntime(model_dir)
         lock = threading.Lock()
@@ -133,7 +133,7 @@ def in_process(store: Path, model: str, work: Path) -> Iterator[tuple[Callable[[
         yield analyse, analyse
         return
     runtime = ModelRuntime(model_dir)
-    batcher = InProcessBatcher(runtime, _batching(DEFAULT_CONFIG, model)[0])
+    batcher = InProcessBatcher(runtime, batching(DEFAULT_CONFIG, model)[0])
     try:
         yield (lambda raw: runtime.predict([{"body": raw}])), batcher
     finally:
@@ -144,7 +144,8 @@ def measure_predictor(
     ts: Any, store: Path, model: str, images: Sequence[bytes], pairs: int, requests_c8: int, work: Path
 ) -> dict[str, Any]:
     """One model: the predictor alone in its process, TorchServe and in-process, single and at c=8."""
-    from bench.serving import _cpu_seconds, _server_processes, run_interleaved_level, run_paired_single
+    from bench.harness import run_interleaved_level, run_paired_single
+    from bench.sides import cpu_seconds, server_processes
 
     params = {"annotate": True} if model in cell_model_names() else None
     me = psutil.Process()
@@ -161,11 +162,11 @@ def measure_predictor(
             for call in calls.values():
                 call(raw)
         paired = run_paired_single({k: calls[k] for k in SIDES}, images, pairs)
-        ts_procs = _server_processes(ts, model)
+        ts_procs = server_processes(ts, model)
         sides = {
             "in_process": (concurrent, lambda: {"process": sum(me.cpu_times()[:2])}),
             "predictor": (calls["predictor"], lambda: {"process": sum(kp.cpu_times()[:2])}),
-            "torchserve": (calls["torchserve"], lambda: {"process": sum(_cpu_seconds(ts_procs).values())}),
+            "torchserve": (calls["torchserve"], lambda: {"process": sum(cpu_seconds(ts_procs).values())}),
         }
         c8 = run_interleaved_level(sides, images, 8, requests_c8)
         return {"single": paired, "c8": c8, "predictor_rss_mb": round(kp.memory_info().rss / 2**20, 1)}
@@ -187,7 +188,7 @@ def _round_robin(calls: dict[str, Callable[[bytes], Any]]) -> Callable[[bytes], 
 def layouts(store: Path, models: Sequence[str], images: Sequence[bytes], requests_c8: int, work: Path) -> dict:
     """Every model in one predictor process against one process per model: resident memory once warm, and
     images/s with 8 requests in flight sent to the models in turn (the two layouts taking turns in blocks)."""
-    from bench.serving import run_interleaved_level
+    from bench.harness import run_interleaved_level
 
     def params(m: str) -> dict[str, Any] | None:
         return {"annotate": True} if m in cell_model_names() else None
@@ -250,7 +251,7 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         "# What KServe's model server adds in front of TorchServe",
         "",
-        f"Measured {report['when']} on {report['cpu']} ({report['cores']} cores) with `{report['command']}` "
+        measured(report) + f" "
         f"(kserve {report['kserve']}): one TorchServe with the KServe layout's configuration, KServe's own "
         "model server forwarding v2 to it, and per model the same v2 request sent directly to TorchServe's "
         f"`/v2/models/{{model}}/infer` and through KServe, one at a time, the two in turn, {report['pairs']} "
@@ -329,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--model-store", type=Path, default=REPO / "model_store")
     ap.add_argument("--pairs", type=int, default=100)
     ap.add_argument("--large-pairs", type=int, default=30)
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "kserve_overhead")
+    ap.add_argument("--out", type=Path, default=RESULTS / "kserve_overhead")
     ap.add_argument("--predictor-requests", type=int, default=64, help="requests per side at c=8")
     ap.add_argument("--layout-requests", type=int, default=100, help="requests per layout at c=8")
     ap.add_argument("--predictor-only", action="store_true", help="keep the KServe rows of <out>.json")
@@ -337,26 +338,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from bench.kserve_server import KSERVE_PYTHON, torchserve_config
-    from bench.serving import _images
+    from bench.sides import frames
     from serving.torchserve import free_ports, start, stop
 
     models = [m for m in args.models.split(",") if m] or served_model_names()
-    images = _images()
+    images = frames()
     work = Path(tempfile.mkdtemp(prefix="kserve-overhead-"))
     probe = [str(KSERVE_PYTHON), "-c", "import importlib.metadata as m; print(m.version('kserve'))"]
     version = subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
     if args.predictor_only:
         report: dict[str, Any] = json.loads(args.out.with_suffix(".json").read_text())
-        command = " ".join(["python -m bench.kserve_overhead", *(sys.argv[1:] if argv is None else argv)])
     else:
         report = {
-            **run_header("make bench-kserve"),
+            **run_header(command_line("bench.kserve_overhead", argv)),
             "kserve": version,
             "pairs": args.pairs,
             "large_pairs": args.large_pairs,
             "models": {},
         }
-        command = "make bench-kserve"
+    command = command_line("bench.kserve_overhead", argv)
     run: dict[str, Any] = {**run_header(command), "pairs": args.pairs, "requests_c8": args.predictor_requests}
     run |= {"layout_requests": args.layout_requests, "models": {}}
     store = args.model_store.resolve()

@@ -7,7 +7,7 @@ the middle of the run (a job worker SIGKILLed mid-job, TorchServe stopped for a 
 MariaDB restarted). Recorded per scenario: uploads accepted, client errors by HTTP status and code,
 analyses done / rejected / failed / lost / stuck, time until all are final (from the first upload and
 from the end of the fault), p50/p95 upload latency, 5xx answers, supervisor restarts, "database is
-locked" lines. Writes docs/reliability.md, docs/reliability.json and docs/reliability_latency.png.
+locked" lines. Writes docs/results/reliability.md, .json and _latency.png.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import signal
 import sqlite3
@@ -28,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.harness import RESULTS, machine, percentile
+from bench.harness import write_report as write_report_files
 from bench.stack import MariaDB, PortalStack, UploadResult, storage_report, upload_load, wait_until
 from core.host import cpu_model
 from core.paths import ALL4_ORIGINAL
@@ -38,13 +39,6 @@ SCENARIOS = ("clean", "worker_kill", "torchserve_restart", "mariadb_restart")
 
 def _log(msg: str) -> None:
     print(f"[loadtest {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def _running_worker_pid(stack: PortalStack) -> int | None:
@@ -179,8 +173,8 @@ def run_scenario(
         "upload_wall_s": round(t_uploaded - t_start, 1),
         "all_final_s": round(final_at - t_start, 1) if final_at else None,
         "final_after_recovery_s": round(final_at - recovered_at[0], 1) if final_at and recovered_at else None,
-        "upload_p50_s": round(_percentile(latencies, 0.5), 3),
-        "upload_p95_s": round(_percentile(latencies, 0.95), 3),
+        "upload_p50_s": percentile(latencies, 0.5, 3),
+        "upload_p95_s": percentile(latencies, 0.95, 3),
         "analyses_per_s": round(len(accepted) / (final_at - t_start), 2) if final_at else None,
         "supervisor_alive": alive,
         "child_restarts": {k: v["restarts"] for k, v in state["children"].items()},
@@ -197,17 +191,18 @@ def run_scenario(
 
 
 def write_report(runs: list[dict[str, Any]], out: Path) -> None:
+    """``out`` (Markdown), its ``.json`` (the record: ``meta`` and ``runs``) and ``<stem>_latency.png``."""
+    record = {"meta": {"machine": machine(), "cpu": cpu_model()}, "runs": runs}
+    write_report_files(out, record, render(record))
+    plot(runs, out.with_name(out.stem + "_latency.png"))
+
+
+def plot(runs: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-        "cpu": cpu_model(),
-    }
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
     fig, ax = plt.subplots(figsize=(11, 4))
     labels = [f"{r['scenario']}\n{r['database']}" for r in runs]
     ax.boxplot([r["latencies_s"] or [0] for r in runs], tick_labels=labels, showfliers=True)
@@ -215,7 +210,12 @@ def write_report(runs: list[dict[str, Any]], out: Path) -> None:
     ax.set_ylabel("upload latency (s)")
     ax.set_title("API upload latency per scenario (2 frames x 4 models per request)")
     fig.tight_layout()
-    fig.savefig(out.with_name(out.stem + "_latency.png"), dpi=110)
+    fig.savefig(path, dpi=110)
+
+
+def render(record: dict[str, Any]) -> str:
+    """docs/results/reliability.md from its record alone."""
+    meta, runs = record["meta"], record["runs"]
     lines = [
         "# Reliability: uploads under load and faults",
         "",
@@ -262,7 +262,7 @@ def write_report(runs: list[dict[str, Any]], out: Path) -> None:
         "includes the backlog that built up meanwhile.",
         "",
     ]
-    out.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fault-after", type=float, default=15.0)
     ap.add_argument("--outage", type=float, default=20.0)
     ap.add_argument("--think", type=float, default=1.0, help="seconds each client pauses between uploads")
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "reliability.md")
+    ap.add_argument("--out", type=Path, default=RESULTS / "reliability.md")
     ap.add_argument("--merge", action="store_true", help="keep the other scenarios' rows of an earlier run")
     args = ap.parse_args(argv)
 

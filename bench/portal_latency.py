@@ -14,7 +14,7 @@ reading adds at most that). Scenarios, each after two warm-up uploads:
   table (``bench.runtimes --portal-json``).
 
 Also recorded per job: time queued (row created -> TorchServe called) and TorchServe's round trip as the
-portal measured it, so the table says where the time goes. Writes docs/portal_latency.json, .md and a
+portal measured it, so the table says where the time goes. Writes docs/results/portal_latency.json, .md and a
 PNG of the distributions.
 """
 
@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.harness import RESULTS, percentile
+from bench.harness import write_report as write_report_files
 from bench.stack import PortalStack
 from core.host import cpu_model
 from core.paths import ALL4_ORIGINAL
@@ -120,11 +122,6 @@ def one_upload(stack: PortalStack, rows: Rows, frame: Path, model: str, timeout_
     }
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     result = [r["result_ms"] for r in runs]
     per_job: dict[str, dict[str, float]] = {}
@@ -138,7 +135,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "n": len(runs),
         "result_p50_ms": statistics.median(result),
-        "result_p95_ms": _pct(result, 0.95),
+        "result_p95_ms": percentile(result, 0.95),
         "result_min_ms": min(result),
         "upload_p50_ms": statistics.median(r["upload_ms"] for r in runs),
         "all_done": all(r["statuses"] == ["done"] for r in runs),
@@ -147,8 +144,13 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    """``out`` (Markdown), its ``.json`` (the record) and ``.png``."""
+    write_report_files(out, report, render(report))
+    plot(report, out.with_suffix(".png"))
+
+
+def render(report: dict[str, Any]) -> str:
+    """docs/results/portal_latency.md from its record alone."""
     lines = [
         "# Portal upload-to-result time",
         "",
@@ -187,7 +189,10 @@ def write_report(report: dict[str, Any], out: Path) -> None:
         "![distribution](portal_latency.png)",
         "",
     ]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,7 +208,7 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     ax.set_title("Portal upload-to-result, one frame at a time")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -212,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-store", type=Path, default=REPO / "model_store")
     ap.add_argument("--uploads", type=int, default=20, help="measured uploads per scenario")
     ap.add_argument("--portal-workers", type=int, default=4)
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "portal_latency.md")
+    ap.add_argument("--out", type=Path, default=RESULTS / "portal_latency.md")
     ap.add_argument("--portal-json", type=Path, default=None, help="also write {model: p50 ms} for bench.runtimes")
     args = ap.parse_args(argv)
 

@@ -4,13 +4,13 @@ the same frames, each written to its own JSON, then one table: TorchServe images
 flight, p50 of a single request, and the model worker's CPU per image, per model and configuration.
 
 The baseline is the shipped configuration (docker/torchserve/config.properties) with every frame model
-at 1 ms (as shipped until mobilenetv3_lstm moved to 2 ms, docs/deployment.md); every variant changes
+at 1 ms (as shipped until mobilenetv3_lstm moved to 2 ms, docs/guides/deployment.md); every variant changes
 one thing in it, for every frame model at once (each model has its own TorchServe worker, so the models
 do not compete within one run: bench.serving measures one model at a time). ``gate inline`` computes the
 smear gate's statistics on the request path (``LEUKEMIA_GATE_THREAD=0``, on both sides) instead of on
 the runtime's gate thread. ``--variants`` with ``--merge`` measures some again and keeps the others'
 results (each variant records when it ran).
-Writes docs/torchserve_config.md and .json.
+Writes docs/results/torchserve_config.md and .json.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.harness import RESULTS, measured
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "docker" / "torchserve" / "config.properties"
@@ -64,15 +66,22 @@ def _row(result: dict[str, Any]) -> dict[str, float | None]:
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
-    from bench.serving import PAIRED_REQUESTS
+    """``out`` (Markdown) and its ``.json`` (the record)."""
+    from bench.harness import write_report as write_report_files
 
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    write_report_files(out, report, render(report))
+
+
+def render(report: dict[str, Any]) -> str:
+    """docs/results/torchserve_config.md from its record alone."""
+    from bench.sides import PAIRED_REQUESTS
+
     names = [n for n in VARIANTS if n in report["variants"]]
     models = sorted({m for v in report["variants"].values() for m in v["models"]})
     lines = [
         "# TorchServe configured by measurement",
         "",
-        f"Measured {report['when']} on {report['cpu']} ({report['cores']} cores) with `{report['command']}`: "
+        measured(report) + f": "
         f"bench.serving{' --scale ' + str(report['scale']) if 'scale' in report else ''} once per configuration "
         "(the frame models' TorchServe workers, torch threads per worker, batch size and delay changed together "
         "for every model), the same 32 real frames, nothing else running (1-minute load average before the "
@@ -117,19 +126,19 @@ def write_report(report: dict[str, Any], out: Path) -> None:
         + (
             "frontend warmed first"
             if all(r.get("frontend_warmed") for r in report["variants"][n]["models"].values())
-            else "cold frontend (its JVM not yet compiled: about 1 ms more CPU per request, docs/serving.md)"
+            else "cold frontend (its JVM not yet compiled: about 1 ms more CPU per request, docs/guides/serving.md)"
         )
         for n in names
     ]
     lines += ["", report.get("reading", ""), ""]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-store", type=Path, default=REPO / "model_store")
     ap.add_argument("--scale", type=float, default=0.5, help="bench.serving --scale (requests per level)")
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "torchserve_config.md")
+    ap.add_argument("--out", type=Path, default=RESULTS / "torchserve_config.md")
     ap.add_argument("--variants", nargs="*", default=None, help="names of VARIANTS to run (default: all)")
     ap.add_argument("--merge", action="store_true", help="keep the other variants' results from --out's JSON")
     args = ap.parse_args(argv)
@@ -137,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     from bench import serving
-    from bench.scale import render_torchserve_config
+    from bench.layout import render_torchserve_config
     from core.host import cpu_model
     from core.registry import model_names
     from handlers.runtime import GATE_THREAD_ENV

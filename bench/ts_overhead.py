@@ -23,7 +23,7 @@ the handler's own steps running in another process; this splits off what TorchSe
 Two counters of one model are read with a regular expression (no Prometheus client library is
 installed for that). Writes ``<out>.json`` and ``<out>.md``.
 
-    python -m bench.ts_overhead --model-store model_store --out docs/ts_overhead
+    python -m bench.ts_overhead --model-store model_store --out docs/results/ts_overhead
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any
 
 import requests
 
-from bench.report import markdown_table, run_header, write_report
+from bench.harness import RESULTS, command_line, markdown_table, measured, run_header, write_report
 from core.registry import model_names
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,12 +88,12 @@ def read_counters(metrics_url: str, model: str) -> dict[str, float]:
 
 
 def measure(store: Path, model: str, images: Sequence[bytes], n: int, work: Path) -> dict[str, Any]:
-    from bench.serving import _server_processes, torchserve_client, warm_frontend
+    from bench.sides import server_processes, torchserve_client, warm_frontend
     from serving.torchserve import free_ports, start, stop
 
     info = start(store, [model], work / f"ts-{model}", ports=free_ports())  # beside a running `make serve`
     try:
-        warm_frontend(info, model, _server_processes(info, model)["frontend"])
+        warm_frontend(info, model, server_processes(info, model)["frontend"])
         post = torchserve_client(info, model)
         for raw in images:  # the worker's first answers
             post(raw)
@@ -114,7 +114,7 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         "# What TorchServe adds to a single request",
         "",
-        f"Measured {report['when']} on {report['cpu']} ({report['cores']} cores) with `{report['command']}`: "
+        measured(report) + f": "
         f"per model, a TorchServe with that model alone (shipped configuration), its frontend warmed, then "
         f"{report['requests']} real frames one at a time. Mean ms per request; `http`, `queue` and `worker round "
         "trip` come from TorchServe's Prometheus counters and each answer's `timing_ms.total` (bench/ts_overhead.py "
@@ -138,23 +138,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--model-store", type=Path, default=REPO / "model_store")
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "ts_overhead")
+    ap.add_argument("--out", type=Path, default=RESULTS / "ts_overhead")
     args = ap.parse_args(argv)
 
-    from bench.serving import _batching, _images
+    from bench.sides import batching, frames
     from serving.torchserve import DEFAULT_CONFIG
 
-    images = _images()
+    images = frames()
     work = Path(tempfile.mkdtemp(prefix="ts-overhead-"))
     report: dict[str, Any] = {
-        **run_header("make bench-ts-overhead"),
+        **run_header(command_line("bench.ts_overhead", argv)),
         "requests": args.requests,
         "models": {},
     }
     for model in args.models or model_names():
         print(f"== {model}", flush=True)
         report["models"][model] = measure(args.model_store.resolve(), model, images, args.requests, work)
-        report["models"][model]["max_batch_delay_ms"] = _batching(DEFAULT_CONFIG, model)[1]
+        report["models"][model]["max_batch_delay_ms"] = batching(DEFAULT_CONFIG, model)[1]
         print(f"   {report['models'][model]}", flush=True)
     write_report(args.out, report, render(report))
     return 0

@@ -4,7 +4,7 @@ handlers run, with no TorchServe in the process or the image.
 Why: TorchServe's repository is archived (limited maintenance since 2025-08-07, last release 0.12.0) and
 KServe is removing its TorchServe runtime. TorchServe stays the server ``make run`` and ``make serve``
 start; the scale-out path (docker/k8s, one InferenceService per model) runs this predictor instead, and
-KServe's TorchServe runtime stays in the manifests as the alternative (docs/deployment.md).
+KServe's TorchServe runtime stays in the manifests as the alternative (docs/guides/deployment.md).
 
 Choices:
 
@@ -20,7 +20,7 @@ Choices:
 - Refusals are the contract's 4xx with ``{"code", "message"}`` (KServe's TorchServe runtime turned them
   into its own HTTP 500), plus the v2 ``error`` text.
 - One process per model (one InferenceService each, as the manifests deploy) or several models in one
-  server (``--models``): measured on 2 cores in docs/deployment.md.
+  server (``--models``): measured on 2 cores in docs/guides/deployment.md.
 
 Run in KServe's environment (``make kserve-env``: kserve 0.21.0 with the runtimes' dependencies) or the
 image docker/Dockerfile.kserve-predictor. Modules: :mod:`kserve_predictor.artefacts`,

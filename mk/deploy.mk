@@ -1,5 +1,5 @@
 # Deployment: offline checks of docker/ (compose, Dockerfiles, Kubernetes/KServe manifests) and the
-# KServe storage layout. See docs/deployment.md. `make test` runs the same checks (tests/docker).
+# KServe storage layout. See docs/guides/deployment.md. `make test` runs the same checks (tests/docker).
 MODEL_STORE ?= model_store
 KSERVE_LAYOUT ?= var/kserve
 
@@ -33,7 +33,7 @@ $(KSERVE_STAMP): $(KSERVE_LOCK) $(CONSTRAINTS)
 	touch $@
 
 # The project's KServe predictor (kserve_predictor/: KServe's model server with the runtimes, no TorchServe)
-# on the model store, in the foreground; every archive unless KSERVE_MODELS=a,b. docs/serving.md.
+# on the model store, in the foreground; every archive unless KSERVE_MODELS=a,b. docs/guides/serving.md.
 serve-kserve: kserve-env
 	$(KSERVE_VENV)/bin/python -m kserve_predictor --model_dir $(MODEL_STORE) --http_port $(KSERVE_PORT) \
 	  $(if $(KSERVE_MODELS),--models $(KSERVE_MODELS))

@@ -1,4 +1,4 @@
-# The model update loop (docs/model_updates.md): the lab's sign-offs -> a dataset -> a candidate version -> the gate
+# The model update loop (docs/guides/model_updates.md): the lab's sign-offs -> a dataset -> a candidate version -> the gate
 # against the served version on the locked test set -> promotion (TorchServe's default version) -> rollback.
 # State lives in var/ (datasets, candidate archives, gate reports, the promotion record; LEUKEMIA_MODEL_VERSIONS).
 VERSION ?=

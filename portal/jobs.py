@@ -1,6 +1,6 @@
 """The inference queue: one django-q2 job per (image, model), run by worker processes.
 
-Why django-q2 (docs/jobs.md compares the alternatives): its ORM broker keeps the queue in the
+Why django-q2 (docs/guides/jobs.md compares the alternatives): its ORM broker keeps the queue in the
 portal's own database, so `make run` needs no extra server, an upload commits its analyses and their
 jobs in one transaction (nothing accepted can lack its job), and scaling out is more
 ``manage.py qcluster`` processes on any host that reaches the database. Its cluster restarts a

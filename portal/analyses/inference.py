@@ -15,7 +15,7 @@ Two protocols (``PORTAL_INFERENCE_PROTOCOL``), each model at its own base URL wh
 ``PORTAL_MODEL_URLS`` names one (else ``TORCHSERVE_URL``):
 
 - ``torchserve`` (the default): ``POST /explanations/{model}`` for a frame classifier,
-  ``POST /predictions/{model}`` with the header ``annotate: 1`` for the cell model (docs/serving.md);
+  ``POST /predictions/{model}`` with the header ``annotate: 1`` for the cell model (docs/guides/serving.md);
 - ``v2``: ``POST /v2/models/{model}/infer`` with the image as a BYTES input and ``parameters``
   ``{"explain": true}`` or ``{"annotate": true}`` (:mod:`core.v2`), as KServe's predictors (one host
   per model) and TorchServe itself answer it. Behind KServe a refusal arrives as KServe's HTTP 500

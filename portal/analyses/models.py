@@ -56,7 +56,7 @@ __all__ = [
     "specimen_is_signed",
 ]
 
-# The classes in the order of the inference contract, from the model registry (docs/serving.md).
+# The classes in the order of the inference contract, from the model registry (docs/guides/serving.md).
 CLASS_LABELS: tuple[str, ...] = CLASS_NAMES
 LABEL_CHOICES = [(c, c) for c in CLASS_LABELS]
 FINAL_STATUSES = frozenset({"done", "failed", "rejected"})

@@ -158,7 +158,7 @@ PORTAL_FHIR_ACCESSION_SYSTEM = env_str("PORTAL_FHIR_ACCESSION_SYSTEM", "urn:leuk
 DATA_UPLOAD_MAX_NUMBER_FILES = PORTAL_MAX_FILES_PER_UPLOAD
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
-# TorchServe (inference contract: docs/serving.md).
+# TorchServe (inference contract: docs/guides/serving.md).
 TORCHSERVE_URL = env_str("TORCHSERVE_URL", "http://127.0.0.1:8080").rstrip("/")
 TORCHSERVE_KEY = env_str("TORCHSERVE_KEY", "")
 TORCHSERVE_WORKDIR = env_str("TORCHSERVE_WORKDIR", str(REPO_DIR / ".torchserve"))  # holds key_file.json
@@ -176,7 +176,8 @@ PORTAL_CELL_MODEL = env_str("PORTAL_CELL_MODEL", cell_model_names()[0] if cell_m
 PORTAL_DIFFERENTIAL_TARGET = env_int("PORTAL_DIFFERENTIAL_TARGET", DEFAULT_TARGET_COUNT)
 if PORTAL_DIFFERENTIAL_TARGET not in TARGET_COUNTS:
     raise ImproperlyConfigured(f"PORTAL_DIFFERENTIAL_TARGET must be one of {TARGET_COUNTS}")
-# The shipped archives and cards (the base versions of the update loop: portal/models_registry, docs/model_updates.md).
+# The shipped archives and cards (the base versions of the update loop: portal/models_registry,
+# docs/guides/model_updates.md).
 PORTAL_MODEL_STORE = Path(env_str("PORTAL_MODEL_STORE", str(REPO_DIR / "model_store")))
 
 # The job queue (portal/jobs.py; django-q2 with its ORM broker in this database). The timings nest:

@@ -300,7 +300,7 @@ def test_logs_keep_requests_and_worker_events_but_not_per_batch_bookkeeping(torc
     """docker/torchserve/log4j2.xml: every request in the access log and the workers' start in the model
     log, written from a background thread; TorchServe's per-batch INFO lines (job ids, backend response
     times, the worker's metric lines) not written at all (they cost the frontend about 2 ms of CPU per
-    request, docs/serving.md)."""
+    request, docs/guides/serving.md)."""
     import time
 
     logs = Path(torchserve.workdir) / "logs"
@@ -325,9 +325,9 @@ def test_the_benchmarks_frontend_warm_up_is_refused_after_the_whole_path_and_har
 ) -> None:
     """bench.serving.warm_frontend: every request is refused by the handler as not_an_image (415, else the
     client raises), the frontend's CPU is counted per chunk, and the model answers a frame afterwards."""
-    from bench.serving import _server_processes, warm_frontend
+    from bench.sides import server_processes, warm_frontend
 
-    frontend = _server_processes(torchserve, CHEAP_MODEL)["frontend"]
+    frontend = server_processes(torchserve, CHEAP_MODEL)["frontend"]
     assert frontend, "the frontend (JVM) process was not found"
     warm = warm_frontend(torchserve, CHEAP_MODEL, frontend, total=48, chunks=3)
     curve = warm["frontend_cpu_ms_per_request_by_chunk"]

@@ -1,4 +1,5 @@
-"""bench.serving's measuring helpers: the paired single-request comparison and the targets it feeds."""
+"""The benchmark harness's runner (the paired single-request comparison, interleaved levels), the targets
+the serving report evaluates, and each committed result page rendered again from its record."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.serving import run_paired_single, targets
+from bench.harness import run_paired_single
+from bench.serving_report import targets
 
 
 def test_paired_single_requests_take_turns_and_measure_the_difference() -> None:
@@ -55,7 +57,7 @@ def test_targets_judge_c1_on_the_paired_comparison_when_the_run_has_it() -> None
 
 
 def test_interleaved_level_alternates_blocks_and_counts_each_sides_cpu_in_its_own_blocks() -> None:
-    from bench.serving import run_interleaved_level
+    from bench.harness import run_interleaved_level
 
     order: list[str] = []
     clock = {"a": 0.0, "b": 0.0}
@@ -78,7 +80,7 @@ def test_interleaved_level_alternates_blocks_and_counts_each_sides_cpu_in_its_ow
 
 
 def test_e2e_budget_names_the_floor_without_the_gate() -> None:
-    from bench.runtimes import E2E_OF_FORWARD_TARGET, _e2e_budget
+    from bench.serving_report import E2E_OF_FORWARD_TARGET, _e2e_budget
 
     steps = {"decode": 0.5, "gate": 5.0, "preprocess": 0.9, "forward": 10.0, "postprocess": 0.1, "other": 0.0}
     for background in (None, 4.0):  # the gate thread's time overlaps the steps: never part of the rest
@@ -92,7 +94,7 @@ def test_e2e_budget_names_the_floor_without_the_gate() -> None:
 
 
 def test_served_checks_report_the_gate_inline_and_the_cpu_ratio() -> None:
-    from bench.runtimes import GATE_INLINE, _served_checks
+    from bench.serving_report import GATE_INLINE, _served_checks
 
     forward = {"eager": {"images_per_s_batch4": 50.0}, "onnxruntime": {"images_per_s_batch4": 100.0}}
     e2e = {
@@ -141,14 +143,15 @@ def test_ts_config_report_says_which_runs_had_a_warm_frontend(tmp_path) -> None:
 
 
 def test_the_committed_benchmark_report_is_what_its_results_render_to() -> None:
-    """docs/benchmarks.md is generated from docs/benchmarks.json: the two never drift apart, and the reading
+    """docs/results/benchmarks.md is generated from docs/results/benchmarks.json: the two never drift apart, and
+    the reading
     states the CPU-bound ceiling of TorchServe against in-process from the run's own CPU numbers."""
     import json
     from pathlib import Path
 
-    from bench.serving import render_markdown
+    from bench.serving_report import render_markdown
 
-    docs = Path(__file__).resolve().parents[2] / "docs"
+    docs = Path(__file__).resolve().parents[2] / "docs" / "results"
     results = json.loads((docs / "benchmarks.json").read_text())
     md = render_markdown(results, "benchmarks_latency.png")
     assert md == (docs / "benchmarks.md").read_text()
@@ -157,7 +160,7 @@ def test_the_committed_benchmark_report_is_what_its_results_render_to() -> None:
     ceiling = c["in_process"] / (c["ts_worker"] + c["ts_frontend"] + c["ts_client"])
     assert f"{m} {ceiling:.2f} (" in md
     # and the end-to-end ceiling of the cores: cores x forward CPU over the whole path's CPU per image
-    from bench.runtimes import _e2e_budget, _e2e_of_forward_cores_allow, _served_checks
+    from bench.serving_report import _e2e_budget, _e2e_of_forward_cores_allow, _served_checks
 
     rr = results["runtimes"]
     r = rr["models"][m]
@@ -168,14 +171,15 @@ def test_the_committed_benchmark_report_is_what_its_results_render_to() -> None:
 
 
 def test_the_committed_torchserve_configuration_report_is_what_its_results_render_to(tmp_path) -> None:
-    """docs/torchserve_config.md is generated from docs/torchserve_config.json, which measured every variant
+    """docs/results/torchserve_config.md is generated from docs/results/torchserve_config.json, which measured
+    every variant
     bench.ts_config defines (the shipped one first)."""
     import json
     from pathlib import Path
 
     from bench.ts_config import VARIANTS, write_report
 
-    docs = Path(__file__).resolve().parents[2] / "docs"
+    docs = Path(__file__).resolve().parents[2] / "docs" / "results"
     report = json.loads((docs / "torchserve_config.json").read_text())
     assert list(report["variants"]) == list(VARIANTS)
     write_report(report, tmp_path / "torchserve_config.md")
@@ -221,7 +225,7 @@ def test_the_committed_torchserve_overhead_report_is_what_its_results_render_to(
 
     from bench.ts_overhead import PARTS, render
 
-    docs = Path(__file__).resolve().parents[2] / "docs"
+    docs = Path(__file__).resolve().parents[2] / "docs" / "results"
     report = json.loads((docs / "ts_overhead.json").read_text())
     assert render(report) == (docs / "ts_overhead.md").read_text()
     for parts in report["models"].values():  # the three parts add up to what TorchServe adds
@@ -229,16 +233,16 @@ def test_the_committed_torchserve_overhead_report_is_what_its_results_render_to(
 
 
 def test_a_fast_models_level_lasts_at_least_the_minimum_and_a_slow_ones_keeps_its_minimum_requests() -> None:
-    from bench.serving import MIN_LEVEL_SECONDS, _requests_for
+    from bench.sides import MIN_LEVEL_SECONDS, requests_for
 
-    assert _requests_for(8, 1.0, images_per_s=160.0) == math.ceil(160 * MIN_LEVEL_SECONDS)  # mobilenetv3_lstm
-    assert _requests_for(8, 1.0, images_per_s=8.0) == 64  # xception_bigru: 64 requests already take 8 s
-    assert _requests_for(32, 0.5, images_per_s=8.0) == 96 and _requests_for(1, 1.0) == 24  # 3 per client
-    assert _requests_for(8, 2.0, images_per_s=160.0) == 2 * _requests_for(8, 1.0, images_per_s=160.0)
+    assert requests_for(8, 1.0, images_per_s=160.0) == math.ceil(160 * MIN_LEVEL_SECONDS)  # mobilenetv3_lstm
+    assert requests_for(8, 1.0, images_per_s=8.0) == 64  # xception_bigru: 64 requests already take 8 s
+    assert requests_for(32, 0.5, images_per_s=8.0) == 96 and requests_for(1, 1.0) == 24  # 3 per client
+    assert requests_for(8, 2.0, images_per_s=160.0) == 2 * requests_for(8, 1.0, images_per_s=160.0)
 
 
 def test_the_committed_kserve_overhead_report_is_what_its_results_render_to() -> None:
-    """docs/kserve_overhead.md is generated from docs/kserve_overhead.json, which measured every served
+    """docs/results/kserve_overhead.md is generated from docs/results/kserve_overhead.json, which measured every served
     model and the large frames, each side of every pair answered, and the KServe predictor's rows."""
     import json
     from pathlib import Path
@@ -246,7 +250,7 @@ def test_the_committed_kserve_overhead_report_is_what_its_results_render_to() ->
     from bench.kserve_overhead import LARGE, SIDES, render
     from core.registry import served_model_names
 
-    docs = Path(__file__).resolve().parents[2] / "docs"
+    docs = Path(__file__).resolve().parents[2] / "docs" / "results"
     report = json.loads((docs / "kserve_overhead.json").read_text())
     assert render(report) == (docs / "kserve_overhead.md").read_text()
     names = served_model_names()
@@ -286,14 +290,14 @@ def test_the_gate_side_benchmark_loads_the_served_statistics_at_another_side(sha
 
 
 def test_the_committed_gate_side_report_is_what_its_results_render_to() -> None:
-    """docs/gate_side.md is generated from docs/gate_side.json, which holds the served side and the same
+    """docs/results/gate_side.md is generated from docs/results/gate_side.json, which holds the served side and the same
     test sets at every side."""
     import json
 
     from bench.gate_side import render
     from core.smear_gate import STATISTICS_SIDE
 
-    docs = Path(__file__).resolve().parents[2] / "docs"
+    docs = Path(__file__).resolve().parents[2] / "docs" / "results"
     report = json.loads((docs / "gate_side.json").read_text())
     assert render(report) == (docs / "gate_side.md").read_text()
     assert STATISTICS_SIDE in report["sides"] and len(report["sides"]) > 1
