@@ -23,6 +23,7 @@ base's with its last number raised (1.1 -> 1.2). Measured on the 2-core CPU: see
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shutil
@@ -96,6 +97,28 @@ def feature_maps(model: HybridClassifier, frames: Sequence[Frame], device: str, 
         if done % 320 == 0 or done == len(frames):
             log(f"feature maps: {done}/{len(frames)} frames, {time.time() - t0:.0f} s")
     return torch.cat(out)
+
+
+def cached_feature_maps(
+    model: HybridClassifier, frames: Sequence[Frame], archive: Path, cache: Path | None, device: str, log: Log
+) -> torch.Tensor:
+    """:func:`feature_maps`, kept in ``cache`` (a file) under a key of the archive and every frame's hash, so that
+    a second candidate from the same base and frames (another learning rate, more epochs) skips the CNN stage."""
+    if cache is None:
+        return feature_maps(model, frames, device, log)
+    digest = hashlib.sha256(archive.read_bytes())
+    for f in frames:
+        digest.update(f.sha256.encode())
+    key = digest.hexdigest()
+    if cache.is_file():
+        stored = torch.load(cache, map_location="cpu")
+        if stored.get("key") == key:
+            log(f"feature maps: {len(frames)} frames from {cache}")
+            return stored["maps"]
+    maps = feature_maps(model, frames, device, log)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"key": key, "maps": maps}, cache)
+    return maps
 
 
 def retrain(
@@ -234,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "each as it is and VIEWS-1 changed copies (0: none)",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--maps-cache", type=Path, default=None, help="keep the CNN stage's maps in this file (reused)")
     ap.add_argument("--base-limit", type=int, default=None, help="use every k-th original frame, this many (tests)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=2)
@@ -261,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         model = load_model(unpack(mar, work / "base") / "model")
         t0 = time.time()
-        maps = feature_maps(model, frames, args.device, log)
+        maps = cached_feature_maps(model, frames, mar, args.maps_cache, args.device, log)
         labels = torch.tensor([f.label for f in frames])
         base_pooled = pooled_features(model, maps[original_rows(frames)], args.device)
         result = retrain(model, maps, labels, work, args.epochs, args.lr, args.batch_size, args.seed, args.device, log)
