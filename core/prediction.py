@@ -294,29 +294,6 @@ class FramePrediction:
         )
 
 
-def build_prediction(
-    probabilities: Sequence[float],
-    *,
-    classes: Sequence[str],
-    model: str,
-    version: str,
-    abstain_threshold: float,
-    benign_threshold: float | None = None,
-    benign_class: str = "Benign",
-    quality: Mapping[str, Any] | None = None,
-    timing_ms: Mapping[str, float] | None = None,
-    out_of_distribution: bool = False,
-) -> dict[str, Any]:
-    """:meth:`FramePrediction.build` written as its JSON body."""
-    return FramePrediction.build(
-        probabilities,
-        classes=classes,
-        model=model,
-        version=version,
-        abstain_threshold=abstain_threshold,
-        benign_threshold=benign_threshold,
-        benign_class=benign_class,
-        quality=quality,
-        timing_ms=timing_ms,
-        out_of_distribution=out_of_distribution,
-    ).to_json()
+def build_prediction(probabilities: Sequence[float], **options: Any) -> dict[str, Any]:
+    """:meth:`FramePrediction.build` (same arguments) written as its JSON body."""
+    return FramePrediction.build(probabilities, **options).to_json()
