@@ -91,13 +91,13 @@ def test_the_cards_benign_threshold_refers_an_unconfirmed_benign(mobilenet_model
 
     logits = torch.tensor([4.0, 0.0, 0.0, 0.0])  # Benign, confidently
     plain = ModelRuntime(mobilenet_model_dir)
-    old = plain._body(logits, {}, {})
+    old = plain._body(logits, {}, {}).to_json()
     assert old["label"] == "Benign" and old["benign_threshold"] is None and old["abstain_reason"] is None
     model_dir = tmp_path / "benign"
     shutil.copytree(mobilenet_model_dir, model_dir)
     card = json.loads((model_dir / "model_card.json").read_text())
     (model_dir / "model_card.json").write_text(json.dumps(card | {"benign_threshold": 0.999}))
-    body = ModelRuntime(model_dir)._body(logits, {}, {})
+    body = ModelRuntime(model_dir)._body(logits, {}, {}).to_json()
     assert body["label"] is None and body["abstained"] and body["abstain_reason"] == "benign_not_confirmed"
     assert body["benign_threshold"] == 0.999 and body["probabilities"] == pytest.approx(old["probabilities"])
 
