@@ -78,7 +78,7 @@ def number(body: Mapping[str, Any], key: str, where: str) -> float:
     value = _get(body, key, where)
     if not _is_number(value):
         raise _wrong(where, key, "a finite number", value)
-    return float(value)
+    return value  # as sent (an int stays an int), so that to_json writes back the same JSON
 
 
 def optional_number(body: Mapping[str, Any], key: str, where: str) -> float | None:

@@ -150,8 +150,9 @@ class FramePrediction:
     An answer (``abstained`` false: ``label``, ``class_index`` set, ``abstain_reason`` null) and an
     abstention (``abstained`` true: ``label`` and ``class_index`` null, ``abstain_reason`` one of
     :data:`ABSTAIN_REASONS`, ``message`` its text) are the two forms; a refusal is not a prediction but a
-    :class:`core.errors.RequestError` (``{"code", "message"}``, 4xx). :meth:`build` decides, :meth:`to_json`
-    writes the public JSON (docs/serving.md), :meth:`parse` reads one back and checks it.
+    :class:`core.errors.RequestError` (``{"code", "message"}``, 4xx; ``to_dict`` / ``from_json``).
+    :meth:`build` decides, :meth:`to_json` writes the public JSON (docs/serving.md), :meth:`parse` reads
+    one back and checks it.
     """
 
     model: str

@@ -11,6 +11,7 @@ import pytest
 
 from core.cell_answer import Cell, CellAnswer, build_cell
 from core.contract import ContractError
+from core.errors import RequestError
 from core.prediction import NOTICE, Explanation, FramePrediction, build_prediction
 from core.registry import CELL_CLASSES, CLASS_NAMES
 
@@ -200,3 +201,22 @@ def test_a_cell_answer_without_cells_or_with_bad_counts_is_refused() -> None:
     with pytest.raises(ContractError, match="non-negative integer"):
         CellAnswer.parse({**_cell_answer(), "counts": {"blast": -1}})
     assert issubclass(ContractError, ValueError)  # the portal's handlers of ValueError still catch it
+
+
+def test_numbers_are_read_as_sent_so_the_json_writes_back_the_same() -> None:
+    body = {**_frame(), "confidence": 1, "timing_ms": {"total": 3}}
+    assert _compact(FramePrediction.parse(body).to_json()) == _compact(body)
+
+
+def test_a_refusal_is_written_and_read_back_and_a_malformed_one_is_refused() -> None:
+    refusal = RequestError("not_a_blood_smear", "not a smear", score=0.1, threshold=0.5)
+    again = RequestError.from_json(json.loads(json.dumps(refusal.to_dict())))
+    assert (again.code, again.message, again.details, again.status) == (
+        refusal.code,
+        "not a smear",
+        refusal.details,
+        422,
+    )
+    for bad in ({"code": "teapot", "message": "x"}, {"code": "bad_request"}, ["bad_request"]):
+        with pytest.raises(ValueError):
+            RequestError.from_json(bad)

@@ -15,6 +15,7 @@ from PIL import Image
 from ts.context import Context, RequestProcessor
 
 from core.errors import RequestError
+from core.prediction import FramePrediction
 from core.registry import get_spec
 from core.v2 import image_request, result_body
 from handlers.explain import colorize, grad_cam, overlay_png
@@ -122,6 +123,10 @@ def test_explanation(runtime: ModelRuntime) -> None:
     assert body["explained_class"] == top and (body["label"] is None) == body["abstained"]
     png = Image.open(io.BytesIO(base64.b64decode(body["overlay_png_base64"])))
     assert png.format == "PNG" and png.size == (224, 224)
+    # the typed contract reads both answers back as they were written (core.prediction.FramePrediction)
+    for answer in (body, pred):
+        text = json.dumps(answer)
+        assert json.dumps(FramePrediction.parse(json.loads(text), runtime.classes).to_json()) == text
 
 
 def test_grad_cam_is_the_gradient_weighted_map(runtime: ModelRuntime) -> None:
