@@ -1,6 +1,6 @@
 """Turn one TorchServe request row into a validated RGB :class:`PIL.Image.Image`.
 
-Accepted (docs/serving.md): the image bytes as the raw body, as the multipart field ``data``,
+Accepted (docs/guides/serving.md): the image bytes as the raw body, as the multipart field ``data``,
 or base64 in JSON ``{"image": "<base64>"}`` (a ``data:image/...;base64,`` prefix is allowed), or an
 Open Inference Protocol (v2) request whose BYTES input holds the base64 image (:mod:`core.v2`).
 Formats: JPEG, PNG, BMP, TIFF, still images only. EXIF orientation is applied; grayscale, palette,

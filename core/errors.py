@@ -1,4 +1,4 @@
-"""Request errors of the public inference contract (docs/serving.md).
+"""Request errors of the public inference contract (docs/guides/serving.md).
 
 Every refusal is a JSON object ``{"code": ..., "message": ...}`` (plus optional detail fields such
 as the smear-gate ``score`` and ``threshold``) sent with a 4xx HTTP status. The code is the stable,
@@ -54,6 +54,19 @@ class RequestError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         return error_body(self.code, self.message, **self.details)
+
+    @classmethod
+    def from_json(cls, body: Any) -> RequestError:
+        """A refusal's JSON body read back (the frame and cell answers' refusal form); ValueError (a
+        ``core.contract.ContractError`` from core.prediction's readers is one too) when it is not one."""
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("code"), str)
+            or not isinstance(body.get("message"), str)
+        ):
+            raise ValueError(f"not a refusal body ({{'code': str, 'message': str, ...}}): {body!r:.80}")
+        details = {k: v for k, v in body.items() if k not in ("code", "message")}
+        return cls(body["code"], body["message"], **details)  # ValueError for a code the contract does not know
 
 
 def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:

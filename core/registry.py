@@ -1,4 +1,4 @@
-"""The model registry: the one source of truth for each model's architecture and I/O contract.
+"""The model registry: each model's architecture and I/O contract, built from the manifest (:mod:`core.manifest`).
 
 Archiving, the TorchServe handler and the portal read input size, normalisation and class names
 from here (or from the model card written from here into each .mar), never from a second copy.
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from core import manifest
 
 __all__ = [
     "CLASS_NAMES",
@@ -89,54 +91,18 @@ class ModelSpec:
         return d
 
 
+#: The frame classifiers, from the manifest (core.manifest: why each input size and normalisation).
 REGISTRY: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec(
-            name="xception_bigru",
-            backbone="legacy_xception",
-            pretrained_tag="tf_in1k",
-            sequence=SequenceStage(kind="bigru", hidden_size=256, bidirectional=True),
-            # 224, not Xception's usual 299: the data set's frames are 224x224, so 299 only upsamples,
-            # and 224 costs 1.8x less (the difference between finishing on the 2-core CPU or not).
-            input_size=224,
-            # Luminance only, standardised per image: class is confounded with acquisition colour (and
-            # exposure) in the training data, so the model sees neither (training and serving apply the
-            # same training.stain.standardize_luminance).
-            stain_normalization="luminance",
-        ),
-        ModelSpec(
-            name="effnetb3_bigru",
-            version="1.1",  # weights retrained on a GPU (model card: training)
-            backbone="efficientnet_b3",
-            pretrained_tag="ra2_in1k",
-            sequence=SequenceStage(kind="bigru", hidden_size=256, bidirectional=True),
-            # 128, not 224: random initialisation, trained on a shared 2-core CPU inside one session.
-            input_size=128,
-            stain_normalization="luminance",  # luminance only, as xception_bigru (colour confound)
-        ),
-        ModelSpec(
-            name="effnetb3_vit",
-            version="1.1",  # weights retrained on a GPU (model card: training)
-            backbone="efficientnet_b3",
-            pretrained_tag="ra2_in1k",
-            sequence=SequenceStage(kind="transformer", hidden_size=256, num_layers=2, num_heads=4),
-            # shares effnetb3_bigru's trained CNN stage (frozen), so the same input size and normalisation
-            input_size=128,
-            stain_normalization="luminance",
-        ),
-        ModelSpec(
-            name="mobilenetv3_lstm",
-            version="1.1",  # weights retrained on a GPU (model card: training)
-            backbone="mobilenetv3_large_100",
-            pretrained_tag="ra_in1k",
-            sequence=SequenceStage(kind="lstm", hidden_size=256, bidirectional=False),
-            # 128, not 224: trained from random initialisation on a shared 2-core CPU inside one session;
-            # at 224 it could not see enough epochs (cells stay 9-15 px across at 128).
-            input_size=128,
-            stain_normalization="luminance",  # luminance only, as xception_bigru (colour confound)
-        ),
+    e.name: ModelSpec(
+        name=e.name,
+        version=e.version,
+        backbone=e.backbone,
+        pretrained_tag=e.pretrained_tag,
+        sequence=SequenceStage(**e.sequence),
+        input_size=e.input_size,
+        stain_normalization=e.stain_normalization,
     )
+    for e in manifest.entries("frame")
 }
 
 
@@ -210,17 +176,10 @@ class CellModelSpec:
         return d
 
 
+#: The cell-level model(s), from the manifest.
 CELL_REGISTRY: dict[str, CellModelSpec] = {
-    spec.name: spec
-    for spec in (
-        CellModelSpec(
-            name="wbc_cells",
-            version="2.0",  # blast learned beside the eight normal types
-            # the only ImageNet-initialised small backbone available offline (mean = std = 0.5)
-            backbone="mobilenetv2_100",
-            input_size=128,
-        ),
-    )
+    e.name: CellModelSpec(name=e.name, version=e.version, backbone=e.backbone, input_size=e.input_size)
+    for e in manifest.entries("cell")
 }
 
 

@@ -13,8 +13,8 @@ a fixed probe batch (:data:`PARITY_TOLERANCE`); a runtime that is missing, fails
 misses parity is logged and replaced by eager, and the reason is kept in
 :attr:`Selection.fallback_reason` (answers carry the runtime that produced them in ``runtime``).
 
-Which runtime serves which model (:data:`SERVED_RUNTIME`) was chosen by measurement
-(``python -m bench.runtimes``, docs/benchmarks.md); ``LEUKEMIA_RUNTIME`` (``eager``,
+Which runtime serves which model (:data:`SERVED_RUNTIME`, from :mod:`core.manifest`) was chosen by measurement
+(``python -m bench.runtimes``, docs/results/benchmarks.md); ``LEUKEMIA_RUNTIME`` (``eager``,
 ``onnxruntime``, ``openvino``) overrides it for every model of a worker.
 
 OpenVINO is compiled with ``INFERENCE_PRECISION_HINT f32``: on CPUs with bf16 units (this one has
@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from core import manifest
 
 __all__ = [
     "RUNTIMES",
@@ -56,13 +58,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 RUNTIMES: tuple[str, ...] = ("eager", "onnxruntime", "openvino")
-#: The runtime each frame model serves with (bench.runtimes measured it; docs/benchmarks.md).
-SERVED_RUNTIME: dict[str, str] = {
-    "xception_bigru": "onnxruntime",
-    "effnetb3_bigru": "onnxruntime",
-    "effnetb3_vit": "onnxruntime",
-    "mobilenetv3_lstm": "onnxruntime",
-}
+#: The runtime each frame model serves with (bench.runtimes measured it; docs/results/benchmarks.md): the manifest's.
+SERVED_RUNTIME: dict[str, str] = {e.name: e.runtime for e in manifest.entries("frame")}
 #: The distributions each runtime imports (their own requirements come with them): an archive's
 #: requirements.txt pins these, at the serving image's versions (training.archive.runtime_requirements).
 RUNTIME_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {

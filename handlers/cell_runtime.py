@@ -33,7 +33,7 @@ from PIL import Image
 from cells.segment import PLATELET, find_cells
 from core.aspect import to_upload_box, to_upload_polygon, true_shape
 from core.card import check_card_matches, read_card
-from core.cell_answer import build_cell, counts_of
+from core.cell_answer import Cell, CellAnswer
 from core.decode import decode_request, request_flag
 from core.prediction import NOTICE
 from core.registry import LEUKOCYTE_CLASSES
@@ -97,7 +97,12 @@ class CellPipeline:
         return torch.cat(out)
 
     def cells(self, image: Image.Image, timing: dict[str, float] | None = None) -> list[dict[str, Any]]:
-        """Every cell found on ``image`` (RGB), typed; ``timing`` (if given) gets ``segment`` and ``type`` ms."""
+        """Every cell found on ``image`` (RGB), typed, as answer entries; ``timing`` (if given) gets ``segment``
+        and ``type`` ms."""
+        return [cell.to_json() for cell in self.typed_cells(image, timing)]
+
+    def typed_cells(self, image: Image.Image, timing: dict[str, float] | None = None) -> list[Cell]:
+        """:meth:`cells` as the contract's :class:`~core.cell_answer.Cell` entries."""
         timing = timing if timing is not None else {}
         t = time.perf_counter()
         shaped, x_scale = true_shape(image)
@@ -111,7 +116,7 @@ class CellPipeline:
         ]
         timing["type"] = elapsed_ms(t)
         return [
-            build_cell(
+            Cell.build(
                 box=to_upload_box(c.box, x_scale),
                 score=c.score,
                 kind=c.kind,
@@ -164,20 +169,19 @@ class CellRuntime:
         t = time.perf_counter()
         quality = self.gate.check(decoded.image)
         timing["gate"] = elapsed_ms(t)
-        cells = self.pipeline.cells(decoded.image, timing)
-        body: dict[str, Any] = {
-            "model": self.name,
-            "version": self.version,
-            "cells": cells,
-            "counts": counts_of(cells, self.classes),
-            "abstain_threshold": self.abstain_threshold,
-            "quality": quality,
-            "notice": NOTICE,
-        }
+        answer = CellAnswer.build(
+            model=self.name,
+            version=self.version,
+            cells=self.pipeline.typed_cells(decoded.image, timing),
+            classes=self.classes,
+            abstain_threshold=self.abstain_threshold,
+            quality=quality,
+            notice=NOTICE,
+        )
         if annotate:
             t = time.perf_counter()
-            body["annotated_png"] = annotated_png_base64(decoded.image, cells)
+            answer.annotated_png = annotated_png_base64(decoded.image, [cell.to_json() for cell in answer.cells])
             timing["annotate"] = elapsed_ms(t)
         timing["total"] = sum(timing.values())
-        body["timing_ms"] = {k: round(v, 3) for k, v in timing.items()}
-        return body
+        answer.timing_ms = {k: round(v, 3) for k, v in timing.items()}
+        return answer.to_json()

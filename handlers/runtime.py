@@ -16,7 +16,7 @@ The smear gate's image statistics do not depend on the model, so each runtime co
 thread of its own (the *gate thread*) from the moment an image is decoded, while the image is
 preprocessed and the forward pass runs (the runtimes and NumPy release the GIL); the answer then
 waits only for what is left. The CPU work is the same; one answer's wall time loses most of the
-gate's (docs/benchmarks.md). ``LEUKEMIA_GATE_THREAD=0`` computes them on the request path instead.
+gate's (docs/results/benchmarks.md). ``LEUKEMIA_GATE_THREAD=0`` computes them on the request path instead.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from core.card import check_card_matches, read_card
 from core.decode import DecodedImage, decode_request, enforce_pillow_limits
 from core.errors import RequestError
 from core.ood import OODScorer
-from core.prediction import build_prediction
+from core.prediction import Explanation, FramePrediction
 from core.smear_gate import STATISTICS_SIDE, SmearGate
 from handlers.backends import Selection, select_forward
 from handlers.explain import OVERLAY_MAX_SIDE, grad_cam, overlay_png_base64
@@ -67,9 +67,8 @@ DRAFT_MARGIN = 2
 GATE_THREAD_ENV = "LEUKEMIA_GATE_THREAD"
 #: the GIL switch interval (s) of a process with a gate thread (Python's default: 5 ms). The request path
 #: returns from GIL-free work (the forward pass, a resize) wanting the GIL back while the gate thread runs
-#: Python; with the default it can wait up to 5 ms each time. mobilenetv3_lstm in process, batches of 4
-#: on 2 cores: 55 images/s with the statistics inline, 65 with the gate thread at 5 ms, 91-99 at 0.5 ms
-#: (80-89 at 1 and 0.2 ms).
+#: Python; with the default it can wait up to 5 ms each time. 0.5 ms answered the most images/s of the
+#: intervals tried: docs/results/deployment_ab.md#the-gil-switch-interval-of-a-process-with-a-gate-thread.
 GATE_SWITCH_INTERVAL_S = 0.0005
 
 
@@ -219,8 +218,8 @@ class ModelRuntime:
         timing_ms: dict[str, float],
         pooled: torch.Tensor | None = None,
         statistics: np.ndarray | None = None,
-    ) -> dict[str, Any]:
-        """The contract's success body from one image's logits (calibrated with the card's temperature); with
+    ) -> FramePrediction:
+        """The contract's prediction from one image's logits (calibrated with the card's temperature); with
         ``pooled`` (its pooled features), ``statistics`` (its smear-gate statistics) and an out-of-distribution
         score in the card, the score and threshold go into ``quality`` and an image beyond it is answered
         ``out_of_distribution`` (abstained)."""
@@ -228,7 +227,7 @@ class ModelRuntime:
         if self.ood is not None and pooled is not None:
             beyond, fields = self.ood.evaluate(pooled, logits, statistics)
             quality = {**quality, **fields}
-        return build_prediction(
+        return FramePrediction.build(
             calibrated_probabilities(logits, self.temperature).tolist(),
             classes=self.classes,
             model=self.name,
@@ -266,26 +265,25 @@ class ModelRuntime:
             try:
                 quality, gate_timing = self._gate(p, pooled)
                 t2 = time.perf_counter()
-                body = self._body(
+                prediction = self._body(
                     logits,
                     quality,
                     dict(p.timing_ms, inference=inference_ms, gate=gate_timing["gate"]),
                     pooled,
                     p.gate_statistics,
                 )
-                body["timing_ms"]["postprocess"] = round(elapsed_ms(t2), 3)
-                self._finish_timing(body, gate_timing)
-                body["batch_size"] = len(idx)
-                body["runtime"] = self.runtime_name
-                results[i] = body
+                prediction.timing_ms["postprocess"] = round(elapsed_ms(t2), 3)
+                self._finish_timing(prediction.timing_ms, gate_timing)
+                prediction.batch_size = len(idx)
+                prediction.runtime = self.runtime_name
+                results[i] = prediction.to_json()
             except RequestError as exc:
                 results[i] = exc
         return results
 
     @staticmethod
-    def _finish_timing(body: dict[str, Any], gate_timing: dict[str, float]) -> None:
+    def _finish_timing(timing: dict[str, float], gate_timing: dict[str, float]) -> None:
         """``total``, the sum of the steps on the answer's path, then ``gate_background`` (not in it)."""
-        timing = body["timing_ms"]
         timing["total"] = round(sum(timing.values()), 3)
         if "gate_background" in gate_timing:
             timing["gate_background"] = round(gate_timing["gate_background"], 3)
@@ -323,14 +321,14 @@ class ModelRuntime:
         inference_ms = elapsed_ms(t0)
         quality, gate_timing = self._gate(p, cam.pooled)
         t2 = time.perf_counter()
-        body = self._body(
+        prediction = self._body(
             cam.logits,
             quality,
             dict(p.timing_ms, inference=inference_ms, gate=gate_timing["gate"]),
             cam.pooled,
             p.gate_statistics,
         )
-        body.update(
+        prediction.explanation = Explanation(
             explained_class=self.classes[cam.class_index],
             method="grad-cam",
             layer="forward_cnn",
@@ -338,8 +336,8 @@ class ModelRuntime:
             grid_shape=[int(cam.grid.shape[0]), int(cam.grid.shape[1])],
             overlay_png_base64=overlay_png_base64(p.decoded.image, cam.grid),
         )
-        body["timing_ms"]["explain"] = round(elapsed_ms(t2), 3)
-        self._finish_timing(body, gate_timing)
-        body["batch_size"] = 1
-        body["runtime"] = "eager"
-        return body
+        prediction.timing_ms["explain"] = round(elapsed_ms(t2), 3)
+        self._finish_timing(prediction.timing_ms, gate_timing)
+        prediction.batch_size = 1
+        prediction.runtime = "eager"
+        return prediction.to_json()

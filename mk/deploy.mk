@@ -7,12 +7,17 @@ KSERVE_VENV := .venv-kserve
 KSERVE_LOCK := requirements/kserve.txt
 KSERVE_STAMP := $(KSERVE_VENV)/.installed-$(shell cat $(KSERVE_LOCK) $(CONSTRAINTS) 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: compose-check kserve-layout kserve-env serve-kserve
+.PHONY: compose-check manifests kserve-layout kserve-env serve-kserve
 KSERVE_PORT ?= 8090
 KSERVE_MODELS ?=
 
 compose-check: setup
 	$(PY) docker/validate.py
+
+# The files written from the per-model manifest (core/manifest.py): config.properties' models block and the
+# KServe InferenceServices (serving/manifests.py; tests/core/test_manifest.py fails while one is stale).
+manifests: setup
+	$(PY) -m serving.manifests
 
 kserve-layout: setup
 	$(PY) docker/kserve_layout.py --model-store $(MODEL_STORE) --out $(KSERVE_LAYOUT)

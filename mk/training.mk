@@ -15,7 +15,8 @@ DATA_ARG := $(if $(DATA),--data $(DATA),)
 
 # One model; rerunning resumes from $(ARTIFACTS)/$(MODEL)/checkpoint.pt. MODEL=wbc_cells trains the cell typer
 # (training.train_cells: PBC + BCCD crops); its cell finder is classical and has nothing to train.
-CELL_MODELS := wbc_cells
+# (the manifest's cell-level models, core/manifest.py; asked only when MODEL is set)
+CELL_MODELS = $(if $(MODEL),$(shell $(PY) -m core.manifest cell))
 train: setup
 ifeq ($(filter $(MODEL),$(CELL_MODELS)),)
 	$(PY) -m training.train --model $(MODEL) --artifacts $(ARTIFACTS) --device $(DEVICE) --threads $(THREADS) $(DATA_ARG) \

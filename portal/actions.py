@@ -19,6 +19,9 @@ from django.db import models, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
+from core.cell_answer import CellAnswer
+from core.contract import ContractError
+from core.prediction import FramePrediction
 from core.registry import CELL_CLASSES
 from portal.analyses import storage
 from portal.analyses.consensus import consensus
@@ -280,8 +283,15 @@ def store_outcome(analysis_id: int, outcome: Prediction | Refusal | ServerError)
     """
     heatmap_name = ""
     committing = False
-    if isinstance(outcome, Prediction) and outcome.heatmap_png:
-        heatmap_name = storage.save("heatmaps", outcome.heatmap_png, "png")
+    answer: FramePrediction | None = None
+    if isinstance(outcome, Prediction):
+        try:
+            answer = FramePrediction.parse(outcome.body, CLASS_LABELS)
+        except ContractError as exc:
+            outcome = ServerError(f"the model's answer breaks the contract: {exc}")
+        else:
+            if outcome.heatmap_png:
+                heatmap_name = storage.save("heatmaps", outcome.heatmap_png, "png")
     try:
         with transaction.atomic():
             analysis = Analysis.objects.select_for_update().get(pk=analysis_id)
@@ -291,18 +301,17 @@ def store_outcome(analysis_id: int, outcome: Prediction | Refusal | ServerError)
                 return None
             analysis.close(timezone.now())
             if isinstance(outcome, Prediction):
-                body = outcome.body
+                assert answer is not None  # parsed above (an answer that breaks the contract is a ServerError)
                 analysis.status = Analysis.Status.DONE
-                analysis.model_version = str(body.get("version", ""))[:20]
-                label = str(body.get("label") or "")
-                analysis.label = label if label in CLASS_LABELS else ""
-                analysis.confidence = _float(body.get("confidence"))
-                analysis.probabilities = {k: float(v) for k, v in dict(body.get("probabilities", {})).items()}
-                analysis.malignant_probability = _float(body.get("malignant_probability"))
-                analysis.abstained = bool(body.get("abstained", False))
-                analysis.abstain_reason = str(body.get("abstain_reason") or "")[:40] if analysis.abstained else ""
-                analysis.quality = dict(body.get("quality") or {})
-                analysis.timing_ms = dict(body.get("timing_ms") or {})
+                analysis.model_version = answer.version[:20]
+                analysis.label = answer.label or ""
+                analysis.confidence = answer.confidence
+                analysis.probabilities = {k: float(v) for k, v in answer.probabilities.items()}
+                analysis.malignant_probability = answer.malignant_probability
+                analysis.abstained = answer.abstained
+                analysis.abstain_reason = (answer.abstain_reason or "")[:40]
+                analysis.quality = answer.quality
+                analysis.timing_ms = answer.timing_ms
                 analysis.latency_ms = round(outcome.latency_ms, 1)
                 analysis.error_code = ""
                 analysis.error_message = "" if heatmap_name else "heatmap unavailable"
@@ -338,45 +347,28 @@ def _end_without_result(job: QueuedJob, outcome: Refusal | ServerError, kind: st
     return f"{kind}.fail", {"error": outcome.message, "attempts": job.attempts}
 
 
-def _float(value: Any) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 # --- cells ------------------------------------------------------------------------------------
 
 
 def _cells_from(body: dict[str, Any], width: int, height: int) -> list[dict[str, Any]]:
-    """The answer's cells as Cell fields; ValueError when the answer breaks the contract."""
+    """The answer's cells as Cell fields (boxes clipped to the image); core.contract.ContractError (a
+    ValueError) when the answer breaks the contract (core.cell_answer.CellAnswer.parse)."""
     rows = []
-    for index, item in enumerate(body["cells"]):
-        if not isinstance(item, dict):
-            raise ValueError(f"cell {index} is not an object")
-        box = [round(float(v)) for v in item["box"]]
-        if len(box) != 4 or box[0] > box[2] or box[1] > box[3]:
-            raise ValueError(f"cell {index}: box {box} is not [x0, y0, x1, y1]")
-        box = [min(max(v, 0), limit) for v, limit in zip(box, (width, height, width, height), strict=True)]
-        label = item.get("label")
-        if label is not None and label not in CELL_CLASSES:
-            raise ValueError(f"cell {index}: unknown type {label!r}")
-        probs = {str(k): float(v) for k, v in dict(item.get("probabilities") or {}).items()}
-        if set(probs) - set(CELL_CLASSES):
-            raise ValueError(f"cell {index}: unknown types in probabilities {sorted(set(probs) - set(CELL_CLASSES))}")
+    for index, cell in enumerate(CellAnswer.parse(body, CELL_CLASSES).cells):
+        box = [min(max(v, 0), limit) for v, limit in zip(cell.box, (width, height, width, height), strict=True)]
         rows.append(
             {
                 "index": index,
                 "box": box,
-                "score": float(item.get("score", 0.0)),
-                "label": label or "",
-                "probabilities": probs,
-                "abstained": bool(item.get("abstained", label is None)),
-                "nucleus_polygon": _polygon(item.get("nucleus_polygon")),
-                "cell_polygon": _polygon(item.get("cell_polygon")),
-                "nucleus_area_px": _int(item.get("nucleus_area_px")),
-                "cell_area_px": _int(item.get("cell_area_px")),
-                "nc_ratio": _float(item.get("nc_ratio")),
+                "score": cell.score,
+                "label": cell.label or "",
+                "probabilities": {k: float(v) for k, v in cell.probabilities.items()},
+                "abstained": cell.abstained,
+                "nucleus_polygon": _polygon(cell.nucleus_polygon),
+                "cell_polygon": _polygon(cell.cell_polygon),
+                "nucleus_area_px": max(0, cell.nucleus_area_px),
+                "cell_area_px": max(0, cell.cell_area_px),
+                "nc_ratio": cell.nc_ratio,
             }
         )
     return rows
@@ -384,11 +376,6 @@ def _cells_from(body: dict[str, Any], width: int, height: int) -> list[dict[str,
 
 def _polygon(points: Any) -> list[list[float]]:
     return [[round(float(x), 1), round(float(y), 1)] for x, y in points or []]
-
-
-def _int(value: Any) -> int | None:
-    number = _float(value)
-    return None if number is None else max(0, round(number))
 
 
 def store_cell_outcome(cell_analysis_id: int, outcome: CellPrediction | Refusal | ServerError) -> str | None:

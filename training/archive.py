@@ -220,7 +220,7 @@ def archive_model(artifact_dir: Path, out_dir: Path, epoch: int | None = None) -
         requirements = runtime_requirements(name)
         if requirements:
             (tmp / "requirements.txt").write_text(
-                f"# {name}: its forward runtime's pins (the serving image's); see docs/serving.md\n"
+                f"# {name}: its forward runtime's pins (the serving image's); see docs/guides/serving.md\n"
                 + "\n".join(requirements)
                 + "\n"
             )

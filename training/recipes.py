@@ -1,4 +1,4 @@
-"""Each frame model's training recipe: the one place its numbers live.
+"""Each frame model's training recipe (its numbers are the manifest's, :mod:`core.manifest`).
 
 ``python -m training.train --model NAME`` (and ``make train-all``) runs :data:`RECIPES` ``[NAME]``
 unless a command-line option overrides a field; :func:`describe` writes the recipe sentence that
@@ -13,11 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from core.paths import WEIGHTS
+from core import manifest
 
 __all__ = ["XCEPTION_WEIGHTS", "Recipe", "RECIPES", "recipe_for", "describe", "training_order"]
-
-XCEPTION_WEIGHTS = WEIGHTS / "legacy_xception.keras_in1k.backbone.fp16.safetensors"
 
 
 @dataclass(frozen=True)
@@ -46,51 +44,9 @@ class Recipe:
         return self.init_weights
 
 
-RECIPES: dict[str, Recipe] = {
-    # ImageNet Xception: stem (up to block12) frozen and cached, conv3/conv4 fine-tuned with the head
-    "xception_bigru": Recipe(
-        kind="cached",
-        init_weights=str(XCEPTION_WEIGHTS),
-        epochs=12,
-        lr=1e-3,
-        finetune_after="block12",
-        shipped_on="CPU, 2 cores: 17 min of feature caching, then 12 epochs",
-    ),
-    # random init, domain-pretrained on the PBC cell types first
-    "effnetb3_bigru": Recipe(
-        kind="end2end",
-        init_weights="random",
-        epochs=200,
-        lr=3e-3,
-        max_minutes=6.0,
-        val_every=5,
-        pretrain_data="pbc",
-        pretrain_epochs=10,
-        shipped_on="one NVIDIA H100 (3 data workers): the time box ended it at epoch 64",
-    ),
-    "mobilenetv3_lstm": Recipe(
-        kind="end2end",
-        init_weights="random",
-        epochs=300,
-        lr=3e-3,
-        max_minutes=7.6,
-        val_every=5,
-        shipped_on="one NVIDIA H100 (5 data workers): the time box ended it at epoch 84",
-    ),
-    # effnetb3_bigru's trained CNN stage, the whole model fine-tuned (train effnetb3_bigru first)
-    "effnetb3_vit": Recipe(
-        kind="end2end",
-        init_weights="model:effnetb3_bigru",
-        epochs=300,
-        lr=1e-3,
-        max_minutes=7.6,
-        val_every=5,
-        shipped_on=(
-            "one NVIDIA H100 (5 data workers), from a plain effnetb3_bigru run (no PBC pretraining); the time box "
-            "ended it at epoch 67"
-        ),
-    ),
-}
+#: Each frame model's recipe: its ``recipe`` in the manifest (core.manifest), where its numbers live.
+RECIPES: dict[str, Recipe] = {e.name: Recipe(**e.recipe) for e in manifest.entries("frame") if e.recipe is not None}
+XCEPTION_WEIGHTS = Path(RECIPES["xception_bigru"].init_weights)
 
 
 def recipe_for(model: str, **overrides: Any) -> Recipe:

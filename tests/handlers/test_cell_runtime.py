@@ -15,7 +15,7 @@ from PIL import Image
 from ts.context import Context, RequestProcessor
 
 from cells.segment import find_cells
-from core.cell_answer import ANSWER_KEYS, CELL_KEYS, UNCLASSIFIED
+from core.cell_answer import ANSWER_KEYS, CELL_KEYS, UNCLASSIFIED, CellAnswer
 from core.errors import RequestError
 from core.registry import CELL_CLASSES
 from core.v2 import image_request, result_body
@@ -69,6 +69,8 @@ def test_a_bccd_frame_answers_the_contract(runtime: CellRuntime) -> None:
     assert body["counts"][UNCLASSIFIED] == sum(c["abstained"] for c in body["cells"])
     assert {"decode", "gate", "segment", "type", "total"} <= set(body["timing_ms"])
     assert "annotated_png" not in body
+    text = json.dumps(body)  # the typed contract reads it back as it was written (core.cell_answer.CellAnswer)
+    assert json.dumps(CellAnswer.parse(json.loads(text), CELL_CLASSES).to_json()) == text
 
 
 def test_probabilities_match_an_independent_typer_pass(runtime: CellRuntime, model_dir: Path) -> None:

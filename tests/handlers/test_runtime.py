@@ -15,6 +15,7 @@ from PIL import Image
 from ts.context import Context, RequestProcessor
 
 from core.errors import RequestError
+from core.prediction import FramePrediction
 from core.registry import get_spec
 from core.v2 import image_request, result_body
 from handlers.explain import colorize, grad_cam, overlay_png
@@ -91,13 +92,13 @@ def test_the_cards_benign_threshold_refers_an_unconfirmed_benign(mobilenet_model
 
     logits = torch.tensor([4.0, 0.0, 0.0, 0.0])  # Benign, confidently
     plain = ModelRuntime(mobilenet_model_dir)
-    old = plain._body(logits, {}, {})
+    old = plain._body(logits, {}, {}).to_json()
     assert old["label"] == "Benign" and old["benign_threshold"] is None and old["abstain_reason"] is None
     model_dir = tmp_path / "benign"
     shutil.copytree(mobilenet_model_dir, model_dir)
     card = json.loads((model_dir / "model_card.json").read_text())
     (model_dir / "model_card.json").write_text(json.dumps(card | {"benign_threshold": 0.999}))
-    body = ModelRuntime(model_dir)._body(logits, {}, {})
+    body = ModelRuntime(model_dir)._body(logits, {}, {}).to_json()
     assert body["label"] is None and body["abstained"] and body["abstain_reason"] == "benign_not_confirmed"
     assert body["benign_threshold"] == 0.999 and body["probabilities"] == pytest.approx(old["probabilities"])
 
@@ -122,6 +123,10 @@ def test_explanation(runtime: ModelRuntime) -> None:
     assert body["explained_class"] == top and (body["label"] is None) == body["abstained"]
     png = Image.open(io.BytesIO(base64.b64decode(body["overlay_png_base64"])))
     assert png.format == "PNG" and png.size == (224, 224)
+    # the typed contract reads both answers back as they were written (core.prediction.FramePrediction)
+    for answer in (body, pred):
+        text = json.dumps(answer)
+        assert json.dumps(FramePrediction.parse(json.loads(text), runtime.classes).to_json()) == text
 
 
 def test_grad_cam_is_the_gradient_weighted_map(runtime: ModelRuntime) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from PIL import Image as PILImage
 
+from core.prediction import ABSTAIN_MESSAGE, LOW_CONFIDENCE, FramePrediction
 from portal import actions
 from portal.analyses.inference import Prediction
 from portal.analyses.models import Analysis
@@ -23,17 +24,22 @@ def prediction(
 ) -> Prediction:
     rest = (1.0 - confidence) / 3
     probs = {c: (confidence if c == label else rest) for c in ("Benign", "Early", "Pre", "Pro")}
-    body: dict[str, Any] = {
-        "model": "m",
-        "version": "1.0",
-        "label": None if abstained else label,
-        "confidence": confidence,
-        "probabilities": probs,
-        "malignant_probability": 1.0 - probs["Benign"],
-        "abstained": abstained,
-        "quality": {"is_blood_smear": True, "smear_score": 0.9},
-        "timing_ms": {"total": 12.0},
-    }
+    body = FramePrediction(  # the contract's body (core.prediction), as the handler writes it
+        model="m",
+        version="1.0",
+        label=None if abstained else label,
+        class_index=None if abstained else list(probs).index(label),
+        confidence=confidence,
+        probabilities=probs,
+        malignant_probability=1.0 - probs["Benign"],
+        abstained=abstained,
+        abstain_reason=LOW_CONFIDENCE if abstained else None,
+        abstain_threshold=0.5,
+        benign_threshold=None,
+        quality={"is_blood_smear": True, "smear_score": 0.9},
+        timing_ms={"total": 12.0},
+        message=ABSTAIN_MESSAGE if abstained else None,
+    ).to_json()
     return Prediction(body=body, latency_ms=42.0, heatmap_png=png_bytes() if heatmap else None, explained_class=label)
 
 

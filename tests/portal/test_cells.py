@@ -19,6 +19,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.test import Client
 from PIL import Image as PILImage
 
+from core.prediction import NOTICE
 from core.registry import CELL_CLASSES
 from portal import actions, jobs
 from portal.analyses import storage
@@ -47,11 +48,13 @@ def _probs(top: str, p: float) -> dict[str, float]:
 
 def _cell(box: list[int], label: str | None, top: str, p: float) -> dict[str, Any]:
     x0, y0, x1, y1 = box
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
     return {
         "box": box,
         "score": 0.97,
+        "kind": "wbc",
         "label": label,
+        "confidence": p,
         "probabilities": _probs(top, p),
         "abstained": label is None,
         "nucleus_polygon": [[cx - 5, cy - 5], [cx + 5, cy - 5], [cx + 5, cy + 5], [cx - 5, cy + 5]],
@@ -68,7 +71,16 @@ def answer(cells: list[dict[str, Any]], annotated: bool = True) -> CellPredictio
     for c in cells:
         if c["label"]:
             counts[c["label"]] = counts.get(c["label"], 0) + 1
-    body = {"model": "wbc_cells", "version": "1.0", "timing_ms": {"total": 80.0}, "cells": cells, "counts": counts}
+    body = {
+        "model": "wbc_cells",
+        "version": "1.0",
+        "cells": cells,
+        "counts": counts,
+        "abstain_threshold": 0.5,
+        "quality": {"is_blood_smear": True},
+        "notice": NOTICE,
+        "timing_ms": {"total": 80.0},
+    }
     return CellPrediction(body=body, latency_ms=95.0, annotated_png=png_bytes(224) if annotated else None)
 
 

@@ -17,7 +17,7 @@ Its card is the served one with the new version and a ``training.lab_update`` bl
 recipe, history); its validation metrics are the base version's, the gate report holds the candidate's.
 
 Output: ``<versions root>/<model>/<model>-<version>.mar`` and ``.card.json`` (serving.versions); the version is the
-base's with its last number raised (1.1 -> 1.2). Measured on the 2-core CPU: see docs/model_updates.md.
+base's with its last number raised (1.1 -> 1.2). Measured on the 2-core CPU: see docs/guides/model_updates.md.
 """
 
 from __future__ import annotations
