@@ -10,6 +10,7 @@ from PIL import Image
 
 from core.paths import WEIGHTS
 from core.registry import CELL_CLASSES, get_cell_spec
+from served_model.stain import lab_stats
 from training.cell_typer import (
     CellTyper,
     build_typer_transform,
@@ -21,7 +22,6 @@ from training.cell_typer import (
     typer_split,
 )
 from training.cell_typer_eval import coverage_threshold
-from training.stain import lab_stats
 from training.train_cells import DEFAULT_INIT, CropSet, LabStatsJitter, sample_weights
 
 SPEC = get_cell_spec("wbc_cells")
