@@ -7,7 +7,8 @@ from :func:`served_model.network.save_model`, and ``card.json``) and writes ``mo
 - the handler (TorchServe's entry point: ``leukemia_handler.py`` for the frame classifiers,
   ``cells_handler.py`` for the cell-level model) and the served code as whole packages,
   :data:`PACKED_PACKAGES` (``core/``, ``cells/``, ``served_model/``, ``handlers/``): never ``training/``,
-  and no list of modules to keep (tests/serving runs each archive's handlers from the archive alone);
+  and no list of modules to keep (tests/release/test_served_answers_unchanged.py runs each archive's
+  handlers from the archive alone);
 - ``model/`` (weights + config), ``model_card.json`` (validated), ``index_to_name.json``;
 - ``MAR-INF/MANIFEST.json`` written by ``torch-model-archiver`` itself, with archive version =
   the card's model version.

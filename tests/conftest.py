@@ -25,6 +25,17 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def mobilenet_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init ``artifacts/mobilenetv3_lstm`` (tests/handlers/artifacts.py): what training writes."""
+    import torch
+
+    from tests.handlers.artifacts import build_artifact
+
+    torch.set_num_threads(1)
+    return build_artifact("mobilenetv3_lstm", tmp_path_factory.mktemp("artifacts"))
+
+
+@pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """model_store/ when it holds all four archives; else random-init test archives built in tmp.
 

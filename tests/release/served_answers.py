@@ -1,6 +1,6 @@
 """Run one model archive's own handler, as TorchServe would, on a few real frames; print its answers.
 
-``python tests/serving/served_answers.py <model.mar> <image> ...`` unpacks the archive, puts the unpacked
+``python tests/release/served_answers.py <model.mar> <image> ...`` unpacks the archive, puts the unpacked
 directory first on ``sys.path`` (TorchServe's model directory), imports the handler from there (the
 archive's code, not the tree's), initialises it and answers each image as one request row. Prints one JSON
 object: image name -> answer, with timings and the runtime's self-description left out.

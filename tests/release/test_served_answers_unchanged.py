@@ -1,6 +1,6 @@
 """The committed archives answer real frames exactly as recorded (served_answers.json), bit for bit.
 
-Each archive's own handler (its packed code, not the tree's: :mod:`tests.serving.served_answers`) answers
+Each archive's own handler (its packed code, not the tree's: :mod:`tests.release.served_answers`) answers
 the same few real frames, ALL-IDB/C-NMC style B-ALL frames, a PBC cell image and a BCCD smear frame,
 for the four frame models and the cell model; probabilities, labels, quality scores, cell boxes, outlines
 and types must equal the recorded ones (timings left out). A refactor of the served code must keep them.
