@@ -1,6 +1,6 @@
 """The smear gate on a smaller copy of the image: what it would save and what it would cost.
 
-The gate's statistics are computed on a 128x128 copy of the image (core.smear_gate.STATISTICS_SIDE),
+The gate's statistics are computed on a 128x128 copy of the image (served_model.gate_statistics.STATISTICS_SIDE),
 whatever the input's size. On 2 cores they are the costliest step of a small model's answer after the
 forward pass (docs/results/benchmarks.md), so this benchmark asks what a smaller copy would give. For each side:
 
@@ -11,10 +11,10 @@ forward pass (docs/results/benchmarks.md), so this benchmark asks what a smaller
   out of the fit, and the refitted gate on validation smears, new draws of every family and the
   regression images.
 
-The side is a module constant of core/smear_gate.py, and the served archives carry that file. Rather
+The side is a module constant of served_model/gate_statistics.py, and the served archives carry that file. Rather
 than give the product a setting it does not use, each side loads a copy of the module with the constant
 changed: for the timings under a name of its own, for the fits in a subprocess where the copy takes
-``core.smear_gate``'s place before training.fit_gate imports it.
+``served_model.gate_statistics``' place before the gate and training.fit_gate import it.
 
     python -m bench.gate_side --sides 128 96 64 --out docs/results/gate_side
 """
@@ -36,11 +36,11 @@ from PIL import Image
 
 from bench.harness import RESULTS, markdown_table, measured, run_header, write_report
 from core.paths import SHARED
-from core.smear_gate import STATISTICS_SIDE
+from served_model.gate_statistics import STATISTICS_SIDE
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCE = REPO / "core" / "smear_gate.py"
-#: the line of core/smear_gate.py that sets the side
+SOURCE = REPO / "served_model" / "gate_statistics.py"
+#: the line of served_model/gate_statistics.py that sets the side
 SIDE_LINE = f"_SIZE = {STATISTICS_SIDE}\n"
 FRAMES = 96
 PASSES = 8
@@ -49,7 +49,7 @@ __all__ = ["load_at_side", "main", "render", "time_statistics"]
 
 
 def load_at_side(side: int, name: str) -> types.ModuleType:
-    """core/smear_gate.py with the statistics computed on a ``side`` x ``side`` copy, as module ``name``."""
+    """served_model/gate_statistics.py with the statistics on a ``side`` x ``side`` copy, as module ``name``."""
     source = SOURCE.read_text()
     if source.count(SIDE_LINE) != 1:
         raise RuntimeError(f"{SOURCE} does not set the side with {SIDE_LINE.strip()!r} exactly once")
@@ -86,10 +86,10 @@ def time_statistics(sides: list[int], images: list[Image.Image], passes: int = P
 
 
 def _fit_worker(side: int, out: Path) -> int:
-    """In a subprocess: training.fit_gate with core.smear_gate at ``side``."""
-    import core
+    """In a subprocess: training.fit_gate with served_model.gate_statistics at ``side``."""
+    import served_model
 
-    core.smear_gate = load_at_side(side, "core.smear_gate")  # type: ignore[attr-defined]
+    served_model.gate_statistics = load_at_side(side, "served_model.gate_statistics")  # type: ignore[attr-defined]
     from training import fit_gate
 
     return fit_gate.main(["--out", str(out)])

@@ -111,7 +111,7 @@ MODELS: tuple[ModelEntry, ...] = (
         input_size=224,
         # Luminance only, standardised per image: class is confounded with acquisition colour (and
         # exposure) in the training data, so the model sees neither (training and serving apply the
-        # same training.stain.standardize_luminance).
+        # same served_model.stain.standardize_luminance).
         stain_normalization="luminance",
         runtime="onnxruntime",
         batching=Batching(batch_size=4, max_batch_delay_ms=1),

@@ -1,6 +1,6 @@
 """Out-of-distribution score of a frame model on its own features: "is this image like anything learned?".
 
-The smear gate (:mod:`core.smear_gate`) asks whether an image is a blood smear at all; a smear from another
+The smear gate (:mod:`served_model.smear_gate`) asks whether an image is a blood smear at all; a smear from another
 lab, stain, camera or magnification passes it, and there a model's probabilities mean little (the models
 answered ALL on most normal frames of another lab). So each model also measures how far the image's
 pooled (penultimate) features lie from the features of its training frames, and abstains with
@@ -17,7 +17,7 @@ Scores (larger = farther from the training frames); which one a model uses, and 
 - ``energy``: ``-logsumexp(logits)`` (Liu et al. 2020), on the model's raw logits.
 
 Optionally (``image``) the score also reads the image statistics the smear gate computes anyway
-(:func:`core.smear_gate.image_statistics`: luminance, colour, object sizes and counts, spatial frequencies):
+(:func:`served_model.smear_gate.image_statistics`: luminance, colour, object sizes and counts, spatial frequencies):
 their Mahalanobis distance to the training frames' statistics (full covariance, Ledoit-Wolf shrunk). The
 score is then ``max(feature score / feature_scale, image score / image.scale)``: beyond the threshold when
 either part is far. A model's features alone can map a frame from elsewhere confidently into a leukemia

@@ -4,7 +4,7 @@ Archiving, the TorchServe handler and the portal read input size, normalisation 
 from here (or from the model card written from here into each .mar), never from a second copy.
 
 Normalisation comes from the backbone's pretrained configuration in timm
-(:func:`training.transforms.data_config`, which needs timm), so it matches the ImageNet weights a
+(:func:`served_model.transforms.data_config`, which needs timm), so it matches the ImageNet weights a
 user may load; this module stays torch- and timm-free so the portal can import it.
 """
 
@@ -73,7 +73,7 @@ class ModelSpec:
     classes: tuple[str, ...] = CLASS_NAMES
     token_dim: int = 256  # CNN channels are projected to this width before the sequence stage
     head_dropout: float = 0.2
-    # None, "reinhard", "grayscale" or "luminance" (see training.stain.get_normalizer)
+    # None, "reinhard", "grayscale" or "luminance" (see served_model.stain.get_normalizer)
     stain_normalization: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

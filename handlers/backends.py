@@ -1,6 +1,6 @@
 """Forward-pass runtimes for the frame classifiers: PyTorch eager, ONNX Runtime and OpenVINO.
 
-The eager model (:func:`training.models.load_model` on the archive's weights) is always loaded: it is
+The eager model (:func:`served_model.network.load_model` on the archive's weights) is always loaded: it is
 the reference, the fallback and what Grad-CAM explanations run on. For a faster runtime, its forward
 pass (logits and the pooled features the smear gate reads) is exported to ONNX *from those loaded
 weights, at worker start*, into memory (``torch.onnx.export``, TorchScript exporter: about 1 s per
@@ -61,7 +61,7 @@ RUNTIMES: tuple[str, ...] = ("eager", "onnxruntime", "openvino")
 #: The runtime each frame model serves with (bench.runtimes measured it; docs/results/benchmarks.md): the manifest's.
 SERVED_RUNTIME: dict[str, str] = {e.name: e.runtime for e in manifest.entries("frame")}
 #: The distributions each runtime imports (their own requirements come with them): an archive's
-#: requirements.txt pins these, at the serving image's versions (training.archive.runtime_requirements).
+#: requirements.txt pins these, at the serving image's versions (release.archive.runtime_requirements).
 RUNTIME_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "eager": (),
     "onnxruntime": ("onnx", "onnxruntime"),  # onnx: torch.onnx.export at worker start

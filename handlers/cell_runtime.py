@@ -16,7 +16,7 @@ never typed as a white cell: its probabilities are renormalised over the non-whi
 frames such specks were counted as white cells, and through the served path 11 of 40 PBC platelet
 images were called blast (a platelet's crop, enlarged, is a blurred purple dot).
 
-:class:`CellPipeline` is also what evaluation runs (:mod:`training.cell_served`), so the model
+:class:`CellPipeline` is also what evaluation runs (:mod:`evaluation.cell_served`), so the model
 card's served-path numbers measure exactly this code.
 """
 
@@ -37,11 +37,11 @@ from core.cell_answer import Cell, CellAnswer
 from core.decode import decode_request, request_flag
 from core.prediction import NOTICE
 from core.registry import LEUKOCYTE_CLASSES
-from core.smear_gate import SmearGate
 from handlers.annotate import annotated_png_base64
 from handlers.postprocess import calibrated_probabilities
 from handlers.runtime import MODEL_SUBDIR, elapsed_ms
-from training.cell_typer import CellTyper, build_typer_transform, crop_cell, load_typer
+from served_model.cell_typer import CellTyper, build_typer_transform, crop_cell, load_typer
+from served_model.smear_gate import SmearGate
 
 __all__ = ["CellPipeline", "CellRuntime", "restrict_small", "wants_annotation"]
 #: crops typed per forward pass (a crowded frame has a few dozen cells)

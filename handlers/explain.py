@@ -1,7 +1,7 @@
-"""Grad-CAM class-activation maps on the CNN stage of a :class:`training.models.HybridClassifier`.
+"""Grad-CAM class-activation maps on the CNN stage of a :class:`served_model.network.HybridClassifier`.
 
 The gradient of the predicted class's logit is taken with respect to the CNN feature map
-(:meth:`~training.models.HybridClassifier.forward_cnn`, shape ``(1, C, H, W)``); channel weights are
+(:meth:`~served_model.network.HybridClassifier.forward_cnn`, shape ``(1, C, H, W)``); channel weights are
 the spatially averaged gradients, the map is ``ReLU(sum_c w_c * A_c)`` scaled to 0..1. Only the
 sequence stage and head run with gradients (the CNN runs once without), so an explanation costs
 about one forward pass plus a small backward pass; the logits and pooled features of that one pass

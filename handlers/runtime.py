@@ -1,9 +1,9 @@
 """One loaded model and everything it needs to answer requests, independent of TorchServe.
 
 :class:`ModelRuntime` reads a model directory as unpacked from a .mar (``model/`` with the weights
-and config written by :func:`training.models.save_model`, ``model_card.json``), builds the model
-with :func:`training.models.load_model`, the preprocessing with
-:func:`training.transforms.build_eval_transform` (the training definition, imported, never
+and config written by :func:`served_model.network.save_model`, ``model_card.json``), builds the model
+with :func:`served_model.network.load_model`, the preprocessing with
+:func:`served_model.transforms.build_eval_transform` (the definition training uses too, never
 re-typed) and the smear gate from the card. :meth:`ModelRuntime.predict` answers a batch of
 request rows with one result per row: a prediction body or a :class:`RequestError`, so one bad
 image never fails its batch-mates. :meth:`ModelRuntime.explain` answers an explanation request.
@@ -40,12 +40,13 @@ from core.decode import DecodedImage, decode_request, enforce_pillow_limits
 from core.errors import RequestError
 from core.ood import OODScorer
 from core.prediction import Explanation, FramePrediction
-from core.smear_gate import STATISTICS_SIDE, SmearGate
 from handlers.backends import Selection, select_forward
 from handlers.explain import OVERLAY_MAX_SIDE, grad_cam, overlay_png_base64
 from handlers.postprocess import calibrated_probabilities
-from training.models import load_model
-from training.transforms import build_eval_transform, data_config
+from served_model.gate_statistics import STATISTICS_SIDE
+from served_model.network import load_model
+from served_model.smear_gate import SmearGate
+from served_model.transforms import build_eval_transform, data_config
 
 __all__ = [
     "DRAFT_MARGIN",

@@ -9,11 +9,11 @@ PORTAL_COLUMN = $(if $(wildcard docs/results/portal_latency_models.json),--porta
 .PHONY: bench-gate-side bench-ts-config bench-ts-overhead bench-kserve bench-portal bench-runtimes bench-cells archive repack serve stop bench loadtest scale-bench test-serving
 
 archive: setup
-	$(PY) -m training.archive --artifacts $(ARTIFACTS) --out $(MODEL_STORE)
+	$(PY) -m release.archive --artifacts $(ARTIFACTS) --out $(MODEL_STORE)
 
 # Code-only change: rebuild every model_store/*.mar with the tree's code around its own weights and card.
 repack: setup
-	$(PY) -m training.archive --repack --out $(MODEL_STORE)
+	$(PY) -m release.archive --repack --out $(MODEL_STORE)
 
 serve: setup
 	$(PY) -m serving.cli start --model-store $(MODEL_STORE) --config $(TS_CONFIG) --workdir $(TS_WORKDIR)

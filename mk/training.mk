@@ -65,12 +65,12 @@ endif
 evaluate-ensemble: setup
 	nice -n 10 $(PY) -m training.member_outputs --threads $(THREADS) --cache $(ARTIFACTS)/ensemble/val_logits.npz $(DATA_ARG)
 	$(PY) -m training.ensemble --cache $(ARTIFACTS)/ensemble/val_logits.npz
-	$(PY) -m training.archive --repack --out $(MODEL_STORE)
+	$(PY) -m release.archive --repack --out $(MODEL_STORE)
 
 # Out-of-distribution scores (issue 30): every frame model's served outputs on the B-ALL blocks and on other sources
 # (BCCD, PBC, shifted validation frames; cached in $(ARTIFACTS)/ood/, about an hour on 2 busy cores), then the fit,
 # the choice and the per-source tables: each card's `ood` block, docs/ood.{md,json}; the archives are repacked.
 ood: setup
-	nice -n 10 $(PY) -m training.ood_features --threads $(THREADS) $(DATA_ARG)
+	nice -n 10 $(PY) -m evaluation.ood_features --threads $(THREADS) $(DATA_ARG)
 	$(PY) -m training.ood
-	$(PY) -m training.archive --repack --out $(MODEL_STORE)
+	$(PY) -m release.archive --repack --out $(MODEL_STORE)

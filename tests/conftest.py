@@ -25,17 +25,28 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def mobilenet_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init ``artifacts/mobilenetv3_lstm`` (tests/handlers/artifacts.py): what training writes."""
+    import torch
+
+    from tests.handlers.artifacts import build_artifact
+
+    torch.set_num_threads(1)
+    return build_artifact("mobilenetv3_lstm", tmp_path_factory.mktemp("artifacts"))
+
+
+@pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """model_store/ when it holds all four archives; else random-init test archives built in tmp.
 
-    The test archives are built from tests/handlers/artifacts.py with ``training.archive``, exactly
+    The test archives are built from tests/handlers/artifacts.py with ``release.archive``, exactly
     as ``make archive`` does.
     """
     import torch
 
     from core.registry import model_names
+    from release.archive import archive_all
     from tests.handlers.artifacts import build_artifact
-    from training.archive import archive_all
 
     committed = REPO / "model_store"
     if all((committed / f"{m}.mar").is_file() for m in model_names()):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from training.stain import hed_jitter, reinhard_normalize
+from served_model.stain import hed_jitter, reinhard_normalize
 
 __all__ = [
     "grayscale",

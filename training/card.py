@@ -28,7 +28,7 @@ __all__ = [
 
 def base_card(spec: ModelSpec, parameters: int, init_weights: dict[str, Any]) -> dict[str, Any]:
     """The registry-derived part of a card, with neutral calibration values to be overwritten."""
-    from training.transforms import data_config  # needs timm: only when a card is built
+    from served_model.transforms import data_config  # needs timm: only when a card is built
 
     cfg = data_config(spec)
     return {
@@ -76,7 +76,7 @@ _NORMALISATION_TEXT: dict[str | None, str] = {
     "grayscale": "grayscale (ITU-R 601 luminance, colour removed)",
     "luminance": (
         "luminance (ITU-R 601), standardised per image to the training set's mean/std: colour, exposure and "
-        "contrast removed (training.stain.standardize_luminance)"
+        "contrast removed (served_model.stain.standardize_luminance)"
     ),
     "reinhard": "Reinhard LAB normalisation to the training reference",
 }

@@ -6,7 +6,7 @@
 - ``typer_metrics.json`` (:mod:`training.train_cells`: per-class precision/recall, BCCD crops,
   perturbations, temperature, abstention threshold),
 - ``finder_metrics.json`` (:mod:`training.cell_eval`: WBC detection AP, nucleus Dice, timing),
-- ``served_metrics.json`` (:mod:`training.cell_served`: every cell metric through the served path, the
+- ``served_metrics.json`` (:mod:`evaluation.cell_served`: every cell metric through the served path, the
   whole image through finder and typer; the card leads with these and labels the typer-on-crops
   figures as such),
 
@@ -28,7 +28,7 @@ from PIL import Image
 
 from core.card import CARD_SCHEMA_VERSION, require_gate, validate_card
 from core.registry import CellModelSpec, get_cell_spec
-from core.smear_gate import SmearGate
+from served_model.smear_gate import SmearGate
 from training.cell_data import SEED, bccd_split, pbc_split
 from training.data import load_split
 from training.fit_gate import measure_rates
@@ -206,7 +206,7 @@ def _served_lines(served: dict[str, Any]) -> list[str]:
     lines = [
         "### Served path: the whole uploaded image through finder and typer",
         "",
-        f"Measured by `python -m training.cell_served` on `handlers.cell_runtime.CellPipeline`, the code TorchServe "
+        f"Measured by `python -m evaluation.cell_served` on `handlers.cell_runtime.CellPipeline`, the code TorchServe "
         f"runs, on every {served.get('definitions', {}).get('every', 1)}-th validation image (1: all). WBC AP and "
         "nucleus Dice below (Cell finder) are the served finder on whole BCCD frames too.",
         "",

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from served_model.cell_typer import CONFIG_FILE, CellTyper, build_typer_transform, crop_cell, load_typer
 from training.augment import PERTURBATIONS
 from training.calibrate import (
     classification_metrics,
@@ -49,7 +50,6 @@ from training.calibrate import (
     softmax,
 )
 from training.cell_data import BCCD_TYPE_TO_CLASS, bccd_split, pbc_split
-from training.cell_typer import CONFIG_FILE, CellTyper, build_typer_transform, crop_cell, load_typer
 from training.cell_weak import load_weak
 
 __all__ = ["typer_logits", "coverage_threshold", "evaluate", "main"]

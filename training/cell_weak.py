@@ -40,9 +40,9 @@ from PIL import Image
 from cells.segment import WBC, find_cells_in, segment
 from core.aspect import true_shape
 from core.registry import CELL_CLASSES
-from training.cell_typer import build_typer_transform, crop_cell, load_typer
+from served_model.cell_typer import build_typer_transform, crop_cell, load_typer
+from served_model.stain import lab_stats, lab_to_rgb, rgb_to_lab
 from training.data import load_split
-from training.stain import lab_stats, lab_to_rgb, rgb_to_lab
 
 __all__ = [
     "SURE",

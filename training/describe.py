@@ -17,7 +17,7 @@ import time
 import torch
 
 from core.registry import REGISTRY
-from training.models import count_parameters, create_model
+from served_model.network import count_parameters, create_model
 
 
 def measure_ms(model: torch.nn.Module, batch: torch.Tensor, repeats: int) -> float:

@@ -29,8 +29,10 @@ from PIL import Image
 
 from core.card import validate_card
 from core.registry import CLASS_NAMES, get_spec
-from core.smear_gate import SmearGate
-from training import compat  # noqa: F401  (before timm)
+from served_model import compat  # noqa: F401  (before timm)
+from served_model.network import HybridClassifier, count_parameters, load_model
+from served_model.smear_gate import SmearGate
+from served_model.transforms import build_eval_transform
 from training.augment import PERTURBATIONS
 from training.calibrate import (
     abstention_threshold,
@@ -45,9 +47,7 @@ from training.card import base_card, render_markdown, write_model_store_readme
 from training.curves import plot_training_curves
 from training.data import Sample, Split, load_split
 from training.features import VIEW_PERTURBATION, cache_dir_for, cache_path, load_cache, map_batches
-from training.models import HybridClassifier, count_parameters, load_model
 from training.operating_point import member_operating_point
-from training.transforms import build_eval_transform
 
 __all__ = ["histogram_features", "baseline_metrics", "model_logits", "plot_confusion", "plot_reliability", "main"]
 

@@ -25,10 +25,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from core.registry import ModelSpec
-from training import compat  # noqa: F401  (before timm)
+from served_model import compat  # noqa: F401  (before timm)
+from served_model.transforms import build_eval_transform
 from training.augment import PERTURBATIONS, ColorAugment
 from training.data import Sample, load_split
-from training.transforms import build_eval_transform
 
 __all__ = [
     "VIEW_PERTURBATION",
@@ -119,7 +119,7 @@ def load_cache(cache_dir: Path, split: str, view: str, samples: Sequence[Sample]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.models import create_model
+    from served_model.network import create_model
 
     p = argparse.ArgumentParser(description="Cache frozen-CNN feature maps for training and validation views.")
     p.add_argument("--model", default="xception_bigru")
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     init = Path(args.init_weights)
     if init.is_dir():
-        from training.models import load_model
+        from served_model.network import load_model
 
         model = load_model(init)
     else:

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from served_model.network import HybridClassifier
+from served_model.transforms import build_eval_transform
 from training.augment import TrainAugment
 from training.data import Sample
-from training.models import HybridClassifier
-from training.transforms import build_eval_transform
 
 __all__ = ["ImageDataset", "image_batches", "image_logits"]
 

@@ -1,7 +1,7 @@
 """The frame models' validation logits, computed once from the committed archives and cached.
 
 ``python -m training.member_outputs`` unpacks ``model/`` of each ``model_store/<model>.mar`` (the
-shipped fp16 weights, loaded with :func:`training.models.load_model`), runs it on the block-wise
+shipped fp16 weights, loaded with :func:`served_model.network.load_model`), runs it on the block-wise
 validation split (:func:`training.evaluate.model_logits`, the evaluation's own inference) and writes
 ``artifacts/ensemble/val_logits.npz``: per model the raw logits, plus the labels, blocks and relative
 paths of the frames, and per model its card version and the sha256 of the archive's ``model/`` (a cache
@@ -95,9 +95,9 @@ def weights_digest(mar: Path) -> str:
 
 def _mar_logits(mar: Path, split: Any) -> tuple[np.ndarray, str]:
     """(validation logits, card version) of the weights inside ``mar``."""
-    from training import compat  # noqa: F401  (before timm)
+    from served_model import compat  # noqa: F401  (before timm)
+    from served_model.network import load_model
     from training.evaluate import model_logits
-    from training.models import load_model
 
     with tempfile.TemporaryDirectory(prefix="member-") as tmp, zipfile.ZipFile(mar) as z:
         z.extractall(tmp, [n for n in z.namelist() if n.startswith("model/") or n == "model_card.json"])

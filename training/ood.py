@@ -1,6 +1,6 @@
 """Fit, choose and measure each frame model's out-of-distribution score (:mod:`core.ood`); per-source tables.
 
-``python -m training.ood`` (``make ood``) reads the served outputs cached by :mod:`training.ood_features`
+``python -m training.ood`` (``make ood``) reads the served outputs cached by :mod:`evaluation.ood_features`
 (logits and pooled features of every frame model on the training and validation blocks of the B-ALL set and
 on other sources), and per model:
 
@@ -40,10 +40,10 @@ from core.ood import OODScorer
 from core.paths import REPO
 from core.prediction import OUT_OF_DISTRIBUTION, decide
 from core.registry import CLASS_NAMES, model_names
-from core.smear_gate import SmearGate
+from served_model.smear_gate import SmearGate
 from training.card import OOD_HEADING, ood_markdown
 from training.data import load_split
-from training.ood_features import CACHE_DIR, SHIFTS, load_source
+from training.ood_cache import CACHE_DIR, SHIFTS, load_source
 
 __all__ = ["KEEP", "OTHER_LAB", "Candidate", "fit_candidates", "keep_threshold", "refit_features", "main"]
 
@@ -53,7 +53,7 @@ __all__ = ["KEEP", "OTHER_LAB", "Candidate", "fit_candidates", "keep_threshold",
 KEEP = 0.98
 OTHER_LAB = ("bccd", "pbc_cells", "pbc_mosaic")
 SOURCES = ("all4_val", *OTHER_LAB, *(f"val_{s}" for s in SHIFTS))
-COMMAND = "python -m training.ood_features && python -m training.ood"
+COMMAND = "python -m evaluation.ood_features && python -m training.ood"
 _KNN = 10
 _BENIGN = CLASS_NAMES.index("Benign")
 
@@ -288,7 +288,9 @@ def evaluate_model(name: str, card: dict[str, Any], cache: Path) -> tuple[dict[s
     outs = {s: _load(name, s, cache) for s in SOURCES if (cache / name / f"{s}.npz").is_file()}
     missing = [s for s in ("all4_val", *OTHER_LAB) if s not in outs]
     if missing:
-        raise FileNotFoundError(f"{name}: no cached outputs for {', '.join(missing)} (python -m training.ood_features)")
+        raise FileNotFoundError(
+            f"{name}: no cached outputs for {', '.join(missing)} (python -m evaluation.ood_features)"
+        )
     val = outs["all4_val"]
     blocks = _val_blocks([str(i) for i in val["ids"]])
     table: dict[str, Any] = {}

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.paths import PBC
+from served_model.network import HybridClassifier
 from training.augment import TrainAugment
 from training.data import IMAGE_SUFFIXES, Sample
 from training.image_data import ImageDataset, image_batches
 from training.loop import Log, Source, fit
-from training.models import HybridClassifier
 
 __all__ = ["pretrain_root", "pretrain_samples", "pretrain_backbone"]
 

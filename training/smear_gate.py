@@ -1,4 +1,4 @@
-"""Fitting the smear gate (:class:`core.smear_gate.SmearGate`): synthetic non-smear images and the fit.
+"""Fitting the smear gate (:class:`served_model.smear_gate.SmearGate`): synthetic non-smear images and the fit.
 
 :func:`synthetic_negatives` draws non-smear images (noise, flat colours, gradients, text pages,
 shapes, stripes, fluorescence-like frames, crops of natural photos; :mod:`training.gate_families`
@@ -7,7 +7,7 @@ adds real photographs, fundus, tissue, fluorescence, other microscopy and medica
 each also under random colour augmentation so that other stains / white balances stay accepted,
 against those negatives, and with ``density_components`` a Gaussian mixture of the smear statistics
 (:func:`fit_on_statistics` does both on statistics already computed). Only the fitted numbers travel
-in the model card; serving uses core.smear_gate alone.
+in the model card; serving uses served_model.smear_gate alone.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from core.smear_gate import SmearGate, _hue_sat_hist, _prepare, image_statistics
+from served_model.gate_statistics import _hue_sat_hist, _prepare, image_statistics
+from served_model.smear_gate import SmearGate
 
 __all__ = ["NEGATIVE_KINDS", "fit_on_statistics", "fit_smear_gate", "positive_statistics", "synthetic_negatives"]
 
@@ -208,7 +209,7 @@ def fit_on_statistics(
     density_components: int = 0,
     seed: int = 0,
 ) -> SmearGate:
-    """The gate from statistics already computed (rows of :func:`core.smear_gate.image_statistics`).
+    """The gate from statistics already computed (rows of :func:`served_model.gate_statistics.image_statistics`).
 
     Without ``density_components``: the logistic regression with the version-1 novelty damping; the
     threshold keeps ``target_acceptance`` of ``pos`` accepted (never above 0.5). With them: a Gaussian

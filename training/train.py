@@ -24,7 +24,7 @@ Both: fixed seeds, a checkpoint after every epoch (``artifacts/<model>/checkpoin
 the same command resumes), a log line per epoch (``artifacts/<model>/train.log``), tqdm progress,
 ``--device cpu|cuda``. The fixed schedule is not selected on validation (the last epoch is kept),
 so validation stays an honest estimate. The result is saved in fp16 with
-``training.models.save_model`` to ``artifacts/<model>/model/`` plus ``train_info.json`` (recipe,
+``served_model.network.save_model`` to ``artifacts/<model>/model/`` plus ``train_info.json`` (recipe,
 wall time, hardware) for the model card.
 """
 
@@ -46,13 +46,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.registry import get_spec
-from training import compat  # noqa: F401  (before timm)
+from served_model import compat  # noqa: F401  (before timm)
+from served_model.network import HybridClassifier, create_model, load_backbone_weights, save_model
 from training.augment import TrainAugment, geometric_grid
 from training.data import DEFAULT_DATA_ROOT, Split, load_split, manifest_sha256
 from training.features import cache_dir_for, cache_path, load_cache, map_batches
 from training.image_data import ImageDataset, image_batches, image_logits
 from training.loop import Checkpoint, Log, Source, fit, hardware_info, macro_f1, seed_everything
-from training.models import HybridClassifier, create_model, load_backbone_weights, save_model
 from training.recipes import describe, recipe_for
 
 __all__ = [
@@ -263,7 +263,7 @@ def teacher_soft_labels(
         return np.load(path)
     if (path / TEACHER_FILE).exists():
         return np.load(path / TEACHER_FILE)
-    from training.models import load_model
+    from served_model.network import load_model
 
     model_dir = path / "model" if (path / "model").is_dir() else path
     tmodel = load_model(model_dir).to(device)
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         # a trained model's directory: its CNN stage becomes this model's (shared) initial backbone
         from safetensors.torch import save_file
 
-        from training.models import load_model
+        from served_model.network import load_model
 
         shared = load_model(init)
         init_file = out_dir / "init_backbone.safetensors"

@@ -75,12 +75,13 @@ from torch.utils.data import DataLoader, Dataset
 from core.host import cpu_model
 from core.paths import WEIGHTS
 from core.registry import CELL_CLASSES, CellModelSpec, get_cell_spec
+from served_model.cell_typer import CellTyper, build_typer_transform, crop_cell, save_typer
+from served_model.stain import lab_to_rgb, rgb_to_lab
 from training.augment import ColorAugment, GeometricAugment, TrainAugment, geometric_grid
 from training.cell_data import bccd_split, pbc_split
-from training.cell_typer import CellTyper, build_typer_transform, create_typer, crop_cell, save_typer, typer_split
+from training.cell_typer import create_typer, typer_split
 from training.cell_weak import CrossStats, Degrade, load_weak
 from training.loop import Checkpoint, Log, Source, fit, macro_f1
-from training.stain import lab_to_rgb, rgb_to_lab
 
 __all__ = ["DEFAULT_INIT", "CropSet", "pbc_crops", "bccd_crops", "sample_weights", "train", "main"]
 
@@ -177,7 +178,7 @@ class LabStatsJitter:
     Another lab's stain and camera shift the whole crop's colour statistics (Reinhard normalisation
     is exactly such a map). The ranges were sized from measured statistics: BCCD frames differ
     from PBC crops by about (-7, -5, -8) in mean L*a*b* and the all4 Reinhard reference
-    (:data:`training.stain.REINHARD_REFERENCE`) by about (+7, -8, -19), so both lie inside them.
+    (:data:`served_model.stain.REINHARD_REFERENCE`) by about (+7, -8, -19), so both lie inside them.
     """
 
     p: float = 0.5

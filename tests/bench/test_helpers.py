@@ -265,24 +265,24 @@ def test_the_committed_kserve_overhead_report_is_what_its_results_render_to() ->
 
 
 def test_the_gate_side_benchmark_loads_the_served_statistics_at_another_side(shared_dir: Path) -> None:
-    """bench.gate_side's copy of core/smear_gate.py at the served side computes the served statistics bit
+    """bench.gate_side's copy of served_model/gate_statistics.py at the served side computes the served statistics bit
     for bit; at another side the same statistics on a smaller copy of the image."""
     import numpy as np
     from PIL import Image
 
     from bench.gate_side import load_at_side
-    from core import smear_gate
+    from served_model import gate_statistics
 
     frames = sorted((shared_dir / "data" / "all4" / "original").glob("*/*.jpg"))[::400]
     images = [Image.open(p).convert("RGB") for p in frames]
     served, at_64 = (
-        load_at_side(smear_gate.STATISTICS_SIDE, "_gate_side_test_served"),
+        load_at_side(gate_statistics.STATISTICS_SIDE, "_gate_side_test_served"),
         load_at_side(64, "_gate_side_test_64"),
     )
-    assert at_64.STATISTICS_SIDE == 64 and served.STATISTICS_SIDE == smear_gate.STATISTICS_SIDE
-    ref = smear_gate._hue_sat_hist(smear_gate._prepare(images[0]))
+    assert at_64.STATISTICS_SIDE == 64 and served.STATISTICS_SIDE == gate_statistics.STATISTICS_SIDE
+    ref = gate_statistics._hue_sat_hist(gate_statistics._prepare(images[0]))
     for im in images:
-        expected = smear_gate.image_statistics(im, ref)
+        expected = gate_statistics.image_statistics(im, ref)
         assert np.array_equal(served.image_statistics(im, ref), expected)
         small = at_64.image_statistics(im, ref)
         assert small.shape == expected.shape and np.isfinite(small).all() and not np.allclose(small, expected)
@@ -295,7 +295,7 @@ def test_the_committed_gate_side_report_is_what_its_results_render_to() -> None:
     import json
 
     from bench.gate_side import render
-    from core.smear_gate import STATISTICS_SIDE
+    from served_model.gate_statistics import STATISTICS_SIDE
 
     docs = Path(__file__).resolve().parents[2] / "docs" / "results"
     report = json.loads((docs / "gate_side.json").read_text())

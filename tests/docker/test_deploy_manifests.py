@@ -26,7 +26,7 @@ from packaging.utils import canonicalize_name
 from bench.kserve_server import load_script
 from core.registry import cell_model_names, get_cell_spec, get_spec, model_names, served_model_names
 from portal.config.env import env_map
-from training.archive import LAZY_MODULES, LOCAL_PACKAGES, handler_of, import_closure
+from release.archive import PACKED_PACKAGES, packed_files
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -212,7 +212,7 @@ def test_portal_image_is_torch_free_and_carries_every_module_it_imports() -> Non
     assert re.search(r"\bcore/ core/", copies), "Dockerfile.portal must COPY core/"
     for path in (REPO / "core").rglob("*.py"):
         lazy = {m for m in _imports(path) if m.split(".")[0] in heavy}
-        assert lazy <= {"training", "training.compat"}, (path, lazy)  # registry.data_config: lazily, for timm
+        assert lazy <= {"training", "served_model.compat"}, (path, lazy)  # registry.data_config: lazily, for timm
     if any(m.split(".")[0] == "serving" for m in portal_imports):
         assert re.search(r"\bserving/ serving/", copies), "Dockerfile.portal must COPY serving/"
         for path in (REPO / "serving").rglob("*.py"):
@@ -493,14 +493,13 @@ def test_kserve_layout_of_every_served_model_keeps_its_settings(tmp_path: Path) 
 
 
 def _handler_closure() -> list[Path]:
-    """Every repository module packed into some served model's archive (training.archive's own reading)."""
-    roots = {f"handlers.{handler_of(name).stem}" for name in served_model_names()} | set(LAZY_MODULES)
-    return import_closure(sorted(roots))
+    """Every repository module packed into the served models' archives (release.archive's own list)."""
+    return packed_files()
 
 
 def _third_party_distributions(files: list[Path]) -> set[str]:
     modules = {m.split(".")[0] for p in files for m in _imports(p)}
-    modules -= set(sys.stdlib_module_names) | set(LOCAL_PACKAGES) | {"__future__"}
+    modules -= set(sys.stdlib_module_names) | set(PACKED_PACKAGES) | {"__future__"}
     dists = importlib.metadata.packages_distributions()
     missing = sorted(m for m in modules if m not in dists)
     assert not missing, f"imported but not installed: {missing}"
@@ -509,7 +508,7 @@ def _third_party_distributions(files: list[Path]) -> set[str]:
 
 def test_torchserve_image_copies_every_package_the_handlers_import() -> None:
     packages = {p.relative_to(REPO).parts[0] for p in _handler_closure()}
-    assert {"cells", "core", "handlers", "training"} <= packages
+    assert packages == {"cells", "core", "handlers", "served_model"}
     copies = _instructions(DOCKER / "Dockerfile.torchserve", "COPY")
     ignore = (DOCKER / "Dockerfile.torchserve.dockerignore").read_text().split()
     for package in sorted(packages):

@@ -18,10 +18,10 @@ from PIL import Image
 
 from core.card import validate_card
 from core.registry import CLASS_NAMES
+from served_model import compat  # noqa: F401  (before timm)
+from served_model.network import count_parameters, create_model, save_model
 from tests.conftest import DATA_ALL4
-from training import compat  # noqa: F401  (before timm)
 from training.card import base_card
-from training.models import count_parameters, create_model, save_model
 
 __all__ = ["real_images", "build_artifact", "unpacked_model_dir"]
 

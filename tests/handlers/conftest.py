@@ -5,17 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.handlers.artifacts import build_artifact, unpacked_model_dir
+from tests.handlers.artifacts import unpacked_model_dir
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _few_threads() -> None:
     torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="session")
-def mobilenet_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_artifact("mobilenetv3_lstm", tmp_path_factory.mktemp("artifacts"))
 
 
 @pytest.fixture(scope="session")

@@ -21,10 +21,10 @@ from core.registry import CELL_CLASSES
 from core.v2 import image_request, result_body
 from handlers.cell_runtime import CellRuntime, restrict_small
 from handlers.cells_handler import CellsHandler
+from served_model.cell_typer import build_typer_transform, crop_cell, load_typer
 from tests.conftest import REPO
 from tests.handlers.inputs import bad_cases, count_json_parses, smear_bytes
 from training.cell_data import bccd_split, pbc_split
-from training.cell_typer import build_typer_transform, crop_cell, load_typer
 
 MAR = REPO / "model_store" / "wbc_cells.mar"
 

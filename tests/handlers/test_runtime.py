@@ -20,9 +20,9 @@ from core.registry import get_spec
 from core.v2 import image_request, result_body
 from handlers.explain import colorize, grad_cam, overlay_png
 from handlers.runtime import ModelRuntime
+from served_model.network import load_model
+from served_model.transforms import build_eval_transform
 from tests.handlers.inputs import bad_cases, count_json_parses, good_cases, smear_bytes, smear_path
-from training.models import load_model
-from training.transforms import build_eval_transform
 
 
 @pytest.fixture(scope="module")
@@ -241,8 +241,8 @@ def test_the_gate_thread_computes_the_statistics_and_changes_no_answer(
     answers (probabilities, quality, refusals) are the ones the request path alone gives."""
     import threading
 
-    from core.smear_gate import SmearGate
     from handlers.runtime import GATE_THREAD_ENV
+    from served_model.smear_gate import SmearGate
 
     monkeypatch.setenv(GATE_THREAD_ENV, "0")
     inline = ModelRuntime(mobilenet_model_dir)

@@ -13,10 +13,10 @@ from PIL import Image
 from core.cell_answer import ANSWER_KEYS
 from core.errors import ERROR_STATUS
 from core.registry import CLASS_NAMES
+from evaluation.cell_served import frame_blast
 from serving.torchserve import ServerInfo
 from tests.handlers.inputs import Case, bad_cases, smear_bytes
 from training.cell_data import bccd_split
-from training.cell_served import frame_blast
 from training.data import load_split
 
 pytestmark = pytest.mark.integration

@@ -23,12 +23,12 @@ from PIL import Image
 from core.errors import ERROR_STATUS
 from core.registry import model_names
 from portal.analyses.consensus import Answer
+from served_model.network import load_model
+from served_model.transforms import build_eval_transform
 from serving.torchserve import ServerInfo
 from tests.handlers.artifacts import real_images
 from tests.handlers.inputs import Case, bad_cases, good_cases, smear_bytes
-from training.models import load_model
 from training.operating_point import BENIGN_FLOOR
-from training.transforms import build_eval_transform
 
 pytestmark = pytest.mark.integration
 

@@ -103,7 +103,7 @@ def _degrade(versions: Versions, good: str) -> str:
     import torch
 
     from core.registry import CLASS_NAMES
-    from training.models import load_model
+    from served_model.network import load_model
     from training.update.retrain import pack_candidate, unpack
 
     work = unpack(versions.archive(good), versions.root / "degrade-work")

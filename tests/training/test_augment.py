@@ -7,9 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import DATA_ALL4
-from training.augment import PERTURBATIONS, ColorAugment, TrainAugment, geometric_grid, hue_shift, white_balance
-from training.stain import (
+from served_model.stain import (
     LUMINANCE_REFERENCE,
     REINHARD_REFERENCE,
     get_normalizer,
@@ -21,6 +19,8 @@ from training.stain import (
     rgb_to_lab,
     standardize_luminance,
 )
+from tests.conftest import DATA_ALL4
+from training.augment import PERTURBATIONS, ColorAugment, TrainAugment, geometric_grid, hue_shift, white_balance
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +111,10 @@ def test_luminance_normaliser_removes_exposure_and_stain_changes(image: Image.Im
 @pytest.mark.parametrize("model", ["mobilenetv3_lstm", "xception_bigru"])
 def test_the_luminance_transform_is_the_normaliser_then_the_tensor_bit_for_bit(model: str) -> None:
     """Serving and evaluation read the luminance models' input through one lookup of the standardised grey
-    level (:func:`training.transforms.grey_level_table`): the same tensor as the definition it shortens,
+    level (:func:`served_model.transforms.grey_level_table`): the same tensor as the definition it shortens,
     the normaliser's RGB image through ``to_normalized_tensor``."""
     from core.registry import get_spec
-    from training.transforms import build_eval_transform, data_config, resize_frame, to_normalized_tensor
+    from served_model.transforms import build_eval_transform, data_config, resize_frame, to_normalized_tensor
 
     spec = get_spec(model)
     cfg = data_config(spec)

@@ -10,18 +10,10 @@ from PIL import Image
 
 from core.paths import WEIGHTS
 from core.registry import CELL_CLASSES, get_cell_spec
-from training.cell_typer import (
-    CellTyper,
-    build_typer_transform,
-    create_typer,
-    crop_box,
-    crop_cell,
-    load_typer,
-    save_typer,
-    typer_split,
-)
+from served_model.cell_typer import CellTyper, build_typer_transform, crop_box, crop_cell, load_typer, save_typer
+from served_model.stain import lab_stats
+from training.cell_typer import create_typer, typer_split
 from training.cell_typer_eval import coverage_threshold
-from training.stain import lab_stats
 from training.train_cells import DEFAULT_INIT, CropSet, LabStatsJitter, sample_weights
 
 SPEC = get_cell_spec("wbc_cells")

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from core.registry import CELL_CLASSES
+from served_model.stain import lab_stats
 from training.cell_weak import MAX_RBC_RADIUS, MIN_SCORE, SURE, CrossStats, Degrade, usable, weak_label
-from training.stain import lab_stats
 
 EIGHT = CELL_CLASSES[:8]
 

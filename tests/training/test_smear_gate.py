@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from core.errors import RequestError
-from core.smear_gate import FEATURE_NAMES, GateResult, SmearGate, image_statistics
+from served_model.gate_statistics import FEATURE_NAMES, image_statistics
+from served_model.smear_gate import GateResult, SmearGate
 from tests.conftest import DATA_ALL4, SHARED
 from training.smear_gate import fit_smear_gate, synthetic_negatives
 
@@ -117,10 +118,10 @@ def test_from_dict_rejects_bad_input(gate: SmearGate) -> None:
 def test_fast_statistics_count_as_numpy_does() -> None:
     """The lookup-table hue/saturation histogram equals np.histogram2d on the HSV bytes / 255, for every
     byte value and on real and random images; distinct colours counted by bincount equal np.unique's."""
-    from core import smear_gate
+    from served_model import gate_statistics
 
     values = np.arange(256, dtype=np.float32) / 255.0
-    for bins, lut in zip(smear_gate._HIST_BINS, (smear_gate._HUE_BIN, smear_gate._SAT_BIN), strict=True):
+    for bins, lut in zip(gate_statistics._HIST_BINS, (gate_statistics._HUE_BIN, gate_statistics._SAT_BIN), strict=True):
         for k, v in enumerate(values):
             hist, _ = np.histogram(np.array([v]), bins=bins, range=(0.0, 1.0))
             assert int(np.argmax(hist)) == lut[k], (bins, k)
@@ -128,12 +129,12 @@ def test_fast_statistics_count_as_numpy_does() -> None:
     frames = [Image.open(p).convert("RGB") for p in sorted((DATA_ALL4 / "original" / "Pre").glob("*.jpg"))[:5]]
     frames += [Image.fromarray(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)) for _ in range(3)]
     for image in frames:
-        rgb = smear_gate._prepare(image)
+        rgb = gate_statistics._prepare(image)
         hsv = np.asarray(Image.fromarray((rgb * 255).astype(np.uint8)).convert("HSV"), dtype=np.float32) / 255.0
         ref, _, _ = np.histogram2d(
-            hsv[..., 0].ravel(), hsv[..., 1].ravel(), bins=smear_gate._HIST_BINS, range=((0.0, 1.0), (0.0, 1.0))
+            hsv[..., 0].ravel(), hsv[..., 1].ravel(), bins=gate_statistics._HIST_BINS, range=((0.0, 1.0), (0.0, 1.0))
         )
-        assert np.array_equal(smear_gate._hue_sat_hist(rgb), ref.ravel() / ref.sum())
+        assert np.array_equal(gate_statistics._hue_sat_hist(rgb), ref.ravel() / ref.sum())
         q = (rgb * 31.999).astype(np.int32)
         codes = q[..., 0] * 1024 + q[..., 1] * 32 + q[..., 2]
         distinct = image_statistics(image)[FEATURE_NAMES.index("log_unique_colour_fraction")]
@@ -149,7 +150,7 @@ def test_fast_statistics_equal_the_straightforward_numpy() -> None:
     from scipy import fft as sp_fft
     from scipy import ndimage
 
-    from core import smear_gate as sg
+    from served_model import gate_statistics as sg
 
     rng = np.random.default_rng(3)
     frames = [Image.open(p).convert("RGB") for p in sorted((DATA_ALL4 / "original" / "Early").glob("*.jpg"))[:4]]

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from core.registry import get_spec
+from served_model import compat  # noqa: F401
+from served_model.network import HybridClassifier, load_model, save_model
 from tests.conftest import DATA_ALL4
-from training import compat  # noqa: F401
 from training.data import Split, load_samples
 from training.loop import Log, seed_everything
-from training.models import HybridClassifier, load_model, save_model
 from training.train import train_cached, train_end2end
 
 
@@ -113,7 +113,7 @@ def test_pretrain_backbone_writes_loadable_cnn_stage(tiny_split: Split, tmp_path
     """Domain pretraining: cell-type folders -> a backbone file that loads strictly as init weights."""
     import shutil
 
-    from training.models import load_backbone_weights
+    from served_model.network import load_backbone_weights
     from training.pretrain import pretrain_backbone, pretrain_samples
 
     root = tmp_path / "cells"

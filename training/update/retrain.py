@@ -3,7 +3,7 @@ training data plus the lab's confirmed frames, packed as a versioned archive.
 
 Recipe (the frame models' later stages, bounded on a CPU): the served version's weights are loaded from its
 archive (the promoted default, else the shipped ``model_store/<model>.mar``); the CNN stage stays frozen and
-each training frame's feature map is computed once (the handler's own preprocessing, :func:`training.transforms.
+each training frame's feature map is computed once (the handler's own preprocessing, :func:`served_model.transforms.
 build_eval_transform`); the token projection, the sequence stage and the head train on them with the shared loop
 (:func:`training.loop.fit`: warm-up then cosine, clipping, a checkpoint per epoch) and the cached recipe's
 geometric augmentation (90-degree rotations and flips of the grids). The lab's frames are repeated
@@ -40,16 +40,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from core.registry import get_spec, model_names
-from core.smear_gate import SmearGate
+from release.archive import archive_model
+from served_model import compat  # noqa: F401  (before timm)
+from served_model.network import HybridClassifier, load_model, save_model
+from served_model.smear_gate import SmearGate
+from served_model.transforms import build_eval_transform
 from serving.versions import Versions
-from training import compat  # noqa: F401  (before timm)
-from training.archive import archive_model
 from training.augment import geometric_grid
 from training.data import load_split
 from training.loop import Checkpoint, Log, Source, fit, hardware_info, seed_everything
-from training.models import HybridClassifier, load_model, save_model
 from training.ood import refit_features
-from training.transforms import build_eval_transform
 from training.update import other_benign
 from training.update.lab_data import DATASETS_DIR, Frame, LockedTestSet, latest_dataset, training_frames
 

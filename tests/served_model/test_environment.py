@@ -21,7 +21,7 @@ def test_pip_check_is_clean() -> None:
 
 def test_timm_imports_and_runs_in_a_fresh_process() -> None:
     code = (
-        "import training.models, timm, torch, torchvision.transforms.v2 as T;"
+        "import served_model.network, timm, torch, torchvision.transforms.v2 as T;"
         "m = timm.create_model('mobilenetv3_small_050', num_classes=4).eval();"
         "print(tuple(m(torch.randn(1, 3, 64, 64)).shape))"
     )
@@ -31,7 +31,7 @@ def test_timm_imports_and_runs_in_a_fresh_process() -> None:
 
 
 def test_shim_is_idempotent_and_a_noop_once_torchvision_is_imported() -> None:
-    import training.compat as compat
+    import served_model.compat as compat
 
     import torchvision  # noqa: F401
 
@@ -41,7 +41,7 @@ def test_shim_is_idempotent_and_a_noop_once_torchvision_is_imported() -> None:
 
 
 def test_shim_only_declares_when_extension_cannot_load() -> None:
-    from training import compat
+    from served_model import compat
 
     if compat.SHIM_ACTIVE:
         # the extension really cannot load here: its ops are declared but unimplemented

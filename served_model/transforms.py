@@ -26,7 +26,7 @@ def data_config(spec: ModelSpec) -> dict[str, Any]:
     """Input size, mean, std and interpolation of ``spec``, from its backbone's pretrained config in timm."""
     import timm
 
-    from training import compat  # noqa: F401  (before timm)
+    from served_model import compat  # noqa: F401  (before timm)
 
     cfg = timm.get_pretrained_cfg(spec.timm_name)
     if cfg is None:
@@ -71,7 +71,7 @@ def build_eval_transform(spec: ModelSpec) -> Callable[[Image.Image], torch.Tenso
     size, mean, std, interp = spec.input_size, cfg["mean"], cfg["std"], cfg["interpolation"]
     stain = None
     if spec.stain_normalization == "luminance":
-        from training.stain import standardized_luminance
+        from served_model.stain import standardized_luminance
 
         # standardize_luminance's grey replicated to RGB, then to_normalized_tensor, as one lookup: equal
         # tensors, without the RGB image and the float passes over its three channels
@@ -84,7 +84,7 @@ def build_eval_transform(spec: ModelSpec) -> Callable[[Image.Image], torch.Tenso
 
         return luminance_transform
     if spec.stain_normalization:
-        from training import stain as stain_module  # type: ignore[attr-defined]
+        from served_model import stain as stain_module  # type: ignore[attr-defined]
 
         stain = stain_module.get_normalizer(spec.stain_normalization)
 

@@ -9,8 +9,8 @@ extension cannot be loaded, so that the pure-Python parts of torchvision (transf
 uses) import. The operators themselves stay unimplemented: calling one (e.g. ``nms``) raises.
 Where torchvision's extension loads, this module does nothing.
 
-Import order matters: call :func:`ensure_torchvision` (or ``import training.compat``) before the
-first ``import timm`` / ``import torchvision``. ``training.models`` does this in one place.
+Import order matters: call :func:`ensure_torchvision` (or ``import served_model.compat``) before the
+first ``import timm`` / ``import torchvision``. ``served_model/__init__.py`` does this in one place.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Stain colour handling: Reinhard normalisation to a fixed reference, and HED stain jitter.
 
 One implementation, used by training (augmentation, optional normalisation), evaluation (the
-"stain-normalised" perturbation) and the TorchServe handler (via training.transforms when a model's
+"stain-normalised" perturbation) and the TorchServe handler (via served_model.transforms when a model's
 ``stain_normalization`` names one of them).
 
 - Reinhard et al. 2001, as commonly applied to histology: convert to CIE L*a*b*, shift and scale

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from core.registry import CLASS_NAMES, REGISTRY, get_spec
+from served_model.network import HybridClassifier, create_model, load_model, save_model
+from served_model.transforms import data_config
 from tests.conftest import REPO, XCEPTION_WEIGHTS
-from training.models import HybridClassifier, create_model, load_model, save_model
-from training.transforms import data_config
 
 MODEL_NAMES = list(REGISTRY)
 

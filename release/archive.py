@@ -1,13 +1,14 @@
 """Pack trained models into TorchServe model archives (.mar), reproducibly.
 
-``python -m training.archive --artifacts artifacts --out model_store`` (``make archive``) takes every
+``python -m release.archive --artifacts artifacts --out model_store`` (``make archive``) takes every
 ``artifacts/<model>/`` written by training (``model/weights.safetensors``, ``model/model_config.json``
-from :func:`training.models.save_model`, and ``card.json``) and writes ``model_store/<model>.mar``:
+from :func:`served_model.network.save_model`, and ``card.json``) and writes ``model_store/<model>.mar``:
 
 - the handler (TorchServe's entry point: ``leukemia_handler.py`` for the frame classifiers,
-  ``cells_handler.py`` for the cell-level model) and the local modules in its import closure
-  (``core/``, ``handlers/``, ``cells/`` and the ``training/`` modules it imports), found by reading
-  the imports, as packages;
+  ``cells_handler.py`` for the cell-level model) and the served code as whole packages,
+  :data:`PACKED_PACKAGES` (``core/``, ``cells/``, ``served_model/``, ``handlers/``): never ``training/``,
+  and no list of modules to keep (tests/release/test_served_answers_unchanged.py runs each archive's
+  handlers from the archive alone);
 - ``model/`` (weights + config), ``model_card.json`` (validated), ``index_to_name.json``;
 - ``MAR-INF/MANIFEST.json`` written by ``torch-model-archiver`` itself, with archive version =
   the card's model version.
@@ -22,7 +23,6 @@ writes: :func:`training.card.render_markdown`, :func:`training.cell_card.render_
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import re
@@ -32,14 +32,14 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from core.card import require_gate, validate_card
 from core.registry import cell_model_names
+from served_model.provenance import file_sha256
 from training import card as card_module
-from training.provenance import file_sha256
 
 __all__ = [
     "REPO",
@@ -48,7 +48,8 @@ __all__ = [
     "handler_of",
     "archive_model",
     "archive_all",
-    "import_closure",
+    "PACKED_PACKAGES",
+    "packed_files",
     "deterministic_zip",
     "read_mar_card",
     "repack",
@@ -62,9 +63,8 @@ REPO = Path(__file__).resolve().parent.parent
 HANDLER = REPO / "handlers" / "leukemia_handler.py"
 #: The cell-level models' handler (the frame classifiers use HANDLER).
 CELLS_HANDLER = REPO / "handlers" / "cells_handler.py"
-#: Modules a handler loads lazily (by name, not at import time) and so must be packed too.
-LAZY_MODULES = ("training.stain",)
-LOCAL_PACKAGES = ("cells", "core", "handlers", "training")
+#: The packages every archive carries, whole: the served code (the handlers and what they import), never training.
+PACKED_PACKAGES = ("cells", "core", "handlers", "served_model")
 _ZIP_EPOCH_MIN = 315532800  # 1980-01-01, the earliest time a zip entry can hold
 #: The serving image's pins (the serving subset of requirements/lock.txt).
 SERVING_REQUIREMENTS = REPO / "docker" / "torchserve" / "requirements.txt"
@@ -117,60 +117,19 @@ def runtime_requirements(model: str) -> list[str]:
     return [pins[d] for d in sorted(seen)]
 
 
-def _module_path(module: str) -> Path | None:
-    path = REPO.joinpath(*module.split("."))
-    if path.with_suffix(".py").is_file():
-        return path.with_suffix(".py")
-    if (path / "__init__.py").is_file():
-        return path / "__init__.py"
-    return None
-
-
-def _local_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{a.name}" for a in node.names)
-    return {m for m in found if m.split(".")[0] in LOCAL_PACKAGES}
-
-
-def import_closure(roots: Iterable[str]) -> list[Path]:
-    """The repository files of ``roots`` and every local module they import, transitively."""
-    todo = [m for m in roots if _module_path(m) is not None]
-    seen: set[str] = set()
-    files: set[Path] = set()
-    while todo:
-        mod = todo.pop()
-        if mod in seen:
-            continue
-        seen.add(mod)
-        path = _module_path(mod)
-        if path is None:
-            continue  # "from training import compat" also yields "training.compat"; names may be attributes
-        files.add(path)
-        parts = mod.split(".")
-        for i in range(1, len(parts)):  # parent packages
-            init = _module_path(".".join(parts[:i]))
-            if init is not None:
-                files.add(init)
-        todo.extend(_local_imports(path))
-    return sorted(files)
+def packed_files() -> list[Path]:
+    """The repository files every archive packs: each Python file of :data:`PACKED_PACKAGES`."""
+    return sorted(
+        path
+        for package in PACKED_PACKAGES
+        for path in (REPO / package).rglob("*.py")
+        if "__pycache__" not in path.parts
+    )
 
 
 def handler_of(model: str) -> Path:
     """The handler file that serves ``model`` (cell-level models have their own)."""
     return CELLS_HANDLER if model in cell_model_names() else HANDLER
-
-
-def _code_roots(model: str) -> list[str]:
-    """Modules whose import closure is packed into ``model``'s archive."""
-    handler = handler_of(model)
-    module = f"handlers.{handler.stem}"
-    return [module] if handler == CELLS_HANDLER else [module, *LAZY_MODULES]
 
 
 def deterministic_zip(src_dir: Path, dest: Path, epoch: int) -> None:
@@ -207,7 +166,7 @@ def archive_model(artifact_dir: Path, out_dir: Path, epoch: int | None = None) -
     with tempfile.TemporaryDirectory(prefix=f"archive-{name}-") as tmp_str:
         tmp = Path(tmp_str)
         content = tmp / "content"
-        for path in import_closure(_code_roots(name)):
+        for path in packed_files():
             dest = content / path.relative_to(REPO)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, dest)
@@ -276,16 +235,16 @@ def read_mar_card(mar: Path) -> dict:
     return card
 
 
-def _packed_code(model: str) -> dict[str, bytes]:
-    """The tree's code that :func:`archive_model` packs for ``model``: archive path -> bytes."""
-    return {path.relative_to(REPO).as_posix(): path.read_bytes() for path in import_closure(_code_roots(model))}
+def _packed_code() -> dict[str, bytes]:
+    """The tree's code that :func:`archive_model` packs: archive path -> bytes."""
+    return {path.relative_to(REPO).as_posix(): path.read_bytes() for path in packed_files()}
 
 
 def stale_code(mar: Path) -> list[str]:
     """Python files of ``mar`` that differ from the tree (changed, missing or extra); empty when current."""
     with zipfile.ZipFile(mar) as z:
-        tree = _packed_code(json.loads(z.read("model_card.json"))["name"])
-        packed = {n: z.read(n) for n in z.namelist() if n.endswith(".py") and n.split("/")[0] in LOCAL_PACKAGES}
+        tree = _packed_code()
+        packed = {n: z.read(n) for n in z.namelist() if n.endswith(".py") and "/" in n}
     names = sorted(set(tree) | set(packed))
     return [n for n in names if tree.get(n) != packed.get(n)]
 

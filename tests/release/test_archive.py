@@ -1,4 +1,4 @@
-"""training.archive: a .mar that torch-model-archiver built, with a valid card, byte-reproducible."""
+"""release.archive: a .mar that torch-model-archiver built, with a valid card, byte-reproducible."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 
 from core.registry import get_spec
 from handlers.backends import SERVED_RUNTIME
-from training.archive import (
+from release.archive import (
     REPO,
     SERVING_REQUIREMENTS,
     archive_all,
-    import_closure,
+    packed_files,
     read_mar_card,
     repack,
     runtime_requirements,
@@ -24,22 +24,27 @@ from training.archive import (
 )
 
 
-def test_import_closure_holds_the_handler_and_training_modules() -> None:
-    rel = {p.relative_to(REPO).as_posix() for p in import_closure(["handlers.leukemia_handler"])}
+def test_archives_pack_the_served_packages_whole_and_no_training_code() -> None:
+    rel = {p.relative_to(REPO).as_posix() for p in packed_files()}
     for needed in (
         "handlers/__init__.py",
         "handlers/leukemia_handler.py",
+        "handlers/cells_handler.py",
         "handlers/runtime.py",
         "core/decode.py",
-        "training/__init__.py",
-        "training/compat.py",
-        "training/models.py",
         "core/registry.py",
-        "training/transforms.py",
         "core/card.py",
+        "cells/segment.py",
+        "served_model/__init__.py",
+        "served_model/compat.py",
+        "served_model/network.py",
+        "served_model/transforms.py",
+        "served_model/stain.py",
+        "served_model/cell_typer.py",
+        "served_model/smear_gate.py",
     ):
         assert needed in rel
-    assert "serving/torchserve.py" not in rel  # not needed by the worker
+    assert {p.split("/")[0] for p in rel} == {"cells", "core", "handlers", "served_model"}  # no training/, serving/
 
 
 def test_archive_is_valid_and_reproducible(mobilenet_artifact: Path, tmp_path: Path) -> None:
@@ -61,7 +66,13 @@ def test_archive_is_valid_and_reproducible(mobilenet_artifact: Path, tmp_path: P
     }
     assert packed_requirements == runtime_requirements("mobilenetv3_lstm")
     assert manifest["archiverVersion"]  # written by torch-model-archiver itself
-    assert {"model/weights.safetensors", "model/model_config.json", "model_card.json", "training/models.py"} <= names
+    assert {
+        "model/weights.safetensors",
+        "model/model_config.json",
+        "model_card.json",
+        "served_model/network.py",
+    } <= names
+    assert not any(n.startswith("training/") for n in names)
     assert (tmp_path / "a" / "mobilenetv3_lstm.card.json").is_file()
 
 
@@ -181,7 +192,7 @@ def test_runtime_requirements_pin_the_served_runtime_as_the_serving_image_does(t
     assert runtime_requirements("wbc_cells") == []  # served eager: nothing beyond the image's torch
     lacking = tmp_path / "requirements.txt"
     lacking.write_text("\n".join(ln for ln in sorted(serving) if not ln.startswith("onnxruntime==")) + "\n")
-    monkeypatch.setattr("training.archive.SERVING_REQUIREMENTS", lacking)
+    monkeypatch.setattr("release.archive.SERVING_REQUIREMENTS", lacking)
     with pytest.raises(LookupError, match="onnxruntime"):
         runtime_requirements("xception_bigru")
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.registry import ModelSpec, SequenceStage, get_spec
-from training.provenance import file_sha256
+from served_model.provenance import file_sha256
 
 __all__ = [
     "HybridClassifier",

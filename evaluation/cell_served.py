@@ -1,6 +1,6 @@
 """The cell model measured through the served path: the whole uploaded image through finder and typer.
 
-    python -m training.cell_served [--model artifacts/wbc_cells/model] [--out artifacts/wbc_cells/served_metrics.json]
+    python -m evaluation.cell_served [--model artifacts/wbc_cells/model] [--out artifacts/wbc_cells/served_metrics.json]
 
 Every number here comes from :class:`handlers.cell_runtime.CellPipeline`, the code TorchServe runs
 (the image at its true shape, :func:`cells.segment.find_cells`, crops, the typer, calibration and

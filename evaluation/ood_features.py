@@ -1,6 +1,6 @@
 """Each frame model's served outputs on same-source and other-source images, computed once and cached.
 
-``python -m training.ood_features`` runs every frame model exactly as it is served: the handler's
+``python -m evaluation.ood_features`` runs every frame model exactly as it is served: the handler's
 :class:`handlers.runtime.ModelRuntime` built from the committed archive (``model_store/<model>.mar``), its
 decoding (:meth:`~handlers.runtime.ModelRuntime.prepare` on the encoded image bytes, as a request row),
 its preprocessing and its selected forward runtime, batched; and the smear gate of its card on the same
@@ -39,10 +39,10 @@ from PIL import Image, ImageFilter
 
 from core.paths import BCCD, PBC, REPO
 from core.registry import model_names
+from training.ood_cache import CACHE_DIR
 
-__all__ = ["CACHE_DIR", "SHIFTS", "load_source", "sources", "main"]
+__all__ = ["sources", "main"]
 
-CACHE_DIR = REPO / "artifacts" / "ood"
 _SEED = 0
 _PBC_PER_TYPE = 20
 _MOSAICS = 60
@@ -66,7 +66,7 @@ def _zoom_out(im: Image.Image) -> Image.Image:
 
 def _hed(im: Image.Image) -> Image.Image:
     """A fixed stain change: haematoxylin x1.2, eosin x0.8, each shifted by 0.2 of its spread."""
-    from training.stain import hed_to_rgb, rgb_to_hed
+    from served_model.stain import hed_to_rgb, rgb_to_hed
 
     hed = rgb_to_hed(im)
     spread = np.maximum(hed.reshape(-1, 3).std(axis=0), 1e-3)
@@ -91,8 +91,6 @@ def _shifts() -> dict[str, Callable[[Image.Image], Image.Image]]:
         "white_balance": PERTURBATIONS["white_balance"],
     }
 
-
-SHIFTS = ("zoom_in", "zoom_out", "blur", "hed", "hue_shift", "gamma", "white_balance")
 
 #: one image of a source: (id, label or -1, a function giving its encoded bytes)
 Item = tuple[str, int, Callable[[], bytes]]
@@ -157,11 +155,6 @@ def sources(data: str | None = None) -> dict[str, list[Item]]:
     for name, fn in _shifts().items():
         out[f"val_{name}"] = [(s.relpath, s.label, _shifted(s.path, fn)) for s in val_sub]
     return out
-
-
-def load_source(model: str, source: str, cache: Path = CACHE_DIR) -> dict[str, np.ndarray]:
-    with np.load(cache / model / f"{source}.npz", allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
 
 
 def _runtime(model: str, store: Path, cache: Path) -> tuple[object, str]:
