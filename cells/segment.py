@@ -5,6 +5,7 @@ Pipeline, every length in units of the image's own red-cell radius ``r`` (see :m
 1. nucleus pixels = nucleus channel above the image's threshold; specks below ``MIN_BLOB_AREA`` dropped;
 2. lobes of one nucleus (segmented neutrophils) are joined by a closing of radius ``LOBE_GAP``; holes filled;
 3. touching nuclei are split by a watershed on their distance transform (markers ``SPLIT_MIN_DISTANCE`` apart);
+   pieces are joined back across wide necks (lobes) unless each is a whole round nucleus (``ROUND_*``: blasts);
 4. a nucleus of at least ``WBC_MIN_AREA`` (area / pi r^2) is a white cell, from ``PLATELET_MIN_AREA`` a platelet;
    a white-cell candidate with a red cell's colour (``RED_BLUE_RATIO``) and not dark is dropped (red-cell clumps);
 5. the whole white cell = stained pixels connected to its nucleus within ``CYTOPLASM_REACH`` of it (neighbours
@@ -43,6 +44,13 @@ NECK_RATIO = 0.45
 #: AP@0.5 fell 0.981 -> 0.939 (neutrophils split); at 1.2 and 1.5 it is unchanged, and 1.2 splits more of a
 #: crowded Pre frame's cluster (Pre-162: 7 -> 9 white cells; 1.5: 8).
 SEPARATE_NUCLEUS = 1.2
+#: Two touching pieces that are each a whole round nucleus (area at most ``ROUND_AREA_RATIO`` times their inscribed
+#: disc, whose radius is at least ``ROUND_NUCLEUS`` red-cell radii) stay apart when the neck between them is at
+#: most ``ROUND_NECK_RATIO`` of the smaller disc's radius. Measured on the pieces the neck rule joined: touching
+#: blasts of crowded B-ALL Pre frames have necks of 0.45-0.75, the round lobes of BCCD val neutrophils 0.88-0.91.
+ROUND_NUCLEUS = 0.7
+ROUND_AREA_RATIO = 1.6
+ROUND_NECK_RATIO = 0.75
 WBC_MIN_AREA = 0.25
 PLATELET_MIN_AREA = 0.02
 PLATELET_MAX_AREA = 0.25
@@ -141,6 +149,9 @@ def _merge_wide_necks(pieces: np.ndarray, dist: np.ndarray, r: float = math.inf)
     if m < 2:
         return pieces
     peak = np.concatenate([[0.0], np.asarray(ndi.maximum(dist, pieces, index=np.arange(1, m + 1)))])
+    area = np.bincount(pieces.ravel(), minlength=m + 1).astype(np.float64)
+    # a whole round nucleus: about as large as its inscribed disc, and that disc ROUND_NUCLEUS red-cell radii
+    whole = (area <= ROUND_AREA_RATIO * np.pi * np.maximum(peak, 1e-6) ** 2) & (peak >= ROUND_NUCLEUS * r)
     parent = np.arange(m + 1)
 
     def root(i: int) -> int:
@@ -164,6 +175,8 @@ def _merge_wide_necks(pieces: np.ndarray, dist: np.ndarray, r: float = math.inf)
             neck = float(pd[key == k].max())
             if min(peak[i], peak[j]) >= SEPARATE_NUCLEUS * r:
                 continue  # two nuclei each a whole cell's width: touching cells, not lobes of one
+            if whole[i] and whole[j] and neck <= ROUND_NECK_RATIO * min(peak[i], peak[j]):
+                continue  # two whole round nuclei pressed together (touching blasts), not lobes of one
             if neck > NECK_RATIO * min(peak[i], peak[j]):
                 parent[root(i)] = root(j)
     roots = np.array([root(i) for i in range(m + 1)])

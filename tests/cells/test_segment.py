@@ -167,3 +167,15 @@ def test_red_cell_clumps_are_not_white_cells(name: str) -> None:
     assert row is not None
     assert row["outside"] <= 1, row
     assert row["detections"] >= 2 and row["missed"] <= 1, row  # the purple cells are still found
+
+
+@pytest.mark.parametrize("name", ["Pre/WBC-Malignant-Pre-417", "Pre/WBC-Malignant-Pre-728"])
+def test_touching_blasts_get_a_box_each(name: str) -> None:
+    """Crowded Pre frames: main's finder joined pairs of round, touching blast nuclei across their neck (3 and 2
+    boxes over two or more of the segmented twin's cells); each whole round nucleus now keeps its own box."""
+    from training.finder_eval import frame_counts
+
+    row = frame_counts(ALL4_ORIGINAL / f"{name}.jpg")
+    assert row is not None
+    assert row["merged"] <= 1, row
+    assert row["missed"] <= 2 and row["tiny"] <= 1, row
