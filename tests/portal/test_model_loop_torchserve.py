@@ -103,7 +103,7 @@ def _degrade(versions: Versions, good: str) -> str:
     import torch
 
     from core.registry import CLASS_NAMES
-    from training.models import load_model
+    from training.models import load_model, save_model
     from training.update.retrain import pack_candidate, unpack
 
     work = unpack(versions.archive(good), versions.root / "degrade-work")
@@ -115,7 +115,8 @@ def _degrade(versions: Versions, good: str) -> str:
     card = versions.card(good)
     assert card is not None
     bad = versions.next_version(good)
-    pack_candidate(versions, model, card, bad, {"note": "degraded on purpose: head rows Benign and Pro swapped"})
+    note = {"note": "degraded on purpose: head rows Benign and Pro swapped"}
+    pack_candidate(versions, lambda d: save_model(model.eval(), d, dtype=torch.float16), card, bad, note)
     shutil.rmtree(work)
     return bad
 

@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,15 +137,21 @@ def retrain(
 
 
 def pack_candidate(
-    versions: Versions, model: HybridClassifier, base_card: dict[str, Any], version: str, update: dict[str, Any]
+    versions: Versions,
+    save: Callable[[Path], object],
+    base_card: dict[str, Any],
+    version: str,
+    update: dict[str, Any],
 ) -> Path:
-    """Archive ``model`` as ``version`` of the model into the versions store; returns the archive."""
+    """Archive the model that ``save(model_dir)`` writes as ``version`` into the versions store; returns the archive.
+
+    The card is the served one with the new version and ``training.lab_update``."""
     card = json.loads(json.dumps(base_card))
     card["version"] = version
-    card["training"] = {**card["training"], "lab_update": update}
+    card["training"] = {**card.get("training", {}), "lab_update": update}
     with tempfile.TemporaryDirectory(prefix=f"candidate-{versions.model}-") as tmp_str:
         artifact = Path(tmp_str) / versions.model
-        save_model(model.eval().cpu(), artifact / "model", dtype=torch.float16)
+        save(artifact / "model")
         (artifact / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
         mar = archive_model(artifact, Path(tmp_str) / "out")
         versions.root.mkdir(parents=True, exist_ok=True)
@@ -213,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "note": "metrics are the base version's; the gate report measures this version on the locked test set",
         }
-        target = pack_candidate(versions, model, base_card, version, update)
+        target = pack_candidate(
+            versions, lambda d: save_model(model.eval().cpu(), d, dtype=torch.float16), base_card, version, update
+        )
         (target.parent / f"{args.model}-{version}.train.log").write_text((work / "train.log").read_text())
     print(f"candidate {args.model} {version}: {target} ({wall:.0f} s); next: make gate MODEL={args.model}", flush=True)
     return 0
