@@ -53,9 +53,7 @@ __all__ = ["base_archive", "unpack", "feature_maps", "retrain", "pack_candidate"
 def base_archive(versions: Versions) -> Path:
     """The archive of the version served as default now (what a candidate starts from and is gated against)."""
     default = versions.default_version()
-    if default == versions.base_version():
-        return versions.model_store / f"{versions.model}.mar"
-    return versions.archive(default)
+    return versions.store_archive() if default == versions.base_version() else versions.archive(default)
 
 
 def unpack(mar: Path, dest: Path) -> Path:
