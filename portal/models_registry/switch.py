@@ -37,8 +37,7 @@ def _actor(by: str) -> Any:
 
 def _switch(action: str, versions: Versions, old: str, new: str, by: str, report: str | None) -> dict[str, Any]:
     server = status(settings.TORCHSERVE_WORKDIR)
-    serving = server is not None and versions.model in server.models
-    if serving:
+    if server is not None and versions.model in server.models:
         switch_default(versions, new, server)
     entry = versions.note(action, old, new, by, report)
     entry["torchserve"] = "switched" if server is not None else "not running: applied at its next start"
@@ -50,7 +49,7 @@ def _switch(action: str, versions: Versions, old: str, new: str, by: str, report
         object_repr=f"{versions.model} {old} -> {new}",
         data={"operator": by, "model": versions.model, "from": old, "to": new, "report": report},
     )
-    if serving:  # keep the default and the rollback target loaded, unregister the rest (``old`` drains first)
+    if server is not None and versions.model in server.models:  # keep the default and the rollback target loaded, unregister the rest (``old`` drains first)
         try:
             entry["unloaded"] = settle(versions, server, demoted=old)
         except (PromotionError, requests.RequestException) as exc:  # the switch stands; memory is not yet freed

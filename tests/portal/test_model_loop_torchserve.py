@@ -251,7 +251,9 @@ class CellLoad:
     """Requests to the cell model's default version in a loop, from another thread, until stopped."""
 
     def __init__(self, info: Any, frame: bytes) -> None:
-        self.info, self.frame, self.stop, self.versions, self.errors = info, frame, threading.Event(), [], []
+        self.info, self.frame, self.stop = info, frame, threading.Event()
+        self.versions: list[str] = []
+        self.errors: list[str] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:

@@ -67,7 +67,8 @@ def _draw_weights(base: Sequence[CellItem], n_lab: int, lab_repeat: float, bccd:
     crops = CropSet()
     crops.labels = [CELL_CLASSES.index(c.label) for c in base]
     crops.sources = [c.source for c in base]
-    crops.images = [None] * len(base)  # type: ignore[list-item]  (only labels and sources are read)
+    # only labels and sources are read
+    crops.images = [None] * len(base)  # type: ignore[list-item]
     orig = sample_weights(crops, bccd, weak) * len(base)
     w = np.concatenate([orig, np.full(n_lab, float(lab_repeat))])
     return w / w.sum()
