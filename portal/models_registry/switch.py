@@ -49,7 +49,8 @@ def _switch(action: str, versions: Versions, old: str, new: str, by: str, report
         object_repr=f"{versions.model} {old} -> {new}",
         data={"operator": by, "model": versions.model, "from": old, "to": new, "report": report},
     )
-    if server is not None and versions.model in server.models:  # keep the default and the rollback target loaded, unregister the rest (``old`` drains first)
+    if server is not None and versions.model in server.models:
+        # keep the default and the rollback target loaded, unregister the rest (``old`` drains first)
         try:
             entry["unloaded"] = settle(versions, server, demoted=old)
         except (PromotionError, requests.RequestException) as exc:  # the switch stands; memory is not yet freed
