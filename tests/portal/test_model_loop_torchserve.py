@@ -247,14 +247,12 @@ def _cell_candidate(versions: Versions, work: Path) -> str:
     return version
 
 
-class CellLoad:
+class CellLoad(Load):
     """Requests to the cell model's default version in a loop, from another thread, until stopped."""
 
     def __init__(self, info: Any, frame: bytes) -> None:
-        self.info, self.frame, self.stop = info, frame, threading.Event()
-        self.versions: list[str] = []
-        self.errors: list[str] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(frame)
+        self.info = info
 
     def _run(self) -> None:
         import requests
@@ -262,17 +260,10 @@ class CellLoad:
         url = f"{self.info.inference_url}/predictions/{CELLS}"
         while not self.stop.is_set():
             r = requests.post(url, data=self.frame, headers=self.info.auth("inference"), timeout=120)
-            (self.versions if r.status_code == 200 else self.errors).append(
-                r.json()["version"] if r.status_code == 200 else f"{r.status_code} {r.text[:200]}"
-            )
-
-    def __enter__(self) -> CellLoad:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=120)
+            if r.status_code == 200:
+                self.versions.append(r.json()["version"])
+            else:
+                self.errors.append(f"{r.status_code} {r.text[:200]}")
 
 
 def test_switches_keep_only_the_default_and_the_rollback_target_loaded(

@@ -45,6 +45,7 @@ from training.cell_data import bccd_split, pbc_split
 from training.cell_typer import CellTyper, build_typer_transform, crop_cell
 from training.cell_weak import frame_cells, usable, weak_label
 from training.data import load_split
+from training.update.lab_data import LockedSet, LockedSetError
 
 __all__ = [
     "CELLS_FILE",
@@ -60,10 +61,6 @@ __all__ = [
 
 CELLS_FILE = Path("locked_test") / "cells.json"
 ARTEFACT = "artefact"
-
-
-class LockedSetError(RuntimeError):
-    """The locked cell test set's files are missing or changed since it was frozen."""
 
 
 @dataclass(frozen=True)
@@ -180,21 +177,10 @@ def lab_cells(dataset: Path | None, side: str) -> tuple[list[CellItem], int]:
     return out, artefacts
 
 
-class LockedCellSet:
+class LockedCellSet(LockedSet):
     """The frozen cells the gate compares cell typer versions on."""
 
-    def __init__(self, path: Path, record: dict[str, Any]) -> None:
-        self.path = path
-        self.record = record
-
-    @property
-    def sha256(self) -> str:
-        items = [(i["source"], i["sha256"], i["box"], i["label"]) for i in self.record["items"]]
-        return hashlib.sha256(json.dumps(items).encode()).hexdigest()
-
-    @property
-    def hashes(self) -> set[str]:
-        return {i["sha256"] for i in self.record["items"]}
+    IDENTITY = ("source", "sha256", "box", "label")
 
     @classmethod
     def open(

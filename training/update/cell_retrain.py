@@ -38,11 +38,11 @@ import torch.nn.functional as F
 from core.registry import CELL_CLASSES, cell_model_names
 from serving.versions import Versions
 from training.cell_typer import CellTyper, build_typer_transform, load_typer, save_typer
-from training.loop import Checkpoint, Log, Source, fit, hardware_info, seed_everything
+from training.loop import Checkpoint, Log, Source, fit, seed_everything
 from training.train_cells import CropSet, sample_weights
 from training.update.cell_data import CellItem, LockedCellSet, crop, training_cells
 from training.update.lab_data import DATASETS_DIR, latest_dataset
-from training.update.retrain import base_archive, pack_candidate, unpack
+from training.update.retrain import candidate_of, pack_candidate, unpack, update_record
 
 __all__ = ["pooled_features", "train_head", "main"]
 
@@ -158,9 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(args.seed)
     versions = Versions.of(args.model, args.versions, args.model_store)
     dataset = args.dataset or latest_dataset(args.datasets)
-    mar = base_archive(versions)
-    base_card = versions.card(versions.default_version()) or {}
-    version = versions.next_version(str(base_card["version"]))
+    mar, base_card, version = candidate_of(versions)
     with tempfile.TemporaryDirectory(prefix=f"retrain-{args.model}-") as tmp_str:
         work = Path(tmp_str)
         log = Log(work / "train.log")
@@ -187,26 +185,26 @@ def main(argv: list[str] | None = None) -> int:
         weights = _draw_weights(base, len(lab), args.lab_repeat, args.bccd_share, args.weak_share)
         result = train_head(typer, feats, labels, weights, work, args, log)
         wall = time.time() - t0
-        update = {
-            "base_version": base_card["version"],
-            "base_archive": mar.name,
-            "dataset": dataset.name if dataset else None,
-            "locked_test_set": locked.sha256,
-            "n_original": dict(Counter(c.source for c in base)),
-            "n_lab": len(lab),
-            "lab_artefacts_left_out": artefacts,
-            "lab_repeat": args.lab_repeat,
-            "recipe": f"frozen typer, classifier only from the served one's, on pooled features of one clean served "
-            f"crop per cell; AdamW lr {args.lr}, weight decay {args.weight_decay}, batch {args.batch_size}, "
-            f"{args.epochs} epoch(s) of {args.draws} x cells draws (BCCD share {args.bccd_share}, weak share "
-            f"{args.weak_share}, B-ALL training frames every {args.weak_every}), label smoothing 0.05, "
-            f"seed {args.seed}",
-            "history": result["history"],
-            "wall_time_s": round(wall, 1),
-            "hardware": hardware_info("cpu"),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "note": "metrics are the base version's; the gate report measures this version on the locked cell set",
-        }
+        recipe = (
+            f"frozen typer, classifier only from the served one's, on pooled features of one clean served crop per "
+            f"cell; AdamW lr {args.lr}, weight decay {args.weight_decay}, batch {args.batch_size}, {args.epochs} "
+            f"epoch(s) of {args.draws} x cells draws (BCCD share {args.bccd_share}, weak share {args.weak_share}, "
+            f"B-ALL training frames every {args.weak_every}), label smoothing 0.05, seed {args.seed}"
+        )
+        update = update_record(
+            base_card,
+            mar,
+            dataset,
+            locked,
+            result,
+            wall,
+            "cpu",
+            n_original=dict(Counter(c.source for c in base)),
+            n_lab=len(lab),
+            lab_artefacts_left_out=artefacts,
+            lab_repeat=args.lab_repeat,
+            recipe=recipe,
+        )
         base_config = json.loads((model_dir / "model_config.json").read_text())
         target = pack_candidate(versions, save_candidate(typer, version, base_config), base_card, version, update)
         (target.parent / f"{args.model}-{version}.train.log").write_text((work / "train.log").read_text())

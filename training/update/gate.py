@@ -42,7 +42,6 @@ import numpy as np
 from core.registry import CLASS_NAMES, cell_model_names, model_names
 from serving.versions import Versions
 from training.update.cell_data import CELLS_FILE, CellItem, LockedCellSet, crop
-from training.update.cell_data import LockedSetError as CellSetError
 from training.update.lab_data import DATASETS_DIR, Frame, LockedSetError, LockedTestSet, latest_dataset
 from training.update.retrain import base_archive, unpack
 
@@ -359,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         served, cand, locked_info = (_cell_metrics if kind == "cells" else _frame_metrics)(args, versions, version)
-    except (LockedSetError, CellSetError) as exc:
+    except LockedSetError as exc:
         print(f"gate: {exc}", file=sys.stderr)
         return 2
     results = check(criteria, served, cand)

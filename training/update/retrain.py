@@ -45,15 +45,55 @@ from training.augment import geometric_grid
 from training.loop import Checkpoint, Log, Source, fit, hardware_info, seed_everything
 from training.models import HybridClassifier, load_model, save_model
 from training.transforms import build_eval_transform
-from training.update.lab_data import DATASETS_DIR, Frame, LockedTestSet, latest_dataset, training_frames
+from training.update.lab_data import DATASETS_DIR, Frame, LockedSet, LockedTestSet, latest_dataset, training_frames
 
-__all__ = ["base_archive", "unpack", "feature_maps", "retrain", "pack_candidate", "main"]
+__all__ = [
+    "base_archive",
+    "candidate_of",
+    "update_record",
+    "unpack",
+    "feature_maps",
+    "retrain",
+    "pack_candidate",
+    "main",
+]
 
 
 def base_archive(versions: Versions) -> Path:
     """The archive of the version served as default now (what a candidate starts from and is gated against)."""
     default = versions.default_version()
     return versions.store_archive() if default == versions.base_version() else versions.archive(default)
+
+
+def candidate_of(versions: Versions) -> tuple[Path, dict[str, Any], str]:
+    """(the served version's archive a candidate starts from, its card, the candidate's version)."""
+    card = versions.card(versions.default_version()) or {}
+    return base_archive(versions), card, versions.next_version(str(card["version"]))
+
+
+def update_record(
+    base_card: dict[str, Any],
+    mar: Path,
+    dataset: Path | None,
+    locked: LockedSet,
+    result: dict[str, Any],
+    wall: float,
+    device: str,
+    **counts: Any,
+) -> dict[str, Any]:
+    """The candidate card's ``training.lab_update`` block: what it started from, on which data, how it went."""
+    return {
+        "base_version": base_card["version"],
+        "base_archive": mar.name,
+        "dataset": dataset.name if dataset else None,
+        "locked_test_set": locked.sha256,
+        **counts,
+        "history": result["history"],
+        "wall_time_s": round(wall, 1),
+        "hardware": hardware_info(device),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "note": "metrics are the base version's; the gate report measures this version on the locked test set",
+    }
 
 
 def unpack(mar: Path, dest: Path) -> Path:
@@ -184,9 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     locked = LockedTestSet.open(versions.root.parent, args.data, dataset, args.base_limit)
     base, lab = training_frames(locked, args.data, dataset, args.base_limit)
     frames = base + lab * max(1, args.lab_repeat)
-    mar = base_archive(versions)
-    base_card = versions.card(versions.default_version()) or {}
-    version = versions.next_version(str(base_card["version"]))
+    mar, base_card, version = candidate_of(versions)
     with tempfile.TemporaryDirectory(prefix=f"retrain-{args.model}-") as tmp_str:
         work = Path(tmp_str)
         log = Log(work / "train.log")
@@ -201,22 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         labels = torch.tensor([f.label for f in frames])
         result = retrain(model, maps, labels, work, args.epochs, args.lr, args.batch_size, args.seed, args.device, log)
         wall = time.time() - t0
-        update = {
-            "base_version": base_card["version"],
-            "base_archive": mar.name,
-            "dataset": dataset.name if dataset else None,
-            "locked_test_set": locked.sha256,
-            "n_original": len(base),
-            "n_lab": len(lab),
-            "lab_repeat": args.lab_repeat,
-            "recipe": f"frozen CNN stage; token projection + sequence stage + head, AdamW lr {args.lr}, "
-            f"batch {args.batch_size}, {args.epochs} epoch(s), rotations/flips of the feature grids, seed {args.seed}",
-            "history": result["history"],
-            "wall_time_s": round(wall, 1),
-            "hardware": hardware_info(args.device),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "note": "metrics are the base version's; the gate report measures this version on the locked test set",
-        }
+        recipe = (
+            f"frozen CNN stage; token projection + sequence stage + head, AdamW lr {args.lr}, batch "
+            f"{args.batch_size}, {args.epochs} epoch(s), rotations/flips of the feature grids, seed {args.seed}"
+        )
+        update = update_record(
+            base_card, mar, dataset, locked, result, wall, args.device, n_original=len(base), n_lab=len(lab)
+        )
+        update.update(lab_repeat=args.lab_repeat, recipe=recipe)
         target = pack_candidate(
             versions, lambda d: save_model(model.eval().cpu(), d, dtype=torch.float16), base_card, version, update
         )
