@@ -260,11 +260,11 @@ def settle(
     only once TorchServe's queue for it is empty and ``grace_s`` more seconds have passed (a request a worker is
     running finishes on the version it started on). Returns the versions unregistered."""
     url, headers = _management(server, workdir)
-    keep = {versions.default_version(), versions.previous_version()} - {None}
+    keep = {v for v in (versions.default_version(), versions.previous_version()) if v is not None}
     loaded = served_versions(versions.model, server, workdir)
-    for version in sorted(v for v in keep if v not in loaded):  # type: ignore[type-var]
-        if version == versions.base_version() or versions.archive(str(version)).is_file():
-            _register(versions, str(version), url, headers)
+    for version in sorted(keep - set(loaded)):
+        if version == versions.base_version() or versions.archive(version).is_file():
+            _register(versions, version, url, headers)
     removed = []
     for version in loaded:
         if version in keep:
