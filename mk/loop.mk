@@ -11,7 +11,7 @@ dataset: setup
 	$(PY) portal/manage.py export_dataset
 
 retrain: setup
-	$(PY) -m training.update.retrain --model $(MODEL) --threads $(THREADS) $(if $(filter cuda,$(DEVICE)),--device cuda) $(RETRAIN_ARGS)
+	$(PY) -m training.update.$(if $(filter wbc_cells,$(MODEL)),cell_retrain,retrain) --model $(MODEL) --threads $(THREADS) $(if $(filter cuda,$(DEVICE)),--device cuda) $(RETRAIN_ARGS)
 
 gate: setup
 	$(PY) -m training.update.gate --model $(MODEL) $(if $(VERSION),--version $(VERSION))

@@ -11,12 +11,14 @@ The shipped archive (``model_store/<model>.mar``) is the base version. TorchServ
 model: a promoted version is registered next to the base through the management API (loopback, management
 key), from a ``file://`` URL that ``allowed_urls`` admits only under ``model_versions/<model>/``, and made the
 default with ``PUT /models/<model>/<version>/set-default``; ``/predictions/<model>`` and
-``/explanations/<model>`` then answer with it, and each answer names its version. The previous default stays
-loaded, so rollback is one ``set-default``. A version stays loaded until TorchServe stops (one worker each);
-a start loads the shipped version, the promoted default and the rollback target. TorchServe copies a
-URL-registered archive into its model store; the copy is removed at once (the store must hold only the
-shipped ``<model>.mar`` files, which ``make serve`` loads by file name): the worker runs from the archive
-TorchServe unpacked into its working directory.
+``/explanations/<model>`` then answer with it, and each answer names its version. After every switch
+TorchServe keeps exactly two versions loaded (one worker each), the default and the rollback target
+(:func:`settle`): the target is registered if it is not loaded, so rollback stays one ``set-default``, and every
+other version is unregistered (the one demoted by this switch once its queue has drained), so memory does not
+grow with each promotion. A start loads the shipped version, then the promoted default and the rollback target.
+TorchServe copies a URL-registered archive into its model store; the copy is removed at once (the store must
+hold only the shipped ``<model>.mar`` files, which ``make serve`` loads by file name): the worker runs from the
+archive TorchServe unpacked into its working directory.
 
 Promotion and rollback are refused unless the target version has a passed gate report (the base version's
 release evidence is its model card: rollback to it needs none). :func:`restore` re-applies the record after a
@@ -42,12 +44,15 @@ __all__ = [
     "Versions",
     "served_versions",
     "switch_default",
+    "settle",
     "restore",
     "versions_root",
 ]
 
 VERSIONS_ENV = "LEUKEMIA_MODEL_VERSIONS"
 RECORD_FILE = "promotions.json"
+#: seconds a demoted version stays loaded after its queue is empty (the request its worker runs finishes)
+DRAIN_GRACE_S = 5.0
 
 
 def versions_root() -> Path:
@@ -75,6 +80,10 @@ class Versions:
     # -- files -------------------------------------------------------------------------------
     def archive(self, version: str) -> Path:
         return self.root / f"{self.model}-{version}.mar"
+
+    def store_archive(self) -> Path:
+        """The shipped version's archive (``model_store/<model>.mar``)."""
+        return self.model_store / f"{self.model}.mar"
 
     def card_path(self, version: str) -> Path:
         if version == self.base_version():
@@ -208,19 +217,70 @@ def served_versions(
 
 
 def _register(versions: Versions, version: str, url: str, headers: dict) -> None:
-    archive = versions.archive(version).resolve()
-    if archive.parent.parent.name != "model_versions":  # what allowed_urls admits (config.properties)
-        raise PromotionError(f"{archive}: TorchServe loads versions only from a directory named model_versions")
+    """Load ``version`` into TorchServe (one worker): the shipped version from the model store by name, a
+    candidate from its archive's ``file://`` URL (TorchServe's copy in the model store removed at once)."""
+    if version == versions.base_version():
+        source, copy = f"{versions.model}.mar", None
+    else:
+        archive = versions.archive(version).resolve()
+        if archive.parent.parent.name != "model_versions":  # what allowed_urls admits (config.properties)
+            raise PromotionError(f"{archive}: TorchServe loads versions only from a directory named model_versions")
+        source, copy = archive.as_uri(), versions.model_store / archive.name  # see the module docstring
     r = requests.post(
         f"{url}/models",
-        params={"url": archive.as_uri(), "initial_workers": "1", "synchronous": "true"},
+        params={"url": source, "initial_workers": "1", "synchronous": "true"},
         headers=headers,
         timeout=300,
     )
-    copy = versions.model_store / archive.name  # TorchServe's copy (see the module docstring)
-    copy.unlink(missing_ok=True)
+    if copy is not None:
+        copy.unlink(missing_ok=True)
     if r.status_code != 200:
         raise PromotionError(f"TorchServe did not register {versions.model} {version}: HTTP {r.status_code} {r.text}")
+
+
+def _pending(model: str, version: str, url: str, headers: dict) -> int:
+    """Requests waiting in TorchServe's queue for one version (0 when it reports none)."""
+    r = requests.get(f"{url}/models/{model}/{version}", headers=headers, timeout=10)
+    r.raise_for_status()
+    return sum(int(m.get("jobQueueStatus", {}).get("pendingRequests", 0)) for m in r.json())
+
+
+def settle(
+    versions: Versions,
+    server: ServerInfo | str,
+    workdir: str | os.PathLike[str] | None = None,
+    demoted: str | None = None,
+    grace_s: float = DRAIN_GRACE_S,
+) -> list[str]:
+    """After a switch: TorchServe keeps exactly the default and the rollback target loaded.
+
+    The rollback target is registered when it is not loaded (rollback stays one ``set-default``); every other
+    loaded version is unregistered (``DELETE /models/<model>/<version>``), so memory does not grow with each
+    promotion. ``demoted``, the default until this switch, may still have requests in flight: it is unregistered
+    only once TorchServe's queue for it is empty and ``grace_s`` more seconds have passed (a request a worker is
+    running finishes on the version it started on). Returns the versions unregistered."""
+    url, headers = _management(server, workdir)
+    keep = {v for v in (versions.default_version(), versions.previous_version()) if v is not None}
+    loaded = served_versions(versions.model, server, workdir)
+    for version in sorted(keep - set(loaded)):
+        if version == versions.base_version() or versions.archive(version).is_file():
+            _register(versions, version, url, headers)
+    removed = []
+    for version in loaded:
+        if version in keep:
+            continue
+        if version == demoted:
+            deadline = time.monotonic() + 120
+            while _pending(versions.model, version, url, headers) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            time.sleep(grace_s)
+        r = requests.delete(f"{url}/models/{versions.model}/{version}", headers=headers, timeout=120)
+        if r.status_code != 200:
+            raise PromotionError(
+                f"TorchServe did not unregister {versions.model} {version}: HTTP {r.status_code} {r.text}"
+            )
+        removed.append(version)
+    return removed
 
 
 def switch_default(
@@ -232,8 +292,6 @@ def switch_default(
     """Make ``version`` TorchServe's default for the model, registering it first when it is not loaded."""
     url, headers = _management(server, workdir)
     if version not in served_versions(versions.model, server, workdir):
-        if version == versions.base_version():
-            raise PromotionError(f"TorchServe does not serve the base version {versions.model} {version}")
         _register(versions, version, url, headers)
     r = requests.put(f"{url}/models/{versions.model}/{version}/set-default", headers=headers, timeout=30)
     if r.status_code != 200:
@@ -243,19 +301,18 @@ def switch_default(
 
 
 def restore(server: ServerInfo, model_store: str | os.PathLike[str], root: Path | None = None) -> list[str]:
-    """After a TorchServe start: load each promoted default (and the version rollback returns to) and make
-    it the default again. Returns ``model=version`` for every switch made."""
+    """After a TorchServe start: load each promoted default (and the version rollback returns to), make it the
+    default again, and unload the shipped version when it is neither (:func:`settle`). Returns ``model=version``
+    for every switch made."""
     done = []
     for model in server.models:
         versions = Versions.of(model, root, Path(model_store))
         if not (versions.root / RECORD_FILE).is_file():
             continue
-        default, previous = versions.default_version(), versions.previous_version()
+        default = versions.default_version()
         if default == versions.base_version():
             continue
-        url, headers = _management(server)
-        if previous and previous not in served_versions(model, server) and versions.archive(previous).is_file():
-            _register(versions, previous, url, headers)
         switch_default(versions, default, server)
+        settle(versions, server, grace_s=0)
         done.append(f"{model}={default}")
     return done

@@ -55,7 +55,9 @@ def version_info(versions: Versions, version: str, default: str, loaded: list[st
             "served_version": report.get("served", {}).get("version"),
             "criteria": report.get("criteria", []),
             "candidate_metrics": {
-                k: v for k, v in report.get("candidate", {}).get("metrics", {}).items() if k != "malignant_as_benign"
+                k: v
+                for k, v in report.get("candidate", {}).get("metrics", {}).items()
+                if k not in ("malignant_as_benign", "blast_as_normal")  # lists of frame / cell ids
             },
         },
     }

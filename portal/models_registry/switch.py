@@ -3,7 +3,8 @@
 Who switched is the operator named on the command line (``make promote ... BY=<name>``, default the login
 name); when a portal user has that name the row links to them. Each row names the gate report the switch rests
 on. TorchServe is switched when it runs from ``TORCHSERVE_WORKDIR`` (the one ``make run`` / ``make serve``
-started); when it does not run, only the record changes, and the next start applies it (serving.versions.restore).
+started), and afterwards it keeps only the default and the rollback target loaded (serving.versions.settle); when it
+does not run, only the record changes, and the next start applies it (serving.versions.restore).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import requests
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from portal.audit.log import record
 from serving.torchserve import status
-from serving.versions import PromotionError, Versions, switch_default
+from serving.versions import PromotionError, Versions, settle, switch_default
 
 __all__ = ["PromotionError", "model_store", "promote", "rollback", "versions_of"]
 
@@ -47,6 +49,12 @@ def _switch(action: str, versions: Versions, old: str, new: str, by: str, report
         object_repr=f"{versions.model} {old} -> {new}",
         data={"operator": by, "model": versions.model, "from": old, "to": new, "report": report},
     )
+    if server is not None and versions.model in server.models:
+        # keep the default and the rollback target loaded, unregister the rest (``old`` drains first)
+        try:
+            entry["unloaded"] = settle(versions, server, demoted=old)
+        except (PromotionError, requests.RequestException) as exc:  # the switch stands; memory is not yet freed
+            entry["unloaded_error"] = str(exc)
     return entry
 
 

@@ -103,7 +103,7 @@ def _degrade(versions: Versions, good: str) -> str:
     import torch
 
     from core.registry import CLASS_NAMES
-    from served_model.network import load_model
+    from served_model.network import load_model, save_model
     from training.update.retrain import pack_candidate, unpack
 
     work = unpack(versions.archive(good), versions.root / "degrade-work")
@@ -115,7 +115,8 @@ def _degrade(versions: Versions, good: str) -> str:
     card = versions.card(good)
     assert card is not None
     bad = versions.next_version(good)
-    pack_candidate(versions, model, card, bad, {"note": "degraded on purpose: head rows Benign and Pro swapped"})
+    note = {"note": "degraded on purpose: head rows Benign and Pro swapped"}
+    pack_candidate(versions, lambda d: save_model(model.eval(), d, dtype=torch.float16), card, bad, note)
     shutil.rmtree(work)
     return bad
 
@@ -223,3 +224,91 @@ def test_sign_offs_to_dataset_to_gated_promotion_and_rollback(
         "model.promote",
     ]
     assert any(a == "model.switch_refused" and d["action"] == "promote" for a, d in actions_logged)
+
+
+CELLS = "wbc_cells"
+
+
+def _cell_candidate(versions: Versions, work: Path) -> str:
+    """A real candidate archive of the cell model (the shipped typer, a new version) with a passed gate report
+    written as ``make gate`` writes it (the gate itself: tests/training/test_update_cells.py)."""
+    from served_model.cell_typer import load_typer
+    from training.update.cell_retrain import save_candidate
+    from training.update.retrain import pack_candidate, unpack
+
+    base = unpack(versions.store_archive(), work)
+    card = json.loads((base / "model_card.json").read_text())
+    version = versions.next_version(versions.base_version())
+    config = json.loads((base / "model" / "model_config.json").read_text())
+    pack_candidate(versions, save_candidate(load_typer(base / "model"), version, config), card, version, {"note": "t"})
+    report = {"model": CELLS, "kind": "cells", "passed": True, "candidate": {"version": version}, "criteria": []}
+    versions.report_path(version).write_text(json.dumps(report))
+    shutil.rmtree(work)
+    return version
+
+
+class CellLoad(Load):
+    """Requests to the cell model's default version in a loop, from another thread, until stopped."""
+
+    def __init__(self, info: Any, frame: bytes) -> None:
+        super().__init__(frame)
+        self.info = info
+
+    def _run(self) -> None:
+        import requests
+
+        url = f"{self.info.inference_url}/predictions/{CELLS}"
+        while not self.stop.is_set():
+            r = requests.post(url, data=self.frame, headers=self.info.auth("inference"), timeout=120)
+            if r.status_code == 200:
+                self.versions.append(r.json()["version"])
+            else:
+                self.errors.append(f"{r.status_code} {r.text[:200]}")
+
+
+def test_switches_keep_only_the_default_and_the_rollback_target_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: Any, admin_user: Any
+) -> None:
+    """Three promotions and rollbacks of the cell model with a real TorchServe: after each, TorchServe has exactly
+    the default and the version rollback returns to loaded (the others unregistered, the demoted one after its
+    requests finished: none fails under load); the shipped archive stays in the model store."""
+    from serving.versions import served_versions
+
+    store = tmp_path / "model_store"
+    store.mkdir()
+    for name in (f"{CELLS}.mar", f"{CELLS}.card.json"):
+        shutil.copyfile(REPO / "model_store" / name, store / name)
+    monkeypatch.setenv(VERSIONS_ENV, str(tmp_path / "model_versions"))
+    versions = Versions.of(CELLS, model_store=store)
+    shipped = versions.base_version()
+    first = _cell_candidate(versions, tmp_path / "w1")
+    second = _cell_candidate(versions, tmp_path / "w2")
+    info = start(store, [CELLS], workdir=tmp_path / "torchserve", ports=free_ports(), torch_threads=1)
+    settings.TORCHSERVE_WORKDIR = info.workdir
+    settings.PORTAL_MODEL_STORE = store
+    frame = smear_paths(1)[0].read_bytes()
+
+    def loaded() -> list[str]:
+        return sorted(served_versions(CELLS, info))
+
+    try:
+        assert loaded() == [shipped]
+        call_command("promote_model", model=CELLS, model_version=first, by=admin_user.username)
+        assert loaded() == sorted([shipped, first])
+        with CellLoad(info, frame) as load:  # the shipped version is neither default nor target: unregistered
+            call_command("promote_model", model=CELLS, model_version=second, by=admin_user.username)
+            while load.versions[-1:] != [second] and not load.errors:
+                load.stop.wait(0.1)
+        assert not load.errors and load.versions[-1] == second
+        assert loaded() == sorted([first, second]) and (store / f"{CELLS}.mar").is_file()
+        assert not any(p.name != f"{CELLS}.mar" for p in store.glob("*.mar"))
+        with CellLoad(info, frame) as load:  # back to first; its target is the shipped one again: reloaded
+            call_command("rollback_model", model=CELLS, by=admin_user.username)
+            while load.versions[-1:] != [first] and not load.errors:
+                load.stop.wait(0.1)
+        assert not load.errors and set(load.versions) <= {first, second}
+        assert loaded() == sorted([shipped, first]) and versions.previous_version() == shipped
+        call_command("rollback_model", model=CELLS, by=admin_user.username)
+        assert loaded() == [shipped]
+    finally:
+        stop(info=info)

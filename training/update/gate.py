@@ -12,10 +12,17 @@ locked test set (:mod:`training.update.lab_data`; its files are re-hashed first)
 - ECE: expected calibration error of the top probability, 15 equal-width bins;
 - abstention and refusal rates, and the malignant frames answered Benign (by frame).
 
-Every criterion of the file is checked (an unknown key fails the run: a criterion the code does not check must
-not look declared); the report (``<versions root>/<model>/gate-<version>.json``, with the criteria file's SHA-256
-and the locked set's) and a comparison card (``gate-<version>.md``) are written; the exit status is 1 when any
-criterion fails, 2 when the gate could not run.
+The cell model (``wbc_cells``) is gated on the locked cell test set (:mod:`training.update.cell_data`): each
+version's runtime (:class:`handlers.cell_runtime.CellRuntime`: the typer on the cell's served crop, the card's
+temperature and abstention threshold) types every cell; :func:`summarise_cells` gives blast sensitivity (blast
+cells not answered a normal type), the blast cells answered a normal type (by cell), macro-F1 and accuracy of the
+cell types, ECE and the abstention rate.
+
+Each kind has its own criteria in the file (``frames``, ``cells``). Every criterion of the kind is checked (an
+unknown key fails the run: a criterion the code does not check must not look declared); the report
+(``<versions root>/<model>/gate-<version>.json``, with the criteria file's SHA-256 and the locked set's) and a
+comparison card (``gate-<version>.md``) are written; the exit status is 1 when any criterion fails, 2 when the
+gate could not run.
 """
 
 from __future__ import annotations
@@ -32,12 +39,23 @@ from typing import Any
 
 import numpy as np
 
-from core.registry import CLASS_NAMES, model_names
+from core.registry import CLASS_NAMES, cell_model_names, model_names
 from serving.versions import Versions
+from training.update.cell_data import CELLS_FILE, CellItem, LockedCellSet, crop
 from training.update.lab_data import DATASETS_DIR, Frame, LockedSetError, LockedTestSet, latest_dataset
 from training.update.retrain import base_archive, unpack
 
-__all__ = ["CRITERIA_FILE", "BENIGN", "evaluate_version", "summarise", "check", "render_card", "main"]
+__all__ = [
+    "CRITERIA_FILE",
+    "BENIGN",
+    "evaluate_version",
+    "summarise",
+    "evaluate_cells",
+    "summarise_cells",
+    "check",
+    "render_card",
+    "main",
+]
 
 CRITERIA_FILE = Path(__file__).with_name("acceptance.json")
 BENIGN = CLASS_NAMES.index("Benign")
@@ -122,26 +140,36 @@ def summarise(answers: Sequence[dict[str, Any]], frames: Sequence[Frame]) -> dic
     }
 
 
+#: each criterion the gate knows: (rule, the metric it reads); a criterion's spec gives the allowance
+#: (``max_drop`` for "not_lower", ``max_increase`` for "not_higher", ``max_count`` for "no_new")
+RULES: dict[str, tuple[str, str]] = {
+    "malignancy_sensitivity_not_lower": ("not_lower", "malignancy_sensitivity"),
+    "blast_sensitivity_not_lower": ("not_lower", "blast_sensitivity"),
+    "macro_f1_max_drop": ("not_lower", "macro_f1"),
+    "calibration_bound": ("not_higher", "ece"),
+    "no_new_malignant_as_benign": ("no_new", "malignant_as_benign"),
+    "no_new_blast_as_normal": ("no_new", "blast_as_normal"),
+}
+
+
 def check(criteria: dict[str, Any], served: dict[str, Any], cand: dict[str, Any]) -> list[dict[str, Any]]:
     """One result per declared criterion; raises ValueError on a criterion this gate does not know."""
     results = []
     for name, spec in criteria.items():
         if name.startswith("_"):
             continue
-        if name == "malignancy_sensitivity_not_lower":
-            limit = served["malignancy_sensitivity"] - float(spec["max_drop"])
-            ok, value, text = cand["malignancy_sensitivity"] >= limit, cand["malignancy_sensitivity"], f">= {limit:.4f}"
-        elif name == "macro_f1_max_drop":
-            limit = served["macro_f1"] - float(spec["max_drop"])
-            ok, value, text = cand["macro_f1"] >= limit, cand["macro_f1"], f">= {limit:.4f}"
-        elif name == "calibration_bound":
-            limit = served["ece"] + float(spec["max_increase"])
-            ok, value, text = cand["ece"] <= limit, cand["ece"], f"<= {limit:.4f}"
-        elif name == "no_new_malignant_as_benign":
-            new = sorted(set(cand["malignant_as_benign"]) - set(served["malignant_as_benign"]))
-            ok, value, text = len(new) <= int(spec["max_count"]), len(new), f"<= {int(spec['max_count'])}"
-        else:
+        if name not in RULES:
             raise ValueError(f"acceptance criterion {name!r} is not one the gate checks")
+        rule, metric = RULES[name]
+        if rule == "not_lower":
+            limit = served[metric] - float(spec["max_drop"])
+            ok, value, text = cand[metric] >= limit, cand[metric], f">= {limit:.4f}"
+        elif rule == "not_higher":
+            limit = served[metric] + float(spec["max_increase"])
+            ok, value, text = cand[metric] <= limit, cand[metric], f"<= {limit:.4f}"
+        else:  # no_new: items (by id) the candidate gets wrong that the served version did not
+            new = sorted(set(cand[metric]) - set(served[metric]))
+            ok, value, text = len(new) <= int(spec["max_count"]), len(new), f"<= {int(spec['max_count'])}"
         results.append(
             {
                 "name": name,
@@ -154,30 +182,102 @@ def check(criteria: dict[str, Any], served: dict[str, Any], cand: dict[str, Any]
     return results
 
 
+def evaluate_cells(mar: Path, cells: Sequence[CellItem], batch: int = 128) -> tuple[np.ndarray, list[str], float]:
+    """(calibrated probabilities N x classes, classes, abstention threshold) of the archive's runtime on each
+    cell's served crop (:class:`handlers.cell_runtime.CellRuntime`: the typer, the card's temperature)."""
+    from handlers.cell_runtime import CellRuntime
+
+    with tempfile.TemporaryDirectory(prefix="gate-") as tmp:
+        runtime = CellRuntime(unpack(mar, Path(tmp)))
+        out = [
+            runtime.type_crops([runtime.transform(crop(c, runtime.spec)) for c in cells[i : i + batch]]).numpy()
+            for i in range(0, len(cells), batch)
+        ]
+    probs = np.concatenate(out) if out else np.zeros((0, len(runtime.classes)))
+    return probs, list(runtime.classes), runtime.abstain_threshold
+
+
+def summarise_cells(probs: np.ndarray, classes: Sequence[str], threshold: float, cells: Sequence[CellItem]) -> dict:
+    """A cell typer version's numbers on the locked cell set.
+
+    Blast sensitivity: the share of blast cells not answered as a normal type (answered blast, or abstained: an
+    abstained cell is typed by a technologist); blast-as-normal: the blast cells (by id) answered a normal type.
+    Macro-F1 and accuracy of the most probable type, over the types the set has cells of; ECE of the top
+    probability (15 bins); abstention: top probability under the card's threshold."""
+    truth = np.array([classes.index(c.label) for c in cells])
+    top, conf = probs.argmax(1), probs.max(1)
+    abstained = conf < threshold
+    blast = classes.index("blast")
+    is_blast = truth == blast
+    as_normal = is_blast & ~abstained & (top != blast)
+    f1s = []
+    for k in sorted(set(truth.tolist())):
+        t, p = truth == k, top == k
+        f1s.append(2 * float((t & p).sum()) / float(t.sum() + p.sum()))
+    answered = ~abstained
+    normal = ~is_blast
+    sources = sorted({c.source.split(":")[0] for c in cells})
+    src = np.array([c.source.split(":")[0] for c in cells])
+    return {
+        "cells": len(cells),
+        "blast_cells": int(is_blast.sum()),
+        "blast_sensitivity": round(float(1 - as_normal.sum() / max(1, is_blast.sum())), 5),
+        "blast_recall": round(float((top[is_blast] == blast).mean()), 5) if is_blast.any() else 0.0,
+        "normal_as_blast_rate": round(float((top[normal] == blast).mean()), 5) if normal.any() else 0.0,
+        "macro_f1": round(float(np.mean(f1s)), 5) if f1s else 0.0,
+        "accuracy": round(float((top == truth).mean()), 5) if len(cells) else 0.0,
+        "accuracy_by_source": {s: round(float((top[src == s] == truth[src == s]).mean()), 5) for s in sources},
+        "ece": round(_ece(conf, (top == truth).astype(float)), 5) if len(cells) else 0.0,
+        "abstention_rate": round(float(abstained.mean()), 5) if len(cells) else 0.0,
+        "blast_as_normal": [cells[int(i)].key for i in np.flatnonzero(as_normal)],
+        "class_mix": {
+            c: round(float(np.mean(top[answered] == k)), 5) if answered.any() else 0.0 for k, c in enumerate(classes)
+        },
+        "mean_confidence": round(float(conf.mean()), 5) if len(cells) else 0.0,
+        "confidence_sd": round(float(conf.std()), 5) if len(cells) else 0.0,
+    }
+
+
+#: the comparison card's metric rows per kind
+CARD_ROWS = {
+    "frames": ("malignancy_sensitivity", "macro_f1", "accuracy", "ece", "abstention_rate", "refusal_rate"),
+    "cells": (
+        "blast_sensitivity",
+        "blast_recall",
+        "normal_as_blast_rate",
+        "macro_f1",
+        "accuracy",
+        "ece",
+        "abstention_rate",
+    ),
+}
+
+
 def render_card(report: dict[str, Any]) -> str:
     """The comparison card (Markdown)."""
     s, c = report["served"], report["candidate"]
-    rows = [
-        (
+    sm, cm = s["metrics"], c["metrics"]
+    kind = report.get("kind", "frames")
+    if kind == "cells":
+        first = ("cells (blast cells)", f"{sm['cells']} ({sm['blast_cells']})", f"{cm['cells']} ({cm['blast_cells']})")
+        last = ("blast cells answered a normal type", str(len(sm["blast_as_normal"])), str(len(cm["blast_as_normal"])))
+    else:
+        first = (
             "frames (admitted by the smear gate)",
-            f"{s['metrics']['admitted']}/{s['metrics']['frames']}",
-            f"{c['metrics']['admitted']}/{c['metrics']['frames']}",
-        ),
-        *[
-            (k, f"{s['metrics'][k]:.4f}", f"{c['metrics'][k]:.4f}")
-            for k in ("malignancy_sensitivity", "macro_f1", "accuracy", "ece", "abstention_rate", "refusal_rate")
-        ],
-        (
+            f"{sm['admitted']}/{sm['frames']}",
+            f"{cm['admitted']}/{cm['frames']}",
+        )
+        last = (
             "malignant frames answered Benign",
-            str(len(s["metrics"]["malignant_as_benign"])),
-            str(len(c["metrics"]["malignant_as_benign"])),
-        ),
-    ]
+            str(len(sm["malignant_as_benign"])),
+            str(len(cm["malignant_as_benign"])),
+        )
+    rows = [first, *[(k, f"{sm[k]:.4f}", f"{cm[k]:.4f}") for k in CARD_ROWS[kind]], last]
     lines = [
         f"# Gate: {report['model']} {c['version']} against the served {s['version']}",
         "",
         f"**{'PASSED' if report['passed'] else 'FAILED'}** on {report['finished']} "
-        f"(locked test set `{report['locked_test_set']['sha256'][:12]}`, {report['locked_test_set']['frames']} frames; "
+        f"(locked test set `{report['locked_test_set']['sha256'][:12]}`, {report['locked_test_set']['size']} {kind}; "
         f"criteria `{report['criteria_file']}` sha256 `{report['criteria_sha256'][:12]}`).",
         "",
         f"| | served {s['version']} | candidate {c['version']} |",
@@ -197,17 +297,56 @@ def render_card(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _frame_metrics(args: argparse.Namespace, versions: Versions, version: str) -> tuple[dict, dict, dict]:
+    locked = LockedTestSet.open(versions.root.parent, args.data, latest_dataset(args.datasets), args.base_limit)
+    frames = locked.frames()
+    served = summarise(evaluate_version(base_archive(versions), frames), frames)
+    cand = summarise(evaluate_version(versions.archive(version), frames), frames)
+    frozen = locked.record["frozen_at"]
+    info = {"sha256": locked.sha256, "size": len(frames), "frames": len(frames), "frozen_at": frozen}
+    return served, cand, info
+
+
+def _cell_metrics(args: argparse.Namespace, versions: Versions, version: str) -> tuple[dict, dict, dict]:
+    served_mar = base_archive(versions)
+    path = versions.root.parent / CELLS_FILE
+    if path.is_file():
+        locked = LockedCellSet(path, json.loads(path.read_text()))
+    else:  # frozen now, its B-ALL cells labelled by the served typer
+        from served_model.cell_typer import load_typer
+
+        with tempfile.TemporaryDirectory(prefix="gate-") as tmp:
+            card = versions.card(versions.default_version()) or {}
+            typer = load_typer(unpack(served_mar, Path(tmp)) / "model")
+            dataset = latest_dataset(args.datasets)
+            locked = LockedCellSet.open(
+                versions.root.parent, typer, float(card["temperature"]), dataset, args.base_limit, 1, args.weak_frames
+            )
+    cells = locked.cells()
+    served = summarise_cells(*evaluate_cells(served_mar, cells), cells)
+    cand = summarise_cells(*evaluate_cells(versions.archive(version), cells), cells)
+    info = {"sha256": locked.sha256, "size": len(cells), "cells": len(cells), "frozen_at": locked.record["frozen_at"]}
+    return served, cand, info
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, choices=model_names())
+    ap.add_argument("--model", required=True, choices=[*model_names(), *cell_model_names()])
     ap.add_argument("--version", default=None, help="the candidate (default: the newest in the versions store)")
     ap.add_argument("--criteria", type=Path, default=CRITERIA_FILE)
     ap.add_argument("--versions", type=Path, default=None)
     ap.add_argument("--model-store", type=Path, default=None)
     ap.add_argument("--datasets", type=Path, default=DATASETS_DIR)
     ap.add_argument("--data", default=None)
-    ap.add_argument("--base-limit", type=int, default=None, help="only when the locked set is frozen now (tests)")
+    ap.add_argument(
+        "--base-limit",
+        type=int,
+        default=None,
+        help="only when the locked set is frozen now (tests): original frames (every k-th), or cells per class",
+    )
+    ap.add_argument("--weak-frames", type=int, default=None, help="cell model, frozen now (tests): B-ALL frames")
     args = ap.parse_args(argv)
+    kind = "cells" if args.model in cell_model_names() else "frames"
     versions = Versions.of(args.model, args.versions, args.model_store)
     candidates = [v for v in versions.candidates() if v != versions.default_version()]
     version = args.version or (candidates[-1] if candidates else None)
@@ -215,27 +354,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gate: no candidate archive {version or ''} for {args.model} (run make retrain)", file=sys.stderr)
         return 2
     criteria_bytes = args.criteria.read_bytes()
-    criteria = json.loads(criteria_bytes)
+    criteria = json.loads(criteria_bytes)[kind]
+    t0 = time.time()
     try:
-        locked = LockedTestSet.open(versions.root.parent, args.data, latest_dataset(args.datasets), args.base_limit)
-        frames = locked.frames()
+        served, cand, locked_info = (_cell_metrics if kind == "cells" else _frame_metrics)(args, versions, version)
     except LockedSetError as exc:
         print(f"gate: {exc}", file=sys.stderr)
         return 2
-    served_mar, served_version = base_archive(versions), versions.default_version()
-    t0 = time.time()
-    served = summarise(evaluate_version(served_mar, frames), frames)
-    cand = summarise(evaluate_version(versions.archive(version), frames), frames)
     results = check(criteria, served, cand)
+    served_mar = base_archive(versions)
     report = {
         "model": args.model,
+        "kind": kind,
         "passed": all(r["passed"] for r in results),
-        "served": {"version": served_version, "archive": served_mar.name, "metrics": served},
+        "served": {"version": versions.default_version(), "archive": served_mar.name, "metrics": served},
         "candidate": {"version": version, "archive": versions.archive(version).name, "metrics": cand},
         "criteria": results,
-        "criteria_file": str(args.criteria.name),
+        "criteria_file": f"{args.criteria.name} ({kind})",
         "criteria_sha256": hashlib.sha256(criteria_bytes).hexdigest(),
-        "locked_test_set": {"sha256": locked.sha256, "frames": len(frames), "frozen_at": locked.record["frozen_at"]},
+        "locked_test_set": locked_info,
         "seconds": round(time.time() - t0, 1),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "python -m training.update.gate " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -27,6 +27,7 @@ from training.data import load_split
 __all__ = [
     "DATASETS_DIR",
     "Frame",
+    "LockedSet",
     "LockedTestSet",
     "LockedSetError",
     "latest_dataset",
@@ -84,8 +85,11 @@ def _original_frames(data: str | None, part: str, limit: int | None) -> list[Fra
     return [Frame(s.path, s.label, _sha256(s.path), f"original:{s.relpath}") for s in samples]
 
 
-class LockedTestSet:
-    """The frozen frames the gate compares versions on."""
+class LockedSet:
+    """A frozen test set's record (``items``, each with its file's ``sha256``), frame or cell."""
+
+    #: the item fields the set's identity is the hash of
+    IDENTITY: tuple[str, ...] = ("source", "sha256", "label")
 
     def __init__(self, path: Path, record: dict[str, Any]) -> None:
         self.path = path
@@ -93,13 +97,18 @@ class LockedTestSet:
 
     @property
     def sha256(self) -> str:
-        """The set's identity: the hash of its items (source, file hash, label)."""
-        items = [(i["source"], i["sha256"], i["label"]) for i in self.record["items"]]
+        """The set's identity: the hash of its items' :attr:`IDENTITY` fields."""
+        items = [tuple(i[k] for k in self.IDENTITY) for i in self.record["items"]]
         return hashlib.sha256(json.dumps(items).encode()).hexdigest()
 
     @property
     def hashes(self) -> set[str]:
+        """The SHA-256 of every file in the set (never trained on)."""
         return {i["sha256"] for i in self.record["items"]}
+
+
+class LockedTestSet(LockedSet):
+    """The frozen frames the gate compares versions on."""
 
     @classmethod
     def open(

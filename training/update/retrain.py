@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +51,12 @@ from training.data import load_split
 from training.loop import Checkpoint, Log, Source, fit, hardware_info, seed_everything
 from training.ood import refit_features
 from training.update import other_benign
-from training.update.lab_data import DATASETS_DIR, Frame, LockedTestSet, latest_dataset, training_frames
+from training.update.lab_data import DATASETS_DIR, Frame, LockedSet, LockedTestSet, latest_dataset, training_frames
 
 __all__ = [
     "base_archive",
+    "candidate_of",
+    "update_record",
     "unpack",
     "feature_maps",
     "retrain",
@@ -68,9 +70,38 @@ __all__ = [
 def base_archive(versions: Versions) -> Path:
     """The archive of the version served as default now (what a candidate starts from and is gated against)."""
     default = versions.default_version()
-    if default == versions.base_version():
-        return versions.model_store / f"{versions.model}.mar"
-    return versions.archive(default)
+    return versions.store_archive() if default == versions.base_version() else versions.archive(default)
+
+
+def candidate_of(versions: Versions) -> tuple[Path, dict[str, Any], str]:
+    """(the served version's archive a candidate starts from, its card, the candidate's version)."""
+    card = versions.card(versions.default_version()) or {}
+    return base_archive(versions), card, versions.next_version(str(card["version"]))
+
+
+def update_record(
+    base_card: dict[str, Any],
+    mar: Path,
+    dataset: Path | None,
+    locked: LockedSet,
+    result: dict[str, Any],
+    wall: float,
+    device: str,
+    **counts: Any,
+) -> dict[str, Any]:
+    """The candidate card's ``training.lab_update`` block: what it started from, on which data, how it went."""
+    return {
+        "base_version": base_card["version"],
+        "base_archive": mar.name,
+        "dataset": dataset.name if dataset else None,
+        "locked_test_set": locked.sha256,
+        **counts,
+        "history": result["history"],
+        "wall_time_s": round(wall, 1),
+        "hardware": hardware_info(device),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "note": "metrics are the base version's; the gate report measures this version on the locked test set",
+    }
 
 
 def unpack(mar: Path, dest: Path) -> Path:
@@ -218,15 +249,21 @@ def refit_card(
 
 
 def pack_candidate(
-    versions: Versions, model: HybridClassifier, base_card: dict[str, Any], version: str, update: dict[str, Any]
+    versions: Versions,
+    save: Callable[[Path], object],
+    base_card: dict[str, Any],
+    version: str,
+    update: dict[str, Any],
 ) -> Path:
-    """Archive ``model`` as ``version`` of the model into the versions store; returns the archive."""
+    """Archive the model that ``save(model_dir)`` writes as ``version`` into the versions store; returns the archive.
+
+    The card is the served one with the new version and ``training.lab_update``."""
     card = json.loads(json.dumps(base_card))
     card["version"] = version
-    card["training"] = {**card["training"], "lab_update": update}
+    card["training"] = {**card.get("training", {}), "lab_update": update}
     with tempfile.TemporaryDirectory(prefix=f"candidate-{versions.model}-") as tmp_str:
         artifact = Path(tmp_str) / versions.model
-        save_model(model.eval().cpu(), artifact / "model", dtype=torch.float16)
+        save(artifact / "model")
         (artifact / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
         mar = archive_model(artifact, Path(tmp_str) / "out")
         versions.root.mkdir(parents=True, exist_ok=True)
@@ -269,9 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = args.dataset or latest_dataset(args.datasets)
     locked = LockedTestSet.open(versions.root.parent, args.data, dataset, args.base_limit)
     base, lab = training_frames(locked, args.data, dataset, args.base_limit)
-    mar = base_archive(versions)
-    base_card = versions.card(versions.default_version()) or {}
-    version = versions.next_version(str(base_card["version"]))
+    mar, base_card, version = candidate_of(versions)
     with tempfile.TemporaryDirectory(prefix=f"retrain-{args.model}-") as tmp_str:
         work = Path(tmp_str)
         log = Log(work / "train.log")
@@ -293,25 +328,22 @@ def main(argv: list[str] | None = None) -> int:
         if base_card.get("ood"):
             log(f"out-of-distribution score refitted: {base_card['ood']['info']['refitted']}")
         wall = time.time() - t0
-        update = {
-            "base_version": base_card["version"],
-            "base_archive": mar.name,
-            "dataset": dataset.name if dataset else None,
-            "locked_test_set": locked.sha256,
-            "n_original": len(base),
-            "n_lab": len(lab),
-            "lab_repeat": args.lab_repeat,
-            "n_other_benign": len(other),
-            "other_benign_views": args.other_benign,
-            "recipe": f"frozen CNN stage; token projection + sequence stage + head, AdamW lr {args.lr}, "
-            f"batch {args.batch_size}, {args.epochs} epoch(s), rotations/flips of the feature grids, seed {args.seed}",
-            "history": result["history"],
-            "wall_time_s": round(wall, 1),
-            "hardware": hardware_info(args.device),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "note": "metrics are the base version's; the gate report measures this version on the locked test set",
-        }
-        target = pack_candidate(versions, model, base_card, version, update)
+        recipe = (
+            f"frozen CNN stage; token projection + sequence stage + head, AdamW lr {args.lr}, batch "
+            f"{args.batch_size}, {args.epochs} epoch(s), rotations/flips of the feature grids, seed {args.seed}"
+        )
+        update = update_record(
+            base_card, mar, dataset, locked, result, wall, args.device, n_original=len(base), n_lab=len(lab)
+        )
+        update.update(
+            lab_repeat=args.lab_repeat,
+            n_other_benign=len(other),
+            other_benign_views=args.other_benign,
+            recipe=recipe,
+        )
+        target = pack_candidate(
+            versions, lambda d: save_model(model.eval().cpu(), d, dtype=torch.float16), base_card, version, update
+        )
         (target.parent / f"{args.model}-{version}.train.log").write_text((work / "train.log").read_text())
     print(f"candidate {args.model} {version}: {target} ({wall:.0f} s); next: make gate MODEL={args.model}", flush=True)
     return 0

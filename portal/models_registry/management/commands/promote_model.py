@@ -25,4 +25,6 @@ class Command(BaseCommand):
             raise CommandError(f"promotion refused: {exc}") from exc
         self.stdout.write(
             f"{model}: {entry['from']} -> {entry['to']} ({entry['torchserve']}; report {entry['report']})"
+            + (f"; unloaded {', '.join(entry['unloaded'])}" if entry.get("unloaded") else "")
+            + (f"; not unloaded: {entry['unloaded_error']}" if entry.get("unloaded_error") else "")
         )
