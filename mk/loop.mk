@@ -11,10 +11,10 @@ dataset: setup
 	$(PY) portal/manage.py export_dataset
 
 retrain: setup
-	$(PY) -m training.update.$(if $(filter wbc_cells,$(MODEL)),cell_retrain,retrain) --model $(MODEL) --threads $(THREADS) $(if $(filter cuda,$(DEVICE)),--device cuda) $(RETRAIN_ARGS)
+	$(PY) -m model_update.$(if $(filter wbc_cells,$(MODEL)),cell_retrain,retrain) --model $(MODEL) --threads $(THREADS) $(if $(filter cuda,$(DEVICE)),--device cuda) $(RETRAIN_ARGS)
 
 gate: setup
-	$(PY) -m training.update.gate --model $(MODEL) $(if $(VERSION),--version $(VERSION))
+	$(PY) -m model_update.gate --model $(MODEL) $(if $(VERSION),--version $(VERSION))
 
 promote: setup
 	@test -n "$(VERSION)" || { echo "make promote MODEL=<name> VERSION=<version>"; exit 2; }

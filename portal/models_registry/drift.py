@@ -18,7 +18,7 @@ Limits: 3-sigma Shewhart limits around the baseline for ``n`` results of the wee
 refusals still allows a rare one), the mean confidence ``mean +- 3 sd / sqrt(n)``; clipped to [0, 1]. A week
 with fewer than :data:`MIN_RESULTS` results is shown but never flagged.
 
-Baselines: the version's numbers on the locked test set from a gate report (:mod:`training.update.gate`; for the
+Baselines: the version's numbers on the locked test set from a gate report (:mod:`model_update.gate`; for the
 shipped version the served side of any report), else from its card (abstention = 1 - coverage at the threshold,
 acceptance = the accepted accuracy, the class mix from the validation confusion matrix's predicted columns,
 refusal 0; no confidence baseline).
@@ -80,7 +80,7 @@ def week_of(day: date) -> str:
 
 
 def baseline_from_metrics(metrics: Mapping[str, Any], source: str) -> Baseline:
-    """From a gate report's metrics of one version (training.update.gate.summarise)."""
+    """From a gate report's metrics of one version (model_update.gate.summarise)."""
     return Baseline(
         acceptance=metrics.get("accepted_accuracy"),
         abstention=metrics.get("abstention_rate"),

@@ -1,6 +1,6 @@
 """The whole update loop end to end with a real TorchServe (mobilenetv3_lstm alone, its shipped archive):
 
-sign-offs of real frames through real jobs -> ``export_dataset`` -> ``training.update.retrain`` (one short epoch
+sign-offs of real frames through real jobs -> ``export_dataset`` -> ``model_update.retrain`` (one short epoch
 on a small part of the original data) -> the gate refuses a deliberately worse candidate (the good one's head with
 the Benign and Pro rows swapped), and promotion of it is refused -> the gate passes the retrained candidate ->
 promotion under load (requests in flight the whole time, analyses queued before it) -> new results carry the new
@@ -61,7 +61,7 @@ def loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: Any) -> Iter
 
 
 def _training(module: str, loop: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", f"training.update.{module}", "--model", MODEL, "--model-store", str(loop["store"])]
+    cmd = [sys.executable, "-m", f"model_update.{module}", "--model", MODEL, "--model-store", str(loop["store"])]
     cmd += ["--datasets", str(loop["tmp"] / "datasets"), *args]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
@@ -103,8 +103,8 @@ def _degrade(versions: Versions, good: str) -> str:
     import torch
 
     from core.registry import CLASS_NAMES
+    from model_update.retrain import pack_candidate, unpack
     from served_model.network import load_model, save_model
-    from training.update.retrain import pack_candidate, unpack
 
     work = unpack(versions.archive(good), versions.root / "degrade-work")
     model = load_model(work / "model")
@@ -232,9 +232,9 @@ CELLS = "wbc_cells"
 def _cell_candidate(versions: Versions, work: Path) -> str:
     """A real candidate archive of the cell model (the shipped typer, a new version) with a passed gate report
     written as ``make gate`` writes it (the gate itself: tests/training/test_update_cells.py)."""
+    from model_update.cell_retrain import save_candidate
+    from model_update.retrain import pack_candidate, unpack
     from served_model.cell_typer import load_typer
-    from training.update.cell_retrain import save_candidate
-    from training.update.retrain import pack_candidate, unpack
 
     base = unpack(versions.store_archive(), work)
     card = json.loads((base / "model_card.json").read_text())

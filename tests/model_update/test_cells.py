@@ -1,7 +1,7 @@
 """The update loop for the cell model (wbc_cells) on a small set, with the real training code and real archives.
 
 A lab dataset in ``make dataset``'s layout (two real B-ALL frames: the cells of one on the training side, one of
-them marked artefact; the other frame's cells on the test side) -> ``training.update.cell_retrain`` (the served
+them marked artefact; the other frame's cells on the test side) -> ``model_update.cell_retrain`` (the served
 typer's head, one short epoch, on a few original cells of each source plus the lab's) -> the gate refuses a
 deliberately worse candidate (the good one's classifier with the blast and lymphocyte rows swapped) and passes the
 retrained one -> promotion and rollback of the cell model (the record; TorchServe's side is in
@@ -19,13 +19,13 @@ import pytest
 import torch
 
 from core.aspect import to_upload_box
+from model_update import cell_retrain, gate
+from model_update.cell_retrain import save_candidate
+from model_update.retrain import pack_candidate, unpack
 from served_model.cell_typer import load_typer
 from serving.versions import PromotionError, Versions
 from training.cell_weak import frame_cells, usable
 from training.data import load_split
-from training.update import cell_retrain, gate
-from training.update.cell_retrain import save_candidate
-from training.update.retrain import pack_candidate, unpack
 
 pytestmark = [pytest.mark.slow]
 

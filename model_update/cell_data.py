@@ -41,11 +41,11 @@ from PIL import Image
 
 from core.aspect import true_shape, x_scale_of
 from core.registry import CELL_CLASSES, CellModelSpec
+from model_update.lab_data import LockedSet, LockedSetError
 from served_model.cell_typer import CellTyper, build_typer_transform, crop_cell
 from training.cell_data import bccd_split, pbc_split
 from training.cell_weak import frame_cells, usable, weak_label
 from training.data import load_split
-from training.update.lab_data import LockedSet, LockedSetError
 
 __all__ = [
     "CELLS_FILE",

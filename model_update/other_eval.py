@@ -1,6 +1,6 @@
-"""``python -m training.update.other_eval --model <name> [--version <v>]``: what the served version and a candidate
-answer on the holdout half of the other labs' normal frames (:mod:`training.update.other_benign`), through each
-archive's own runtime (:func:`training.update.gate.evaluate_version`). Every frame is normal: an ALL answer is a
+"""``python -m model_update.other_eval --model <name> [--version <v>]``: what the served version and a candidate
+answer on the holdout half of the other labs' normal frames (:mod:`model_update.other_benign`), through each
+archive's own runtime (:func:`model_update.gate.evaluate_version`). Every frame is normal: an ALL answer is a
 false alarm. Writes ``<versions root>/<model>/other-benign-<version>.json``.
 """
 
@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from core.registry import CLASS_NAMES, model_names
+from model_update.gate import evaluate_version
+from model_update.lab_data import Frame
+from model_update.other_benign import BENIGN, holdout_sources
+from model_update.retrain import base_archive
 from serving.versions import Versions
-from training.update.gate import evaluate_version
-from training.update.lab_data import Frame
-from training.update.other_benign import BENIGN, holdout_sources
-from training.update.retrain import base_archive
 
 __all__ = ["shares", "measure", "main"]
 
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "served": {"archive": served.name, "answers": measure(served, sources)},
         "candidate": {"version": candidate, "answers": measure(versions.archive(candidate), sources)},
-        "command": "python -m training.update.other_eval " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "rule": "holdout half of each other source (training.update.other_benign.half); never trained on",
+        "command": "python -m model_update.other_eval " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "rule": "holdout half of each other source (model_update.other_benign.half); never trained on",
         "wall_time_s": round(time.time() - t0, 1),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -8,9 +8,9 @@ that a normal frame is either trained on or measured on, never both:
 
 - ``train`` half: :func:`training_frames` writes each image and ``views - 1`` randomly changed copies (scale,
   blur, gamma, stain, hue, white balance: :class:`SceneAugment`) as PNG files and returns them as Benign
-  :class:`~training.update.lab_data.Frame`s for ``make retrain ... OTHER_BENIGN=<views>``;
+  :class:`~model_update.lab_data.Frame`s for ``make retrain ... OTHER_BENIGN=<views>``;
 - ``holdout`` half: :func:`holdout_sources` (BCCD frames, PBC mosaics, PBC single cells), on which
-  ``python -m training.update.other_eval`` measures what the served version and a candidate answer, through
+  ``python -m model_update.other_eval`` measures what the served version and a candidate answer, through
   the archive's own runtime (decoding, smear gate, out-of-distribution abstention, calibration, thresholds).
 
 Platelet images are left out of the mosaics (a frame of platelets alone is not a normal smear); the single-cell
@@ -29,8 +29,8 @@ from PIL import Image, ImageFilter
 
 from core.paths import BCCD, PBC
 from core.registry import CLASS_NAMES
+from model_update.lab_data import Frame
 from training.augment import ColorAugment
-from training.update.lab_data import Frame
 
 __all__ = ["SceneAugment", "half", "training_frames", "holdout_sources"]
 

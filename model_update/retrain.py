@@ -8,11 +8,11 @@ build_eval_transform`); the token projection, the sequence stage and the head tr
 (:func:`training.loop.fit`: warm-up then cosine, clipping, a checkpoint per epoch) and the cached recipe's
 geometric augmentation (90-degree rotations and flips of the grids). The lab's frames are repeated
 ``--lab-repeat`` times per epoch, so that a few hundred sign-offs weigh against two thousand original frames.
-Frames of the locked test set are never trained on (:mod:`training.update.lab_data`).
+Frames of the locked test set are never trained on (:mod:`model_update.lab_data`).
 
 The candidate keeps the served version's temperature, abstention and Benign thresholds and smear gate (their
 fitting data, the validation blocks, is now part of the locked test set and may not be fitted on): the gate
-(:mod:`training.update.gate`) checks on the locked set that its calibration and its Benign safety hold with them.
+(:mod:`model_update.gate`) checks on the locked set that its calibration and its Benign safety hold with them.
 Its card is the served one with the new version and a ``training.lab_update`` block (base version, dataset,
 recipe, history); its validation metrics are the base version's, the gate report holds the candidate's.
 
@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from core.registry import get_spec, model_names
+from model_update import other_benign
+from model_update.lab_data import DATASETS_DIR, Frame, LockedSet, LockedTestSet, latest_dataset, training_frames
 from release.archive import archive_model
 from served_model import compat  # noqa: F401  (before timm)
 from served_model.network import HybridClassifier, load_model, save_model
@@ -50,8 +52,6 @@ from training.augment import geometric_grid
 from training.data import load_split
 from training.loop import Checkpoint, Log, Source, fit, hardware_info, seed_everything
 from training.ood import refit_features
-from training.update import other_benign
-from training.update.lab_data import DATASETS_DIR, Frame, LockedSet, LockedTestSet, latest_dataset, training_frames
 
 __all__ = [
     "base_archive",
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         metavar="VIEWS",
-        help="add the train half of the other labs' normal frames (training.update.other_benign) as Benign, "
+        help="add the train half of the other labs' normal frames (model_update.other_benign) as Benign, "
         "each as it is and VIEWS-1 changed copies (0: none)",
     )
     ap.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,4 @@
-"""The gate's arithmetic (training.update.gate): the metrics from answers, each declared criterion, an undeclared
+"""The gate's arithmetic (model_update.gate): the metrics from answers, each declared criterion, an undeclared
 criterion refused, the shipped criteria file; and the versions store's numbering and record (serving.versions)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from core.registry import CLASS_NAMES
+from model_update.gate import CRITERIA_FILE, check, summarise
+from model_update.lab_data import Frame
 from serving.versions import PromotionError, Versions
-from training.update.gate import CRITERIA_FILE, check, summarise
-from training.update.lab_data import Frame
 
 REPO = Path(__file__).resolve().parents[2]
 

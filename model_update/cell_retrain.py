@@ -4,7 +4,7 @@ cells plus the lab's confirmed cells, packed as a versioned archive.
 Recipe (version 2.0's, head-only on frozen features; bounded on a CPU): the served version's typer is loaded from
 its archive (the promoted default, else the shipped ``model_store/wbc_cells.mar``); the whole network stays frozen
 and each training cell's pooled feature vector (the classifier's input) is computed once, from the crop exactly as
-served (:mod:`training.update.cell_data`); only the classifier (9 types x 1280 features) trains, starting from the
+served (:mod:`model_update.cell_data`); only the classifier (9 types x 1280 features) trains, starting from the
 served one's rows, with 2.0's sampling (:func:`training.train_cells.sample_weights`: PBC balanced, BCCD
 ``--bccd-share``, the B-ALL frames' weak cells ``--weak-share``, half of them blasts), AdamW, label smoothing
 0.05 and the shared loop (:func:`training.loop.fit`). Each of the lab's cells is drawn ``--lab-repeat`` times per
@@ -36,13 +36,13 @@ import torch
 import torch.nn.functional as F
 
 from core.registry import CELL_CLASSES, cell_model_names
+from model_update.cell_data import CellItem, LockedCellSet, crop, training_cells
+from model_update.lab_data import DATASETS_DIR, latest_dataset
+from model_update.retrain import candidate_of, pack_candidate, unpack, update_record
 from served_model.cell_typer import CellTyper, build_typer_transform, load_typer, save_typer
 from serving.versions import Versions
 from training.loop import Checkpoint, Log, Source, fit, seed_everything
 from training.train_cells import CropSet, sample_weights
-from training.update.cell_data import CellItem, LockedCellSet, crop, training_cells
-from training.update.lab_data import DATASETS_DIR, latest_dataset
-from training.update.retrain import candidate_of, pack_candidate, unpack, update_record
 
 __all__ = ["pooled_features", "train_head", "main"]
 
@@ -123,7 +123,7 @@ def train_head(
 
 
 def save_candidate(typer: CellTyper, version: str, base_config: dict[str, Any]) -> Any:
-    """``save(model_dir)`` for :func:`training.update.retrain.pack_candidate`: the typer with its spec's version."""
+    """``save(model_dir)`` for :func:`model_update.retrain.pack_candidate`: the typer with its spec's version."""
     typer.spec = dataclasses.replace(typer.spec, version=version)
 
     def save(directory: Path) -> Path:

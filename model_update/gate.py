@@ -1,10 +1,10 @@
 """``make gate MODEL=<name> [VERSION=<v>]``: a candidate version against the served version on the locked test set,
-with the acceptance criteria declared beforehand in ``training/update/acceptance.json``.
+with the acceptance criteria declared beforehand in ``model_update/acceptance.json``.
 
 Both versions run in-process exactly as TorchServe runs them (:class:`handlers.runtime.ModelRuntime` on each
 archive's unpacked ``model/`` and card: decoding, preprocessing, the smear gate, calibration with the card's
 temperature, abstention and the Benign operating point of :func:`core.prediction.decide`) on every frame of the
-locked test set (:mod:`training.update.lab_data`; its files are re-hashed first). Per version:
+locked test set (:mod:`model_update.lab_data`; its files are re-hashed first). Per version:
 
 - malignancy sensitivity: the share of malignant frames (Early, Pre, Pro) not answered Benign; a referral
   (abstention) counts as caught, since a person reviews it;
@@ -12,7 +12,7 @@ locked test set (:mod:`training.update.lab_data`; its files are re-hashed first)
 - ECE: expected calibration error of the top probability, 15 equal-width bins;
 - abstention and refusal rates, and the malignant frames answered Benign (by frame).
 
-The cell model (``wbc_cells``) is gated on the locked cell test set (:mod:`training.update.cell_data`): each
+The cell model (``wbc_cells``) is gated on the locked cell test set (:mod:`model_update.cell_data`): each
 version's runtime (:class:`handlers.cell_runtime.CellRuntime`: the typer on the cell's served crop, the card's
 temperature and abstention threshold) types every cell; :func:`summarise_cells` gives blast sensitivity (blast
 cells not answered a normal type), the blast cells answered a normal type (by cell), macro-F1 and accuracy of the
@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 
 from core.registry import CLASS_NAMES, cell_model_names, model_names
+from model_update.cell_data import CELLS_FILE, CellItem, LockedCellSet, crop
+from model_update.lab_data import DATASETS_DIR, Frame, LockedSetError, LockedTestSet, latest_dataset
+from model_update.retrain import base_archive, unpack
 from serving.versions import Versions
-from training.update.cell_data import CELLS_FILE, CellItem, LockedCellSet, crop
-from training.update.lab_data import DATASETS_DIR, Frame, LockedSetError, LockedTestSet, latest_dataset
-from training.update.retrain import base_archive, unpack
 
 __all__ = [
     "CRITERIA_FILE",
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         "locked_test_set": locked_info,
         "seconds": round(time.time() - t0, 1),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "python -m training.update.gate " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m model_update.gate " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     versions.report_path(version).write_text(json.dumps(report, indent=2) + "\n")
     card = render_card(report)
