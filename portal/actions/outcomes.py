@@ -1,0 +1,172 @@
+"""A job's final outcome: the model server's answer parsed and stored with its audit row, once.
+
+Called by the pipeline (portal.jobs), which owns the job's life; an outcome is final (done, rejected,
+failed) and stored at most once per analysis, checked under a row lock. Files written for the outcome (the
+heatmap, the annotated image) are removed unless the transaction commits (storage.files_with_rows).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils import timezone
+
+from core.registry import CELL_CLASSES
+from portal.analyses import storage
+from portal.analyses.inference import CellPrediction, Prediction, Refusal, ServerError
+from portal.analyses.models import CLASS_LABELS, Analysis, Cell, CellAnalysis, Image, QueuedJob
+from portal.audit.log import record
+
+__all__ = ["store_cell_outcome", "store_outcome"]
+
+
+def store_outcome(analysis_id: int, outcome: Prediction | Refusal | ServerError) -> str | None:
+    """Store the final outcome of a pending analysis, with its audit row; at most once per analysis.
+
+    ``Prediction`` -> done (with its heatmap), ``Refusal`` -> rejected, ``ServerError`` -> failed.
+    Returns the new status, or None when the analysis was already final (another worker stored it
+    first): the second result is dropped, never stored twice.
+    """
+    with storage.files_with_rows() as files:
+        heatmap_name = ""
+        if isinstance(outcome, Prediction) and outcome.heatmap_png:
+            heatmap_name = files.save("heatmaps", outcome.heatmap_png, "png")
+        analysis = Analysis.objects.select_for_update().get(pk=analysis_id)
+        if analysis.is_final:
+            if heatmap_name:
+                files.discard(heatmap_name)
+            return None
+        analysis.close(timezone.now())
+        if isinstance(outcome, Prediction):
+            body = outcome.body
+            analysis.status = Analysis.Status.DONE
+            analysis.model_version = str(body.get("version", ""))[:20]
+            label = str(body.get("label") or "")
+            analysis.label = label if label in CLASS_LABELS else ""
+            analysis.confidence = _float(body.get("confidence"))
+            analysis.probabilities = {k: float(v) for k, v in dict(body.get("probabilities", {})).items()}
+            analysis.malignant_probability = _float(body.get("malignant_probability"))
+            analysis.abstained = bool(body.get("abstained", False))
+            analysis.abstain_reason = str(body.get("abstain_reason") or "")[:40] if analysis.abstained else ""
+            analysis.quality = dict(body.get("quality") or {})
+            analysis.timing_ms = dict(body.get("timing_ms") or {})
+            analysis.latency_ms = round(outcome.latency_ms, 1)
+            analysis.error_code = ""
+            analysis.error_message = "" if heatmap_name else "heatmap unavailable"
+            analysis.heatmap_name = heatmap_name
+            analysis.heatmap_label = outcome.explained_class[:10]
+            action, data = (
+                "analysis.complete",
+                {"label": analysis.label, "abstained": analysis.abstained, "version": analysis.model_version},
+            )
+        else:
+            action, data = _end_without_result(analysis, outcome, "analysis")
+        analysis.save()
+        record(
+            action,
+            actor=None,
+            obj=analysis,
+            data={"image_id": analysis.image_id, "model": analysis.model_name, **data},
+        )
+        return analysis.status
+
+
+def _end_without_result(job: QueuedJob, outcome: Refusal | ServerError, kind: str) -> tuple[str, dict[str, Any]]:
+    """A refusal (rejected, final) or a server error past its retries (failed): status, error, audit action."""
+    if isinstance(outcome, Refusal):
+        job.status, job.error_code, job.error_message = QueuedJob.Status.REJECTED, outcome.code, outcome.message
+        return f"{kind}.reject", {"code": outcome.code, "message": outcome.message}
+    job.status, job.error_code, job.error_message = QueuedJob.Status.FAILED, "server_error", outcome.message
+    return f"{kind}.fail", {"error": outcome.message, "attempts": job.attempts}
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# --- cells ------------------------------------------------------------------------------------
+
+
+def _cells_from(body: dict[str, Any], width: int, height: int) -> list[dict[str, Any]]:
+    """The answer's cells as Cell fields; ValueError when the answer breaks the contract."""
+    rows = []
+    for index, item in enumerate(body["cells"]):
+        if not isinstance(item, dict):
+            raise ValueError(f"cell {index} is not an object")
+        box = [round(float(v)) for v in item["box"]]
+        if len(box) != 4 or box[0] > box[2] or box[1] > box[3]:
+            raise ValueError(f"cell {index}: box {box} is not [x0, y0, x1, y1]")
+        box = [min(max(v, 0), limit) for v, limit in zip(box, (width, height, width, height), strict=True)]
+        label = item.get("label")
+        if label is not None and label not in CELL_CLASSES:
+            raise ValueError(f"cell {index}: unknown type {label!r}")
+        probs = {str(k): float(v) for k, v in dict(item.get("probabilities") or {}).items()}
+        if set(probs) - set(CELL_CLASSES):
+            raise ValueError(f"cell {index}: unknown types in probabilities {sorted(set(probs) - set(CELL_CLASSES))}")
+        rows.append(
+            {
+                "index": index,
+                "box": box,
+                "score": float(item.get("score", 0.0)),
+                "label": label or "",
+                "probabilities": probs,
+                "abstained": bool(item.get("abstained", label is None)),
+                "nucleus_polygon": _polygon(item.get("nucleus_polygon")),
+                "cell_polygon": _polygon(item.get("cell_polygon")),
+                "nucleus_area_px": _int(item.get("nucleus_area_px")),
+                "cell_area_px": _int(item.get("cell_area_px")),
+                "nc_ratio": _float(item.get("nc_ratio")),
+            }
+        )
+    return rows
+
+
+def _polygon(points: Any) -> list[list[float]]:
+    return [[round(float(x), 1), round(float(y), 1)] for x, y in points or []]
+
+
+def _int(value: Any) -> int | None:
+    number = _float(value)
+    return None if number is None else max(0, round(number))
+
+
+def store_cell_outcome(cell_analysis_id: int, outcome: CellPrediction | Refusal | ServerError) -> str | None:
+    """Store the final outcome of a pending cell analysis (its cells and annotated image), audited, at
+    most once; the same contract as :func:`store_outcome`. An answer that breaks the cell contract fails."""
+    cells: list[dict[str, Any]] = []
+    if isinstance(outcome, CellPrediction):
+        image = Image.objects.only("width", "height").get(cell_analysis__pk=cell_analysis_id)
+        try:
+            cells = _cells_from(outcome.body, image.width, image.height)
+        except (KeyError, TypeError, ValueError) as exc:
+            outcome = ServerError(f"the cell model's answer breaks the contract: {exc}")
+    with storage.files_with_rows() as files:
+        annotated_name = ""
+        if isinstance(outcome, CellPrediction) and outcome.annotated_png:
+            annotated_name = files.save("annotated", outcome.annotated_png, "png")
+        job = CellAnalysis.objects.select_for_update().get(pk=cell_analysis_id)
+        if job.is_final:
+            if annotated_name:
+                files.discard(annotated_name)
+            return None
+        job.close(timezone.now())
+        if isinstance(outcome, CellPrediction):
+            body = outcome.body
+            job.status = CellAnalysis.Status.DONE
+            job.model_version = str(body.get("version", ""))[:20]
+            job.counts = {str(k): int(v) for k, v in dict(body.get("counts") or {}).items()}
+            job.timing_ms = dict(body.get("timing_ms") or {})
+            job.latency_ms = round(outcome.latency_ms, 1)
+            job.error_code = ""
+            job.error_message = "" if annotated_name else "annotated image unavailable"
+            job.annotated_name = annotated_name
+            Cell.objects.bulk_create(Cell(cell_analysis=job, image_id=job.image_id, **row) for row in cells)
+            action, data = "cells.complete", {"cells": len(cells), "version": job.model_version}
+        else:
+            action, data = _end_without_result(job, outcome, "cells")
+        job.save()
+        record(action, actor=None, obj=job, data={"image_id": job.image_id, "model": job.model_name, **data})
+        return job.status
