@@ -7,7 +7,7 @@ heatmap, the annotated image) are removed unless the transaction commits (storag
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from django.utils import timezone
 
@@ -19,6 +19,8 @@ from portal.audit.log import record
 
 __all__ = ["store_cell_outcome", "store_outcome"]
 
+_J = TypeVar("_J", bound=QueuedJob)
+
 
 def store_outcome(analysis_id: int, outcome: Prediction | Refusal | ServerError) -> str | None:
     """Store the final outcome of a pending analysis, with its audit row; at most once per analysis.
@@ -28,15 +30,10 @@ def store_outcome(analysis_id: int, outcome: Prediction | Refusal | ServerError)
     first): the second result is dropped, never stored twice.
     """
     with storage.files_with_rows() as files:
-        heatmap_name = ""
-        if isinstance(outcome, Prediction) and outcome.heatmap_png:
-            heatmap_name = files.save("heatmaps", outcome.heatmap_png, "png")
-        analysis = Analysis.objects.select_for_update().get(pk=analysis_id)
-        if analysis.is_final:
-            if heatmap_name:
-                files.discard(heatmap_name)
+        png = outcome.heatmap_png if isinstance(outcome, Prediction) else None
+        analysis, heatmap_name = _close(Analysis, analysis_id, files, "heatmaps", png)
+        if analysis is None:
             return None
-        analysis.close(timezone.now())
         if isinstance(outcome, Prediction):
             body = outcome.body
             analysis.status = Analysis.Status.DONE
@@ -69,6 +66,19 @@ def store_outcome(analysis_id: int, outcome: Prediction | Refusal | ServerError)
             data={"image_id": analysis.image_id, "model": analysis.model_name, **data},
         )
         return analysis.status
+
+
+def _close(model: type[_J], pk: int, files: storage.StagedFiles, kind: str, png: bytes | None) -> tuple[_J | None, str]:
+    """Lock a pending job and close it, with the image file of its answer (if any) written for it; (None,
+    name) when it is final already: the second result is dropped, its file removed on commit."""
+    name = files.save(kind, png, "png") if png else ""
+    job = model._default_manager.select_for_update().get(pk=pk)
+    if job.is_final:
+        if name:
+            files.discard(name)
+        return None, name
+    job.close(timezone.now())
+    return job, name
 
 
 def _end_without_result(job: QueuedJob, outcome: Refusal | ServerError, kind: str) -> tuple[str, dict[str, Any]]:
@@ -144,15 +154,10 @@ def store_cell_outcome(cell_analysis_id: int, outcome: CellPrediction | Refusal 
         except (KeyError, TypeError, ValueError) as exc:
             outcome = ServerError(f"the cell model's answer breaks the contract: {exc}")
     with storage.files_with_rows() as files:
-        annotated_name = ""
-        if isinstance(outcome, CellPrediction) and outcome.annotated_png:
-            annotated_name = files.save("annotated", outcome.annotated_png, "png")
-        job = CellAnalysis.objects.select_for_update().get(pk=cell_analysis_id)
-        if job.is_final:
-            if annotated_name:
-                files.discard(annotated_name)
+        png = outcome.annotated_png if isinstance(outcome, CellPrediction) else None
+        job, annotated_name = _close(CellAnalysis, cell_analysis_id, files, "annotated", png)
+        if job is None:
             return None
-        job.close(timezone.now())
         if isinstance(outcome, CellPrediction):
             body = outcome.body
             job.status = CellAnalysis.Status.DONE
