@@ -131,7 +131,10 @@ def _retries() -> QuerySet[Schedule]:
 
 def _queue_due_retries() -> int:
     """For :func:`run_queued`, which runs without a cluster: what the cluster's scheduler does for the
-    retries, queue each one that is due (and drop its schedule)."""
+    retries, queue each one that is due (and drop its schedule). Opens a transaction (a write lock on
+    SQLite, whose transactions are IMMEDIATE) only when one is due."""
+    if not _retries().filter(next_run__lte=timezone.now()).exists():
+        return 0
     with transaction.atomic():
         due = list(_retries().select_for_update().filter(next_run__lte=timezone.now()))
         for retry in due:
