@@ -29,9 +29,9 @@ def store_outcome(analysis_id: int, outcome: Prediction | Refusal | ServerError)
     Returns the new status, or None when the analysis was already final (another worker stored it
     first): the second result is dropped, never stored twice.
     """
-    with storage.files_with_rows() as files:
-        png = outcome.heatmap_png if isinstance(outcome, Prediction) else None
-        analysis, heatmap_name = _close(Analysis, analysis_id, files, "heatmaps", png)
+    png = outcome.heatmap_png if isinstance(outcome, Prediction) else None
+    with storage.files_with_rows(*([("heatmaps", png, "png")] if png else [])) as files:
+        analysis, heatmap_name = _close(Analysis, analysis_id, files)
         if analysis is None:
             return None
         if isinstance(outcome, Prediction):
@@ -68,10 +68,10 @@ def store_outcome(analysis_id: int, outcome: Prediction | Refusal | ServerError)
         return analysis.status
 
 
-def _close(model: type[_J], pk: int, files: storage.StagedFiles, kind: str, png: bytes | None) -> tuple[_J | None, str]:
-    """Lock a pending job and close it, with the image file of its answer (if any) written for it; (None,
+def _close(model: type[_J], pk: int, files: storage.StagedFiles) -> tuple[_J | None, str]:
+    """Lock a pending job and close it, with the image file of its answer (if any, in ``files``); (None,
     name) when it is final already: the second result is dropped, its file removed on commit."""
-    name = files.save(kind, png, "png") if png else ""
+    name = files.names[0] if files.names else ""
     job = model._default_manager.select_for_update().get(pk=pk)
     if job.is_final:
         if name:
@@ -153,9 +153,9 @@ def store_cell_outcome(cell_analysis_id: int, outcome: CellPrediction | Refusal 
             cells = _cells_from(outcome.body, image.width, image.height)
         except (KeyError, TypeError, ValueError) as exc:
             outcome = ServerError(f"the cell model's answer breaks the contract: {exc}")
-    with storage.files_with_rows() as files:
-        png = outcome.annotated_png if isinstance(outcome, CellPrediction) else None
-        job, annotated_name = _close(CellAnalysis, cell_analysis_id, files, "annotated", png)
+    png = outcome.annotated_png if isinstance(outcome, CellPrediction) else None
+    with storage.files_with_rows(*([("annotated", png, "png")] if png else [])) as files:
+        job, annotated_name = _close(CellAnalysis, cell_analysis_id, files)
         if job is None:
             return None
         if isinstance(outcome, CellPrediction):

@@ -39,8 +39,7 @@ def upload_images(
     unknown = sorted(set(model_names) - set(settings.PORTAL_MODELS))
     if unknown or not model_names:
         raise ValidationError(f"unknown model(s): {', '.join(unknown) or '(none chosen)'}")
-    with storage.files_with_rows() as files:
-        written = [files.save("images", item.data, item.extension) for item in images]
+    with storage.files_with_rows(*(("images", item.data, item.extension) for item in images)) as files:
         # the specimen's row is locked as its sign-off locks it (portal.actions.specimen): one or the other
         Specimen.objects.select_for_update().get(pk=specimen.pk)
         if specimen_is_signed(specimen.pk):
@@ -49,7 +48,7 @@ def upload_images(
         analysis_ids: list[int] = []
         cell_analysis_ids: list[int] = []
         cell_model = settings.PORTAL_CELL_MODEL
-        for item, name in zip(images, written, strict=True):
+        for item, name in zip(images, files.names, strict=True):
             image = Image.objects.create(
                 specimen=specimen,
                 storage_name=name,

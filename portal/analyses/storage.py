@@ -73,16 +73,10 @@ def list_files() -> list[tuple[str, float]]:
 
 
 class StagedFiles:
-    """The files written inside one :func:`files_with_rows` block."""
+    """The files of one :func:`files_with_rows` block."""
 
     def __init__(self) -> None:
-        self.written: list[str] = []
-
-    def save(self, kind: str, data: bytes, extension: str) -> str:
-        """Write a file for a row of this transaction (:func:`save`); returns its storage name."""
-        name = save(kind, data, extension)
-        self.written.append(name)
-        return name
+        self.names: list[str] = []
 
     def discard(self, name: str) -> None:
         """A file written here that no row will reference (the row was final already): removed once the
@@ -91,23 +85,27 @@ class StagedFiles:
 
 
 @contextmanager
-def files_with_rows() -> Iterator[StagedFiles]:
-    """One transaction (``transaction.atomic``) for stored files and the rows that reference them.
+def files_with_rows(*files: tuple[str, bytes, str]) -> Iterator[StagedFiles]:
+    """Stored files and the rows that reference them, committed together or the files removed.
 
-    Files are written with ``files.save(...)`` (random names, before the rows that name them). If the
-    block raises before its commit, the transaction rolls back and the files written in it are removed;
-    if the commit itself fails (the connection dropped), whether it happened is unknown, so the files
-    stay: a row may reference them, and the sweep (portal.jobs.sweep) removes them later if none
-    does. A file given up with ``files.discard(name)`` is removed on commit.
+    ``files`` (kind, data, extension) are written first, under random names (``staged.names``, in order),
+    before the transaction (``transaction.atomic``) opens for the block that writes their rows: on SQLite
+    a transaction holds the write lock, which no file write should prolong. If anything raises before the
+    commit, the transaction rolls back and the files are removed; if the commit itself fails (the
+    connection dropped), whether it happened is unknown, so the files stay: a row may reference them,
+    and the sweep (portal.jobs.sweep) removes them later if none does. A file given up with
+    ``staged.discard(name)`` is removed on commit.
     """
-    files = StagedFiles()
+    staged = StagedFiles()
     committing = False
     try:
+        for kind, data, extension in files:
+            staged.names.append(save(kind, data, extension))
         with transaction.atomic():
-            yield files
+            yield staged
             committing = True  # an error after this line comes from the commit: its outcome is unknown
     except BaseException:
         if not committing:
-            for name in files.written:
+            for name in staged.names:
                 delete(name)
         raise

@@ -74,14 +74,14 @@ def test_a_job_delivered_early_or_during_a_lease_is_scheduled_again_without_wait
 def test_stored_files_are_removed_unless_their_transaction_commits(
     settings: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
-    with pytest.raises(RuntimeError), storage.files_with_rows() as files:
-        lost = files.save("heatmaps", b"png", "png")
+    with pytest.raises(RuntimeError), storage.files_with_rows(("heatmaps", b"png", "png")) as files:
+        (lost,) = files.names
         assert storage.path_for(lost).exists()
         raise RuntimeError("the rows could not be written")
     assert not storage.path_for(lost).exists()
-    with django_capture_on_commit_callbacks(execute=True), storage.files_with_rows() as files:
-        kept = files.save("heatmaps", b"png", "png")
-        unused = files.save("heatmaps", b"png", "png")
+    files_and_rows = storage.files_with_rows(("heatmaps", b"png", "png"), ("heatmaps", b"png", "png"))
+    with django_capture_on_commit_callbacks(execute=True), files_and_rows as files:
+        kept, unused = files.names
         files.discard(unused)
     assert storage.path_for(kept).exists() and not storage.path_for(unused).exists()
 
