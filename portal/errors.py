@@ -100,7 +100,7 @@ def audit_access_denied(request: Any, reason: str) -> None:
     """An authenticated user's refused attempt (web page or API) leaves an audit row: who, what, where."""
     if not request.user.is_authenticated:
         return
-    from portal.actions import log_event
+    from portal.actions.events import log_event
 
     log_event(
         "access.denied",

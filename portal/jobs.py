@@ -1,5 +1,6 @@
-"""The inference queue: one django-q2 job per (image, model), run by worker processes.
+"""The inference pipeline: the one module that owns a job's life, from enqueue to its stored outcome.
 
+One django-q2 job per (image, model) and one per image for the cell model, run by worker processes.
 Why django-q2 (docs/guides/jobs.md compares the alternatives): its ORM broker keeps the queue in the
 portal's own database, so `make run` needs no extra server, an upload commits its analyses and their
 jobs in one transaction (nothing accepted can lack its job), and scaling out is more
@@ -7,25 +8,29 @@ jobs in one transaction (nothing accepted can lack its job), and scaling out is 
 worker process that dies, and a job that is not acknowledged within ``Q_CLUSTER["retry"]`` seconds
 (its worker was killed) is delivered again; the lease below makes the second delivery safe.
 
-Life of a job (:func:`run_analysis`):
+Life of a job (:func:`run_analysis`, :func:`run_cell_analysis`):
 
-1. claim the analysis (a short lease, ``PORTAL_JOB_LEASE_S``, shorter than the broker's redelivery
+1. enqueue (:func:`enqueue`, :func:`enqueue_cells`), inside the transaction that creates the analyses
+   (portal.actions.uploads);
+2. claim the analysis (a short lease, ``PORTAL_JOB_LEASE_S``, shorter than the broker's redelivery
    time, so a dead worker's job can always be claimed again); a final analysis is skipped, so a job
-   delivered twice stores one result (:func:`portal.actions.store_outcome` checks again under a row
-   lock);
-2. one TorchServe call (prediction + heatmap);
-3. done / rejected are stored; a server error (5xx, timeout) is retried with exponential backoff up
-   to ``PORTAL_MAX_ATTEMPTS`` attempts, then failed; an unreachable model server is waited for
-   (stage *waiting*, backoff capped at ``PORTAL_RETRY_MAX_DELAY_S``) up to ``PORTAL_WAIT_GIVE_UP_S``.
-   A retry is a new job written in the same transaction as the analysis's new state.
+   delivered twice stores one result;
+3. one model server call (prediction + heatmap, or the cells and the annotated image);
+4. store: done / rejected are stored by portal.actions.outcomes (which checks again under a row lock
+   that the analysis is still pending: one result, one audit row);
+5. retry: a server error (5xx, timeout) is retried with exponential backoff up to
+   ``PORTAL_MAX_ATTEMPTS`` attempts, then failed; an unreachable model server is waited for (stage
+   *waiting*, backoff capped at ``PORTAL_RETRY_MAX_DELAY_S``) up to ``PORTAL_WAIT_GIVE_UP_S``. A retry
+   is written in the same transaction as the analysis's new state: a new job when it is due at once,
+   else a one-off django-q ``Schedule`` due at the analysis's ``next_attempt_at``, which the cluster's
+   scheduler turns into a job then. No worker sleeps: a job delivered while another holds the lease,
+   or before its retry is due, is scheduled again for then.
 
-:func:`run_cell_analysis` runs the cell model's job for one image (a CellAnalysis) the same way:
-same lease, retries, waiting and failure states; its outcome is stored by
-:func:`portal.actions.store_cell_outcome`.
+:func:`sweep` (scheduled every minute in the cluster) re-queues any pending analysis with neither a
+queued job nor a scheduled retry (a job dropped after repeated crashes, a row deleted by hand) and
+removes stored files that no row references.
 
-:func:`sweep` (scheduled every minute in the cluster) re-queues any pending analysis without a
-queued job (a job dropped after repeated crashes, a queue row deleted by hand) and removes stored
-files that no row references.
+Dependencies run one way: portal.actions.uploads -> this module -> portal.actions.outcomes.
 """
 
 from __future__ import annotations
@@ -35,20 +40,19 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from django_q.brokers import get_broker
-from django_q.models import OrmQ
-from django_q.signing import BadSignature, SignedPackage
+from django_q.models import OrmQ, Schedule
 from django_q.tasks import async_task
 
-from portal import actions
+from portal.actions.outcomes import store_cell_outcome, store_outcome
 from portal.analyses import storage
 from portal.analyses.inference import (
     CellPrediction,
@@ -104,9 +108,58 @@ def _enqueuer(model: type[QueuedJob]) -> Callable[[Iterable[int]], None]:
     return enqueue_cells if model is CellAnalysis else enqueue
 
 
+def _task(model: type[QueuedJob]) -> str:
+    return CELL_TASK if model is CellAnalysis else TASK
+
+
 def _store(model: type[QueuedJob]) -> Callable[[int, Any], str | None]:
-    """Where the final outcome of this kind of job is stored (portal.actions)."""
-    return actions.store_cell_outcome if model is CellAnalysis else actions.store_outcome
+    """Where the final outcome of this kind of job is stored (portal.actions.outcomes)."""
+    return store_cell_outcome if model is CellAnalysis else store_outcome
+
+
+_RETRY = "retry "  # the name of a scheduled retry: "retry analysis-12", "retry cells-3"
+
+
+def _retry_name(model: type[QueuedJob], analysis_id: int) -> str:
+    return f"{_RETRY}{'cells' if model is CellAnalysis else 'analysis'}-{analysis_id}"
+
+
+def _retries() -> QuerySet[Schedule]:
+    """The retries scheduled (django_q.models.Schedule rows written by :func:`_queue_at`)."""
+    return Schedule.objects.filter(name__startswith=_RETRY, func__in=(TASK, CELL_TASK))
+
+
+def _queue_due_retries() -> int:
+    """For :func:`run_queued`, which runs without a cluster: what the cluster's scheduler does for the
+    retries, queue each one that is due (and drop its schedule). Opens a transaction (a write lock on
+    SQLite, whose transactions are IMMEDIATE) only when one is due."""
+    if not _retries().filter(next_run__lte=timezone.now()).exists():
+        return 0
+    with transaction.atomic():
+        due = list(_retries().select_for_update().filter(next_run__lte=timezone.now()))
+        for retry in due:
+            model = CellAnalysis if retry.func == CELL_TASK else Analysis
+            _queue_at(model, int(retry.args), retry.next_run)
+    return len(due)
+
+
+def _queue_at(model: type[QueuedJob], analysis_id: int, when: datetime) -> None:
+    """The job again, at ``when``: queued now when it is due, else a one-off django-q Schedule (at most one
+    per analysis) that the cluster's scheduler queues once ``when`` has passed. Call inside a transaction."""
+    if when <= timezone.now():
+        Schedule.objects.filter(name=_retry_name(model, analysis_id)).delete()
+        _enqueuer(model)([analysis_id])
+        return
+    Schedule.objects.update_or_create(
+        name=_retry_name(model, analysis_id),
+        defaults={
+            "func": _task(model),
+            "args": str(analysis_id),
+            "schedule_type": Schedule.ONCE,
+            "repeats": -1,  # a ONCE schedule with negative repeats is deleted once it has queued its job
+            "next_run": when,
+        },
+    )
 
 
 def _backoff(n: int) -> float:
@@ -115,7 +168,8 @@ def _backoff(n: int) -> float:
 
 
 def _claim(model: type[_J], analysis_id: int) -> _J | str:
-    """Lease a pending analysis for this worker; else why not: "final", "held" or "missing"."""
+    """Lease a pending analysis for this worker; else why not: "final", "held" (another worker has the
+    lease), "early" (its retry is not due yet) or "missing"."""
     now = timezone.now()
     with transaction.atomic():
         analysis = model._default_manager.select_for_update().filter(pk=analysis_id).first()
@@ -125,6 +179,8 @@ def _claim(model: type[_J], analysis_id: int) -> _J | str:
             return "final"
         if analysis.locked_until and analysis.locked_until > now:
             return "held"
+        if analysis.next_attempt_at and analysis.next_attempt_at > now:
+            return "early"
         analysis.locked_until = now + timedelta(seconds=settings.PORTAL_JOB_LEASE_S)
         analysis.claimed_by = worker_id()[:80]
         if analysis.stage != Analysis.Stage.WAITING:  # keep "waiting since" while probing
@@ -174,7 +230,7 @@ def _defer(model: type[QueuedJob], analysis_id: int, outcome: ServerError | Unre
             delay = min(settings.PORTAL_RETRY_MAX_DELAY_S, max(settings.PORTAL_RETRY_BASE_S, waited / 2))
         analysis.next_attempt_at = now + timedelta(seconds=delay)
         analysis.save()
-        _enqueuer(model)([analysis_id])
+        _queue_at(model, analysis_id, analysis.next_attempt_at)
     return "pending"
 
 
@@ -182,22 +238,19 @@ def _run(model: type[QueuedJob], analysis_id: int, call: Callable[[ModelClient, 
     """Claim, call the model server once, store the outcome once (or defer it). Returns what happened."""
     store = _store(model)
     claimed = _claim(model, analysis_id)
-    if claimed == "held":
-        # Another delivery of this job is running, or its worker died and the lease has not run out
-        # yet: wait a little, then keep the job alive rather than drop it; the next delivery decides.
-        lease = model._default_manager.filter(pk=analysis_id).values_list("locked_until", flat=True).first()
-        if lease is not None:
-            time.sleep(max(0.0, min((lease - timezone.now()).total_seconds(), settings.PORTAL_RETRY_MAX_DELAY_S)))
+    if claimed in ("held", "early"):
+        # Another delivery of this job is running (or its worker died and the lease has not run out yet),
+        # or the job came before its retry is due: keep the job alive rather than drop it, queued again
+        # for when the lease runs out or the retry is due; that delivery decides.
         with transaction.atomic():
-            _enqueuer(model)([analysis_id])
+            row = model._default_manager.select_for_update().filter(pk=analysis_id).first()
+            if row is not None and not row.is_final:
+                due = [t for t in (row.locked_until, row.next_attempt_at) if t]
+                _queue_at(model, analysis_id, max([timezone.now(), *due]))
         return "requeued"
     if isinstance(claimed, str):
         return claimed
     analysis = claimed
-    if analysis.next_attempt_at:
-        wait = (analysis.next_attempt_at - timezone.now()).total_seconds()
-        if wait > 0:
-            time.sleep(min(wait, settings.PORTAL_RETRY_MAX_DELAY_S))
     try:
         data = storage.read(analysis.image.storage_name)  # type: ignore[attr-defined]
     except OSError as exc:
@@ -223,29 +276,30 @@ def run_cell_analysis(cell_analysis_id: int) -> str:
 
 
 def _queued_ids(func: str) -> set[int]:
-    ids: set[int] = set()
-    for payload in OrmQ.objects.using(settings.Q_CLUSTER["orm"]).values_list("payload", flat=True):
-        try:
-            task = SignedPackage.loads(payload)
-        except (BadSignature, TypeError, ValueError):
-            continue
-        if task.get("func") == func and task.get("args"):
-            ids.add(int(task["args"][0]))
+    """The analyses with a job of ``func`` in the queue (django-q reads its own packages: OrmQ.task), or a
+    retry scheduled for later."""
+    ids = {
+        int(job.args()[0])
+        for job in OrmQ.objects.using(settings.Q_CLUSTER["orm"]).all()
+        if job.func() == func and job.args()
+    }
+    ids.update(int(args) for args in _retries().filter(func=func).values_list("args", flat=True))
     return ids
 
 
 def queued_analysis_ids() -> set[int]:
-    """Analyses that have a job in the queue (waiting or being run)."""
+    """Analyses that have a job in the queue (waiting or being run) or a retry scheduled."""
     return _queued_ids(TASK)
 
 
 def queued_cell_analysis_ids() -> set[int]:
-    """Cell analyses that have a job in the queue (waiting or being run)."""
+    """Cell analyses that have a job in the queue (waiting or being run) or a retry scheduled."""
     return _queued_ids(CELL_TASK)
 
 
 def sweep(orphan_grace_s: float | None = None) -> dict[str, int]:
-    """Safety net: re-queue pending analyses without a job; delete files no row references.
+    """Safety net: re-queue pending analyses with neither a job nor a scheduled retry; delete files no row
+    references.
 
     ``orphan_grace_s`` (default PORTAL_ORPHAN_GRACE_S) spares files younger than that, which may
     belong to an upload whose transaction has not committed yet.
@@ -289,8 +343,9 @@ def sweep(orphan_grace_s: float | None = None) -> dict[str, int]:
 def run_queued(max_jobs: int | None = None, idle_s: float = 0.0) -> dict[str, int]:
     """Run queued jobs in this process, without a cluster (tests, one-off catch-up from a shell or cron).
 
-    Stops when the queue has been empty for ``idle_s`` seconds or after ``max_jobs`` jobs. Returns a
-    count per job result.
+    Does for the retries what the cluster's scheduler does (queues each once it is due) and waits for
+    those still to come. Stops when nothing has been queued or scheduled for ``idle_s`` seconds, or after
+    ``max_jobs`` jobs. Returns a count per job result.
     """
     broker = get_broker()
     counts: dict[str, int] = {}
@@ -303,11 +358,13 @@ def run_queued(max_jobs: int | None = None, idle_s: float = 0.0) -> dict[str, in
             log.exception("run_queued: the queue is unreachable")
             break
         if not batch:
-            if time.monotonic() - idle_since >= idle_s:
+            if _queue_due_retries() or _retries().exists():
+                idle_since = time.monotonic()  # a retry is queued now or still to come
+            elif time.monotonic() - idle_since >= idle_s:
                 break
             continue
         for ack_id, payload in batch:
-            task: dict[str, Any] = SignedPackage.loads(payload)
+            task: dict[str, Any] = OrmQ(payload=payload).task  # django-q's own reading of its package
             func = task["func"]
             result = (import_string(func) if isinstance(func, str) else func)(*task["args"], **task["kwargs"])
             broker.acknowledge(ack_id)

@@ -18,8 +18,8 @@ from django.http import HttpRequest
 from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from portal import actions
 from portal.accounts.roles import ADMIN, REVIEWER, TECHNOLOGIST
+from portal.actions.events import log_event
 
 User = get_user_model()
 
@@ -36,7 +36,7 @@ def _approve_with_role(role: str) -> Any:
                 user.is_staff = user.is_staff or role == ADMIN
                 user.save(update_fields=["is_active", "is_staff"])
                 user.groups.add(group)
-                actions.log_event(
+                log_event(
                     "user.admin_change",
                     actor=request.user,
                     obj=user,
@@ -70,7 +70,7 @@ class AuditedUserAdmin(UserAdmin):
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
         user = form.instance
-        actions.log_event(
+        log_event(
             "user.admin_change" if change else "user.admin_create",
             actor=request.user,
             obj=user,
@@ -103,9 +103,7 @@ class AuditedTOTPDeviceAdmin(TOTPDeviceAdmin):
 
 def _audit_device_removal(request: HttpRequest, devices: list[Any]) -> None:
     for device in devices:
-        actions.log_event(
-            "user.otp_removed", actor=request.user, obj=device.user, request=request, data={"device": device.pk}
-        )
+        log_event("user.otp_removed", actor=request.user, obj=device.user, request=request, data={"device": device.pk})
 
 
 admin.site.unregister(TOTPDevice)

@@ -24,7 +24,7 @@ from django.urls import reverse
 from django.utils.deprecation import MiddlewareMixin
 
 from portal.accounts import second_factor
-from portal.actions import log_event
+from portal.actions.events import log_event
 
 __all__ = [
     "OTP_EXEMPT_VIEWS",

@@ -19,7 +19,7 @@ from django.http import HttpRequest
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal.accounts.roles import SECOND_FACTOR_ROLES
-from portal.actions import log_event
+from portal.actions.events import log_event
 
 __all__ = [
     "CodeResult",

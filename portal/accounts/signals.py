@@ -8,7 +8,7 @@ from axes.signals import user_locked_out
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
 
-from portal.actions import log_event
+from portal.actions.events import log_event
 
 
 @receiver(user_logged_in)

@@ -20,9 +20,9 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods
 from django_otp import login as otp_login
 
-from portal import actions
 from portal.accounts import second_factor
 from portal.accounts.forms import OTPCodeForm, RegistrationForm
+from portal.actions.accounts import change_password, register_user
 
 __all__ = ["PasswordChangeView", "otp_setup", "otp_verify", "register"]
 
@@ -33,7 +33,7 @@ def register(request: HttpRequest) -> HttpResponse:
     form = RegistrationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        actions.register_user(
+        register_user(
             username=data["username"],
             email=data["email"],
             first_name=data["first_name"],
@@ -52,7 +52,7 @@ class PasswordChangeView(auth_views.PasswordChangeView):
 
     def form_valid(self, form: Any) -> HttpResponse:
         user = form.user  # the authenticated user the form was built for
-        actions.change_password(user, form.cleaned_data["new_password1"], request=self.request)
+        change_password(user, form.cleaned_data["new_password1"], request=self.request)
         update_session_auth_hash(self.request, user)
         messages.success(self.request, "Password changed.")
         return redirect(self.get_success_url())

@@ -1,7 +1,7 @@
 """Cell pages: the specimen's differential with its gallery, reclassifying a cell, crops, annotated images.
 
 Every page and file is permission-checked and audited like the rest of the portal; reclassifying goes
-through portal.actions.reclassify_cell (refused once a reviewer signed the frame off).
+through portal.actions.cells.reclassify_cell (refused once a reviewer signed the frame off).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from portal import actions
+from portal.actions.cells import reclassify_cell
+from portal.actions.events import log_event, refusal_reason
 from portal.analyses.cell_review import crop_png, differential_context
 from portal.analyses.differential import Differential, describe
 from portal.analyses.models import Cell, CellAnalysis, ImmutableError
@@ -31,7 +32,7 @@ def specimen_differential_page(request: HttpRequest, pk: int) -> HttpResponse:
     context = differential_context(specimen)
     diff = context["diff"]
     assert isinstance(diff, Differential)
-    actions.log_event("specimen.differential", actor=request.user, obj=specimen, request=request, data=diff.as_dict())
+    log_event("specimen.differential", actor=request.user, obj=specimen, request=request, data=diff.as_dict())
     context["can_reclassify"] = request.user.has_perm("analyses.reclassify_cell")
     return render(request, "analyses/differential.html", context)
 
@@ -41,7 +42,7 @@ def differential_csv(request: HttpRequest, pk: int) -> HttpResponse:
     """The differential (per type: count, percent of white cells, NRBC per 100 WBC), then every cell."""
     specimen = get_object_or_404(Specimen.objects.select_related("patient"), pk=pk)
     body = differential_csv_bytes(specimen)
-    actions.log_event("export.differential_csv", actor=request.user, obj=specimen, request=request)
+    log_event("export.differential_csv", actor=request.user, obj=specimen, request=request)
     return download(body, CSV, f"differential_{specimen.accession}.csv")
 
 
@@ -53,10 +54,10 @@ def reclassify(request: HttpRequest, pk: int) -> HttpResponse:
     # the cell as the image page's table numbers it (#1 is the model's first cell of the frame)
     name = f"Cell #{cell.index + 1} of {cell.image.original_name}"
     try:
-        actions.reclassify_cell(request.user, cell, label, request=request)
+        reclassify_cell(request.user, cell, label, request=request)
         messages.success(request, f"{name}: now {describe(label)}.")
     except (ValidationError, ImmutableError) as exc:
-        messages.error(request, f"{name}: not reclassified: {actions.refusal_reason(exc)}")
+        messages.error(request, f"{name}: not reclassified: {refusal_reason(exc)}")
     target = reverse("analyses:differential", args=[cell.image.specimen_id])
     if request.POST.get("next") == "image":
         target = reverse("analyses:image", args=[cell.image_id])

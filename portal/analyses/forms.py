@@ -82,7 +82,7 @@ class UploadForm(forms.Form):
     ``cleaned_data["images"]``, the others :attr:`refused` (name, code, reason); only when no file is
     good is the field itself invalid. The view saves the good files and lists the refused ones."""
 
-    # a signed-off specimen takes no more images (portal.actions.upload_images refuses them too)
+    # a signed-off specimen takes no more images (portal.actions.uploads.upload_images refuses them too)
     specimen = SpecimenChoiceField(
         queryset=Specimen.objects.filter(review__isnull=True).select_related("patient").order_by("-collected_at")
     )

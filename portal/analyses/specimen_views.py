@@ -1,8 +1,8 @@
 """Specimen pages: the summary with its one conclusion and the specimen's sign-off; adding a missed cell;
 the summary and cells CSV files.
 
-Permission-checked and audited like every page; writes go through portal.specimen_actions (one
-transaction with the audit row; refusals audited too).
+Permission-checked and audited like every page; writes go through portal.actions.cells and
+portal.actions.specimen (one transaction with the audit row; refusals audited too).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from core.registry import CELL_CLASSES
-from portal import actions, specimen_actions
+from portal.actions import cells as cell_actions
+from portal.actions.events import log_event, refusal_reason
+from portal.actions.specimen import log_summary_read, sign_off_specimen
 from portal.analyses.conclusion import CHECKS, SpecimenConclusion, class_description
 from portal.analyses.differential import BLAST_THRESHOLD_PERCENT, describe
 from portal.analyses.models import CLASS_LABELS, Image, ImmutableError, SpecimenReview
@@ -93,7 +95,7 @@ def summary(request: HttpRequest, pk: int) -> HttpResponse:
     context = _summary_context(request, specimen)
     conclusion = context["conclusion"]
     assert isinstance(conclusion, SpecimenConclusion)
-    specimen_actions.log_summary_read(request.user, specimen, conclusion, request)
+    log_summary_read(request.user, specimen, conclusion, request)
     return render(request, "analyses/specimen_summary.html", context)
 
 
@@ -115,7 +117,7 @@ def sign_off(request: HttpRequest, pk: int) -> HttpResponse:
         errors = "; ".join(f"{field}: {' '.join(str(m) for m in found)}" for field, found in form.errors.items())
         return _refused(request, specimen, form, errors)
     try:
-        review = specimen_actions.sign_off_specimen(
+        review = sign_off_specimen(
             request.user,
             specimen,
             decision=form.cleaned_data["decision"],
@@ -124,8 +126,8 @@ def sign_off(request: HttpRequest, pk: int) -> HttpResponse:
             request=request,
         )
     except (ValidationError, ImmutableError) as exc:
-        form.add_error(None, actions.refusal_reason(exc))
-        return _refused(request, specimen, form, actions.refusal_reason(exc))
+        form.add_error(None, refusal_reason(exc))
+        return _refused(request, specimen, form, refusal_reason(exc))
     messages.success(request, f"Specimen {specimen.accession}: signed off as {class_description(review.final_label)}.")
     return redirect(target)
 
@@ -141,11 +143,11 @@ def add_cell(request: HttpRequest, pk: int) -> HttpResponse:
         return redirect(target)
     data = form.cleaned_data
     try:
-        cell = specimen_actions.add_cell(
+        cell = cell_actions.add_cell(
             request.user, image, [data["x0"], data["y0"], data["x1"], data["y1"]], data["label"], request=request
         )
     except (ValidationError, ImmutableError, PermissionDenied) as exc:
-        messages.error(request, f"Cell not added: {actions.refusal_reason(exc)}.")
+        messages.error(request, f"Cell not added: {refusal_reason(exc)}.")
         return redirect(target)
     messages.success(
         request, f"Cell #{cell.index + 1} added as {describe(cell.final_label)}: it counts in the differential."
@@ -158,7 +160,7 @@ def summary_csv(request: HttpRequest, pk: int) -> HttpResponse:
     """The specimen's conclusion and sign-off, one row."""
     specimen = get_object_or_404(Specimen.objects.select_related("patient"), pk=pk)
     body = summary_csv_bytes(specimen)
-    actions.log_event("export.summary_csv", actor=request.user, obj=specimen, request=request)
+    log_event("export.summary_csv", actor=request.user, obj=specimen, request=request)
     return download(body, CSV, f"summary_{specimen.accession}.csv")
 
 
@@ -167,5 +169,5 @@ def cells_csv(request: HttpRequest, pk: int) -> HttpResponse:
     """Every cell of the specimen, one row each."""
     specimen = get_object_or_404(Specimen.objects.select_related("patient"), pk=pk)
     body = cells_csv_bytes(specimen)
-    actions.log_event("export.cells_csv", actor=request.user, obj=specimen, request=request)
+    log_event("export.cells_csv", actor=request.user, obj=specimen, request=request)
     return download(body, CSV, f"cells_{specimen.accession}.csv")

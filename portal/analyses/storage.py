@@ -2,17 +2,23 @@
 
 Files live under settings.PORTAL_STORAGE_DIR with random names (no user-chosen part), in a
 directory no URL maps to; views stream them only after a permission check.
+
+A file belongs to a row: :func:`files_with_rows` writes files and their rows in one transaction and
+removes the files unless the transaction commits.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
+from django.db import transaction
 
-__all__ = ["delete", "list_files", "path_for", "read", "save"]
+__all__ = ["StagedFiles", "delete", "files_with_rows", "list_files", "path_for", "read", "save"]
 
 _KINDS = ("images", "heatmaps", "annotated")  # annotated: the cell model's annotated images
 
@@ -64,3 +70,42 @@ def list_files() -> list[tuple[str, float]]:
                 if entry.is_file() and not entry.name.startswith("."):
                     out.append((f"{kind}/{entry.name}", entry.stat().st_mtime))
     return out
+
+
+class StagedFiles:
+    """The files of one :func:`files_with_rows` block."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def discard(self, name: str) -> None:
+        """A file written here that no row will reference (the row was final already): removed once the
+        transaction ends, committed or not."""
+        transaction.on_commit(lambda: delete(name))  # on a rollback it goes with the others
+
+
+@contextmanager
+def files_with_rows(*files: tuple[str, bytes, str]) -> Iterator[StagedFiles]:
+    """Stored files and the rows that reference them, committed together or the files removed.
+
+    ``files`` (kind, data, extension) are written first, under random names (``staged.names``, in order),
+    before the transaction (``transaction.atomic``) opens for the block that writes their rows: on SQLite
+    a transaction holds the write lock, which no file write should prolong. If anything raises before the
+    commit, the transaction rolls back and the files are removed; if the commit itself fails (the
+    connection dropped), whether it happened is unknown, so the files stay: a row may reference them,
+    and the sweep (portal.jobs.sweep) removes them later if none does. A file given up with
+    ``staged.discard(name)`` is removed on commit.
+    """
+    staged = StagedFiles()
+    committing = False
+    try:
+        for kind, data, extension in files:
+            staged.names.append(save(kind, data, extension))
+        with transaction.atomic():
+            yield staged
+            committing = True  # an error after this line comes from the commit: its outcome is unknown
+    except BaseException:
+        if not committing:
+            for name in staged.names:
+                delete(name)
+        raise

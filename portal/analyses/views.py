@@ -20,7 +20,9 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from portal import actions
+from portal.actions import signoff
+from portal.actions.events import log_event
+from portal.actions.uploads import upload_images
 from portal.analyses import storage
 from portal.analyses.cell_review import differential_context
 from portal.analyses.consensus import consensus
@@ -95,7 +97,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
         analyses = list(image.analyses.all())
         done = [a for a in analyses if a.status == Analysis.Status.DONE]
         rows.append({"image": image, "consensus": consensus(analyses), "done": done, "total": len(analyses)})
-    actions.log_event(
+    log_event(
         "analysis.worklist",
         actor=request.user,
         request=request,
@@ -128,7 +130,7 @@ def upload(request: HttpRequest) -> HttpResponse:
             _audit_refused_upload(request, specimen, form)
         if valid:
             assert specimen is not None  # a valid form has one
-            images = actions.upload_images(
+            images = upload_images(
                 request.user, specimen, form.cleaned_data["images"], form.model_names(), request=request
             )
             if form.refused:
@@ -160,7 +162,7 @@ def _audit_refused_upload(request: HttpRequest, specimen: Specimen | None, form:
         data: dict[str, Any] = {"files": [r.as_audit() for r in form.refused]}
     else:
         data = {"reason": "too_many_files", "limit": settings.PORTAL_MAX_FILES_PER_UPLOAD}
-    actions.log_event("image.upload_refused", actor=request.user, obj=specimen, request=request, data=data)
+    log_event("image.upload_refused", actor=request.user, obj=specimen, request=request, data=data)
 
 
 def upload_too_many_files(request: HttpRequest) -> HttpResponse:
@@ -211,7 +213,7 @@ def _image_context(request: HttpRequest, image: Image, review_form: ReviewForm |
 @permission_required(["analyses.view_image", "analyses.view_analysis"], raise_exception=True)
 def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     image = get_object_or_404(Image.objects.select_related("specimen__patient"), pk=pk)
-    actions.log_event("image.view", actor=request.user, obj=image, request=request)
+    log_event("image.view", actor=request.user, obj=image, request=request)
     return render(request, "analyses/image_detail.html", _image_context(request, image))
 
 
@@ -298,7 +300,7 @@ def _private_file(name: str, content_type: str) -> FileResponse:
 @permission_required(["analyses.view_analysis"], raise_exception=True)
 def analysis_detail(request: HttpRequest, pk: int) -> HttpResponse:
     analysis = get_object_or_404(Analysis.objects.select_related("image__specimen__patient"), pk=pk)
-    actions.log_event("analysis.view", actor=request.user, obj=analysis, request=request)
+    log_event("analysis.view", actor=request.user, obj=analysis, request=request)
     context = _image_context(request, analysis.image)
     context["analyses"] = [a for a in context["analyses"] if a.pk == analysis.pk]  # type: ignore[attr-defined]
     context["single"] = True
@@ -310,7 +312,7 @@ def analysis_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def sign_off(request: HttpRequest, pk: int) -> HttpResponse:
     """The reviewer's decision on an image; then back to the worklist's next image, or to the image.
 
-    A refused decision (incomplete, inconsistent, or refused by actions.sign_off) is audited and the page
+    A refused decision (incomplete, inconsistent, or refused by sign_off) is audited and the page
     comes back with the form exactly as it was sent and the errors beside the fields: never a fresh form
     that would let a second press record a default the reviewer did not choose.
     """
@@ -319,7 +321,7 @@ def sign_off(request: HttpRequest, pk: int) -> HttpResponse:
     form = ReviewForm(request.POST, consensus_label=agreed.label if agreed else None)
     if not form.is_valid():
         reasons = [str(m) for errors in form.errors.values() for m in errors]
-        actions.log_event(
+        log_event(
             "image.sign_off_refused",
             actor=request.user,
             obj=image,
@@ -333,7 +335,7 @@ def sign_off(request: HttpRequest, pk: int) -> HttpResponse:
         )
         return _refused(request, image, form, reasons)
     try:
-        review = actions.sign_off(
+        review = signoff.sign_off(
             request.user,
             image,
             decision=form.cleaned_data["decision"],
@@ -372,7 +374,7 @@ def export(request: HttpRequest) -> HttpResponse:
         start, end = form.cleaned_data["start"], form.cleaned_data["end"]
         rows = analyses_in_range(start, end)
         body = csv_bytes(rows)
-        actions.log_event(
+        log_event(
             "export.csv",
             actor=request.user,
             request=request,
@@ -386,7 +388,7 @@ def export(request: HttpRequest) -> HttpResponse:
 @permission_required("analyses.export_analyses", raise_exception=True)
 def specimen_report(request: HttpRequest, pk: int) -> HttpResponse:
     specimen = get_object_or_404(Specimen.objects.select_related("patient"), pk=pk)
-    actions.log_event("export.report_html", actor=request.user, obj=specimen, request=request)
+    log_event("export.report_html", actor=request.user, obj=specimen, request=request)
     images = []
     for image in specimen.images.order_by("uploaded_at", "id"):
         ctx = _image_context(request, image)
@@ -405,9 +407,7 @@ def specimen_fhir(request: HttpRequest, pk: int) -> HttpResponse:
 
     specimen = get_object_or_404(Specimen.objects.select_related("patient"), pk=pk)
     bundle = specimen_bundle(specimen)
-    actions.log_event(
-        "export.fhir", actor=request.user, obj=specimen, request=request, data={"entries": len(bundle["entry"])}
-    )
+    log_event("export.fhir", actor=request.user, obj=specimen, request=request, data={"entries": len(bundle["entry"])})
     return download(json.dumps(bundle, indent=1), "application/fhir+json", f"fhir_{specimen.accession}.json")
 
 
@@ -419,5 +419,5 @@ def specimen_report_pdf(request: HttpRequest, pk: int) -> HttpResponse:
     from portal.analyses.pdf_report import build_pdf  # reportlab is imported only when a PDF is asked for
 
     pdf = build_pdf(specimen, request.user.get_username())
-    actions.log_event("export.report_pdf", actor=request.user, obj=specimen, request=request, data={"bytes": len(pdf)})
+    log_event("export.report_pdf", actor=request.user, obj=specimen, request=request, data={"bytes": len(pdf)})
     return download(pdf, "application/pdf", f"report_{specimen.accession}.pdf", inline=not request.GET.get("download"))

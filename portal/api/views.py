@@ -22,8 +22,13 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from portal import actions, specimen_actions
 from portal.accounts import second_factor
+from portal.actions.cells import add_cell, reclassify_cell
+from portal.actions.events import log_event
+from portal.actions.patients import create_patient, create_specimen, update_patient, update_specimen
+from portal.actions.signoff import sign_off
+from portal.actions.specimen import log_summary_read, sign_off_specimen
+from portal.actions.uploads import upload_images
 from portal.analyses.cell_review import frame_reviews, specimen_differential, target_count
 from portal.analyses.differential import count_progress
 from portal.analyses.models import Analysis, Cell, CellAnalysis, Image, ImageReview, ImmutableError
@@ -177,18 +182,14 @@ class TokenView(ObtainAuthToken):
             device = second_factor.confirmed_device(user)
             code = "".join(str(serializer.validated_data.get("otp") or "").split())
             if device is None:
-                actions.log_event(
-                    "user.otp_required", actor=user, obj=user, request=request, data={"stage": "api_token"}
-                )
+                log_event("user.otp_required", actor=user, obj=user, request=request, data={"stage": "api_token"})
                 return _refused(
                     "Your role needs a second factor: log in on the web once to enrol an authenticator app.",
                     "otp_not_enrolled",
                     status.HTTP_403_FORBIDDEN,
                 )
             if not code:
-                actions.log_event(
-                    "user.otp_required", actor=user, obj=user, request=request, data={"stage": "api_token"}
-                )
+                log_event("user.otp_required", actor=user, obj=user, request=request, data={"stage": "api_token"})
                 raise ValidationError(
                     {"otp": ["Your role needs the code from your authenticator app."]}, code="otp_required"
                 )
@@ -202,7 +203,7 @@ class TokenView(ObtainAuthToken):
             if result is not second_factor.CodeResult.OK:
                 raise ValidationError({"otp": ["That code is not right (or was used already)."]}, code="otp_invalid")
         token, _ = Token.objects.get_or_create(user=user)
-        actions.log_event("api.token", actor=user, obj=user, request=request)
+        log_event("api.token", actor=user, obj=user, request=request)
         return Response({"token": token.key})
 
 
@@ -215,7 +216,7 @@ class _AuditedRetrieve:
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         response: Response = super().list(request, *args, **kwargs)  # type: ignore[misc]
         results = response.data.get("results", []) if isinstance(response.data, dict) else response.data
-        actions.log_event(
+        log_event(
             self.audit_list_action,
             actor=request.user,
             request=request,
@@ -226,7 +227,7 @@ class _AuditedRetrieve:
 
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         obj = self.get_object()  # type: ignore[attr-defined]
-        actions.log_event(self.audit_action, actor=request.user, obj=obj, request=request)
+        log_event(self.audit_action, actor=request.user, obj=obj, request=request)
         return Response(self.get_serializer(obj).data)  # type: ignore[attr-defined]
 
 
@@ -248,12 +249,10 @@ class PatientViewSet(
         return qs
 
     def perform_create(self, serializer: Any) -> None:
-        serializer.instance = actions.create_patient(
-            self.request.user, dict(serializer.validated_data), request=self.request
-        )
+        serializer.instance = create_patient(self.request.user, dict(serializer.validated_data), request=self.request)
 
     def perform_update(self, serializer: Any) -> None:
-        serializer.instance = actions.update_patient(
+        serializer.instance = update_patient(
             self.request.user, serializer.instance, dict(serializer.validated_data), request=self.request
         )
 
@@ -276,7 +275,7 @@ class SpecimenViewSet(
     def perform_create(self, serializer: Any) -> None:
         data = dict(serializer.validated_data)
         patient = data.pop("patient")
-        serializer.instance = actions.create_specimen(self.request.user, patient, data, request=self.request)
+        serializer.instance = create_specimen(self.request.user, patient, data, request=self.request)
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT}, description="The specimen's results as a FHIR R4B Bundle.")
     @action(detail=True, methods=["get"], url_path="fhir")
@@ -287,7 +286,7 @@ class SpecimenViewSet(
 
         specimen = self.get_object()
         bundle = specimen_bundle(specimen)
-        actions.log_event(
+        log_event(
             "export.fhir", actor=request.user, obj=specimen, request=request, data={"entries": len(bundle["entry"])}
         )
         return Response(bundle)
@@ -316,7 +315,7 @@ class SpecimenViewSet(
             "target_count": progress.target,
             "target_reached": progress.reached,
         }
-        actions.log_event("specimen.differential", actor=request.user, obj=specimen, request=request, data=body)
+        log_event("specimen.differential", actor=request.user, obj=specimen, request=request, data=body)
         return Response(DifferentialSerializer(body).data)
 
     @extend_schema(
@@ -339,7 +338,7 @@ class SpecimenViewSet(
             "signed_off": review,
             "notice": DISCLAIMER,
         }
-        specimen_actions.log_summary_read(request.user, specimen, conclusion, request)
+        log_summary_read(request.user, specimen, conclusion, request)
         return Response(SpecimenSummarySerializer(body).data)
 
     @extend_schema(
@@ -358,7 +357,7 @@ class SpecimenViewSet(
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         with _action_refusals():
-            review = specimen_actions.sign_off_specimen(
+            review = sign_off_specimen(
                 request.user,
                 specimen,
                 decision=data["decision"],
@@ -371,9 +370,7 @@ class SpecimenViewSet(
     def perform_update(self, serializer: Any) -> None:
         data = dict(serializer.validated_data)
         data.pop("patient", None)
-        serializer.instance = actions.update_specimen(
-            self.request.user, serializer.instance, data, request=self.request
-        )
+        serializer.instance = update_specimen(self.request.user, serializer.instance, data, request=self.request)
 
 
 @extend_schema_view(list=extend_schema(parameters=[_id_filter("specimen", "specimen")]))
@@ -446,7 +443,7 @@ class AnalysisViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericV
                 errors.extend(exc.messages)
         if errors:
             raise ValidationError({"images": errors})
-        images = actions.upload_images(
+        images = upload_images(
             request.user, upload.validated_data["specimen"], validated, upload.validated_data["model"], request=request
         )
         for image in images:
@@ -471,7 +468,7 @@ class ReviewViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         with _action_refusals():
-            review = actions.sign_off(
+            review = sign_off(
                 request.user,
                 data["image"],
                 decision=data["decision"],
@@ -514,7 +511,7 @@ class CellViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericViewS
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         with _action_refusals():
-            cell = specimen_actions.add_cell(request.user, data["image"], data["box"], data["label"], request=request)
+            cell = add_cell(request.user, data["image"], data["box"], data["label"], request=request)
         return Response(CellSerializer(cell).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=ReclassifySerializer, responses={200: CellSerializer, 409: ERROR})
@@ -525,5 +522,5 @@ class CellViewSet(_AuditedRetrieve, mixins.ListModelMixin, viewsets.GenericViewS
         serializer = ReclassifySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         with _action_refusals():
-            cell = actions.reclassify_cell(request.user, cell, serializer.validated_data["label"], request=request)
+            cell = reclassify_cell(request.user, cell, serializer.validated_data["label"], request=request)
         return Response(CellSerializer(cell).data)

@@ -181,9 +181,9 @@ if PORTAL_DIFFERENTIAL_TARGET not in TARGET_COUNTS:
 PORTAL_MODEL_STORE = Path(env_str("PORTAL_MODEL_STORE", str(REPO_DIR / "model_store")))
 
 # The job queue (portal/jobs.py; django-q2 with its ORM broker in this database). The timings nest:
-# worst job = backoff wait (<= PORTAL_RETRY_MAX_DELAY_S) + connect + read timeout < job timeout <
-# lease < redelivery ("retry"), so a job killed with its worker is delivered again within "retry"
-# seconds and its lease has run out by then.
+# worst job = connect + read timeout < job timeout < lease < redelivery ("retry"), so a job killed
+# with its worker is delivered again within "retry" seconds and its lease has run out by then. The
+# backoff before a retry is not waited out in a worker: the retry is a django-q Schedule due then.
 PORTAL_MAX_ATTEMPTS = env_int("PORTAL_MAX_ATTEMPTS", 3)  # attempts that end in a server error (5xx, timeout)
 PORTAL_RETRY_BASE_S = float(env_str("PORTAL_RETRY_BASE_S", "1"))
 PORTAL_RETRY_MAX_DELAY_S = float(env_str("PORTAL_RETRY_MAX_DELAY_S", "8"))

@@ -10,7 +10,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
 
-from portal import actions
+from portal.actions.events import log_event
+from portal.actions.patients import create_patient, create_specimen, update_patient, update_specimen
 from portal.patients.forms import PatientForm, SpecimenForm
 from portal.patients.models import Patient, Specimen
 
@@ -24,7 +25,7 @@ def patient_list(request: HttpRequest) -> HttpResponse:
     if query:
         patients = patients.filter(Q(mrn__icontains=query) | Q(name__icontains=query))
     page = Paginator(patients.order_by("name", "mrn"), PAGE_SIZE).get_page(request.GET.get("page"))
-    actions.log_event(
+    log_event(
         "patient.search",
         actor=request.user,
         request=request,
@@ -39,7 +40,7 @@ def patient_list(request: HttpRequest) -> HttpResponse:
 def patient_create(request: HttpRequest) -> HttpResponse:
     form = PatientForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        patient = actions.create_patient(request.user, form.cleaned_data, request=request)
+        patient = create_patient(request.user, form.cleaned_data, request=request)
         messages.success(request, f"Patient {patient} created.")
         return redirect(patient)
     return render(request, "patients/patient_form.html", {"form": form, "title": "New patient"})
@@ -51,7 +52,7 @@ def patient_edit(request: HttpRequest, pk: int) -> HttpResponse:
     patient = get_object_or_404(Patient, pk=pk)
     form = PatientForm(request.POST or None, instance=patient)
     if request.method == "POST" and form.is_valid():
-        patient = actions.update_patient(request.user, Patient.objects.get(pk=pk), form.cleaned_data, request=request)
+        patient = update_patient(request.user, Patient.objects.get(pk=pk), form.cleaned_data, request=request)
         messages.success(request, "Patient saved.")
         return redirect(patient)
     return render(request, "patients/patient_form.html", {"form": form, "title": f"Edit {patient}"})
@@ -60,7 +61,7 @@ def patient_edit(request: HttpRequest, pk: int) -> HttpResponse:
 @permission_required("patients.view_patient", raise_exception=True)
 def patient_detail(request: HttpRequest, pk: int) -> HttpResponse:
     patient = get_object_or_404(Patient, pk=pk)
-    actions.log_event("patient.view", actor=request.user, obj=patient, request=request)
+    log_event("patient.view", actor=request.user, obj=patient, request=request)
     specimens = patient.specimens.annotate(n_images=Count("images"))
     return render(request, "patients/patient_detail.html", {"patient": patient, "specimens": specimens})
 
@@ -71,7 +72,7 @@ def specimen_create(request: HttpRequest, patient_pk: int) -> HttpResponse:
     patient = get_object_or_404(Patient, pk=patient_pk)
     form = SpecimenForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        specimen = actions.create_specimen(request.user, patient, form.cleaned_data, request=request)
+        specimen = create_specimen(request.user, patient, form.cleaned_data, request=request)
         messages.success(request, f"{specimen} created for {patient}.")
         return redirect(specimen)
     return render(request, "patients/specimen_form.html", {"form": form, "patient": patient, "title": "New specimen"})
@@ -83,9 +84,7 @@ def specimen_edit(request: HttpRequest, pk: int) -> HttpResponse:
     specimen = get_object_or_404(Specimen, pk=pk)
     form = SpecimenForm(request.POST or None, instance=specimen)
     if request.method == "POST" and form.is_valid():
-        specimen = actions.update_specimen(
-            request.user, Specimen.objects.get(pk=pk), form.cleaned_data, request=request
-        )
+        specimen = update_specimen(request.user, Specimen.objects.get(pk=pk), form.cleaned_data, request=request)
         messages.success(request, "Specimen saved.")
         return redirect(specimen)
     return render(
@@ -96,7 +95,7 @@ def specimen_edit(request: HttpRequest, pk: int) -> HttpResponse:
 @permission_required("patients.view_specimen", raise_exception=True)
 def specimen_detail(request: HttpRequest, pk: int) -> HttpResponse:
     specimen = get_object_or_404(Specimen.objects.select_related("patient"), pk=pk)
-    actions.log_event("specimen.view", actor=request.user, obj=specimen, request=request)
+    log_event("specimen.view", actor=request.user, obj=specimen, request=request)
     images = specimen.images.prefetch_related("analyses", "analyses__review").select_related("cell_analysis")
     pending = (
         specimen.images.filter(analyses__status="pending").exists()

@@ -120,18 +120,18 @@ def rev_client(reviewer: Any) -> Client:
 
 @pytest.fixture
 def patient(technologist: Any) -> Any:
-    from portal import actions
+    from portal.actions.patients import create_patient
 
-    return actions.create_patient(
+    return create_patient(
         technologist, {"mrn": "MRN0001", "name": "Ada Lovelace", "date_of_birth": "1990-12-10", "sex": "F"}
     )
 
 
 @pytest.fixture
 def specimen(technologist: Any, patient: Any) -> Any:
-    from portal import actions
+    from portal.actions.patients import create_specimen
 
-    return actions.create_specimen(technologist, patient, {"accession": "ACC-1", "collected_by": "tech"})
+    return create_specimen(technologist, patient, {"accession": "ACC-1", "collected_by": "tech"})
 
 
 def smear_paths(n: int) -> list[Path]:
@@ -150,7 +150,7 @@ def smear_paths(n: int) -> list[Path]:
 
 def validated(paths: list[Path]) -> list[Any]:
     """``paths`` as the portal's validated uploads: what the upload page and the API hand to
-    ``actions.upload_images``."""
+    ``upload_images``."""
     from portal.analyses.validation import validate_image_bytes
 
     return [validate_image_bytes(p.name, p.read_bytes()) for p in paths]

@@ -8,7 +8,7 @@ from typing import Any
 from PIL import Image as PILImage
 
 from core.prediction import ABSTAIN_MESSAGE, LOW_CONFIDENCE, FramePrediction
-from portal import actions
+from portal.actions.outcomes import store_outcome
 from portal.analyses.inference import Prediction
 from portal.analyses.models import Analysis
 
@@ -44,7 +44,7 @@ def prediction(
 
 
 def complete(analysis: Analysis, label: str = "Pre", abstained: bool = False, heatmap: bool = True) -> Analysis:
-    actions.store_outcome(analysis.pk, prediction(label, abstained=abstained, heatmap=heatmap))
+    store_outcome(analysis.pk, prediction(label, abstained=abstained, heatmap=heatmap))
     analysis.refresh_from_db()
     return analysis
 

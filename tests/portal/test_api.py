@@ -130,7 +130,7 @@ def test_every_images_consensus_is_on_the_api_as_the_portal_shows_it(
 ) -> None:
     """GET /api/images/ and /api/images/{id}/: label or refer, method, reason (code and words), members; a
     model's out-of-distribution abstention refers the image there as on the page."""
-    from portal import actions
+    from portal.actions.outcomes import store_outcome
     from portal.analyses.consensus import consensus
     from tests.portal.helpers import prediction
 
@@ -149,7 +149,7 @@ def test_every_images_consensus_is_on_the_api_as_the_portal_shows_it(
         if k == 0:
             answer = prediction("Early", confidence=0.95, abstained=True)
             answer.body.update(abstain_reason="out_of_distribution")
-        actions.store_outcome(a.pk, answer)
+        store_outcome(a.pk, answer)
 
     got = client.get(f"/api/images/{first.pk}/")
     assert got.status_code == 200, got.content

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from portal import actions
+from portal.actions.events import log_event
+from portal.actions.patients import create_patient, update_patient
 from portal.audit.log import record
 from portal.audit.models import AppendOnlyError, AuditEvent
 from tests.portal.conftest import PASSWORD
@@ -69,15 +70,15 @@ def test_admin_shows_the_log_read_only(admin_client: Client, technologist: Any) 
 
 def test_write_and_audit_row_commit_together(technologist: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """If the audit row cannot be written, the change is rolled back too (one transaction)."""
-    from portal import actions
+    from portal.actions import patients
     from portal.patients.models import Patient
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("audit store down")
 
-    monkeypatch.setattr(actions, "record", broken)
+    monkeypatch.setattr(patients, "record", broken)
     with pytest.raises(RuntimeError):
-        actions.create_patient(technologist, {"mrn": "RB1", "name": "Rolled Back", "date_of_birth": "2001-01-01"})
+        create_patient(technologist, {"mrn": "RB1", "name": "Rolled Back", "date_of_birth": "2001-01-01"})
     assert not Patient.objects.filter(mrn="RB1").exists()
 
 
@@ -100,8 +101,8 @@ def test_audit_page_filters_by_date_hides_views_and_shows_readable_data(
 ) -> None:
     from django.utils import timezone
 
-    actions.update_patient(technologist, patient, {"name": "Ada King"})
-    actions.log_event("patient.view", actor=technologist, obj=patient)
+    update_patient(technologist, patient, {"name": "Ada King"})
+    log_event("patient.view", actor=technologist, obj=patient)
     today = timezone.localdate().isoformat()
     page = admin_client.get(f"/audit/?start={today}&end={today}").content.decode()
     rows = page.split("<tbody>")[1]
@@ -122,7 +123,7 @@ def test_changes_only_hides_every_read_and_keeps_changes_exports_and_refusals(
     kept = {"patient.create", "image.upload", "image.upload_refused", "export.csv", "export.report_pdf"}
     assert not kept & READS and kept <= set(ACTIONS)
     for action in sorted(reads | kept):
-        actions.log_event(action, actor=technologist, obj=patient)
+        log_event(action, actor=technologist, obj=patient)
     page = admin_client.get("/audit/?changes_only=1").content.decode().split("<tbody>")[1]
     for action in reads:
         assert f'title="{action}"' not in page, action

@@ -2,7 +2,7 @@
 annotated frame with its toggle, the specimen differential (arithmetic, gallery, reclassification audited
 and counted), sign-off locking the frame's cells, exports and the API.
 
-Cell rows come from ``actions.store_cell_outcome`` fed with answers in the wbc_cells contract (test data,
+Cell rows come from ``store_cell_outcome`` fed with answers in the wbc_cells contract (test data,
 the same code path a worker uses); the end-to-end test against the real TorchServe is in
 tests/portal/test_cells_torchserve.py.
 """
@@ -21,7 +21,11 @@ from PIL import Image as PILImage
 
 from core.prediction import NOTICE
 from core.registry import CELL_CLASSES
-from portal import actions, jobs
+from portal import jobs
+from portal.actions.cells import reclassify_cell
+from portal.actions.outcomes import store_cell_outcome
+from portal.actions.signoff import sign_off
+from portal.actions.uploads import upload_images
 from portal.analyses import storage
 from portal.analyses.differential import ARTEFACT, CATEGORIES, UNCLASSIFIED, differential
 from portal.analyses.inference import CellPrediction, Refusal, ServerError
@@ -93,7 +97,7 @@ FRAME_B = [_cell([50, 50, 110, 110], "neutrophil", "neutrophil", 0.92)]
 
 
 def _upload(technologist: Any, specimen: Any, n: int, models: list[str] | None = None) -> list[Image]:
-    return actions.upload_images(technologist, specimen, validated(smear_paths(n)), models or MODELS)
+    return upload_images(technologist, specimen, validated(smear_paths(n)), models or MODELS)
 
 
 @pytest.fixture
@@ -101,7 +105,7 @@ def frames(technologist: Any, specimen: Any) -> list[Image]:
     """Two frames of one specimen, their cells stored (3 + 1), the four leukemia analyses done."""
     images = _upload(technologist, specimen, 2)
     for image, cells in zip(images, (FRAME_A, FRAME_B), strict=True):
-        assert actions.store_cell_outcome(image.cell_analysis.pk, answer(cells)) == "done"
+        assert store_cell_outcome(image.cell_analysis.pk, answer(cells)) == "done"
         for a in image.analyses.all():
             complete(a, "Pre")
     return images
@@ -174,21 +178,21 @@ def test_cells_stored_once_with_annotated_image_and_audit(frames: list[Image]) -
     assert cells[0].box == [10, 10, 60, 60] and cells[0].nucleus_area_px == 100 and cells[0].reviewed_label is None
     assert AuditEvent.objects.filter(action="cells.complete", object_id=str(job.pk)).get().data["cells"] == 3
     # a second delivery of the same job stores nothing
-    assert actions.store_cell_outcome(job.pk, answer(FRAME_B)) is None
+    assert store_cell_outcome(job.pk, answer(FRAME_B)) is None
     assert image.cells.count() == 3
 
 
 def test_no_white_cell_is_done_with_no_cells_refusal_and_broken_answer(technologist: Any, specimen: Any) -> None:
     empty, refused, broken = _upload(technologist, specimen, 3, ["mobilenetv3_lstm"])
-    assert actions.store_cell_outcome(empty.cell_analysis.pk, answer([])) == "done"
+    assert store_cell_outcome(empty.cell_analysis.pk, answer([])) == "done"
     assert empty.cells.count() == 0
     refusal = Refusal("not_a_blood_smear", "no smear")
-    assert actions.store_cell_outcome(refused.cell_analysis.pk, refusal) == "rejected"
+    assert store_cell_outcome(refused.cell_analysis.pk, refusal) == "rejected"
     bad = [dict(FRAME_B[0], label="myeloblast")]  # a type outside the registry breaks the contract
-    assert actions.store_cell_outcome(broken.cell_analysis.pk, answer(bad)) == "failed"
+    assert store_cell_outcome(broken.cell_analysis.pk, answer(bad)) == "failed"
     job = CellAnalysis.objects.get(image=broken)
     assert "breaks the contract" in job.error_message and not job.annotated_name and broken.cells.count() == 0
-    assert actions.store_cell_outcome(CellAnalysis.objects.get(image=empty).pk, ServerError("late")) is None
+    assert store_cell_outcome(CellAnalysis.objects.get(image=empty).pk, ServerError("late")) is None
     client = login(technologist)
     empty_page = client.get(f"/images/{empty.pk}/").content.decode()
     assert "No white cell found in this frame." in empty_page and "0 cells found" not in empty_page
@@ -274,7 +278,7 @@ def test_permissions(norole: Any, frames: list[Image], specimen: Any, tech_clien
     cell.refresh_from_db()
     assert cell.reviewed_label is None
     with pytest.raises(PermissionDenied):
-        actions.reclassify_cell(norole, cell, "basophil")
+        reclassify_cell(norole, cell, "basophil")
     assert AuditEvent.objects.filter(action="cell.reclassify_refused", actor_username="norole").exists()
     # the differential CSV is an export: reviewers, not technologists
     assert tech_client.get(f"/specimens/{specimen.pk}/differential.csv").status_code == 403
@@ -294,7 +298,7 @@ def test_sign_off_locks_the_frames_cells(
     assert signed.signed_review is not None
     cell = Cell.objects.get(image=signed, index=0)
     with pytest.raises(ImmutableError):
-        actions.reclassify_cell(technologist, cell, "basophil")
+        reclassify_cell(technologist, cell, "basophil")
     tech = login(technologist)
     tech.post(f"/cells/{cell.pk}/reclassify/", {"label": "basophil"})
     cell.refresh_from_db()
@@ -310,7 +314,7 @@ def test_sign_off_locks_the_frames_cells(
     assert "signed by rev" in diff_page and "1 of 2 frames signed off" in diff_page
     # the other frame is not signed: its cell can still be reclassified
     other = Cell.objects.get(image=open_)
-    actions.reclassify_cell(technologist, other, "eosinophil")
+    reclassify_cell(technologist, other, "eosinophil")
     other.refresh_from_db()
     assert other.final_label == "eosinophil"
 
@@ -411,7 +415,7 @@ def test_api_cells_differential_and_reclassify(
     assert nobody.get(f"/api/specimens/{specimen.pk}/differential/").status_code == 403
     assert api.delete(f"/api/cells/{abstained['id']}/").status_code in (403, 405)
     # after the sign-off: 409
-    actions.sign_off(reviewer, frames[0], decision="agree")
+    sign_off(reviewer, frames[0], decision="agree")
     locked = api.post(
         f"/api/cells/{abstained['id']}/reclassify/", {"label": "basophil"}, content_type="application/json"
     )
@@ -423,7 +427,7 @@ def test_refused_reclassification_raises_validation_for_unknown_type(technologis
     cell = Cell.objects.filter(image=frames[0]).first()
     assert cell is not None
     with pytest.raises(ValidationError):
-        actions.reclassify_cell(technologist, cell, "")
+        reclassify_cell(technologist, cell, "")
 
 
 def test_about_page_credits_the_cell_data(tech_client: Client) -> None:
@@ -448,7 +452,7 @@ def test_fhir_bundle_has_the_differential(
     report = next(r for r in resources if r["resourceType"] == "DiagnosticReport")
     assert {"reference": f"Observation/differential-{specimen.pk}-neutrophil"} in report["result"]
     for image in frames:  # every frame signed: the differential is final
-        actions.sign_off(reviewer, image, decision="agree")
+        sign_off(reviewer, image, decision="agree")
     bundle = rev_client.get(f"/specimens/{specimen.pk}/fhir.json").json()
     statuses = {e["resource"]["status"] for e in bundle["entry"] if e["resource"]["id"].startswith("differential-")}
     assert statuses == {"final"}
@@ -465,7 +469,7 @@ def test_api_upload_answers_the_cell_analysis_per_image(technologist: Any, speci
     image = response.json()[0]
     job = image["cell_analysis"]
     assert (job["model_name"], job["status"], job["cells"], job["annotated_url"]) == ("wbc_cells", "pending", 0, None)
-    assert actions.store_cell_outcome(job["id"], answer(FRAME_A)) == "done"
+    assert store_cell_outcome(job["id"], answer(FRAME_A)) == "done"
     body = api.get(f"/api/analyses/?image={image['id']}").json()
     assert body["count"] == 1  # the cell analysis is not one of the leukemia analyses
     cells = api.get(f"/api/cells/?image={image['id']}").json()

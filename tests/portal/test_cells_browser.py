@@ -1,6 +1,6 @@
 """Cells in real headless Chromium against a live portal: the annotation toggle and reclassification.
 
-The frame's cells are stored through the worker's own code path (``actions.store_cell_outcome`` with an
+The frame's cells are stored through the worker's own code path (``store_cell_outcome`` with an
 answer in the wbc_cells contract, as in test_cells.py), so this test exercises the pages, not the model.
 The toggle must hide and show the overlay without leaving the page; reclassifying a cell in the gallery
 must update the differential. Screenshots go to test-artifacts/portal-cells*.png.
@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from portal import actions
+from portal.actions.outcomes import store_cell_outcome
+from portal.actions.patients import create_patient, create_specimen
+from portal.actions.uploads import upload_images
 from portal.analyses.differential import ARTEFACT, WHITE_CATEGORIES
 from portal.analyses.models import Cell
 from portal.audit.models import AuditEvent
@@ -33,15 +35,13 @@ def test_annotation_toggle_and_reclassify_in_the_gallery(
 
     settings.PORTAL_CELL_MODEL = "wbc_cells"
     tech = make_user("tech", "technologist")
-    patient = actions.create_patient(
+    patient = create_patient(
         tech, {"mrn": "CELL-0001", "name": "Marie Curie", "date_of_birth": "1967-11-07", "sex": "F"}
     )
-    specimen = actions.create_specimen(tech, patient, {"accession": "CELL-ACC-1"})
+    specimen = create_specimen(tech, patient, {"accession": "CELL-ACC-1"})
     path = smear_paths(1)[0]
-    image = actions.upload_images(
-        tech, specimen, [validate_image_bytes(path.name, path.read_bytes())], ["mobilenetv3_lstm"]
-    )[0]
-    assert actions.store_cell_outcome(image.cell_analysis.pk, answer(FRAME_A)) == "done"
+    image = upload_images(tech, specimen, [validate_image_bytes(path.name, path.read_bytes())], ["mobilenetv3_lstm"])[0]
+    assert store_cell_outcome(image.cell_analysis.pk, answer(FRAME_A)) == "done"
     base = live_server.url
 
     _login(page, base, "tech")
@@ -118,10 +118,10 @@ def test_real_cell_model_upload_toggle_and_reclassify(
 
     settings.PORTAL_CELL_MODEL = "wbc_cells"
     tech = make_user("tech", "technologist")
-    patient = actions.create_patient(
+    patient = create_patient(
         tech, {"mrn": "CELL-0002", "name": "Dorothy Hodgkin", "date_of_birth": "1970-05-12", "sex": "F"}
     )
-    specimen = actions.create_specimen(tech, patient, {"accession": "CELL-ACC-2"})
+    specimen = create_specimen(tech, patient, {"accession": "CELL-ACC-2"})
     frame = next(f for f in bccd_split()[1] if len(f.wbc_boxes) == 1)
     base = live_server.url
 

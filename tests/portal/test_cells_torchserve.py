@@ -21,7 +21,8 @@ from django.test import Client
 from PIL import Image as PILImage
 
 from core.registry import CELL_CLASSES
-from portal import actions, jobs
+from portal import jobs
+from portal.actions.uploads import upload_images
 from portal.analyses import storage
 from portal.analyses.differential import NRBC, PLATELET, WHITE_CATEGORIES
 from portal.analyses.models import CellAnalysis, Image
@@ -58,7 +59,7 @@ def test_wbc_cells_through_the_real_model_server(
     settings.PORTAL_CELL_MODEL = "wbc_cells"
     log = Path(use_torchserve.workdir) / "logs" / "access_log.log"
     before = log.read_text().count("/predictions/wbc_cells") if log.exists() else 0
-    images = actions.upload_images(
+    images = upload_images(
         technologist,
         specimen,
         [validate_image_bytes(f.image.name, f.image.read_bytes()) for f in cell_frames],
@@ -117,12 +118,12 @@ def test_cell_job_refusal_is_final_and_a_server_error_is_retried_then_failed(
     settings.PORTAL_CELL_MODEL = "wbc_cells"
     buf = io.BytesIO()
     PILImage.new("RGB", (32, 32), (128, 0, 128)).save(buf, "PNG")
-    (small,) = actions.upload_images(
+    (small,) = upload_images(
         technologist, specimen, [validate_image_bytes("small.png", buf.getvalue())], ["mobilenetv3_lstm"]
     )
     settings.PORTAL_CELL_MODEL = "no_such_cells"  # TorchServe answers 404: a server error, retried
     path = smear_paths(1)[0]
-    (real,) = actions.upload_images(
+    (real,) = upload_images(
         technologist, specimen, [validate_image_bytes(path.name, path.read_bytes())], ["mobilenetv3_lstm"]
     )
     counts = jobs.run_queued()

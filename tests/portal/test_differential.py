@@ -19,7 +19,9 @@ from django.test import Client
 
 from core.cell_answer import ARTEFACT, UNCLASSIFIED
 from core.registry import CELL_CLASSES, LEUKOCYTE_CLASSES
-from portal import actions
+from portal.actions.cells import reclassify_cell
+from portal.actions.outcomes import store_cell_outcome
+from portal.actions.signoff import sign_off
 from portal.analyses.differential import CATEGORIES, NRBC, PLATELET, WHITE_CATEGORIES, describe, differential
 from portal.analyses.models import Cell, CellAnalysis, Image, ImmutableError
 from portal.audit.models import AuditEvent
@@ -119,7 +121,7 @@ FRAME = [
 @pytest.fixture
 def frame(technologist: Any, specimen: Any) -> Image:
     (image,) = _upload(technologist, specimen, 1, ["mobilenetv3_lstm"])
-    assert actions.store_cell_outcome(image.cell_analysis.pk, answer(FRAME)) == "done"
+    assert store_cell_outcome(image.cell_analysis.pk, answer(FRAME)) == "done"
     for a in image.analyses.all():
         complete(a, "Pre")
     return image
@@ -247,11 +249,11 @@ def test_reclassify_as_artefact_is_audited_excluded_and_locked(
     assert sorted(trail) == sorted([ARTEFACT, "lymphocyte"])
 
     # sign-off locks artefacts like any cell: neither un-marking nor marking another one
-    actions.sign_off(reviewer, frame, decision="agree")
+    sign_off(reviewer, frame, decision="agree")
     with pytest.raises(ImmutableError):
-        actions.reclassify_cell(technologist, neutrophil, "neutrophil")
+        reclassify_cell(technologist, neutrophil, "neutrophil")
     with pytest.raises(ImmutableError):
-        actions.reclassify_cell(technologist, lymphocyte, ARTEFACT)
+        reclassify_cell(technologist, lymphocyte, ARTEFACT)
     assert api.post(url, {"label": ARTEFACT}, content_type="application/json").status_code == 409
     refused = AuditEvent.objects.filter(action="cell.reclassify_refused").order_by("-id").first()
     assert refused is not None and refused.data["new"] == ARTEFACT and "signed off" in refused.data["reason"]
@@ -261,7 +263,7 @@ def test_reclassify_as_artefact_is_audited_excluded_and_locked(
 def test_pdf_reports_white_cells_nrbc_platelets_and_excluded(
     technologist: Any, frame: Image, specimen: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    actions.reclassify_cell(technologist, Cell.objects.get(image=frame, index=1), ARTEFACT)
+    reclassify_cell(technologist, Cell.objects.get(image=frame, index=1), ARTEFACT)
     pdf = uncompressed_pdf(specimen, monkeypatch)
     for text in (
         b"(% of white cells)",
@@ -280,10 +282,10 @@ def test_only_a_reviewer_may_say_artefact_never_the_model(technologist: Any, spe
     assert ARTEFACT in dict(Cell._meta.get_field("reviewed_label").choices or [])
     (broken,) = _upload(technologist, specimen, 1, ["mobilenetv3_lstm"])
     bad = [dict(FRAME[0], label=ARTEFACT)]  # an answer saying "artefact" breaks the model's contract
-    assert actions.store_cell_outcome(broken.cell_analysis.pk, answer(bad)) == "failed"
+    assert store_cell_outcome(broken.cell_analysis.pk, answer(bad)) == "failed"
     assert "unknown type 'artefact'" in CellAnalysis.objects.get(image=broken).error_message
     with pytest.raises(ValidationError):
-        actions.reclassify_cell(technologist, Cell.objects.get(image=frame, index=0), "debris")
+        reclassify_cell(technologist, Cell.objects.get(image=frame, index=0), "debris")
     frame_page = Client()
     frame_page.force_login(technologist)
     html = frame_page.get(f"/images/{frame.pk}/").content.decode()

@@ -12,7 +12,7 @@ import pytest
 from django.test import Client
 
 from core.registry import CLASS_NAMES
-from portal import actions
+from portal.actions.uploads import upload_images
 from portal.models_registry.drift import (
     MIN_RESULTS,
     Baseline,
@@ -128,7 +128,7 @@ def test_dashboard_names_the_model_out_of_limits_and_the_page_plots_it(
     technologist: Any, specimen: Any, tech_client: Client
 ) -> None:
     """Real rows: every answer of the week abstained, against the shipped card's baseline (about 0.1-0.2)."""
-    images = actions.upload_images(technologist, specimen, validated(smear_paths(MIN_RESULTS)), ["mobilenetv3_lstm"])
+    images = upload_images(technologist, specimen, validated(smear_paths(MIN_RESULTS)), ["mobilenetv3_lstm"])
     version = json.loads((REPO / "model_store" / "mobilenetv3_lstm.card.json").read_text())["version"]
     for image in images:
         a = complete(image.analyses.get(), "Pre", abstained=True)

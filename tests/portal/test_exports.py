@@ -12,7 +12,8 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from portal import actions
+from portal.actions.signoff import sign_off
+from portal.actions.uploads import upload_images
 from portal.analyses.models import Analysis
 from portal.analyses.validation import validate_image_bytes
 from portal.audit.models import AuditEvent
@@ -26,12 +27,12 @@ pytestmark = pytest.mark.django_db
 def done(technologist: Any, reviewer: Any, specimen: Any) -> list[Analysis]:
     """One image signed off (its one model said Early), one still pending."""
     first, second = (
-        actions.upload_images(technologist, specimen, [validate_image_bytes(p.name, p.read_bytes())], [model])[0]
+        upload_images(technologist, specimen, [validate_image_bytes(p.name, p.read_bytes())], [model])[0]
         for p, model in zip(smear_paths(2), ["xception_bigru", "mobilenetv3_lstm"], strict=True)
     )
     a, b = first.analyses.get(), second.analyses.get()
     complete(a, "Early")
-    actions.sign_off(reviewer, first, decision="agree")
+    sign_off(reviewer, first, decision="agree")
     return [a, b]
 
 

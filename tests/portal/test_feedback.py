@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from portal import actions
+from portal.actions.outcomes import store_outcome
+from portal.actions.uploads import upload_images
 from portal.analyses.inference import Refusal
 from portal.analyses.validation import validate_image_bytes
 from tests.portal.conftest import PASSWORD, smear_paths
@@ -54,11 +55,11 @@ def test_an_image_refused_by_every_model_is_one_clear_message(
     technologist: Any, specimen: Any, tech_client: Client, settings: Any
 ) -> None:
     path = smear_paths(1)[0]
-    (image,) = actions.upload_images(
+    (image,) = upload_images(
         technologist, specimen, [validate_image_bytes(path.name, path.read_bytes())], list(settings.PORTAL_MODELS)
     )
     for a in image.analyses.all():
-        actions.store_outcome(a.pk, Refusal("not_a_blood_smear", "smear score 0.02 < threshold 0.50"))
+        store_outcome(a.pk, Refusal("not_a_blood_smear", "smear score 0.02 < threshold 0.50"))
     page = tech_client.get(f"/images/{image.pk}/").content.decode()
     assert page.count("does not look like a stained peripheral blood smear") == 1
     assert "All 4 models refused it" in page and "not_a_blood_smear" not in page and "v?" not in page

@@ -11,7 +11,9 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
 
-from portal import actions, specimen_actions
+from portal.actions.signoff import sign_off
+from portal.actions.specimen import sign_off_specimen
+from portal.actions.uploads import upload_images
 from portal.analyses.validation import validate_image_bytes
 from portal.audit.models import AuditEvent
 from tests.portal.conftest import smear_paths
@@ -26,7 +28,7 @@ def _resources(bundle: dict[str, Any], kind: str) -> list[dict[str, Any]]:
 
 def _upload(technologist: Any, specimen: Any, settings: Any) -> list[Any]:
     path = smear_paths(1)[0]
-    (image,) = actions.upload_images(
+    (image,) = upload_images(
         technologist, specimen, [validate_image_bytes(path.name, path.read_bytes())], list(settings.PORTAL_MODELS)
     )
     return list(image.analyses.order_by("model_name"))
@@ -64,9 +66,7 @@ def test_preliminary_then_final_after_sign_off(
     assert abstained["valueCodeableConcept"]["coding"][0]["code"] == "refer"
     assert {d["deviceName"][0]["name"] for d in _resources(bundle, "Device")} == set(settings.PORTAL_MODELS)
 
-    actions.sign_off(
-        reviewer, analyses[0].image, decision="reclassify", final_label="Pro", comment="checked at the microscope"
-    )
+    sign_off(reviewer, analyses[0].image, decision="reclassify", final_label="Pro", comment="checked at the microscope")
     download = rev_client.get(f"/specimens/{specimen.pk}/fhir.json")
     assert download.status_code == 200 and "attachment" in download["Content-Disposition"]
     final = json.loads(download.content)
@@ -75,7 +75,7 @@ def test_preliminary_then_final_after_sign_off(
     # the frame is signed, the specimen not yet: the report stays preliminary, its conclusion says why
     assert report["status"] == "preliminary" and "Specimen conclusion (not signed off)" in report["conclusion"]
     assert "has no cell analysis to show a blast" in report["conclusion"]  # an agreement check refers it
-    specimen_actions.sign_off_specimen(
+    sign_off_specimen(
         reviewer, specimen, decision="reclassify", final_label="Pro", comment="Pro-B ALL; flow cytometry advised."
     )
     final = rev_client.get(f"/specimens/{specimen.pk}/fhir.json").json()

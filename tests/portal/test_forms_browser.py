@@ -9,8 +9,8 @@
 - Narrow screens (400 px): the image page with its sign-off panel, the worklist and the dashboard fit.
 - The skip link and the API docs' way back to the portal.
 
-The models' answers are stored through the worker's own code path (actions.store_outcome and
-actions.store_cell_outcome, as in test_review.py and test_cells.py): these tests exercise the pages, not
+The models' answers are stored through the worker's own code path (store_outcome and
+store_cell_outcome, as in test_review.py and test_cells.py): these tests exercise the pages, not
 the models. Screenshots go to test-artifacts/portal-form-*.png.
 """
 
@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 from PIL import Image as PILImage
 
-from portal import actions
+from portal.actions.outcomes import store_cell_outcome, store_outcome
+from portal.actions.patients import create_patient, create_specimen
+from portal.actions.uploads import upload_images
 from portal.analyses.inference import Refusal
 from portal.analyses.models import Image, ImageReview
 from portal.audit.models import AuditEvent
@@ -37,15 +39,15 @@ MODELS = ["xception_bigru", "effnetb3_bigru", "effnetb3_vit", "mobilenetv3_lstm"
 
 
 def _specimen(tech: Any, mrn: str = "UI-0001") -> Any:
-    patient = actions.create_patient(
+    patient = create_patient(
         tech, {"mrn": mrn, "name": "Barbara McClintock", "date_of_birth": "1962-06-16", "sex": "F"}
     )
-    return actions.create_specimen(tech, patient, {"accession": f"{mrn}-ACC"})
+    return create_specimen(tech, patient, {"accession": f"{mrn}-ACC"})
 
 
 def _finished_image(tech: Any, specimen: Any, label: str = "Early", index: int = 0) -> Image:
     """A real smear frame whose four models all answered ``label`` (a consensus of 4 of 4)."""
-    image = actions.upload_images(tech, specimen, validated([smear_paths(index + 1)[index]]), MODELS)[0]
+    image = upload_images(tech, specimen, validated([smear_paths(index + 1)[index]]), MODELS)[0]
     for analysis in image.analyses.all():
         complete(analysis, label)
     return image
@@ -224,11 +226,11 @@ def test_an_image_every_model_refused_says_so_once(
 
     settings.PORTAL_CELL_MODEL = "wbc_cells"
     tech = make_user("tech", "technologist")
-    image = actions.upload_images(tech, _specimen(tech), validated(smear_paths(1)), MODELS)[0]
+    image = upload_images(tech, _specimen(tech), validated(smear_paths(1)), MODELS)[0]
     refusal = Refusal("not_a_blood_smear", "smear score 0.02 under 0.5")
     for analysis in image.analyses.all():
-        actions.store_outcome(analysis.pk, refusal)
-    actions.store_cell_outcome(image.cell_analysis.pk, answer([]))  # the cell model found nothing on it
+        store_outcome(analysis.pk, refusal)
+    store_cell_outcome(image.cell_analysis.pk, answer([]))  # the cell model found nothing on it
     _login(page, live_server.url, "tech")
     page.goto(f"{live_server.url}/images/{image.pk}/")
     main = page.inner_text("main")

@@ -12,7 +12,8 @@ import pytest
 from django.conf import settings as dj_settings
 
 from core.registry import served_model_names
-from portal import actions, jobs
+from portal import jobs
+from portal.actions.uploads import upload_images
 from portal.analyses import storage
 from portal.analyses.inference import CellPrediction, ModelClient, Prediction, Refusal
 from portal.analyses.models import CellAnalysis
@@ -57,8 +58,8 @@ def test_the_client_gets_predictions_heatmaps_cells_and_refusals_through_kserve(
 
 
 def test_uploads_are_analysed_and_refused_through_kserve(on_kserve: str, technologist: Any, specimen: Any) -> None:
-    (smear,) = actions.upload_images(technologist, specimen, validated(smear_paths(1)), ["mobilenetv3_lstm"])
-    (photo,) = actions.upload_images(
+    (smear,) = upload_images(technologist, specimen, validated(smear_paths(1)), ["mobilenetv3_lstm"])
+    (photo,) = upload_images(
         technologist, specimen, [validate_image_bytes("photo.jpg", natural_photo_bytes())], ["mobilenetv3_lstm"]
     )
     counts = jobs.run_queued()
@@ -76,7 +77,7 @@ def test_the_portal_on_torchserves_own_v2_endpoint(
     settings.PORTAL_INFERENCE_PROTOCOL = "v2"
     settings.PORTAL_CELL_MODEL = "wbc_cells"
     paths: list[Path] = smear_paths(1)
-    (image,) = actions.upload_images(
+    (image,) = upload_images(
         technologist,
         specimen,
         validated(paths),
@@ -98,7 +99,7 @@ def _upload_on_v2(settings: Any, url: str, technologist: Any, specimen: Any) -> 
     """The portal on v2 with mobilenetv3_lstm at ``url``; one real smear uploaded for it (its image)."""
     settings.PORTAL_INFERENCE_PROTOCOL = "v2"
     settings.PORTAL_MODEL_URLS = {"mobilenetv3_lstm": url}
-    (image,) = actions.upload_images(technologist, specimen, validated(smear_paths(1)), ["mobilenetv3_lstm"])
+    (image,) = upload_images(technologist, specimen, validated(smear_paths(1)), ["mobilenetv3_lstm"])
     return image
 
 

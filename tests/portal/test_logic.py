@@ -12,7 +12,8 @@ from PIL import Image as PILImage
 
 from core.ensemble import Ensemble, pool
 from core.registry import CLASS_NAMES, model_names
-from portal import actions
+from portal.actions.outcomes import store_outcome
+from portal.actions.uploads import upload_images
 from portal.analyses import storage
 from portal.analyses.consensus import ENSEMBLE, MAJORITY, consensus, load_ensemble
 from portal.analyses.inference import Refusal, ServerError
@@ -235,12 +236,12 @@ def test_storage_refuses_foreign_names() -> None:
 @pytest.mark.django_db
 def test_outcomes_map_to_states(technologist: Any, specimen: Any, settings: Any) -> None:
     path = smear_paths(1)[0]
-    image = actions.upload_images(
+    image = upload_images(
         technologist, specimen, [validate_image_bytes(path.name, path.read_bytes())], list(settings.PORTAL_MODELS)
     )[0]
     a, b, c, d = image.analyses.order_by("model_name")
-    assert actions.store_outcome(a.pk, Refusal("not_a_blood_smear", "score 0.1 < 0.5")) == "rejected"
-    assert actions.store_outcome(b.pk, ServerError("HTTP 503")) == "failed"
+    assert store_outcome(a.pk, Refusal("not_a_blood_smear", "score 0.1 < 0.5")) == "rejected"
+    assert store_outcome(b.pk, ServerError("HTTP 503")) == "failed"
     complete(d, "Benign")
     a, b, c, d = Analysis.objects.filter(image=image).order_by("model_name")
     assert (a.status, a.error_code, a.error_message) == ("rejected", "not_a_blood_smear", "score 0.1 < 0.5")
@@ -249,8 +250,8 @@ def test_outcomes_map_to_states(technologist: Any, specimen: Any, settings: Any)
     assert (d.status, d.label, d.latency_ms) == ("done", "Benign", 42.0)
     assert d.heatmap_name.startswith("heatmaps/") and storage.read(d.heatmap_name).startswith(b"\x89PNG")
     # A final analysis is never stored twice: a second outcome (a job delivered twice) is dropped.
-    assert actions.store_outcome(d.pk, Refusal("not_a_blood_smear", "late")) is None
-    assert actions.store_outcome(a.pk, ServerError("late")) is None
+    assert store_outcome(d.pk, Refusal("not_a_blood_smear", "late")) is None
+    assert store_outcome(a.pk, ServerError("late")) is None
     d.refresh_from_db()
     assert (d.status, d.label) == ("done", "Benign")
     assert AuditEvent.objects.filter(action="analysis.complete", object_id=str(d.pk)).count() == 1

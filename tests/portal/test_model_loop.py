@@ -13,7 +13,11 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from portal import actions
+from portal.actions.cells import reclassify_cell
+from portal.actions.outcomes import store_cell_outcome
+from portal.actions.patients import create_specimen
+from portal.actions.signoff import sign_off
+from portal.actions.uploads import upload_images
 from portal.analyses.models import Cell
 from portal.audit.models import AuditEvent
 from portal.models_registry.dataset import side_of, specimen_key
@@ -34,18 +38,16 @@ def signed_specimens(technologist: Any, reviewer: Any, patient: Any, n: int, per
     paths = smear_paths(first + n * per)[first:]
     specimens = []
     for s in range(n):
-        specimen = actions.create_specimen(
-            technologist, patient, {"accession": f"ACC-LOOP-{first}-{s}", "collected_by": "t"}
-        )
-        images = actions.upload_images(technologist, specimen, validated(paths[s * per : (s + 1) * per]), [MODEL])
+        specimen = create_specimen(technologist, patient, {"accession": f"ACC-LOOP-{first}-{s}", "collected_by": "t"})
+        images = upload_images(technologist, specimen, validated(paths[s * per : (s + 1) * per]), [MODEL])
         for image, path in zip(images, paths[s * per : (s + 1) * per], strict=True):
             complete(image.analyses.get(), "Pre")
             if s == 0 and image is images[0] and hasattr(image, "cell_analysis"):
-                assert actions.store_cell_outcome(image.cell_analysis.pk, answer(FRAME_A)) == "done"
+                assert store_cell_outcome(image.cell_analysis.pk, answer(FRAME_A)) == "done"
                 cells = list(Cell.objects.filter(image=image).order_by("index"))
-                actions.reclassify_cell(technologist, cells[0], "monocyte")
-                actions.reclassify_cell(technologist, cells[2], "artefact")
-            actions.sign_off(reviewer, image, decision="reclassify", final_label=path.parent.name, comment="truth")
+                reclassify_cell(technologist, cells[0], "monocyte")
+                reclassify_cell(technologist, cells[2], "artefact")
+            sign_off(reviewer, image, decision="reclassify", final_label=path.parent.name, comment="truth")
         specimens.append(specimen)
     return specimens
 

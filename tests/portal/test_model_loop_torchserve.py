@@ -24,7 +24,10 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from portal import actions, jobs
+from portal import jobs
+from portal.actions.patients import create_specimen
+from portal.actions.signoff import sign_off
+from portal.actions.uploads import upload_images
 from portal.analyses.inference import ModelClient, Prediction
 from portal.analyses.models import Analysis
 from portal.audit.models import AuditEvent
@@ -68,7 +71,7 @@ def _training(module: str, loop: dict[str, Any], *args: str) -> subprocess.Compl
 
 
 def _upload_and_run(technologist: Any, specimen: Any, paths: list[Path]) -> list[Analysis]:
-    images = actions.upload_images(technologist, specimen, validated(paths), [MODEL])
+    images = upload_images(technologist, specimen, validated(paths), [MODEL])
     jobs.run_queued()
     return [Analysis.objects.get(image=image) for image in images]
 
@@ -131,7 +134,7 @@ def _specimens_on_both_sides(technologist: Any, patient: Any, test: int, train: 
     chosen: dict[str, list[Any]] = {"test": [], "train": []}
     n = 0
     while any(len(chosen[side]) < k for side, k in wanted.items()):
-        specimen = actions.create_specimen(technologist, patient, {"accession": f"LOOP-{n}", "collected_by": "t"})
+        specimen = create_specimen(technologist, patient, {"accession": f"LOOP-{n}", "collected_by": "t"})
         n += 1
         side = side_of(specimen_key(specimen.pk))
         if len(chosen[side]) < wanted[side]:
@@ -151,7 +154,7 @@ def test_sign_offs_to_dataset_to_gated_promotion_and_rollback(
             _upload_and_run(technologist, specimen, frames[2 * s : 2 * s + 2]), frames[2 * s :], strict=False
         ):
             assert a.status == "done" and a.model_version == shipped, a.error_message
-            actions.sign_off(reviewer, a.image, decision="reclassify", final_label=path.parent.name, comment="truth")
+            sign_off(reviewer, a.image, decision="reclassify", final_label=path.parent.name, comment="truth")
     # 2. the dataset
     call_command("export_dataset", out=loop["tmp"] / "datasets")
     dataset = loop["tmp"] / "datasets" / (loop["tmp"] / "datasets" / "LATEST").read_text().strip()
@@ -185,8 +188,8 @@ def test_sign_offs_to_dataset_to_gated_promotion_and_rollback(
     assert run.returncode == 0, run.stdout + run.stderr
     assert versions.report(good)["passed"]  # type: ignore[index]
     # 6. promotion under load: requests in flight the whole time, analyses queued before it
-    specimen = actions.create_specimen(technologist, patient, {"accession": "LOOP-AFTER", "collected_by": "t"})
-    queued = actions.upload_images(technologist, specimen, validated(smear_paths(16)[12:16]), [MODEL])
+    specimen = create_specimen(technologist, patient, {"accession": "LOOP-AFTER", "collected_by": "t"})
+    queued = upload_images(technologist, specimen, validated(smear_paths(16)[12:16]), [MODEL])
     with Load(frames[0].read_bytes()) as load:
         call_command("promote_model", model=MODEL, model_version=good, by=admin_user.username)
         while load.versions.count(good) < 3 and not load.errors:

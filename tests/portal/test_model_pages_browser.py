@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from portal import actions
+from portal.actions.uploads import upload_images
 from serving.versions import VERSIONS_ENV, Versions
 from tests.portal.conftest import smear_paths, validated
 from tests.portal.helpers import complete
@@ -35,7 +35,7 @@ def test_drift_line_drift_page_and_models_page(
     versions = Versions.of(MODEL)
     versions.root.mkdir(parents=True)
     _candidate(versions, "9.3", passed=True)
-    actions_done = actions.upload_images(technologist, specimen, validated(smear_paths(24)), [MODEL])
+    actions_done = upload_images(technologist, specimen, validated(smear_paths(24)), [MODEL])
     shipped = versions.base_version()
     for image in actions_done:  # a week where every answer is referred: far above the card's abstention rate
         a = complete(image.analyses.get(), "Pre", abstained=True)

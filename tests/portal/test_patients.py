@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from portal import actions
+from portal.actions.patients import create_patient
 from portal.audit.models import AuditEvent
 from portal.patients.models import Patient
 
@@ -43,10 +43,8 @@ def test_duplicate_mrn_is_a_form_error_and_saves_nothing(tech_client: Client, pa
 
 def test_search_by_mrn_or_name_is_paginated(tech_client: Client, technologist: Any) -> None:
     for i in range(45):
-        actions.create_patient(
-            technologist, {"mrn": f"S{i:03d}", "name": f"Smith {i:03d}", "date_of_birth": "1970-01-01"}
-        )
-    actions.create_patient(technologist, {"mrn": "Z999", "name": "Zed Jones", "date_of_birth": "1970-01-01"})
+        create_patient(technologist, {"mrn": f"S{i:03d}", "name": f"Smith {i:03d}", "date_of_birth": "1970-01-01"})
+    create_patient(technologist, {"mrn": "Z999", "name": "Zed Jones", "date_of_birth": "1970-01-01"})
     page1 = tech_client.get("/patients/?q=smith").content.decode()
     assert "Page 1 of 3" in page1 and "Smith 000" in page1 and "Zed" not in page1
     page3 = tech_client.get("/patients/?q=smith&page=3").content.decode()
@@ -77,10 +75,8 @@ def test_specimen_create_and_edit(tech_client: Client, patient: Any) -> None:
 
 
 def test_mrn_and_name_search_by_substring(tech_client: Client, technologist: Any) -> None:
-    actions.create_patient(
-        technologist, {"mrn": "MRN-2026-0042", "name": "Grace Hopper", "date_of_birth": "1960-01-01"}
-    )
-    actions.create_patient(technologist, {"mrn": "MRN-2026-0777", "name": "Alan Turing", "date_of_birth": "1960-01-01"})
+    create_patient(technologist, {"mrn": "MRN-2026-0042", "name": "Grace Hopper", "date_of_birth": "1960-01-01"})
+    create_patient(technologist, {"mrn": "MRN-2026-0777", "name": "Alan Turing", "date_of_birth": "1960-01-01"})
     page = tech_client.get("/patients/?q=0042").content.decode()
     assert "Grace Hopper" in page and "Alan Turing" not in page
     assert "Alan Turing" in tech_client.get("/patients/?q=turin").content.decode()

@@ -9,7 +9,9 @@ import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.test import Client
 
-from portal import actions
+from portal.actions.outcomes import store_outcome
+from portal.actions.signoff import sign_off
+from portal.actions.uploads import upload_images
 from portal.analyses.consensus import consensus
 from portal.analyses.forms import ReviewForm
 from portal.analyses.models import Analysis, ImageReview, ImmutableError, Review
@@ -25,7 +27,7 @@ def analyses(technologist: Any, specimen: Any) -> list[Analysis]:
     from portal.analyses.validation import validate_image_bytes
 
     path = smear_paths(1)[0]
-    image = actions.upload_images(
+    image = upload_images(
         technologist,
         specimen,
         [validate_image_bytes(path.name, path.read_bytes())],
@@ -168,12 +170,12 @@ def test_the_action_refuses_a_decision_that_records_another_class(reviewer: Any,
     """The server-side guard inside the transaction: what is recorded is what the reviewer was shown."""
     image = finished[0].image
     with pytest.raises(ValidationError, match="records Pre, not Early as shown"):
-        actions.sign_off(reviewer, image, decision="agree", expected_label="Early")
+        sign_off(reviewer, image, decision="agree", expected_label="Early")
     with pytest.raises(ValidationError, match=r"agreeing with the consensus \(Pre\) records Pre, not Pro"):
-        actions.sign_off(reviewer, image, decision="agree", final_label="Pro")
+        sign_off(reviewer, image, decision="agree", final_label="Pro")
     assert not ImageReview.objects.exists()
     assert AuditEvent.objects.filter(action="image.sign_off_refused").count() == 2
-    review = actions.sign_off(reviewer, image, decision="agree", final_label="Pre", expected_label="Pre")
+    review = sign_off(reviewer, image, decision="agree", final_label="Pre", expected_label="Pre")
     assert review.final_label == "Pre"
 
 
@@ -185,26 +187,26 @@ def test_no_consensus_defaults_to_choosing_a_label(reviewer: Any, analyses: list
     form = ReviewForm(consensus_label=None)
     assert [c for c, _ in form.fields["decision"].choices] == ["reclassify"]  # type: ignore[attr-defined]
     with pytest.raises(ValidationError, match="no consensus"):
-        actions.sign_off(reviewer, image, decision="agree")
-    review = actions.sign_off(reviewer, image, decision="reclassify", final_label="Early", comment="confirmed")
+        sign_off(reviewer, image, decision="agree")
+    review = sign_off(reviewer, image, decision="reclassify", final_label="Early", comment="confirmed")
     assert (review.final_label, review.consensus_label) == ("Early", "")
 
 
 def test_an_image_with_models_still_running_cannot_be_signed(reviewer: Any, analyses: list[Analysis]) -> None:
     with pytest.raises(ValidationError, match="still running"):
-        actions.sign_off(reviewer, analyses[0].image, decision="reclassify", final_label="Pre", comment="x")
+        sign_off(reviewer, analyses[0].image, decision="reclassify", final_label="Pre", comment="x")
     assert AuditEvent.objects.filter(action="image.sign_off_refused").count() == 1
 
 
 def test_a_signed_image_is_immutable(reviewer: Any, finished: list[Analysis]) -> None:
     image = finished[0].image
-    review = actions.sign_off(reviewer, image, decision="agree")
+    review = sign_off(reviewer, image, decision="agree")
     a = Analysis.objects.get(pk=finished[0].pk)
     a.label = "Pro"
     with pytest.raises(ImmutableError):
         a.save()
     with pytest.raises(ImmutableError):
-        actions.sign_off(reviewer, image, decision="reclassify", final_label="Pro", comment="again")
+        sign_off(reviewer, image, decision="reclassify", final_label="Pro", comment="again")
     review.comment = "edited"
     with pytest.raises(ImmutableError):
         review.save()
@@ -218,7 +220,7 @@ def test_technologist_cannot_sign_off(tech_client: Client, technologist: Any, fi
     image = finished[0].image
     assert tech_client.post(f"/images/{image.pk}/sign-off/", {"decision": "agree"}).status_code == 403
     with pytest.raises(PermissionDenied):
-        actions.sign_off(technologist, image, decision="agree")
+        sign_off(technologist, image, decision="agree")
     page = tech_client.get(f"/images/{image.pk}/").content.decode()
     assert "data-sign-off" not in page and 'id="sign-off"' not in page and "Awaiting sign-off" in page
     assert not ImageReview.objects.exists()
@@ -228,7 +230,7 @@ def _one_model_image_finished(technologist: Any, specimen: Any, path: Any, label
     """A frame uploaded for xception_bigru alone, its analysis finished with ``label``."""
     from portal.analyses.validation import validate_image_bytes
 
-    image = actions.upload_images(
+    image = upload_images(
         technologist, specimen, [validate_image_bytes(path.name, path.read_bytes())], ["xception_bigru"]
     )[0]
     complete(image.analyses.get(), label)
@@ -264,7 +266,7 @@ def test_the_page_shows_the_fitted_ensembles_consensus_and_signs_on_it(
     page = rev_client.get(f"/images/{image.pk}/").content.decode()
     assert f"Combined by the fitted ensemble (version {ensemble.version}) from the probabilities of 4 models." in page
     assert "Agree with the consensus: Pre-B ALL" in page
-    review = actions.sign_off(reviewer, image, decision="agree")
+    review = sign_off(reviewer, image, decision="agree")
     assert (review.final_label, review.consensus_label) == ("Pre", "Pre")
 
 
@@ -275,7 +277,7 @@ def test_a_benign_answer_under_the_safety_threshold_is_shown_as_such(
 
     answer = prediction("Benign", confidence=0.9, abstained=True)
     answer.body.update(abstain_reason="benign_not_confirmed", benign_threshold=0.95)
-    actions.store_outcome(analyses[3].pk, answer)
+    store_outcome(analyses[3].pk, answer)
     stored = Analysis.objects.get(pk=analyses[3].pk)
     assert (stored.abstained, stored.abstain_reason, stored.label) == (True, "benign_not_confirmed", "")
     page = rev_client.get(f"/images/{stored.image_id}/").content.decode()
@@ -300,7 +302,7 @@ def test_two_reviewers_signing_the_same_image_at_once_make_one_review(
     def sign(user: Any) -> None:
         try:
             start.wait()
-            actions.sign_off(user, image, decision="agree")
+            sign_off(user, image, decision="agree")
             outcomes.append("signed")
         except Exception as exc:  # the loser: ImmutableError on MySQL (row lock, then "already signed");
             # the in-memory test SQLite refuses the concurrent write instead (OperationalError)

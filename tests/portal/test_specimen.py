@@ -1,6 +1,6 @@
 """Blasts in the portal and the specimen's one conclusion, on the real database through the worker's code path.
 
-Cells whose label is ``blast`` come from ``actions.store_cell_outcome`` fed with answers in the wbc_cells
+Cells whose label is ``blast`` come from ``store_cell_outcome`` fed with answers in the wbc_cells
 contract (as tests/portal/test_cells.py does); the frame models' answers from ``helpers.complete``. Checked:
 the blast row (count, % with its 95% interval), the 20% line, the target count, blasts drawn apart,
 reclassification to and from blast, a cell added by hand (page and API, every refusal), the summary page
@@ -18,7 +18,11 @@ import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.test import Client
 
-from portal import actions, specimen_actions
+from portal.actions.cells import add_cell
+from portal.actions.outcomes import store_cell_outcome
+from portal.actions.signoff import sign_off
+from portal.actions.specimen import sign_off_specimen
+from portal.actions.uploads import upload_images
 from portal.analyses.conclusion import ALL_WITHOUT_BLASTS, BLASTS_IN_BENIGN
 from portal.analyses.models import Cell, Image, ImmutableError, SpecimenReview
 from portal.analyses.reports import SUMMARY_CSV_COLUMNS
@@ -57,9 +61,9 @@ def _frames(
     technologist: Any, specimen: Any, cells: list[list[Any]], labels: list[str], models: list[str] = MODEL
 ) -> list[Image]:
     """One frame per cell list, its cells stored and its frame models answering its label."""
-    images = actions.upload_images(technologist, specimen, validated(smear_paths(len(cells))), models)
+    images = upload_images(technologist, specimen, validated(smear_paths(len(cells))), models)
     for image, frame_cells, label in zip(images, cells, labels, strict=True):
-        assert actions.store_cell_outcome(image.cell_analysis.pk, answer(frame_cells)) == "done"
+        assert store_cell_outcome(image.cell_analysis.pk, answer(frame_cells)) == "done"
         for a in image.analyses.all():
             complete(a, label)
     return sorted(images, key=lambda i: i.pk)
@@ -169,7 +173,7 @@ def test_adding_a_cell_is_refused_with_a_reason(
     technologist: Any, frames: list[Image], box: list[int], reason: str
 ) -> None:
     with pytest.raises(ValidationError, match=reason):
-        specimen_actions.add_cell(technologist, frames[0], box, "blast")
+        add_cell(technologist, frames[0], box, "blast")
     assert AuditEvent.objects.get(action="cell.add_refused").data["box"] == str(box)
     assert not Cell.objects.filter(manual=True).exists()
 
@@ -191,15 +195,15 @@ def test_adding_a_cell_through_the_api_and_its_locks(
     assert overlap.status_code == 400 and "already counted" in overlap.json()["detail"][0]
     assert _token_client(norole).post("/api/cells/", body, content_type="application/json").status_code == 403
     # before the frame's cell analysis has finished
-    (waiting,) = actions.upload_images(technologist, specimen, validated(smear_paths(1)), MODEL)
+    (waiting,) = upload_images(technologist, specimen, validated(smear_paths(1)), MODEL)
     early = api.post("/api/cells/", {**body, "image": waiting.pk}, content_type="application/json")
     assert early.status_code == 400 and "has not finished" in early.json()["detail"][0]
     # once the frame is signed off
-    actions.sign_off(reviewer, frames[1], decision="agree")
+    sign_off(reviewer, frames[1], decision="agree")
     locked = api.post("/api/cells/", {**body, "box": [20, 160, 80, 220]}, content_type="application/json")
     assert locked.status_code == 409
     with pytest.raises(PermissionDenied):
-        specimen_actions.add_cell(norole, frames[0], [20, 160, 80, 220], "blast")
+        add_cell(norole, frames[0], [20, 160, 80, 220], "blast")
 
 
 # --- the specimen summary, its checks and its sign-off ------------------------------------------------
@@ -237,11 +241,11 @@ def test_specimen_sign_off_once_with_a_comment_then_immutable(
     comment = "Pre-B ALL: 40% blasts in blood; frame B reclassified. Marrow and flow cytometry advised."
     # every frame must be signed first
     with pytest.raises(ValidationError, match="sign off every frame first"):
-        specimen_actions.sign_off_specimen(reviewer, specimen, decision="agree", comment=comment)
+        sign_off_specimen(reviewer, specimen, decision="agree", comment=comment)
     refused = AuditEvent.objects.get(action="specimen.sign_off_refused")
     assert "not signed yet" in refused.data["reason"] and refused.actor_username == "rev"
-    actions.sign_off(reviewer, frames[0], decision="agree")
-    actions.sign_off(reviewer, frames[1], decision="reclassify", final_label="Pre", comment="blasts seen")
+    sign_off(reviewer, frames[0], decision="agree")
+    sign_off(reviewer, frames[1], decision="reclassify", final_label="Pre", comment="blasts seen")
     page = rev_client.get(f"/specimens/{specimen.pk}/summary/").content.decode()
     assert 'id="specimen-sign-off"' in page and 'data-label="Pre"' in page and "checks-ok" in page
     # a technologist may not; a reviewer must give the comment
@@ -276,7 +280,7 @@ def test_specimen_sign_off_once_with_a_comment_then_immutable(
     assert event.data["frames"] == {str(frames[0].pk): "Pre", str(frames[1].pk): "Pre"}
     # immutable: a second sign-off, any change, any deletion
     with pytest.raises(ImmutableError):
-        specimen_actions.sign_off_specimen(reviewer, specimen, decision="reclassify", final_label="Pro", comment="x")
+        sign_off_specimen(reviewer, specimen, decision="reclassify", final_label="Pro", comment="x")
     review.comment = "changed"
     with pytest.raises(ImmutableError):
         review.save()
@@ -284,7 +288,7 @@ def test_specimen_sign_off_once_with_a_comment_then_immutable(
         review.delete()
     # no more images: the action, the upload form and the API refuse them
     with pytest.raises(ValidationError, match="signed off"):
-        actions.upload_images(technologist, specimen, validated(smear_paths(1)), MODEL)
+        upload_images(technologist, specimen, validated(smear_paths(1)), MODEL)
     assert f'value="{specimen.pk}"' not in tech_client.get("/upload/").content.decode()
     assert "takes no more images" in tech_client.get(specimen.get_absolute_url()).content.decode()
     api = _token_client(technologist)
@@ -298,7 +302,7 @@ def test_reviewer_sets_the_class_of_a_referred_specimen_through_the_api(
     reviewer: Any, technologist: Any, frames: list[Image], specimen: Any
 ) -> None:
     for image in frames:
-        actions.sign_off(reviewer, image, decision="agree")  # Pre and Benign: the frames disagree
+        sign_off(reviewer, image, decision="agree")  # Pre and Benign: the frames disagree
     api = _token_client(reviewer)
     url = f"/api/specimens/{specimen.pk}/sign-off/"
     agree = api.post(url, {"decision": "agree", "comment": "ok"}, content_type="application/json")
@@ -365,8 +369,8 @@ def test_exports_carry_the_conclusion(
     assert at == sorted(at) and b"(Refer: no specimen conclusion)" in pdf and b"(95% interval)" in pdf
     # once signed: the summary CSV and FHIR carry the sign-off
     for image in frames:
-        actions.sign_off(reviewer, image, decision="reclassify", final_label="Pre", comment="blasts")
-    specimen_actions.sign_off_specimen(reviewer, specimen, decision="agree", comment="Pre-B ALL, 40% blasts.")
+        sign_off(reviewer, image, decision="reclassify", final_label="Pre", comment="blasts")
+    sign_off_specimen(reviewer, specimen, decision="agree", comment="Pre-B ALL, 40% blasts.")
     row = next(csv.DictReader(rev_client.get(f"/specimens/{specimen.pk}/summary.csv").content.decode().splitlines()))
     assert (row["signed_off"], row["final_label"], row["reviewer"], row["comment"]) == (
         "True",

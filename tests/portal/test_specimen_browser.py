@@ -1,6 +1,6 @@
 """Blasts, a missed cell and the specimen's sign-off in real headless Chromium against a live portal.
 
-Frames and their cells come through the worker's own code path (``actions.store_cell_outcome`` with cells
+Frames and their cells come through the worker's own code path (``store_cell_outcome`` with cells
 labelled ``blast`` in the wbc_cells contract; the frame models' answers through ``helpers.complete``), so
 this exercises the pages: the differential's blast row, line and target progress; reclassifying a cell to
 blast in the gallery; adding a cell the model missed by dragging its box on the frame; the specimen summary
@@ -15,7 +15,10 @@ from typing import Any
 
 import pytest
 
-from portal import actions
+from portal.actions.outcomes import store_cell_outcome
+from portal.actions.patients import create_patient, create_specimen
+from portal.actions.signoff import sign_off
+from portal.actions.uploads import upload_images
 from portal.analyses.models import Cell, SpecimenReview
 from portal.audit.models import AuditEvent
 from tests.portal.conftest import smear_paths, validated
@@ -42,13 +45,13 @@ def test_blasts_missed_cell_summary_and_specimen_sign_off(
     settings.PORTAL_CELL_MODEL = "wbc_cells"
     tech = make_user("tech", "technologist")
     reviewer = make_user("rev", "reviewer")
-    patient = actions.create_patient(
+    patient = create_patient(
         tech, {"mrn": "BLAST-0001", "name": "Rosalind Franklin", "date_of_birth": "1960-07-25", "sex": "F"}
     )
-    specimen = actions.create_specimen(tech, patient, {"accession": "BLAST-ACC-1"})
-    frames = sorted(actions.upload_images(tech, specimen, validated(smear_paths(2)), MODEL), key=lambda i: i.pk)
+    specimen = create_specimen(tech, patient, {"accession": "BLAST-ACC-1"})
+    frames = sorted(upload_images(tech, specimen, validated(smear_paths(2)), MODEL), key=lambda i: i.pk)
     for image, cells, label in zip(frames, (FRAME_A, FRAME_B), ("Pre", "Benign"), strict=True):
-        assert actions.store_cell_outcome(image.cell_analysis.pk, answer(cells)) == "done"
+        assert store_cell_outcome(image.cell_analysis.pk, answer(cells)) == "done"
         for a in image.analyses.all():
             complete(a, label)
     base = live_server.url
@@ -120,8 +123,8 @@ def test_blasts_missed_cell_summary_and_specimen_sign_off(
     page.screenshot(path=str(ARTIFACTS / "portal-specimen-summary-refer.png"), full_page=True)
 
     # once each frame is signed (frame B reclassified as Pre-B ALL), the reviewer signs the specimen off
-    actions.sign_off(reviewer, frames[0], decision="agree")
-    actions.sign_off(reviewer, frames[1], decision="reclassify", final_label="Pre", comment="blast at the microscope")
+    sign_off(reviewer, frames[0], decision="agree")
+    sign_off(reviewer, frames[1], decision="reclassify", final_label="Pre", comment="blast at the microscope")
     page.reload()
     assert page.inner_text("#conclusion-label") == "Pre-B ALL" and page.locator("#checks-ok").is_visible()
     page.screenshot(path=str(ARTIFACTS / "portal-specimen-summary-ready.png"), full_page=True)

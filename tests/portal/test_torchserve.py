@@ -12,7 +12,8 @@ from django.conf import settings as dj_settings
 from django.test import Client
 from PIL import Image as PILImage
 
-from portal import actions, jobs
+from portal import jobs
+from portal.actions.uploads import upload_images
 from portal.analyses import storage
 from portal.analyses.models import Analysis, Image
 from portal.analyses.validation import validate_image_bytes
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.integration, pytest.mark.slow]
 def test_all_four_models_answer_with_probabilities_and_heatmaps(
     use_torchserve: Any, technologist: Any, specimen: Any, tech_client: Client
 ) -> None:
-    (image,) = actions.upload_images(technologist, specimen, validated(smear_paths(1)), list(dj_settings.PORTAL_MODELS))
+    (image,) = upload_images(technologist, specimen, validated(smear_paths(1)), list(dj_settings.PORTAL_MODELS))
     assert jobs.run_queued() == {"done": 4}
     analyses = list(image.analyses.all())
     assert len(analyses) == 4
@@ -50,7 +51,7 @@ def test_one_model_server_request_per_image_and_model(
     """The portal pays for one inference per (image, model): TorchServe's access log shows one request."""
     log = Path(use_torchserve.workdir) / "logs" / "access_log.log"
     before = log.read_text().count("/mobilenetv3_lstm") if log.exists() else 0
-    actions.upload_images(technologist, specimen, validated(smear_paths(2)), ["mobilenetv3_lstm"])
+    upload_images(technologist, specimen, validated(smear_paths(2)), ["mobilenetv3_lstm"])
     assert jobs.run_queued() == {"done": 2}
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and log.read_text().count("/mobilenetv3_lstm") < before + 2:
@@ -66,10 +67,10 @@ def test_refusal_is_final_and_a_server_error_is_retried_then_failed(
     settings.PORTAL_MODELS = ["mobilenetv3_lstm", "no_such_model"]
     buf = io.BytesIO()
     PILImage.new("RGB", (32, 32), (128, 0, 128)).save(buf, "PNG")
-    (small,) = actions.upload_images(
+    (small,) = upload_images(
         technologist, specimen, [validate_image_bytes("small.png", buf.getvalue())], ["mobilenetv3_lstm"]
     )
-    (real,) = actions.upload_images(technologist, specimen, validated(smear_paths(1)), ["no_such_model"])
+    (real,) = upload_images(technologist, specimen, validated(smear_paths(1)), ["no_such_model"])
     counts = jobs.run_queued()
     # the refusal is stored at once, never retried; the 404 is retried PORTAL_MAX_ATTEMPTS times
     assert counts == {"rejected": 1, "pending": dj_settings.PORTAL_MAX_ATTEMPTS - 1, "failed": 1}
@@ -93,7 +94,7 @@ def test_upload_while_torchserve_is_down_waits_and_completes_when_it_is_back(
     settings.TORCHSERVE_WORKDIR = str(tmp_path / "ts")
     settings.PORTAL_MODELS = ["mobilenetv3_lstm"]
     paths = smear_paths(5)
-    images = actions.upload_images(technologist, specimen, validated(paths), ["mobilenetv3_lstm"])
+    images = upload_images(technologist, specimen, validated(paths), ["mobilenetv3_lstm"])
     assert jobs.run_queued(max_jobs=5) == {"pending": 5}
     assert {(a.status, a.stage) for a in Analysis.objects.all()} == {("pending", "waiting")}
     info = start(model_store, models=["mobilenetv3_lstm"], workdir=tmp_path / "ts", ports=ports)
@@ -120,7 +121,7 @@ def test_a_model_without_a_worker_waits_instead_of_failing(
     settings.PORTAL_MODELS = ["mobilenetv3_lstm"]
     scale = f"{use_torchserve.management_url}/models/mobilenetv3_lstm"
     mgmt = {"Authorization": f"Bearer {use_torchserve.management_key}"}
-    (image,) = actions.upload_images(technologist, specimen, validated(smear_paths(1)), ["mobilenetv3_lstm"])
+    (image,) = upload_images(technologist, specimen, validated(smear_paths(1)), ["mobilenetv3_lstm"])
     try:
         r = requests.put(f"{scale}?min_worker=0&max_worker=0&synchronous=true", headers=mgmt, timeout=60)
         assert r.status_code == 200, r.text
@@ -141,7 +142,7 @@ def test_timeout_is_retried_with_backoff_then_done(
     use_torchserve: Any, technologist: Any, specimen: Any, settings: Any
 ) -> None:
     settings.TORCHSERVE_READ_TIMEOUT_S = 0.001  # the real server cannot answer this fast
-    (image,) = actions.upload_images(technologist, specimen, validated(smear_paths(1)), ["xception_bigru"])
+    (image,) = upload_images(technologist, specimen, validated(smear_paths(1)), ["xception_bigru"])
     assert jobs.run_queued(max_jobs=1) == {"pending": 1}
     analysis = image.analyses.get()
     assert "timed out" in analysis.error_message and analysis.attempts == 1

@@ -207,7 +207,8 @@ def test_a_commit_that_fails_with_the_connection_keeps_the_files(
     """The database committed but the answer was lost (a restart): the rows exist, so must their files."""
     from django.db import OperationalError, connection
 
-    from portal import actions, jobs
+    from portal import jobs
+    from portal.actions.uploads import upload_images
     from portal.analyses import storage
     from portal.analyses.validation import validate_image_bytes
 
@@ -220,9 +221,7 @@ def test_a_commit_that_fails_with_the_connection_keeps_the_files(
     monkeypatch.setattr(connection, "commit", commit_then_lose_the_connection)
     path = smear_paths(1)[0]
     with pytest.raises(OperationalError):
-        actions.upload_images(
-            technologist, specimen, [validate_image_bytes(path.name, path.read_bytes())], ["xception_bigru"]
-        )
+        upload_images(technologist, specimen, [validate_image_bytes(path.name, path.read_bytes())], ["xception_bigru"])
     monkeypatch.undo()
     image = Image.objects.get()  # committed
     assert storage.read(image.storage_name) == path.read_bytes()  # and its file is still there

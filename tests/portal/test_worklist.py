@@ -8,7 +8,8 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from portal import actions
+from portal.actions.signoff import sign_off
+from portal.actions.uploads import upload_images
 from portal.audit.models import AuditEvent
 from tests.portal.conftest import smear_paths, validated
 from tests.portal.helpers import complete
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 
 def _images(technologist: Any, specimen: Any, n: int) -> list[Any]:
-    return actions.upload_images(technologist, specimen, validated(smear_paths(n)), ["xception_bigru"])
+    return upload_images(technologist, specimen, validated(smear_paths(n)), ["xception_bigru"])
 
 
 def test_worklist_lists_unsigned_results_oldest_first(
@@ -31,7 +32,7 @@ def test_worklist_lists_unsigned_results_oldest_first(
     assert pending.original_name not in page  # nothing to sign yet
     dashboard = rev_client.get("/").content.decode()
     assert '<a href="/worklist/">2</a>' in dashboard  # images awaiting sign-off, not model results
-    actions.sign_off(reviewer, first, decision="agree")
+    sign_off(reviewer, first, decision="agree")
     page = rev_client.get("/worklist/").content.decode()
     assert first.original_name not in page and second.original_name in page
     assert second.original_name not in rev_client.get("/worklist/?q=NO-SUCH-MRN").content.decode()

@@ -17,7 +17,7 @@ from django.db import transaction
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal.accounts import second_factor
-from portal.actions import log_event
+from portal.actions.events import log_event
 
 
 class Command(BaseCommand):
