@@ -5,7 +5,7 @@ VERSION ?=
 RETRAIN_ARGS ?=
 BY ?= $(USER)
 
-.PHONY: dataset retrain gate promote rollback
+.PHONY: dataset retrain gate other-eval promote rollback
 
 dataset: setup
 	$(PY) portal/manage.py export_dataset
@@ -15,6 +15,11 @@ retrain: setup
 
 gate: setup
 	$(PY) -m model_update.gate --model $(MODEL) $(if $(VERSION),--version $(VERSION))
+
+# A frame model's candidate against the served version on the holdout half of the other labs' normal frames
+# (a candidate trained with RETRAIN_ARGS="--other-benign 2"; every frame is normal: an ALL answer is a false alarm).
+other-eval: setup
+	$(PY) -m model_update.other_eval --model $(MODEL) $(if $(VERSION),--version $(VERSION))
 
 promote: setup
 	@test -n "$(VERSION)" || { echo "make promote MODEL=<name> VERSION=<version>"; exit 2; }

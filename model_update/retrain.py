@@ -42,6 +42,7 @@ from PIL import Image
 from core.registry import get_spec, model_names
 from model_update import other_benign
 from model_update.lab_data import DATASETS_DIR, Frame, LockedSet, LockedTestSet, latest_dataset, training_frames
+from model_update.ood_refit import refit_features
 from release.archive import archive_model
 from served_model import compat  # noqa: F401  (before timm)
 from served_model.network import HybridClassifier, load_model, save_model
@@ -51,7 +52,6 @@ from serving.versions import Versions
 from training.augment import geometric_grid
 from training.data import load_split
 from training.loop import Checkpoint, Log, Source, fit, hardware_info, seed_everything
-from training.ood import refit_features
 
 __all__ = [
     "base_archive",
@@ -230,7 +230,7 @@ def refit_card(
     device: str,
 ) -> dict[str, Any]:
     """``card`` with what reads the pooled features refitted to ``model``'s features of the original training
-    frames: the out-of-distribution score (:func:`training.ood.refit_features`, scaled by the base version's
+    frames: the out-of-distribution score (:func:`model_update.ood_refit.refit_features`, scaled by the base version's
     measured ratio, ``base_pooled``: the base version's features of the same frames; the validation blocks are the
     locked test set and are not used) and the smear gate's feature statistics (reported, never deciding)."""
     block = {s.relpath: s.block for s in load_split(data).train}

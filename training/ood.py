@@ -45,7 +45,7 @@ from training.card import OOD_HEADING, ood_markdown
 from training.data import load_split
 from training.ood_cache import CACHE_DIR, SHIFTS, load_source
 
-__all__ = ["KEEP", "OTHER_LAB", "Candidate", "fit_candidates", "keep_threshold", "refit_features", "main"]
+__all__ = ["KEEP", "OTHER_LAB", "Candidate", "fit_candidates", "keep_threshold", "mahalanobis_candidate", "main"]
 
 #: share of the same-source validation frames the threshold keeps (at least). The target is 97% of frames the fit has
 #: not seen, and the consensus refers a frame that any one of the four models flags, so the union counts: set at 98%
@@ -75,7 +75,7 @@ def _softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _mahalanobis(x: np.ndarray, y: np.ndarray | None, k: int | None, residual: bool, name: str) -> Candidate:
+def mahalanobis_candidate(x: np.ndarray, y: np.ndarray | None, k: int | None, residual: bool, name: str) -> Candidate:
     """Class-conditional (``y``) or single-mean Mahalanobis on the Ledoit-Wolf shrunk tied covariance."""
     labels = np.zeros(len(x), dtype=np.int64) if y is None else y
     classes = np.unique(labels)
@@ -145,11 +145,11 @@ def fit_candidates(train: dict[str, np.ndarray], card: dict[str, Any], val: dict
     image = _image_whitening(train["statistics"])
     probe = OODScorer(method="energy", threshold=0.0, feature_scale=1.0, image=image | {"scale": 1.0})
     features = [
-        _mahalanobis(x, y, None, False, "mahalanobis_tied"),
-        _mahalanobis(x, y, 128, True, "mahalanobis_tied_pca128_residual"),
-        _mahalanobis(x, y, 64, True, "mahalanobis_tied_pca64_residual"),
-        _mahalanobis(x, y, 64, False, "mahalanobis_tied_pca64"),
-        _mahalanobis(x, None, None, False, "mahalanobis_single_mean"),
+        mahalanobis_candidate(x, y, None, False, "mahalanobis_tied"),
+        mahalanobis_candidate(x, y, 128, True, "mahalanobis_tied_pca128_residual"),
+        mahalanobis_candidate(x, y, 64, True, "mahalanobis_tied_pca64_residual"),
+        mahalanobis_candidate(x, y, 64, False, "mahalanobis_tied_pca64"),
+        mahalanobis_candidate(x, None, None, False, "mahalanobis_single_mean"),
         Candidate("energy", lambda o: energy.scores(o["pooled"], o["logits"]), energy),
     ]
     compact = [c for c in features if c.name in ("mahalanobis_tied_pca64_residual", "mahalanobis_tied_pca64")]
@@ -167,66 +167,6 @@ def keep_threshold(scores: np.ndarray, keep: float = KEEP) -> float:
     """The smallest threshold that keeps (score <= threshold) at least ``keep`` of ``scores``."""
     s = np.sort(np.asarray(scores, dtype=np.float64))
     return float(s[min(len(s) - 1, int(np.ceil(keep * len(s))) - 1)])
-
-
-def _held_out_scale(x: np.ndarray, labels: np.ndarray, blocks: Sequence[str], k: int | None, residual: bool) -> float:
-    """The :data:`KEEP` share of the training frames' scores, each scored by a fit on the other half of the blocks."""
-    names = sorted(set(blocks))
-    halves = [np.array([b in set(names[0::2]) for b in blocks]), np.array([b in set(names[1::2]) for b in blocks])]
-    held_out = []
-    for fit, apply in (halves, halves[::-1]):
-        part = _mahalanobis(x[fit], labels[fit], k, residual, "held_out")
-        held_out.append(part.fn({"pooled": x[apply], "logits": np.zeros((int(apply.sum()), 1))}))
-    return keep_threshold(np.concatenate(held_out))
-
-
-def refit_features(
-    ood: dict[str, Any],
-    pooled: np.ndarray,
-    labels: np.ndarray,
-    blocks: Sequence[str],
-    base_pooled: np.ndarray,
-) -> dict[str, Any]:
-    """``ood`` (the base version's card block) refitted to a retrained version's pooled features, without
-    validation frames.
-
-    A retrained sequence stage moves the pooled features, so the feature part of the kept score (its kind, read
-    from ``info.score``: tied-covariance Mahalanobis, ``pcaK`` leading directions, ``_residual``) is fitted again
-    on the training frames' features (``pooled``, ``labels``, their ``blocks``). Its scale (for a score without
-    image statistics, its threshold) cannot come from the validation frames, which are the locked test set now,
-    nor from the training frames as they are: a network places the frames it was trained on closer together than
-    new ones (measured on xception_bigru 1.0: the 98% share of held-out-block training scores was 1511, of
-    validation scores 3538). So the rule is the base version's own ratio: the base scale, fitted on validation,
-    times (the new version's held-out-block share / the base version's, ``base_pooled``: its features of the same
-    frames), each held-out share fitted on one half of the blocks and taken of the other. The image-statistics
-    part, which no model changes, and the combined threshold stay as they were.
-    """
-    score = str(ood.get("info", {}).get("score", ""))
-    feature = score.split("+")[0]
-    if not feature.startswith("mahalanobis_tied"):
-        raise ValueError(f"cannot refit the out-of-distribution score {score!r}")
-    pca = [int(p[3:]) for p in feature.split("_") if p.startswith("pca")]
-    k, residual = (pca[0] if pca else None), feature.endswith("_residual")
-    x = np.asarray(pooled, dtype=np.float64)
-    new = _held_out_scale(x, labels, blocks, k, residual)
-    base = _held_out_scale(np.asarray(base_pooled, dtype=np.float64), labels, blocks, k, residual)
-    image = bool(ood.get("image"))
-    base_scale = float(ood["feature_scale"] if image else ood["threshold"])
-    scale = base_scale * new / base
-    fitted = _mahalanobis(x, labels, k, residual, feature).scorer
-    assert fitted is not None
-    out = fitted.to_dict()
-    if image:
-        out |= {"feature_scale": scale, "image": ood["image"], "threshold": ood["threshold"]}
-    else:
-        out["threshold"] = scale
-    info = dict(ood.get("info", {}))
-    info["refitted"] = (
-        f"features refitted on {len(x)} training frames of this version; scale {scale:.6g} = the base version's "
-        f"{base_scale:.6g} x held-out-block shares {new:.6g} (this version) / {base:.6g} (base), "
-        f"{len(set(blocks))} blocks, kept share {KEEP:.0%}; image part and threshold as before"
-    )
-    return out | {"info": info}
 
 
 def _cross_fitted_keep(scores: np.ndarray, blocks: Sequence[str]) -> float:

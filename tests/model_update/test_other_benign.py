@@ -1,6 +1,6 @@
 """The other labs' normal frames as Benign evidence (model_update.other_benign): each source split in two halves
 that never share a file, the train half written as Benign frames with changed copies, the holdout half measured
-(model_update.other_eval); and the out-of-distribution refit of a retrained version (training.ood.refit_features)."""
+(model_update.other_eval); and the out-of-distribution refit of a retrained version (model_update.ood_refit.refit_features)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from core.ood import OODScorer
 from core.paths import BCCD
 from core.registry import CLASS_NAMES
 from model_update import other_benign
+from model_update.ood_refit import refit_features
 from model_update.other_eval import shares
-from training.ood import refit_features
 
 
 def test_halves_are_fixed_disjoint_and_both_used() -> None:
