@@ -24,12 +24,12 @@ RNG = np.random.default_rng(0)
 
 def _fitted(k: int | None = None, residual: bool = False) -> tuple[OODScorer, np.ndarray, np.ndarray]:
     """A Mahalanobis score fitted (as training.ood does) on random features of two classes; the data."""
-    from training.ood import _mahalanobis
+    from training.ood import mahalanobis_candidate
 
     x = RNG.normal(size=(400, 6)) @ RNG.normal(size=(6, 6))
     y = (np.arange(400) % 2).astype(np.int64)
     x[y == 1] += 3.0
-    cand = _mahalanobis(x, y, k, residual, "test")
+    cand = mahalanobis_candidate(x, y, k, residual, "test")
     assert cand.scorer is not None
     return cand.scorer, x, y
 

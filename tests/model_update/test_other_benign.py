@@ -1,6 +1,7 @@
 """The other labs' normal frames as Benign evidence (model_update.other_benign): each source split in two halves
 that never share a file, the train half written as Benign frames with changed copies, the holdout half measured
-(model_update.other_eval); and the out-of-distribution refit of a retrained version (model_update.ood_refit.refit_features)."""
+(model_update.other_eval); and the out-of-distribution refit of a retrained version
+(model_update.ood_refit.refit_features)."""
 
 from __future__ import annotations
 
