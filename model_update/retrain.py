@@ -13,6 +13,10 @@ Frames of the locked test set are never trained on (:mod:`model_update.lab_data`
 The candidate keeps the served version's temperature, abstention and Benign thresholds and smear gate (their
 fitting data, the validation blocks, is now part of the locked test set and may not be fitted on): the gate
 (:mod:`model_update.gate`) checks on the locked set that its calibration and its Benign safety hold with them.
+What reads the pooled features, which the retrained sequence stage moves, is refitted to the candidate's own
+features of the original training frames (:func:`refit_card`: the out-of-distribution score, the smear gate's
+reported feature statistics). ``--other-benign`` adds other labs' normal frames as Benign
+(:mod:`model_update.other_benign`).
 Its card is the served one with the new version and a ``training.lab_update`` block (base version, dataset,
 recipe, history); its validation metrics are the base version's, the gate report holds the candidate's.
 
