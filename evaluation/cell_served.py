@@ -79,15 +79,20 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float | None:
 
 def evaluate_all4(pipeline: CellPipeline, every: int = 1, log: Any = print) -> dict[str, Any]:
     """Blast share per all4 validation frame, its AUC malignant vs Benign, and the type mix per frame class."""
-    val = load_split().val[::every]
-    rows, timing = [], []
-    for i, s in enumerate(val):
+    val = load_split().val
+    rows, timing, frames = [], [], []
+    for i, s in enumerate(val[::every]):
         t: dict[str, float] = {}
         cells = pipeline.cells(_open(s.path), t)
         timing.append(t["segment"] + t["type"])
-        rows.append((s.class_name, frame_blast(cells)))
+        counts = frame_blast(cells)
+        rows.append((s.class_name, counts))
+        frames.append(
+            {"index": i * every, "frame": s.relpath, "block": s.block, "class": s.class_name}
+            | {k: counts[k] for k in ("white", "blast")}
+        )
         if (i + 1) % 50 == 0:
-            log(f"  all4 val {i + 1}/{len(val)}")
+            log(f"  all4 val {i + 1}/{len(val[::every])}")
     y = np.array([c != "Benign" for c, _ in rows], dtype=int)
     share = np.array([r["share"] for _, r in rows])
     mean_p = np.array([r["mean_p"] for _, r in rows])
@@ -112,6 +117,7 @@ def evaluate_all4(pipeline: CellPipeline, every: int = 1, log: Any = print) -> d
         "auc_mean_blast_probability": _auc(y, mean_p),
         "per_class": per_class,
         "pipeline_ms_p50": round(float(np.percentile(timing, 50)), 1),
+        "per_frame": frames,
     }
 
 
@@ -202,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="artifacts/wbc_cells/model")
     p.add_argument("--out", default="artifacts/wbc_cells/served_metrics.json")
+    p.add_argument(
+        "--frames-out",
+        default="artifacts/wbc_cells/served_frames.json",
+        help="per-frame white cells and blasts of the all4 validation frames (evaluation.specimen_checks reads it)",
+    )
     p.add_argument("--every", type=int, default=1, help="every N-th validation frame/image (1: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", choices=["all4", "pbc", "bccd"], nargs="*", default=["all4", "pbc", "bccd"])
@@ -221,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "all4" in args.only:
         result["all4_val"] = evaluate_all4(pipeline, args.every, log)
+        frames_out = Path(args.frames_out)
+        frames_out.parent.mkdir(parents=True, exist_ok=True)
+        frames_out.write_text(json.dumps(result["all4_val"].pop("per_frame"), indent=1) + "\n")
         log(json.dumps(result["all4_val"]))
     if "pbc" in args.only:
         result["pbc_val"] = evaluate_pbc(pipeline, args.every, log)

@@ -15,7 +15,11 @@ or a referral with its reason). The cell model's cells of every frame are pooled
 
   * :data:`ALL_WITHOUT_BLASTS`: a frame called ALL (Early Pre-B, Pre-B or Pro-B) in which the cell model
     found no blast (or which has no cell analysis to show one);
-  * :data:`BLASTS_IN_BENIGN`: blasts found in a frame called Benign;
+  * :data:`BLASTS_IN_BENIGN`: blasts found in a frame called Benign, at least :data:`BENIGN_BLASTS_MIN` of them
+    and at least the acute-leukaemia line's share (:data:`BLAST_THRESHOLD_PERCENT`) of the frame's white
+    cells. Fewer is a note, not a referral: the typer calls some benign lymphoid cells (hematogones, the
+    blast's benign mimic) blast, so referring on any one blast sent every Benign specimen to a reviewer
+    (``python -m evaluation.specimen_checks`` measures what each rule costs and catches);
 
 - the specimen's label: the one label all its labelled frames share. There is none (refer, with every
   reason) while no frame has a result, while a frame is still being analysed, while a frame is referred
@@ -45,6 +49,7 @@ __all__ = [
     "ALL_LABELS",
     "ALL_WITHOUT_BLASTS",
     "BENIGN",
+    "BENIGN_BLASTS_MIN",
     "BLASTS_IN_BENIGN",
     "CHECKS",
     "Check",
@@ -54,6 +59,7 @@ __all__ = [
     "check_frame",
     "class_description",
     "conclude",
+    "frame_notes",
 ]
 
 BENIGN = CLASS_NAMES[BENIGN_INDEX]
@@ -62,10 +68,16 @@ ALL_LABELS: tuple[str, ...] = tuple(c for c in CLASS_NAMES if c != BENIGN)
 
 ALL_WITHOUT_BLASTS = "all_without_blasts"
 BLASTS_IN_BENIGN = "blasts_in_benign"
+#: A frame called Benign refers when at least this many of its white cells are blasts and they are at least
+#: BLAST_THRESHOLD_PERCENT of them (the module docstring says why).
+BENIGN_BLASTS_MIN = 2
 #: Every agreement check, code -> what it means (pages and the API list them).
 CHECKS: dict[str, str] = {
     ALL_WITHOUT_BLASTS: "A frame called ALL in which no blast was found",
-    BLASTS_IN_BENIGN: "Blasts found in a frame called Benign",
+    BLASTS_IN_BENIGN: (
+        f"At least {BENIGN_BLASTS_MIN} blasts, {BLAST_THRESHOLD_PERCENT:g}% or more of its white cells, "
+        "in a frame called Benign"
+    ),
 }
 
 
@@ -240,7 +252,7 @@ def check_frame(frame: FrameResult) -> list[Check]:
                 f"{called} but the cell analysis found no blast among its {e.white_cells} white cells",
             )
         ]
-    if label == BENIGN and e.blasts > 0:
+    if label == BENIGN and _benign_blasts_refer(e):
         return [
             Check(
                 BLASTS_IN_BENIGN,
@@ -250,6 +262,24 @@ def check_frame(frame: FrameResult) -> list[Check]:
             )
         ]
     return []
+
+
+def _benign_blasts_refer(e: FrameEvidence) -> bool:
+    return e.blasts >= BENIGN_BLASTS_MIN and 100 * e.blasts >= BLAST_THRESHOLD_PERCENT * e.white_cells
+
+
+def frame_notes(frame: FrameResult) -> list[str]:
+    """What the reviewer should look at in one frame that does not refer the specimen: blasts in a frame called
+    Benign under the referral line."""
+    e = frame.evidence
+    if frame.label != BENIGN or e.blasts == 0 or _benign_blasts_refer(e):
+        return []
+    found = f"{e.blasts} blast{'s were' if e.blasts != 1 else ' was'} found among its {e.white_cells} white cells"
+    return [
+        f"Frame {e.name!r} is called {class_description(BENIGN)} and {found}, under the line that refers "
+        f"(at least {BENIGN_BLASTS_MIN} blasts and {BLAST_THRESHOLD_PERCENT:g}% of its white cells): check "
+        f"{'them' if e.blasts != 1 else 'it'} in the gallery"
+    ]
 
 
 def conclude(
@@ -277,7 +307,7 @@ def conclude(
         else:
             reasons.append(f"The frames agree on ALL but not on its subtype: {parts}")
     label = next(iter(labels)) if len(labels) == 1 and not reasons else None
-    notes = []
+    notes = [n for f in results for n in frame_notes(f)]
     if not progress.reached:
         notes.append(f"{progress.text}: the percentages are provisional")
     if differential.blast_interval_crosses_threshold:

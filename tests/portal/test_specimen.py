@@ -43,7 +43,7 @@ FRAME_A = [
     _cell([80, 100, 130, 150], "lymphocyte", "lymphocyte", 0.9),
     _cell([150, 100, 200, 150], "neutrophil", "neutrophil", 0.95),
 ]
-#: frame B, called Benign by its model: 1 blast, 3 lymphocytes (an agreement check refers it)
+#: frame B, called Benign by its model: 1 blast, 3 lymphocytes (under the line that refers: a note)
 FRAME_B = [
     _cell([10, 10, 60, 60], "blast", "blast", 0.8),
     _cell([80, 10, 130, 60], "lymphocyte", "lymphocyte", 0.9),
@@ -209,22 +209,36 @@ def test_adding_a_cell_through_the_api_and_its_locks(
 # --- the specimen summary, its checks and its sign-off ------------------------------------------------
 
 
-def test_summary_page_and_api_refer_with_the_agreement_check(
+def test_summary_page_and_api_refer_and_note_a_blast_under_the_line(
     rev_client: Client, technologist: Any, frames: list[Image], specimen: Any
 ) -> None:
     page = rev_client.get(f"/specimens/{specimen.pk}/summary/").content.decode()
     assert 'data-refer="true"' in page and "Refer: no specimen conclusion" in page
-    assert f'data-check="{BLASTS_IN_BENIGN}" data-image="{frames[1].pk}"' in page
-    assert "is called Benign (hematogones) but 1 blast was found among its 4 white cells" in page
+    # frame B, called Benign, has 1 blast among its 4 white cells: under the line that refers, a note
+    assert 'data-check="' not in page and 'id="notes"' in page
+    assert "is called Benign (hematogones) and 1 blast was found among its 4 white cells, under the line" in page
     assert "The frames disagree" in page and "Blasts at or over 20%" in page and "disclaimer banner" in page
     assert 'id="specimen-sign-off"' not in page and 'id="not-ready"' in page  # frames not signed yet
     assert AuditEvent.objects.filter(action="specimen.summary", actor_username="rev").exists()
     api = _token_client(technologist).get(f"/api/specimens/{specimen.pk}/summary/").json()
-    assert api["label"] is None and api["refer"] and [c["code"] for c in api["checks"]] == [BLASTS_IN_BENIGN]
+    assert api["label"] is None and api["refer"] and api["checks"] == []
+    assert any("1 blast was found among its 4 white cells" in n for n in api["notes"])
     assert [f["label"] for f in api["frames"]] == ["Pre", "Benign"] and api["signed_off"] is None
     assert api["differential"]["blast_percent"] == 40.0 and api["referred_frames"] == []
     assert api["notice"].startswith("Decision support only")
     assert "specimen-summary-button" in rev_client.get(specimen.get_absolute_url()).content.decode()
+
+
+def test_blasts_at_the_line_in_a_frame_called_benign_refer(
+    tech_client: Client, technologist: Any, specimen: Any
+) -> None:
+    """Frame A's 3 blasts of 6 white cells, the frame called Benign: the agreement check refers, on the page too."""
+    (frame,) = _frames(technologist, specimen, [FRAME_A], ["Benign"])
+    api = _token_client(technologist).get(f"/api/specimens/{specimen.pk}/summary/").json()
+    assert api["refer"] and [(c["code"], c["image_id"]) for c in api["checks"]] == [(BLASTS_IN_BENIGN, frame.pk)]
+    page = tech_client.get(f"/specimens/{specimen.pk}/summary/").content.decode()
+    assert f'data-check="{BLASTS_IN_BENIGN}" data-image="{frame.pk}"' in page
+    assert "is called Benign (hematogones) but 3 blasts were found among its 6 white cells" in page
 
 
 def test_a_frame_called_all_without_blasts_refers(tech_client: Client, technologist: Any, specimen: Any) -> None:
@@ -344,7 +358,7 @@ def test_exports_carry_the_conclusion(
     assert (row["conclusion_label"], row["refer"], row["checks"], row["signed_off"]) == (
         "",
         "True",
-        BLASTS_IN_BENIGN,
+        "",
         "False",
     )
     assert (row["blasts"], row["blast_percent"], row["blast_ci95_low"], row["blast_ci95_high"]) == (

@@ -17,6 +17,7 @@ from portal.analyses.conclusion import (
     ALL_LABELS,
     ALL_WITHOUT_BLASTS,
     BENIGN,
+    BENIGN_BLASTS_MIN,
     BLASTS_IN_BENIGN,
     CHECKS,
     FrameEvidence,
@@ -144,13 +145,20 @@ def test_rule_all_without_blasts_refers_and_says_why() -> None:
 
 
 def test_rule_blasts_in_a_benign_frame_refers_and_says_why() -> None:
-    c = _conclude([_frame(1, consensus="Benign", blasts=2, white_cells=30)], blast=2, lymphocyte=28)
+    """At least BENIGN_BLASTS_MIN blasts making at least 20% of the frame's white cells refer; fewer is a note."""
+    c = _conclude([_frame(1, consensus="Benign", blasts=2, white_cells=10)], blast=2, lymphocyte=8)
     assert c.refer and [(k.code, k.image_id) for k in c.checks] == [(BLASTS_IN_BENIGN, 1)]
-    assert "is called Benign (hematogones) but 2 blasts were found among its 30 white cells" in c.checks[0].text
-    one = _conclude([_frame(1, consensus="Benign", blasts=1, white_cells=30)], blast=1, lymphocyte=29)
-    assert "1 blast was found" in one.checks[0].text
+    assert "is called Benign (hematogones) but 2 blasts were found among its 10 white cells" in c.checks[0].text
+    assert BENIGN_BLASTS_MIN == 2 and "At least 2 blasts, 20% or more" in CHECKS[BLASTS_IN_BENIGN]
+    # under the line: one blast (even 1 of 4, 25%), or 2 blasts making under 20% (2 of 11): a note, no referral
+    for blasts, white in ((1, 4), (1, 30), (2, 11)):
+        under = _conclude([_frame(1, consensus="Benign", blasts=blasts, white_cells=white)], lymphocyte=50)
+        assert under.label == "Benign" and under.checks == () and under.reasons == ()
+        (note,) = [n for n in under.notes if n.startswith("Frame 'f1.jpg'")]
+        found = f"{blasts} blast{' was' if blasts == 1 else 's were'} found among its {white} white cells"
+        assert f"is called Benign (hematogones) and {found}, under the line that refers" in note
     clean = _conclude([_frame(1, consensus="Benign", blasts=0)], lymphocyte=50)
-    assert clean.label == "Benign" and clean.checks == ()
+    assert clean.label == "Benign" and clean.checks == () and not any("Frame" in n for n in clean.notes)
 
 
 def test_frames_that_disagree_refer() -> None:
@@ -177,7 +185,7 @@ def test_notes_do_not_refer() -> None:
 
 
 def test_as_dict_carries_everything_the_api_and_the_sign_off_keep() -> None:
-    body = _conclude([_frame(1, consensus="Benign", blasts=2)], blast=2, lymphocyte=48).as_dict()
+    body = _conclude([_frame(1, consensus="Benign", blasts=10)], blast=2, lymphocyte=48).as_dict()
     assert body["label"] is None and body["refer"] is True and body["checks"][0]["code"] == BLASTS_IN_BENIGN
     assert body["frames"][0]["image_id"] == 1 and body["differential"]["blast_percent"] == 4.0
     assert body["target_count"] == 100 and body["target_reached"] is False and body["text"].startswith("Refer")
