@@ -16,6 +16,8 @@ intervals: finder precision (found white cells, as the differential counts them:
 unclassified, that are one white cell), not_a_cell boxes typed as a white-cell type, blast calls
 (served ``label`` blast, after abstention) among blast_like (sensitivity), lymphoid and other_white
 (1 - specificity). Labelled boxes the finder no longer returns, and found boxes without a label, are counted.
+Cells of one frame, and frames of one block (capture series), are not independent: beside the Wilson
+interval each share has a cluster-bootstrap 95% interval that resamples the blocks (15 here), the honest one.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import argparse
 import json
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from core.aspect import true_shape
@@ -47,6 +50,8 @@ IOU = 0.5
 SEED = 29
 CELLS_PER_CLASS = 75
 BLAST = "blast"
+#: resamples of the cluster bootstrap
+BOOTSTRAP = 2000
 
 
 def _open(path: Path) -> Image.Image:
@@ -98,14 +103,26 @@ def match(found: Sequence[Sequence[float]], labelled: Sequence[Sequence[float]],
     return out
 
 
-def _rate(count: int, total: int) -> dict[str, Any]:
+def _rate(rs: Sequence[dict[str, Any]], hit: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """``hit`` among ``rs``: the share, its Wilson 95% interval (cells as independent) and a 95% percentile
+    interval from resampling the records' clusters (``cluster``: the frame's block) with replacement."""
+    hits = [bool(hit(r)) for r in rs]
+    count, total = sum(hits), len(hits)
+    out: dict[str, Any] = {"count": count, "of": total, "share": round(count / total, 4) if total else None}
+    if not total:
+        return out | {"wilson95": None, "cluster_bootstrap95": None}
     low, high = wilson_interval(count, total)
-    return {
-        "count": count,
-        "of": total,
-        "share": round(count / total, 4) if total else None,
-        "wilson95": [round(low, 4), round(high, 4)] if total else None,
-    }
+    clusters = sorted({str(r.get("cluster")) for r in rs})
+    k = np.zeros(len(clusters))
+    n = np.zeros(len(clusters))
+    for r, h in zip(rs, hits, strict=True):
+        i = clusters.index(str(r.get("cluster")))
+        k[i] += h
+        n[i] += 1
+    draw = np.random.default_rng(0).integers(0, len(clusters), size=(BOOTSTRAP, len(clusters)))
+    shares = k[draw].sum(1) / n[draw].sum(1)
+    boot = [round(float(q), 4) for q in np.percentile(shares, [2.5, 97.5])]
+    return out | {"wilson95": [round(low, 4), round(high, 4)], "cluster_bootstrap95": boot, "clusters": len(clusters)}
 
 
 def _is_white(cell: dict[str, Any]) -> bool:
@@ -113,61 +130,59 @@ def _is_white(cell: dict[str, Any]) -> bool:
     return cell["label"] is None or cell["label"] in LEUKOCYTE_CLASSES
 
 
+def _one_cell(r: dict[str, Any]) -> bool:
+    return r["category"] in ONE_WHITE_CELL
+
+
+def _called_blast(r: dict[str, Any]) -> bool:
+    return bool(r["served"]["label"] == BLAST)
+
+
 def summarise(records: Sequence[dict[str, Any]], unlabelled_found: int = 0) -> dict[str, Any]:
-    """The metrics from per-labelled-cell records ``{"class", "category", "served"}`` (served: the matched answer
-    entry, or None when the finder returned no box at IoU >= 0.5)."""
+    """The metrics from per-labelled-cell records ``{"class", "category", "served", "cluster"}`` (served: the
+    matched answer entry, or None when the finder returned no box at IoU >= 0.5; cluster: the frame's block)."""
     matched = [r for r in records if r["served"] is not None]
     malignant = [r for r in matched if r["class"] != "Benign"]
+    white = [r for r in matched if _is_white(r["served"])]
+    sure_white = [r for r in white if r["category"] != "unsure"]
 
-    def precision(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        white = [r for r in rs if _is_white(r["served"]) and r["category"] != "unsure"]
-        return _rate(sum(r["category"] in ONE_WHITE_CELL for r in white), len(white))
+    def of(category: str) -> list[dict[str, Any]]:
+        return [r for r in matched if r["category"] == category]
 
-    def blast_calls(category: str) -> dict[str, Any]:
-        rs = [r for r in matched if r["category"] == category]
-        return _rate(sum(r["served"]["label"] == BLAST for r in rs), len(rs))
-
-    not_cells = [r for r in matched if r["category"] == "not_a_cell"]
-    called = [r for r in malignant if r["served"]["label"] == BLAST and r["category"] != "unsure"]
-    unsure_white = sum(1 for r in matched if r["category"] == "unsure" and _is_white(r["served"]))
+    called = [r for r in malignant if _called_blast(r) and r["category"] != "unsure"]
     mix: dict[str, dict[str, int]] = {}
     for category in CATEGORIES:
-        counts = Counter(str(r["served"]["label"]) for r in matched if r["category"] == category)
-        mix[category] = dict(counts.most_common())
+        mix[category] = dict(Counter(str(r["served"]["label"]) for r in of(category)).most_common())
     return {
         "labelled_cells": len(records),
         "labelled_by_category": dict(Counter(r["category"] for r in records)),
         "matched": len(matched),
         "unmatched_labelled": dict(Counter(r["category"] for r in records if r["served"] is None)),
         "found_without_label": unlabelled_found,
-        "finder_precision_all_frames": precision(matched),
-        "finder_precision_unsure_as_wrong": _rate(
-            sum(r["category"] in ONE_WHITE_CELL for r in matched if _is_white(r["served"])),
-            sum(_is_white(r["served"]) for r in matched),
-        ),
-        "finder_precision_malignant_frames": precision(malignant),
-        "finder_precision_benign_frames": precision([r for r in matched if r["class"] == "Benign"]),
-        "white_cells_found_labelled_unsure": unsure_white,
-        "not_a_cell_typed_white": _rate(
-            sum(r["served"]["label"] in LEUKOCYTE_CLASSES for r in not_cells), len(not_cells)
-        ),
-        "not_a_cell_counted_white_incl_unclassified": _rate(
-            sum(_is_white(r["served"]) for r in not_cells), len(not_cells)
-        ),
-        "blast_calls_among_blast_like": blast_calls("blast_like"),
-        "blast_calls_among_lymphoid_benign": blast_calls("lymphoid"),
-        "blast_calls_among_other_white": blast_calls("other_white"),
-        "blast_calls_among_two_cells": blast_calls("two_cells"),
+        "finder_precision_all_frames": _rate(sure_white, _one_cell),
+        "finder_precision_unsure_as_wrong": _rate(white, _one_cell),
+        "finder_precision_malignant_frames": _rate([r for r in sure_white if r["class"] != "Benign"], _one_cell),
+        "finder_precision_benign_frames": _rate([r for r in sure_white if r["class"] == "Benign"], _one_cell),
+        "white_cells_found_labelled_unsure": len(white) - len(sure_white),
+        "not_a_cell_typed_white": _rate(of("not_a_cell"), lambda r: r["served"]["label"] in LEUKOCYTE_CLASSES),
+        "not_a_cell_counted_white_incl_unclassified": _rate(of("not_a_cell"), lambda r: _is_white(r["served"])),
+        "blast_calls_among_blast_like": _rate(of("blast_like"), _called_blast),
+        "blast_calls_among_lymphoid_benign": _rate(of("lymphoid"), _called_blast),
+        "blast_calls_among_other_white": _rate(of("other_white"), _called_blast),
+        "blast_calls_among_two_cells": _rate(of("two_cells"), _called_blast),
+        "blast_calls_among_not_a_cell": _rate(of("not_a_cell"), _called_blast),
         "blast_calls_malignant_frames_that_are_one_blast_like_cell": _rate(
-            sum(r["category"] == "blast_like" for r in called), len(called)
+            called, lambda r: r["category"] == "blast_like"
         ),
-        "blast_calls_among_not_a_cell": blast_calls("not_a_cell"),
         "served_labels_by_category": mix,
     }
 
 
 def evaluate(pipeline: Any, labels: dict[str, Any], root: Path = ROOT, iou: float = IOU) -> dict[str, Any]:
     """Run the served pipeline on the labelled frames, match and summarise."""
+    from training.data import load_split
+
+    block = {s.relpath: s.block for s in load_split().val}
     records: list[dict[str, Any]] = []
     unlabelled = 0
     for frame in labels["frames"]:
@@ -177,7 +192,14 @@ def evaluate(pipeline: Any, labels: dict[str, Any], root: Path = ROOT, iou: floa
         unlabelled += len(cells) - len(pairs)
         for gi, cell in enumerate(labelled):
             served = cells[pairs[gi]] if gi in pairs else None
-            records.append({"class": frame["class"], "category": cell["label"], "served": served})
+            records.append(
+                {
+                    "class": frame["class"],
+                    "category": cell["label"],
+                    "served": served,
+                    "cluster": block.get(frame["relpath"], frame["relpath"]),
+                }
+            )
     out = summarise(records, unlabelled)
     out["frames"] = len(labels["frames"])
     out["frames_by_class"] = dict(Counter(f["class"] for f in labels["frames"]))

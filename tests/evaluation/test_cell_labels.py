@@ -82,8 +82,8 @@ def test_summarise_counts_the_categories() -> None:
         return {"label": label, "kind": "wbc"}
 
     records: list[dict[str, Any]] = [
-        {"class": "Pre", "category": "blast_like", "served": served("blast")},
-        {"class": "Pre", "category": "blast_like", "served": served("lymphocyte")},
+        {"class": "Pre", "category": "blast_like", "served": served("blast"), "cluster": "Pre-001"},
+        {"class": "Pre", "category": "blast_like", "served": served("lymphocyte"), "cluster": "Pre-002"},
         {"class": "Pre", "category": "blast_like", "served": None},
         {"class": "Pre", "category": "not_a_cell", "served": served("neutrophil")},
         {"class": "Pre", "category": "not_a_cell", "served": served("platelet")},
@@ -104,6 +104,8 @@ def test_summarise_counts_the_categories() -> None:
     assert out["blast_calls_malignant_frames_that_are_one_blast_like_cell"]["of"] == 1
     low, high = out["blast_calls_among_blast_like"]["wilson95"]
     assert 0 < low < 0.5 < high < 1
+    # two blocks, one hit each way: resampling blocks gives 0 or 1 share at the ends
+    assert out["blast_calls_among_blast_like"]["cluster_bootstrap95"] == [0.0, 1.0]
 
 
 @pytest.fixture(scope="module")
