@@ -9,6 +9,7 @@
 - ``served_metrics.json`` (:mod:`evaluation.cell_served`: every cell metric through the served path, the
   whole image through finder and typer; the card leads with these and labels the typer-on-crops
   figures as such),
+- ``cell_labels.json`` (:mod:`evaluation.cell_labels`: the served path against cells labelled by hand),
 
 fits the model's smear gate on smear images of the three kinds it is sent (B-ALL frames, BCCD
 frames, PBC single-cell crops: training parts only) against synthetic non-smear images, measures the
@@ -132,6 +133,7 @@ def build_cell_card(
     gate: dict[str, Any],
     gate_rates: dict[str, Any],
     served: dict[str, Any] | None = None,
+    hand_labels: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The card (validated, gate required) from the registry spec and the measured metrics."""
     card = {
@@ -159,7 +161,13 @@ def build_cell_card(
             "typer": model_config.get("training", {}),
             "split": {"seed": SEED, "pbc": "per image, stratified per class", "bccd": "per frame, by name hash"},
         },
-        "metrics": {"served": served or {}, "typer": typer, "finder": finder, "smear_gate": gate_rates},
+        "metrics": {
+            "served": served or {},
+            "hand_labels": hand_labels or {},
+            "typer": typer,
+            "finder": finder,
+            "smear_gate": gate_rates,
+        },
         "weak_labels": {
             "rule": "training.cell_weak.weak_label: a white cell of a malignant (Early/Pre/Pro) frame is a blast "
             "unless the 8-type typer is >= 0.9 sure it is a granulocyte; a Benign frame's cell is a lymphocyte "
@@ -257,6 +265,51 @@ def _served_lines(served: dict[str, Any]) -> list[str]:
             "",
         ]
     return lines
+
+
+#: The hand-labelled measures the card shows: (what, key in evaluation.cell_labels' result).
+HAND_LABEL_ROWS = [
+    ("Finder: found white cells that are one white cell (unsure left out)", "finder_precision_all_frames"),
+    ("Finder: the same, unsure counted as wrong", "finder_precision_unsure_as_wrong"),
+    ("Not a cell, counted as a white cell (typed or unclassified)", "not_a_cell_counted_white_incl_unclassified"),
+    ("Blast called: blast_like cells (sensitivity)", "blast_calls_among_blast_like"),
+    ("Blast called: lymphoid cells of Benign frames (1 - specificity)", "blast_calls_among_lymphoid_benign"),
+    ("Blast called: other white cells (granulocytes, monocytes)", "blast_calls_among_other_white"),
+    ("Blast called: not a cell", "blast_calls_among_not_a_cell"),
+]
+
+
+def _hand_label_lines(labels: dict[str, Any]) -> list[str]:
+    """The served path against the cells labelled by hand (evaluation.cell_labels)."""
+    if not labels:
+        return []
+    by_class = ", ".join(f"{n} {c}" for c, n in labels.get("frames_by_class", {}).items())
+    cats = ", ".join(f"{c} {n}" for c, n in labels.get("labelled_by_category", {}).items())
+    lines = [
+        "### Hand-labelled cells (served path)",
+        "",
+        f"{labels['labelled_cells']} cells the served pipeline found on {labels['frames']} all4 validation frames "
+        f"({by_class} frames), labelled by eye from blind montages (frame class and model answer hidden; "
+        "`python -m evaluation.cell_labels --montage DIR` redraws them) by an engineer, not a haematologist: "
+        f"{cats}. A lymphoid-looking cell is blast_like on a malignant frame and lymphoid on a Benign one (no one "
+        "can tell a lymphoblast from a hematogone at 20 px), so the blast figures still take the frame's class as "
+        "truth, but only on cells checked to be one white cell. Measured by `python -m evaluation.cell_labels` "
+        f"(served boxes matched to the labelled ones at IoU >= {labels.get('iou', 0.5)}; "
+        f"{labels['matched']} matched). Intervals: Wilson 95%, and a bootstrap over blocks (cells of one frame, "
+        "frames of one block are not independent); the validation set has 3 Benign blocks.",
+        "",
+        "| measure | count | share | Wilson 95% | block bootstrap 95% |",
+        "|---|---|---|---|---|",
+    ]
+    for what, key in HAND_LABEL_ROWS:
+        r = labels.get(key)
+        if r:
+            (wl, wh), (bl, bh) = r["wilson95"], r["cluster_bootstrap95"]
+            lines.append(
+                f"| {what} | {r['count']}/{r['of']} | {_f(r['share'])} | {_f(wl)}-{_f(wh)} | "
+                f"{_f(bl)}-{_f(bh)} ({r['clusters']} blocks) |"
+            )
+    return lines + [""]
 
 
 def _blast_lines(typer: dict[str, Any], card: dict[str, Any]) -> list[str]:
@@ -371,6 +424,7 @@ def render_cell_markdown(card: dict[str, Any]) -> str:
         "## Measured on the validation parts",
         "",
         *_served_lines(m.get("served", {})),
+        *_hand_label_lines(m.get("hand_labels", {})),
         *_blast_lines(m.get("typer", {}), card),
         *_typer_lines(m.get("typer", {})),
         *_finder_lines(m.get("finder", {})),
@@ -421,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         gate.to_dict(),
         rates,
         json.loads((d / "served_metrics.json").read_text()) if (d / "served_metrics.json").is_file() else None,
+        json.loads((d / "cell_labels.json").read_text()) if (d / "cell_labels.json").is_file() else None,
     )
     (d / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     (d / "card.md").write_text(render_cell_markdown(card))

@@ -10,8 +10,8 @@ def _frame(block: str, n: int, cls: str, white: int, blast: int) -> dict[str, ob
 
 
 FRAMES = [
-    # Benign block b1: 5 frames, one with a blast; block b2: 3 frames, none
-    *[_frame("b1", i, "Benign", 10, 1 if i == 2 else 0) for i in range(5)],
+    # Benign block b1: 5 frames, one with 2 blasts of 10 white cells; block b2: 3 frames, none
+    *[_frame("b1", i, "Benign", 10, 2 if i == 2 else 0) for i in range(5)],
     *[_frame("b2", i, "Benign", 8, 0) for i in range(3)],
     # Pre block p1: 4 frames with blasts, one without
     *[_frame("p1", i, "Pre", 9, 0 if i == 0 else 6) for i in range(5)],
@@ -27,16 +27,16 @@ def test_specimens_are_consecutive_frames_of_one_block() -> None:
 
 
 def test_served_checks_are_the_portals_rule() -> None:
-    assert served_checks(_frame("x", 0, "Benign", 10, 1), "Benign") == {"blasts_in_benign"}
+    assert served_checks(_frame("x", 0, "Benign", 10, 2), "Benign") == {"blasts_in_benign"}
+    assert served_checks(_frame("x", 0, "Benign", 10, 1), "Benign") == set()  # under the line: a note
     assert served_checks(_frame("x", 0, "Benign", 10, 0), "Benign") == set()
     assert served_checks(_frame("x", 0, "Pre", 10, 0), "Pre") == {"all_without_blasts"}
     assert served_checks(_frame("x", 0, "Pre", 10, 3), "Pre") == set()
 
 
 def test_the_first_variant_is_the_served_rule() -> None:
-    name, fires = VARIANTS[0]
-    assert "served" in name
-    for white in range(0, 6):
+    ((name, fires),) = [v for v in VARIANTS if v[0].endswith("(served)")]
+    for white in range(0, 15):
         for blast in range(0, white + 1):
             f = _frame("x", 0, "Benign", white, blast)
             assert fires(white, blast) == ("blasts_in_benign" in served_checks(f, "Benign"))
@@ -51,7 +51,8 @@ def test_cost_and_catch() -> None:
     assert served["all_without_blasts_cost"] == 1.0  # p1's blast-free frame refers the specimen
     assert served["all_without_blasts_catch"] == 0.875  # 7 of 8 Benign frames have no blast
     by_rule = {v["rule"]: v for v in r["blasts_in_benign_variants"]}
-    assert by_rule["blasts >= 2"]["benign_specimens_referred"] == 0.0
-    assert by_rule["blasts >= 2"]["all_frames_caught"] == 0.8
+    assert by_rule["blasts >= 1"]["benign_specimens_referred"] == 0.5
+    assert by_rule["blasts >= 3"]["benign_specimens_referred"] == 0.0
+    assert by_rule["blasts >= 3"]["all_frames_caught"] == 0.8
     page = render({"command": "c", "date": "d", "machine": "m", "frames_file": "f", "notes": "", "result": r})
-    assert "| blasts >= 2 | 0.0 | 0.0 | 0.8 |" in page
+    assert "| blasts >= 3 | 0.0 | 0.0 | 0.8 |" in page
