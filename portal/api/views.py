@@ -322,8 +322,9 @@ class SpecimenViewSet(
         responses={200: SpecimenSummarySerializer},
         description="The specimen's one conclusion: each frame by consensus (its signed label where signed), the "
         "referred frames, the pooled differential with the blast percentage, the agreement checks between "
-        "frames and cells (a frame called ALL without blasts, blasts in a frame called Benign: refer), every "
-        "reason to refer, and the sign-off once signed. Decision support only.",
+        "frames and cells (a frame called ALL without blasts; at least 2 blasts making 20% or more of the white "
+        "cells of a frame called Benign: refer; fewer blasts there are a note), every reason to refer, the notes, "
+        "and the sign-off once signed. Decision support only.",
     )
     @action(detail=True, methods=["get"], url_path="summary")
     def summary(self, request: Request, pk: str | None = None) -> Response:
