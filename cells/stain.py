@@ -36,6 +36,19 @@ SINGLE_CELL_MIN_SHARE = 0.2
 SINGLE_CELL_MIN_COUNT = 8
 #: Red-cell radius used when the image has too few cells to measure one (fraction of the shorter side).
 FALLBACK_RADIUS_FRACTION = 0.05
+#: Cross-check of the red-cell radius on crowded frames (see ``_anucleate_radius``). Red cells have no nucleus: a
+#: stained region holding more than ``NUCLEATED_SHARE`` nucleus pixels is, or contains, a white cell. When the
+#: frame shows at least ``ROUND_NUCLEI_MIN`` whole round nuclei (area at most ``ROUND_NUCLEUS_AREA`` times their
+#: inscribed disc, whose radius is at least ``ROUND_NUCLEUS_WIDTH`` red-cell radii measured on the nucleus-free
+#: regions: lymphocytes and blasts, whose nucleus is about a red cell wide or wider) and the estimate over all
+#: regions exceeds ``IMPLAUSIBLE_RATIO`` times the one over nucleus-free regions, the clumps of touching blasts set
+#: the unit (2-6x a red cell on crowded B-ALL frames, which then dropped the blasts' nuclei as specks) and the
+#: nucleus-free estimate is used. A frame with one or two white cells (every BCCD frame) keeps its estimate.
+NUCLEATED_SHARE = 0.05
+ROUND_NUCLEI_MIN = 3
+ROUND_NUCLEUS_AREA = 1.5
+ROUND_NUCLEUS_WIDTH = 0.7
+IMPLAUSIBLE_RATIO = 1.5
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,33 @@ def _rbc_radius(foreground: np.ndarray) -> float:
     return max(float(peaks[order][np.searchsorted(cumulative, cumulative[-1] / 2)]), 2.0)
 
 
+def _anucleate_radius(foreground: np.ndarray, nuclei: np.ndarray, radius: float) -> float:
+    """``radius``, or the red-cell radius of the regions without nucleus pixels where ``radius`` is implausible.
+
+    ``foreground`` is the (opened) stained-region mask ``radius`` was measured on, ``nuclei`` the nucleus pixels.
+    See ``NUCLEATED_SHARE``: on a crowded frame the regions of touching blasts and red cells outweigh the lone red
+    cells, and their inscribed radius is a blast's or a clump's, not a red cell's.
+    """
+    labels, n = ndi.label(foreground)
+    if n == 0:
+        return radius
+    share = np.asarray(ndi.mean(nuclei, labels, index=np.arange(1, n + 1)))
+    anucleate = foreground & ~np.isin(labels, np.flatnonzero(share > NUCLEATED_SHARE) + 1)
+    if anucleate.sum() < 50:
+        return radius
+    plain = _rbc_radius(anucleate)
+    if radius <= IMPLAUSIBLE_RATIO * plain:
+        return radius
+    nl, nn = ndi.label(nuclei)
+    if nn < ROUND_NUCLEI_MIN:
+        return radius
+    index = np.arange(1, nn + 1)
+    peaks = np.asarray(ndi.maximum(ndi.distance_transform_edt(nuclei), nl, index=index), dtype=np.float64)
+    areas = np.bincount(nl.ravel(), minlength=nn + 1)[1:].astype(np.float64)
+    round_ = (areas <= ROUND_NUCLEUS_AREA * np.pi * peaks**2) & (peaks >= ROUND_NUCLEUS_WIDTH * plain)
+    return plain if int(round_.sum()) >= ROUND_NUCLEI_MIN else radius
+
+
 def stain_maps(rgb: np.ndarray) -> StainMaps:
     """Nucleus channel, density, the image's nucleus threshold, cell foreground and red-cell radius."""
     od = optical_density(rgb)
@@ -106,10 +146,12 @@ def stain_maps(rgb: np.ndarray) -> StainMaps:
     rest = density[~rough_nucleus]
     fg_threshold = max(_otsu(rest[:: max(1, rest.size // 200_000)], 0.3), 0.05)
     foreground = ndi.binary_fill_holes(density > fg_threshold)
-    radius = _rbc_radius(ndi.binary_opening(foreground, iterations=1))
+    opened = ndi.binary_opening(foreground, iterations=1)
+    radius = _rbc_radius(opened)
     # Nucleus vs every other cell pixel: Otsu inside the foreground, floored at the red-cell level + a margin.
     inside = nucleus[foreground]
     rbc_level = float(np.median(inside)) if inside.size else 0.0
     threshold = max(_otsu(inside, rbc_level + MIN_NUCLEUS_CONTRAST), rbc_level + MIN_NUCLEUS_CONTRAST)
+    radius = _anucleate_radius(opened, nucleus > threshold, radius)
     background_share = float((density < BACKGROUND_DENSITY).mean())
     return StainMaps(nucleus, density.astype(np.float32), threshold, foreground, radius, background_share)
