@@ -291,9 +291,10 @@ def _hand_label_lines(labels: dict[str, Any]) -> list[str]:
         f"{labels['labelled_cells']} cells the served pipeline found on {labels['frames']} all4 validation frames "
         f"({by_class} frames), labelled by eye from blind montages (frame class and model answer hidden; "
         "`python -m evaluation.cell_labels --montage DIR` redraws them) by an engineer, not a haematologist: "
-        f"{cats}. A lymphoid-looking cell is blast_like on a malignant frame and lymphoid on a Benign one (no one "
-        "can tell a lymphoblast from a hematogone at 20 px), so the blast figures still take the frame's class as "
-        "truth, but only on cells checked to be one white cell. Measured by `python -m evaluation.cell_labels` "
+        f"{cats}. A lymphoid-looking cell is blast_like on a malignant frame and lymphoid on a Benign one (at 20 "
+        "px the labeller cannot tell a lymphoblast from a hematogone), so the blast figures still take the frame's "
+        "class as truth, but only on cells checked to be one white cell. Measured by "
+        "`python -m evaluation.cell_labels` "
         f"(served boxes matched to the labelled ones at IoU >= {labels.get('iou', 0.5)}; "
         f"{labels['matched']} matched). Intervals: Wilson 95%, and a bootstrap over blocks (cells of one frame, "
         "frames of one block are not independent); the validation set has 3 Benign blocks.",

@@ -323,7 +323,8 @@ class SpecimenViewSet(
         description="The specimen's one conclusion: each frame by consensus (its signed label where signed), the "
         "referred frames, the pooled differential with the blast percentage, the agreement checks between "
         "frames and cells (a frame called ALL without blasts; at least 2 blasts making 20% or more of the white "
-        "cells of a frame called Benign: refer; fewer blasts there are a note), every reason to refer, the notes, "
+        "cells of the frames called Benign, pooled: refer; fewer blasts there are a note), every reason to refer, "
+        "the notes, "
         "and the sign-off once signed. Decision support only.",
     )
     @action(detail=True, methods=["get"], url_path="summary")

@@ -145,7 +145,8 @@ def test_rule_all_without_blasts_refers_and_says_why() -> None:
 
 
 def test_rule_blasts_in_a_benign_frame_refers_and_says_why() -> None:
-    """At least BENIGN_BLASTS_MIN blasts making at least 20% of the frame's white cells refer; fewer is a note."""
+    """At least BENIGN_BLASTS_MIN blasts making at least 20% of the white cells of the frames called Benign refer;
+    fewer is a note per frame."""
     c = _conclude([_frame(1, consensus="Benign", blasts=2, white_cells=10)], blast=2, lymphocyte=8)
     assert c.refer and [(k.code, k.image_id) for k in c.checks] == [(BLASTS_IN_BENIGN, 1)]
     assert "is called Benign (hematogones) but 2 blasts were found among its 10 white cells" in c.checks[0].text
@@ -159,6 +160,26 @@ def test_rule_blasts_in_a_benign_frame_refers_and_says_why() -> None:
         assert f"is called Benign (hematogones) and {found}, under the line that refers" in note
     clean = _conclude([_frame(1, consensus="Benign", blasts=0)], lymphocyte=50)
     assert clean.label == "Benign" and clean.checks == () and not any("Frame" in n for n in clean.notes)
+
+
+def test_rule_blasts_in_benign_pools_the_frames_called_benign() -> None:
+    """A blast in each of two frames of 5 white cells: 2 of 10 pooled, on the line; of 10 each: 2 of 20, notes."""
+    on = _conclude([_frame(i, consensus="Benign", blasts=1, white_cells=5) for i in (1, 2)], blast=2, lymphocyte=8)
+    assert on.refer and [(k.code, k.image_id) for k in on.checks] == [(BLASTS_IN_BENIGN, None)]
+    assert on.checks[0].text == (
+        "2 frames are called Benign (hematogones) but 2 blasts were found among their 10 white cells "
+        "(20.0%; in 'f1.jpg', 'f2.jpg')"
+    )
+    mixed = [_frame(1, consensus="Benign", blasts=2, white_cells=5), _frame(2, consensus="Benign", white_cells=5)]
+    assert [k.image_id for k in _conclude(mixed, blast=2, lymphocyte=8).checks] == [1]  # one frame holds them
+    under = _conclude([_frame(i, consensus="Benign", blasts=1, white_cells=10) for i in (1, 2)], lymphocyte=20)
+    assert under.label == "Benign" and under.checks == ()
+    assert sum("under the line that refers" in n for n in under.notes) == 2  # each frame with a blast, noted
+    # a frame called ALL does not join the pool, nor does one whose cell analysis has not finished
+    pre = _frame(2, consensus="Pre", blasts=9, white_cells=10)
+    waiting = _frame(3, consensus="Benign", blasts=5, white_cells=5, cells_done=False)
+    apart = _conclude([_frame(1, consensus="Benign", blasts=1, white_cells=10), pre, waiting], lymphocyte=20)
+    assert BLASTS_IN_BENIGN not in {k.code for k in apart.checks}
 
 
 def test_frames_that_disagree_refer() -> None:
