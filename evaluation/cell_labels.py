@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 
 from core.aspect import true_shape
 from core.paths import ALL4_ORIGINAL
-from core.registry import LEUKOCYTE_CLASSES
+from core.registry import CLASS_NAMES, LEUKOCYTE_CLASSES
 from training.cell_eval import box_iou
 from training.operating_point import wilson_interval
 
@@ -45,7 +45,8 @@ LABELS = Path(__file__).with_name("cell_labels_all4.json")
 ROOT = ALL4_ORIGINAL
 CATEGORIES = ("blast_like", "lymphoid", "other_white", "not_a_cell", "two_cells", "unsure")
 ONE_WHITE_CELL = ("blast_like", "lymphoid", "other_white")
-FRAME_CLASSES = ("Benign", "Early", "Pre", "Pro")
+#: the frame classes, in the order the labelled frames were drawn
+FRAME_CLASSES = tuple(CLASS_NAMES)
 IOU = 0.5
 SEED = 29
 CELLS_PER_CLASS = 75
