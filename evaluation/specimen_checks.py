@@ -4,7 +4,9 @@
                                          [--out docs/results/specimen_checks]
 
 Reads the per-frame white cells and blasts that :mod:`evaluation.cell_served` wrote for the all4 validation
-frames (the whole frame through the served finder and typer) and runs the portal's own checks
+frames (``python -m evaluation.cell_served --every 1 --only all4 --frames-out
+artifacts/wbc_cells/served_frames_all.json --out <a scratch file>``; the card's run reads every 2nd frame):
+the whole frame through the served finder and typer, and runs the portal's own checks
 (:func:`portal.analyses.conclusion.check_frame` and :func:`~portal.analyses.conclusion.check_benign_frames`)
 as if the frame models had called every frame right. Frames are grouped into specimens the way a lab would
 send them: consecutive frames of one block (one stretch of the data set's file numbers, the closest thing
@@ -159,7 +161,8 @@ def render(record: dict[str, Any]) -> str:
         "# The specimen conclusion's agreement checks: what they cost and what they catch",
         "",
         f"Command: `{record['command']}`; {record['date']}; {record['machine']}. Cell counts: "
-        f"`{record['frames_file']}`, written by `python -m evaluation.cell_served --every 1 --only all4` (the served "
+        f"`{record['frames_file']}`, written by `python -m evaluation.cell_served --every 1 --only all4 "
+        f"--frames-out {record['frames_file']} --out <a scratch file>` (the served "
         f"finder and typer on whole all4 validation frames, {r['frames']['benign']} Benign and {r['frames']['all']} "
         "ALL). The portal's own checks (`portal.analyses.conclusion`) run as if the frame models had called every "
         f"frame right; specimens are {sp['frames_per_specimen']} consecutive frames of one block ({sp['benign']} "

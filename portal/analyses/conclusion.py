@@ -260,9 +260,14 @@ def check_frame(frame: FrameResult) -> list[Check]:
     return []
 
 
+def _called_benign(frames: Sequence[FrameResult]) -> list[FrameEvidence]:
+    """The frames called Benign (signed or by consensus) whose cell analysis finished."""
+    return [f.evidence for f in frames if f.label == BENIGN and f.evidence.cells_done]
+
+
 def benign_blasts(frames: Sequence[FrameResult]) -> tuple[int, int]:
     """Blasts and white cells pooled over the frames called Benign whose cell analysis finished."""
-    called = [f.evidence for f in frames if f.label == BENIGN and f.evidence.cells_done]
+    called = _called_benign(frames)
     return sum(e.blasts for e in called), sum(e.white_cells for e in called)
 
 
@@ -273,7 +278,7 @@ def benign_blasts_refer(blasts: int, white_cells: int) -> bool:
 
 
 def _with_blasts(frames: Sequence[FrameResult]) -> list[FrameEvidence]:
-    return [f.evidence for f in frames if f.label == BENIGN and f.evidence.cells_done and f.evidence.blasts > 0]
+    return [e for e in _called_benign(frames) if e.blasts > 0]
 
 
 def _blasts_found(blasts: int, white_cells: int, whose: str) -> str:
@@ -286,7 +291,7 @@ def check_benign_frames(frames: Sequence[FrameResult]) -> list[Check]:
     if not benign_blasts_refer(blasts, white):
         return []
     holding = _with_blasts(frames)
-    called = [f.evidence for f in frames if f.label == BENIGN and f.evidence.cells_done]
+    called = _called_benign(frames)
     image_id = holding[0].image_id if len(holding) == 1 else None
     if len(called) == 1:
         e = called[0]
