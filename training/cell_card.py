@@ -215,7 +215,7 @@ def _served_lines(served: dict[str, Any]) -> list[str]:
         "### Served path: the whole uploaded image through finder and typer",
         "",
         f"Measured by `python -m evaluation.cell_served` on `handlers.cell_runtime.CellPipeline`, the code TorchServe "
-        f"runs, on every {served.get('definitions', {}).get('every', 1)}-th validation image (1: all). WBC AP and "
+        f"runs, on one validation image in {served.get('definitions', {}).get('every', 1)} (1: all). WBC AP and "
         "nucleus Dice below (Cell finder) are the served finder on whole BCCD frames too.",
         "",
     ]
