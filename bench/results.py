@@ -58,6 +58,8 @@ PAGES: dict[str, Callable[[dict[str, Any]], str]] = {
     "reliability": _module_render("bench.load"),
     "scale": _scale("scale.png"),
     "scale_repeat": _scale("scale_repeat.png"),
+    # not a benchmark: the specimen conclusion's checks on served cell counts (evaluation/, not bench/)
+    "specimen_checks": _module_render("evaluation.specimen_checks"),
     "torchserve_config": _module_render("bench.ts_config"),
     "ts_overhead": _module_render("bench.ts_overhead"),
 }
