@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw
 from core.aspect import true_shape
 from core.paths import ALL4_ORIGINAL
 from core.registry import CLASS_NAMES, LEUKOCYTE_CLASSES
+from evaluation.cell_served import is_white
 from training.cell_eval import box_iou
 from training.operating_point import wilson_interval
 
@@ -126,11 +127,6 @@ def _rate(rs: Sequence[dict[str, Any]], hit: Callable[[dict[str, Any]], bool]) -
     return out | {"wilson95": [round(low, 4), round(high, 4)], "cluster_bootstrap95": boot, "clusters": len(clusters)}
 
 
-def _is_white(cell: dict[str, Any]) -> bool:
-    """Counted as a white cell by the differential (evaluation.cell_served.frame_blast): typed white or unclassified."""
-    return cell["label"] is None or cell["label"] in LEUKOCYTE_CLASSES
-
-
 def _one_cell(r: dict[str, Any]) -> bool:
     return r["category"] in ONE_WHITE_CELL
 
@@ -144,7 +140,7 @@ def summarise(records: Sequence[dict[str, Any]], unlabelled_found: int = 0) -> d
     matched answer entry, or None when the finder returned no box at IoU >= 0.5; cluster: the frame's block)."""
     matched = [r for r in records if r["served"] is not None]
     malignant = [r for r in matched if r["class"] != "Benign"]
-    white = [r for r in matched if _is_white(r["served"])]
+    white = [r for r in matched if is_white(r["served"])]
     sure_white = [r for r in white if r["category"] != "unsure"]
 
     def of(category: str) -> list[dict[str, Any]]:
@@ -166,7 +162,7 @@ def summarise(records: Sequence[dict[str, Any]], unlabelled_found: int = 0) -> d
         "finder_precision_benign_frames": _rate([r for r in sure_white if r["class"] == "Benign"], _one_cell),
         "white_cells_found_labelled_unsure": len(white) - len(sure_white),
         "not_a_cell_typed_white": _rate(of("not_a_cell"), lambda r: r["served"]["label"] in LEUKOCYTE_CLASSES),
-        "not_a_cell_counted_white_incl_unclassified": _rate(of("not_a_cell"), lambda r: _is_white(r["served"])),
+        "not_a_cell_counted_white_incl_unclassified": _rate(of("not_a_cell"), lambda r: is_white(r["served"])),
         "blast_calls_among_blast_like": _rate(of("blast_like"), _called_blast),
         "blast_calls_among_lymphoid_benign": _rate(of("lymphoid"), _called_blast),
         "blast_calls_among_other_white": _rate(of("other_white"), _called_blast),

@@ -45,7 +45,7 @@ from training.cell_data import bccd_split, pbc_split
 from training.cell_eval import box_iou
 from training.data import load_split
 
-__all__ = ["PBC_SMALL_SIDE", "frame_blast", "evaluate_all4", "evaluate_pbc", "evaluate_bccd", "main"]
+__all__ = ["PBC_SMALL_SIDE", "is_white", "frame_blast", "evaluate_all4", "evaluate_pbc", "evaluate_bccd", "main"]
 
 BLAST = "blast"
 #: PBC image side (px) at which its cell is as large as a white cell in a widened all4 frame (20-33 px)
@@ -57,11 +57,16 @@ def _open(path: Path) -> Image.Image:
         return im.convert("RGB")
 
 
+def is_white(cell: dict[str, Any]) -> bool:
+    """Counted as a white cell by the differential: typed a white-cell type, or unclassified."""
+    return cell["label"] is None or cell["label"] in LEUKOCYTE_CLASSES
+
+
 def frame_blast(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The white cells of one answer as the differential counts them (labelled a white-cell type or
     unclassified, whatever the finder's ``kind``) and their blast numbers (share typed blast, mean blast
     probability)."""
-    white = [c for c in cells if c["label"] is None or c["label"] in LEUKOCYTE_CLASSES]
+    white = [c for c in cells if is_white(c)]
     blasts = sum(1 for c in white if c["label"] == BLAST)
     return {
         "white": len(white),
