@@ -54,7 +54,7 @@ __all__ = ["RULES", "specimens", "served_checks", "measure", "render", "main"]
 Frame = dict[str, Any]
 Rule = Callable[[Sequence[Frame]], bool]
 #: Rules for ``blasts_in_benign`` side by side, each on the frames called Benign of one specimen. The one named
-#: "(served)" is the portal's (a test holds it to :func:`portal.analyses.conclusion.check_benign_frames`).
+#: "(served)" is the portal's own check, run through :func:`served_checks`.
 RULES: list[tuple[str, Rule]] = [
     ("any blast in a frame (served before)", lambda fs: any(f["blast"] >= 1 for f in fs)),
     (
@@ -63,7 +63,7 @@ RULES: list[tuple[str, Rule]] = [
     ),
     (
         "pooled: >= 2 blasts and >= 20% of the white cells (served)",
-        lambda fs: benign_blasts_refer(sum(f["blast"] for f in fs), sum(f["white"] for f in fs)),
+        lambda fs: BLASTS_IN_BENIGN in served_checks(fs, BENIGN),
     ),
 ]
 
