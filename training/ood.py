@@ -259,7 +259,13 @@ def evaluate_model(name: str, card: dict[str, Any], cache: Path) -> tuple[dict[s
         beyond = scorer.scores(out["pooled"], out["logits"], out["statistics"]) > thr
         before, after = _answers(card, out, None), _answers(card, out, beyond)
         answers[s] = {"n": len(out["ids"]), "before": _shares(before), "after": _shares(after)}
-        per_image[s] = {"ids": [str(i) for i in out["ids"]], "after": after, "logits": out["logits"], "beyond": beyond}
+        per_image[s] = {
+            "ids": [str(i) for i in out["ids"]],
+            "before": before,
+            "after": after,
+            "logits": out["logits"],
+            "beyond": beyond,
+        }
     for when, rows in (("before", _answers(card, val, None)), ("after", per_image["all4_val"]["after"])):
         answers["all4_val"][f"metrics_{when}"] = _val_metrics(rows, val["labels"])
     report = {
@@ -294,57 +300,66 @@ def _val_blocks(ids: Sequence[str]) -> list[str]:
 def _consensus_outcomes(
     cards: dict[str, dict[str, Any]], per_image: dict[str, dict[str, Any]], source: str
 ) -> dict[str, Any]:
-    """The consensus (new rules) and the ensemble alone (the old rule) on every image of ``source``."""
+    """The consensus (the rules now) and the ensemble alone (the old rule) on every image of ``source``, with
+    the consensus's variants: rule 5 counting answers only (``answers_only``), and both without the
+    out-of-distribution score (``no_ood``, ``no_ood_answers_only``: what the other rules alone would answer)."""
     from core.ensemble import Ensemble
     from portal.analyses.consensus import MODEL_REFUSED, Answer, consensus
 
     ens = Ensemble.load()
     names = list(per_image)
     n = len(per_image[names[0]][source]["ids"])
-    outcomes: list[str] = []
+    variants: dict[str, list[str]] = {"after": [], "answers_only": [], "no_ood": [], "no_ood_answers_only": []}
+    labels: dict[str, list[int]] = {"after": [], "answers_only": []}
     old: list[str] = []
     two_all = 0
-    labels_answered: list[int] = []
     for i in range(n):
-        rows = []
+        rows: dict[str, list[Answer]] = {"after": [], "before": []}
         for m in names:
             card, got = cards[m], per_image[m][source]
-            kind, idx = got["after"][i]
             probs = _softmax(got["logits"][i : i + 1].astype(np.float64), float(card["temperature"]))[0]
             p = dict(zip(CLASS_NAMES, (float(v) for v in probs), strict=True))
-            rows.append(
-                Answer(
-                    status="rejected" if kind == "refused" else "done",
-                    label="" if idx is None else CLASS_NAMES[idx],
-                    abstained=kind in ("ood", "abstained"),
-                    malignant_probability=1.0 - p["Benign"],
-                    probabilities=p,
-                    model_name=m,
-                    model_version=str(card["version"]),
-                    abstain_reason=OUT_OF_DISTRIBUTION if kind == "ood" else "",
+            for when in rows:
+                kind, idx = got[when][i]
+                rows[when].append(
+                    Answer(
+                        status="rejected" if kind == "refused" else "done",
+                        label="" if idx is None else CLASS_NAMES[idx],
+                        abstained=kind in ("ood", "abstained"),
+                        malignant_probability=1.0 - p["Benign"],
+                        probabilities=p,
+                        model_name=m,
+                        model_version=str(card["version"]),
+                        abstain_reason=OUT_OF_DISTRIBUTION if kind == "ood" else "",
+                    )
                 )
+        two_all += sum(1 for r in rows["after"] if r.label and r.label != "Benign") >= 2
+        for variant, outcomes in variants.items():
+            c = consensus(
+                rows["before" if variant.startswith("no_ood") else "after"],
+                ensemble=ens,
+                rank_abstainers=not variant.endswith("answers_only"),
             )
-        two_all += sum(1 for r in rows if r.label and r.label != "Benign") >= 2
-        c = consensus(rows, ensemble=ens)
-        if c is None or c.label is None:  # None: every model refused the image (the smear gate)
-            outcomes.append(f"refer: {c.reason if c else MODEL_REFUSED}")
-            labels_answered.append(-1)
-        else:
-            outcomes.append("benign" if c.label == "Benign" else "all")
-            labels_answered.append(CLASS_NAMES.index(c.label))
-        if any(r.status == "rejected" for r in rows):
+            if c is None or c.label is None:  # None: every model refused the image (the smear gate)
+                outcomes.append(f"refer: {c.reason if c else MODEL_REFUSED}")
+            else:
+                outcomes.append("benign" if c.label == "Benign" else "all")
+            if variant in labels:
+                labels[variant].append(-1 if c is None or c.label is None else CLASS_NAMES.index(c.label))
+        if any(r.status == "rejected" for r in rows["after"]):
             old.append("refer")
         else:
-            a = ens.combine({r.model_name: (r.model_version, r.probabilities) for r in rows})
+            a = ens.combine({r.model_name: (r.model_version, r.probabilities) for r in rows["after"]})
             old.append("refer" if a is None or a.label is None else ("benign" if a.label == "Benign" else "all"))
-    kinds = sorted(set(outcomes))
+    shares = {v: {k: round(o.count(k) / n, 4) for k in sorted(set(o))} for v, o in variants.items()}
     return {
         "n": n,
-        "after": {k: round(outcomes.count(k) / n, 4) for k in kinds},
+        "after": shares.pop("after"),
+        "variants": shares,
         "before_all": round(old.count("all") / n, 4),
         "before_benign": round(old.count("benign") / n, 4),
         "frames_two_models_all": two_all,
-        "labels": labels_answered,
+        "labels": labels,
     }
 
 
@@ -426,20 +441,28 @@ def render_markdown(reports: dict[str, Any], cons: dict[str, Any]) -> str:
         "## The consensus per source (portal.analyses.consensus with the shipped ensemble)",
         "",
         "*before*: the ensemble's label alone (the earlier rule, no out-of-distribution score); *after*: the rules",
-        "now (a refusal or an out_of_distribution abstention refers; no label from a minority of the models).",
+        "now (a refusal or an out_of_distribution abstention refers; no label from a minority of the models: a",
+        "strict majority ranks it first and at least two answer it). *answers only*: rule 5 counting the models'",
+        "answers only, an abstention counted against (the rule before this one). *without the score*: the same",
+        "rules on the answers the models give without their out-of-distribution score, what the consensus would",
+        "answer on an image the score misses.",
         "",
         "| source | n | ALL before -> after | Benign before -> after | referred after (by reason) "
+        "| ALL after, answers only | ALL without the score (after / answers only) "
         "| frames with >= 2 models answering ALL |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s, c in cons.items():
         refer = ", ".join(f"{k[len('refer: ') :]} {v:.3f}" for k, v in c["after"].items() if k.startswith("refer"))
+        var = c["variants"]
         lines.append(
             f"| {s} | {c['n']} | {c['before_all']:.3f} -> {c['after'].get('all', 0.0):.3f} | "
             f"{c['before_benign']:.3f} -> {c['after'].get('benign', 0.0):.3f} | {refer} | "
-            f"{c['frames_two_models_all']} |"
+            f"{var['answers_only'].get('all', 0.0):.3f} | {var['no_ood'].get('all', 0.0):.3f} / "
+            f"{var['no_ood_answers_only'].get('all', 0.0):.3f} | {c['frames_two_models_all']} |"
         )
     v = cons["all4_val"]
+    w = v["metrics_answers_only"]
     lines += [
         "",
         "## Same-source validation frames: each model and the consensus (after the score)",
@@ -452,10 +475,15 @@ def render_markdown(reports: dict[str, Any], cons: dict[str, Any]) -> str:
             for a in (r["answers"]["all4_val"]["metrics_after"],)
         ),
         f"| **consensus** | {v['coverage']:.4f} | {v['macro_f1_answered']:.4f} | {v['malignant_answered_benign']} |",
+        f"| consensus, rule 5 on answers only | {w['coverage']:.4f} | {w['macro_f1_answered']:.4f} | "
+        f"{w['malignant_answered_benign']} |",
         "",
         "The consensus refers a frame when any model flags it out of distribution, when its ensemble refers it, and",
-        "when fewer than three of the four models give the ensemble's label (the no_majority share above: mostly two",
-        "models agreeing with the other two abstaining). Its coverage is therefore under each model's. The",
+        "when no strict majority of the models ranks the ensemble's label first with two of them answering it (the",
+        "no_majority share above). A model that abstains under its own thresholds still ranks a class first: counted",
+        "as an answer against (the rule before), a Benign frame that two models confirm and two find most probably",
+        "Benign just under their Benign threshold was referred. The cost of counting them is in the columns above:",
+        "the ALL share on other sources were the out-of-distribution score to miss them. The",
         "ensemble's own out-of-fold gain over the best single model is measured in model_store/ensemble.md (its",
         "parameters and thresholds are kept as fitted there).",
         "",
@@ -528,13 +556,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     cons = {s: _consensus_outcomes(cards, per_image, s) for s in common} if len(cards) == len(model_names()) else {}
     if cons:
         val = _load(next(iter(cards)), "all4_val", args.cache)
-        lab = np.asarray(cons["all4_val"].pop("labels"))
-        answered = lab >= 0
-        cons["all4_val"] |= {
-            "coverage": round(float(answered.mean()), 4),
-            "macro_f1_answered": round(float(f1_score(val["labels"][answered], lab[answered], average="macro")), 4),
-            "malignant_answered_benign": int(((val["labels"] != _BENIGN) & (lab == _BENIGN)).sum()),
-        }
+        for variant, got in cons["all4_val"].pop("labels").items():
+            lab = np.asarray(got)
+            answered = lab >= 0
+            metrics = {
+                "coverage": round(float(answered.mean()), 4),
+                "macro_f1_answered": round(float(f1_score(val["labels"][answered], lab[answered], average="macro")), 4),
+                "malignant_answered_benign": int(((val["labels"] != _BENIGN) & (lab == _BENIGN)).sum()),
+            }
+            if variant == "after":
+                cons["all4_val"] |= metrics
+            else:
+                cons["all4_val"][f"metrics_{variant}"] = metrics
         for s in common[1:]:
             cons[s].pop("labels")
         for s, c in cons.items():

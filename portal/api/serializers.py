@@ -269,8 +269,16 @@ class ConsensusSerializer(serializers.Serializer):
         choices=list(REFER_REASONS), allow_null=True, help_text="why it refers (null when it answers)"
     )
     reason_text = serializers.CharField(help_text="the reason in words, as the portal shows it (empty when it answers)")
-    agreement = serializers.CharField(help_text="'<votes for the label> of <finished models>', or 'no consensus'")
+    agreement = serializers.CharField(
+        help_text="'<models ranking the label first> of <finished models>' (', <n> of them abstaining' when some "
+        "abstained under their own thresholds), or 'no consensus'"
+    )
     votes = serializers.DictField(child=serializers.IntegerField(), help_text="labels given by the finished models")
+    ranked_first = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text="the class each finished model ranks first: its label, or an abstainer's most probable class "
+        "(out-of-distribution abstentions rank none)",
+    )
     answered = serializers.IntegerField(help_text="models that finished, abstentions included")
     abstained = serializers.IntegerField(help_text="finished models that abstained")
     probabilities = serializers.DictField(
@@ -299,6 +307,7 @@ def consensus_data(agreed: Consensus | None) -> dict[str, Any] | None:
         "reason_text": agreed.refer_text,
         "agreement": agreed.agreement,
         "votes": agreed.votes,
+        "ranked_first": agreed.ranked_first,
         "answered": agreed.answered,
         "abstained": agreed.abstained,
         "probabilities": agreed.probabilities,

@@ -71,7 +71,7 @@ def test_a_refused_sign_off_comes_back_as_the_reviewer_left_it(
     page.goto(f"{live_server.url}/images/{image.pk}/")
     form = page.locator("form#sign-off")
     first, then_next = form.locator("button[data-sign-off]").nth(0), form.locator("button[data-sign-off]").nth(1)
-    assert page.inner_text("#consensus-label").startswith("Early Pre-B ALL (4 of 4 models say the same)")
+    assert page.inner_text("#consensus-label").startswith("Early Pre-B ALL (models ranking it first: 4 of 4)")
     assert first.inner_text() == "Sign off as Early Pre-B ALL (agreeing with the consensus)"
     select = form.locator("select[name=final_label]")
     assert select.is_disabled()  # "agree": the class list cannot contradict the decision

@@ -109,10 +109,10 @@ def test_rule_an_out_of_distribution_abstention_refers_whatever_the_others_said(
         c = consensus([*rows, ood], ensemble=ens)
         assert c is not None and c.refer and c.reason == "out_of_distribution" and c.abstained == 1
         assert "out of distribution" in c.refer_text
-    # another abstention reason is only a vote against, not a referral by itself
+    # another abstention reason is not a referral by itself: the abstainer still ranks Early first (rule 5)
     ood.abstain_reason = "low_confidence"
     c = consensus([*rows, ood], ensemble=_ensemble())
-    assert c is not None and c.label == "Early" and c.agreement == "3 of 4"
+    assert c is not None and c.label == "Early" and c.agreement == "4 of 4, 1 of them abstaining"
 
 
 def test_rule_the_ensemble_keeps_its_fitted_thresholds() -> None:
@@ -135,16 +135,48 @@ def test_rule_no_label_from_a_minority() -> None:
     c = consensus(rows, ensemble=_ensemble())
     assert c is not None and c.method == ENSEMBLE and c.refer and c.reason == "no_majority"
     assert c.agreement == "no consensus" and c.probabilities is not None
-    # abstentions count against: 2 Early and 2 abstaining is 2 of 4 as well
+    # 2 answering Early and 2 abstaining that rank another class first: 2 of 4, no consensus
     early = [_answer(m, [0.02, 0.9, 0.04, 0.04]) for m in MEMBERS[:2]]
-    unsure = [
-        A("done", "", True, 0.9, {"Benign": 0.1, "Early": 0.5, "Pre": 0.2, "Pro": 0.2}, m, "1.0") for m in MEMBERS[2:]
+    elsewhere = [
+        A("done", "", True, 0.9, {"Benign": 0.1, "Early": 0.2, "Pre": 0.5, "Pro": 0.2}, m, "1.0") for m in MEMBERS[2:]
     ]
-    c = consensus([*early, *unsure], ensemble=_ensemble())
+    c = consensus([*early, *elsewhere], ensemble=_ensemble())
     assert c is not None and c.refer and c.reason == "no_majority" and c.abstained == 2
-    # 3 of 4 is a majority
-    c = consensus([*early, _answer(MEMBERS[2], [0.02, 0.9, 0.04, 0.04]), unsure[1]], ensemble=_ensemble())
+    # 3 of 4 answering is a majority
+    c = consensus([*early, _answer(MEMBERS[2], [0.02, 0.9, 0.04, 0.04]), elsewhere[1]], ensemble=_ensemble())
     assert c is not None and c.label == "Early" and c.agreement == "3 of 4"
+
+
+def test_rule_an_abstainer_stands_behind_its_first_class_but_two_must_answer() -> None:
+    unsure = [  # abstained under their own thresholds, Early their most probable class
+        A("done", "", True, 0.9, {"Benign": 0.1, "Early": 0.5, "Pre": 0.2, "Pro": 0.2}, m, "1.0", "low_confidence")
+        for m in MEMBERS
+    ]
+    early = [_answer(m, [0.02, 0.9, 0.04, 0.04]) for m in MEMBERS]
+    pro = _answer(MEMBERS[3], [0.01, 0.04, 0.01, 0.94])
+    # 2 answering Early, a third ranking Early first under its threshold, the fourth answering Pro: 3 of 4
+    c = consensus([*early[:2], unsure[2], pro], ensemble=_ensemble())
+    assert c is not None and c.label == "Early" and c.votes == {"Early": 2, "Pro": 1}
+    assert c.ranked_first == {"Early": 3, "Pro": 1} and c.agreement == "3 of 4, 1 of them abstaining"
+    for ens in (_ensemble(), None):  # the majority vote without an ensemble applies the same rule
+        c = consensus([*early[:2], *unsure[2:]], ensemble=ens)
+        assert c is not None and c.label == "Early" and c.agreement == "4 of 4, 2 of them abstaining"
+        # one answer is not enough, however many rank it first
+        c = consensus([early[0], *unsure[1:]], ensemble=ens)
+        assert c is not None and c.refer and c.reason == "no_majority" and c.ranked_first == {"Early": 4}
+    # an unconfirmed Benign ranks Benign first; the ensemble's own Benign threshold still decides Benign
+    benign = [_answer(m, [0.97, 0.01, 0.01, 0.01]) for m in MEMBERS[:2]]
+    leans_benign = {"Benign": 0.9, "Early": 0.05, "Pre": 0.03, "Pro": 0.02}
+    not_confirmed = [A("done", "", True, 0.1, leans_benign, m, "1.0", "benign_not_confirmed") for m in MEMBERS[2:]]
+    c = consensus([*benign, *not_confirmed], ensemble=_ensemble())
+    assert c is not None and c.label == "Benign" and c.benign_confirmed and c.agreement.startswith("4 of 4")
+    # an out-of-distribution abstention ranks nothing: it refers (rule 3) before rule 5 is reached
+    ood = A("done", "", True, 0.9, dict(unsure[0].probabilities), MEMBERS[3], "1.0", "out_of_distribution")
+    c = consensus([*early[:3], ood], ensemble=_ensemble())
+    assert c is not None and c.reason == "out_of_distribution" and c.ranked_first == {"Early": 3}
+    # the earlier rule (answers only), kept to measure the difference: 2 answering of 4 refers
+    c = consensus([*early[:2], *unsure[2:]], ensemble=_ensemble(), rank_abstainers=False)
+    assert c is not None and c.refer and c.reason == "no_majority"
 
 
 def test_ensemble_consensus_refers_an_unconfirmed_benign_and_says_why() -> None:

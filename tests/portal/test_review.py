@@ -51,7 +51,7 @@ def test_results_page_shows_side_by_side_consensus_chart_heatmap_and_disclaimer(
     assert "Decision support only" in page
     assert "v1.0" in page and "latency 42 ms" in page
     # 2 of 3 finished models say Pre: a strict majority.
-    assert "<strong>Pre-B ALL</strong> (2 of 3 models say the same)" in page
+    assert "<strong>Pre-B ALL</strong> (models ranking it first: 2 of 3)" in page
     assert "Majority vote of the models" in page  # the test answers carry versions the ensemble was not fitted on
     heatmap = rev_client.get(f"/analyses/{analyses[0].pk}/heatmap.png")
     assert heatmap.status_code == 200 and b"".join(heatmap.streaming_content).startswith(b"\x89PNG")
