@@ -178,3 +178,28 @@ def test_the_runtime_reports_the_score_and_abstains_beyond_the_threshold(shipped
         assert isinstance(body, dict)
         assert (body["label"], body["abstained"], body["abstain_reason"]) == (None, True, OUT_OF_DISTRIBUTION)
         assert body["message"] == ABSTAIN_MESSAGES[OUT_OF_DISTRIBUTION] and not body["quality"]["in_distribution"]
+
+
+def test_the_consensus_report_measures_each_variant_of_the_rules() -> None:
+    """training.ood's consensus table: the rules now, rule 5 on answers only, and both without the score."""
+    from training.ood import _consensus_outcomes
+
+    cards = {m: json.loads((REPO / "model_store" / f"{m}.card.json").read_text()) for m in model_names()}
+    for card in cards.values():
+        card["temperature"] = 1.0
+    early = CLASS_NAMES.index("Early")
+    logits = np.zeros((2, len(CLASS_NAMES)))
+    logits[:, early] = 10.0  # every model finds both images Early beyond doubt
+    answered, unsure, ood = ("all", early), ("abstained", None), ("ood", None)
+    # image 0: two answer Early, two abstain; image 1: the same, but the first model's score flags it
+    rows: dict[str, dict[str, list[Any]]] = {
+        m: {"before": [a, a], "after": [a, ood if k == 0 else a]}
+        for k, (m, a) in enumerate(zip(cards, (answered, answered, unsure, unsure), strict=True))
+    }
+    per_image = {m: {"s": {"ids": ["a", "b"], "logits": logits, **rows[m]}} for m in cards}
+    got = _consensus_outcomes(cards, per_image, "s")
+    assert got["n"] == 2 and got["labels"]["after"] == [early, -1] and got["labels"]["answers_only"] == [-1, -1]
+    assert got["after"] == {"all": 0.5, "refer: out_of_distribution": 0.5}
+    assert got["variants"]["answers_only"] == {"refer: no_majority": 0.5, "refer: out_of_distribution": 0.5}
+    assert got["variants"]["no_ood"] == {"all": 1.0}
+    assert got["variants"]["no_ood_answers_only"] == {"refer: no_majority": 1.0}
