@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw
 from core.aspect import true_shape
 from core.paths import ALL4_ORIGINAL
 from core.registry import CLASS_NAMES, LEUKOCYTE_CLASSES
-from evaluation.cell_served import is_white
+from evaluation.cell_served import is_white, open_rgb
 from training.cell_eval import box_iou
 from training.operating_point import wilson_interval
 
@@ -54,11 +54,6 @@ CELLS_PER_CLASS = 75
 BLAST = "blast"
 #: resamples of the cluster bootstrap
 BOOTSTRAP = 2000
-
-
-def _open(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 def load_labels(path: Path = LABELS) -> dict[str, Any]:
@@ -82,7 +77,7 @@ def sample_frames(pipeline: Any, seed: int = SEED, per_class: int = CELLS_PER_CL
         for s in frames:
             if found >= per_class:
                 break
-            image = _open(s.path)
+            image = open_rgb(s.path)
             cells = [{"box": c["box"], "label": None} for c in pipeline.cells(image)]
             out.append({"relpath": s.relpath, "class": name, "size": list(image.size), "cells": cells})
             found += len(cells)
@@ -183,7 +178,7 @@ def evaluate(pipeline: Any, labels: dict[str, Any], root: Path = ROOT, iou: floa
     records: list[dict[str, Any]] = []
     unlabelled = 0
     for frame in labels["frames"]:
-        cells = pipeline.cells(_open(root / frame["relpath"]))
+        cells = pipeline.cells(open_rgb(root / frame["relpath"]))
         labelled = frame["cells"]
         pairs = match([c["box"] for c in cells], [c["box"] for c in labelled], iou)
         unlabelled += len(cells) - len(pairs)
@@ -221,7 +216,7 @@ def render_montages(
         draw = ImageDraw.Draw(sheet)
         for k, (index, rel, box) in enumerate(cells[start : start + per]):
             if rel not in shaped:
-                shaped[rel] = true_shape(_open(root / rel))
+                shaped[rel] = true_shape(open_rgb(root / rel))
             image, scale = shaped[rel]
             x0, y0, x1, y1 = box[0] * scale, box[1], box[2] * scale, box[3]
             cx, cy = (x0 + x1) / 2, (y0 + y1) / 2

@@ -45,14 +45,15 @@ from training.cell_data import bccd_split, pbc_split
 from training.cell_eval import box_iou
 from training.data import load_split
 
-__all__ = ["PBC_SMALL_SIDE", "is_white", "frame_blast", "evaluate_all4", "evaluate_pbc", "evaluate_bccd", "main"]
+__all__ = ["PBC_SMALL_SIDE", "is_white", "open_rgb", "frame_blast", "evaluate_all4", "evaluate_pbc", "evaluate_bccd", "main"]
 
 BLAST = "blast"
 #: PBC image side (px) at which its cell is as large as a white cell in a widened all4 frame (20-33 px)
 PBC_SMALL_SIDE = 60
 
 
-def _open(path: Path) -> Image.Image:
+def open_rgb(path: Path) -> Image.Image:
+    """The image file as RGB, read whole (the file closed)."""
     with Image.open(path) as im:
         return im.convert("RGB")
 
@@ -88,7 +89,7 @@ def evaluate_all4(pipeline: CellPipeline, every: int = 1, log: Any = print) -> d
     rows, timing, frames = [], [], []
     for i, s in enumerate(val[::every]):
         t: dict[str, float] = {}
-        cells = pipeline.cells(_open(s.path), t)
+        cells = pipeline.cells(open_rgb(s.path), t)
         timing.append(t["segment"] + t["type"])
         counts = frame_blast(cells)
         rows.append((s.class_name, counts))
@@ -147,7 +148,7 @@ def evaluate_pbc(pipeline: CellPipeline, every: int = 1, log: Any = print) -> di
     small_pred: list[str] = []
     truth = [s.class_name for s in val]
     for i, s in enumerate(val):
-        image = _open(s.path)
+        image = open_rgb(s.path)
         cell = _nearest_centre(pipeline.cells(image), image.width, image.height)
         served_pred.append(None if cell is None else max(cell["probabilities"], key=cell["probabilities"].get))
         served_abstained.append(cell is None or bool(cell["abstained"]))
@@ -187,7 +188,7 @@ def evaluate_bccd(pipeline: CellPipeline, log: Any = print) -> dict[str, Any]:
     _, val = bccd_split()
     correct, total, blast_calls, white_found = 0, 0, 0, 0
     for f in val:
-        cells = pipeline.cells(_open(f.image))
+        cells = pipeline.cells(open_rgb(f.image))
         white = [c for c in cells if c["kind"] == "wbc"]
         white_found += len(white)
         blast_calls += sum(1 for c in white if c["label"] == BLAST)
