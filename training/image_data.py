@@ -7,7 +7,8 @@ Shared by the end-to-end recipe (:mod:`training.train`) and the backbone pretrai
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -18,14 +19,25 @@ from served_model.transforms import build_eval_transform
 from training.augment import TrainAugment
 from training.data import Sample
 
-__all__ = ["ImageDataset", "image_batches", "image_logits"]
+__all__ = ["ImageDataset", "Labelled", "image_batches", "image_logits"]
+
+
+class Labelled(Protocol):
+    """An image file and its class index: a :class:`~training.data.Sample`, a lab frame
+    (:class:`model_update.lab_data.Frame`)."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def label(self) -> int: ...
 
 
 class ImageDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
     """Augmented training images (seeded per sample and epoch) with optional soft targets."""
 
     def __init__(
-        self, samples: Sequence[Sample], model_spec: Any, augment: TrainAugment | None, soft: np.ndarray | None
+        self, samples: Sequence[Labelled], model_spec: Any, augment: TrainAugment | None, soft: np.ndarray | None
     ):
         self.samples = list(samples)
         self.transform = build_eval_transform(model_spec)
