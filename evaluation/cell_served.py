@@ -45,7 +45,16 @@ from training.cell_data import bccd_split, pbc_split
 from training.cell_eval import box_iou
 from training.data import load_split
 
-__all__ = ["PBC_SMALL_SIDE", "is_white", "open_rgb", "frame_blast", "evaluate_all4", "evaluate_pbc", "evaluate_bccd", "main"]
+__all__ = [
+    "PBC_SMALL_SIDE",
+    "is_white",
+    "open_rgb",
+    "frame_blast",
+    "evaluate_all4",
+    "evaluate_pbc",
+    "evaluate_bccd",
+    "main",
+]
 
 BLAST = "blast"
 #: PBC image side (px) at which its cell is as large as a white cell in a widened all4 frame (20-33 px)
