@@ -14,7 +14,7 @@ from bench.results import PAGES, render_page
 
 REPO = Path(__file__).resolve().parents[2]
 #: results written by hand from dated runs (each states its commands), not rendered from one record
-HAND_WRITTEN = {"deployment_ab", "other_benign_xception", "other_benign_candidates"}
+HAND_WRITTEN = {"deployment_ab", "other_benign_xception", "other_benign_candidates", "other_benign_end_to_end"}
 
 
 @pytest.mark.parametrize("name", sorted(PAGES))
