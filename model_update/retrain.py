@@ -42,6 +42,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ __all__ = [
     "update_record",
     "unpack",
     "feature_maps",
+    "Schedule",
     "retrain",
     "retrain_end_to_end",
     "pooled_features",
@@ -165,19 +167,23 @@ def cached_feature_maps(
     return maps
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How a candidate trains: epochs, learning rate, batch size, seed, device; ``work``: its checkpoint's folder."""
+
+    work: Path
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    device: str
+
+
 def retrain(
-    model: HybridClassifier,
-    maps: torch.Tensor,
-    labels: torch.Tensor,
-    work: Path,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    device: str,
-    log: Log,
+    model: HybridClassifier, maps: torch.Tensor, labels: torch.Tensor, run: Schedule, log: Log
 ) -> dict[str, Any]:
     """Train token projection, sequence stage and head on the maps (the backbone frozen)."""
+    lr, batch_size, seed, device = run.lr, run.batch_size, run.seed, run.device
     for p in model.backbone.parameters():
         p.requires_grad_(False)
     params = model.sequence_parameters()
@@ -208,27 +214,18 @@ def retrain(
         opt=opt,
         source=Source(steps, batches),
         loss=loss,
-        epochs=epochs,
+        epochs=run.epochs,
         log=log,
         clip=params,
         train_mode=train_mode,
-        checkpoint=Checkpoint(work / "checkpoint.pt"),
+        checkpoint=Checkpoint(run.work / "checkpoint.pt"),
         warmup=min(steps, 10),
     )
 
 
-def retrain_end_to_end(
-    model: HybridClassifier,
-    frames: Sequence[Frame],
-    work: Path,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    device: str,
-    log: Log,
-) -> dict[str, Any]:
+def retrain_end_to_end(model: HybridClassifier, frames: Sequence[Frame], run: Schedule, log: Log) -> dict[str, Any]:
     """Fine-tune every parameter, the CNN stage's included, on the augmented frames (see the module docstring)."""
+    lr, batch_size, seed, device = run.lr, run.batch_size, run.seed, run.device
     for p in model.parameters():
         p.requires_grad_(True)
     ds = ImageDataset(frames, model.spec, TrainAugment(seed=seed), None)
@@ -246,10 +243,10 @@ def retrain_end_to_end(
         opt=opt,
         source=Source(steps, image_batches(ds, batch_size, seed * 1000)),
         loss=loss,
-        epochs=epochs,
+        epochs=run.epochs,
         log=log,
         clip=params,
-        checkpoint=Checkpoint(work / "checkpoint.pt"),
+        checkpoint=Checkpoint(run.work / "checkpoint.pt"),
         warmup=min(steps, 10),
     )
 
@@ -373,14 +370,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         model = load_model(unpack(mar, work / "base") / "model")
         t0 = time.time()
+        schedule = Schedule(work, args.epochs, args.lr, args.batch_size, args.seed, args.device)
         if args.end_to_end:
             originals = [frames[i] for i in original_rows(frames)]
             base_pooled = pooled_features(
                 model, cached_feature_maps(model, originals, mar, args.maps_cache, args.device, log), args.device
             )
-            result = retrain_end_to_end(
-                model, frames, work, args.epochs, args.lr, args.batch_size, args.seed, args.device, log
-            )
+            result = retrain_end_to_end(model, frames, schedule, log)
             maps = feature_maps(model, originals, args.device, log)  # the fine-tuned CNN stage's
             base_card = refit_card(model, maps, originals, base_card, base_pooled, args.data, args.device)
             recipe = (
@@ -392,9 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             maps = cached_feature_maps(model, frames, mar, args.maps_cache, args.device, log)
             labels = torch.tensor([f.label for f in frames])
             base_pooled = pooled_features(model, maps[original_rows(frames)], args.device)
-            result = retrain(
-                model, maps, labels, work, args.epochs, args.lr, args.batch_size, args.seed, args.device, log
-            )
+            result = retrain(model, maps, labels, schedule, log)
             base_card = refit_card(model, maps, frames, base_card, base_pooled, args.data, args.device)
             recipe = (
                 f"frozen CNN stage; token projection + sequence stage + head, AdamW lr {args.lr}, batch "
