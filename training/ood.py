@@ -170,18 +170,15 @@ def keep_threshold(scores: np.ndarray, keep: float = KEEP) -> float:
     return float(s[min(len(s) - 1, int(np.ceil(keep * len(s))) - 1)])
 
 
+def _other_half_thresholds(scores: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Each frame's threshold fitted on the other half of the frames (``first``: the frames of one half)."""
+    return np.where(first, keep_threshold(scores[~first]), keep_threshold(scores[first]))
+
+
 def _cross_fitted_keep(scores: np.ndarray, blocks: Sequence[str]) -> float:
     """Share kept when the threshold is fitted on one half of the validation blocks and applied to the other."""
-    names = sorted(set(blocks))
-    halves = [set(names[0::2]), set(names[1::2])]
-    kept, n = 0, 0
-    for fit, apply in (halves, halves[::-1]):
-        f = np.array([b in fit for b in blocks])
-        a = np.array([b in apply for b in blocks])
-        thr = keep_threshold(scores[f])
-        kept += int((scores[a] <= thr).sum())
-        n += int(a.sum())
-    return kept / n
+    first = np.isin(np.asarray(blocks), sorted(set(blocks))[0::2])
+    return float((scores <= _other_half_thresholds(scores, first)).mean())
 
 
 def _answers(card: dict[str, Any], out: dict[str, np.ndarray], ood: np.ndarray | None) -> list[tuple[str, Any]]:
@@ -257,7 +254,8 @@ def evaluate_model(name: str, card: dict[str, Any], cache: Path) -> tuple[dict[s
     answers: dict[str, Any] = {}
     per_image: dict[str, Any] = {}
     for s, out in outs.items():
-        beyond = scorer.scores(out["pooled"], out["logits"], out["statistics"]) > thr
+        scores = scorer.scores(out["pooled"], out["logits"], out["statistics"])
+        beyond = scores > thr
         before, after = _answers(card, out, None), _answers(card, out, beyond)
         answers[s] = {"n": len(out["ids"]), "before": _shares(before), "after": _shares(after)}
         per_image[s] = {
@@ -266,7 +264,7 @@ def evaluate_model(name: str, card: dict[str, Any], cache: Path) -> tuple[dict[s
             "after": after,
             "logits": out["logits"],
             "gate_accepted": out["gate_accepted"],
-            "scores": scorer.scores(out["pooled"], out["logits"], out["statistics"]),
+            "scores": scores,
             "beyond": beyond,
         }
     for when, rows in (("before", _answers(card, val, None)), ("after", per_image["all4_val"]["after"])):
@@ -375,9 +373,9 @@ def cross_fitted_consensus(
 ) -> dict[str, Any]:
     """The consensus on the validation frames with each model's out-of-distribution threshold fitted on one half of
     the validation blocks and applied to the other (both ways), over ``deals`` deals of the blocks (the first: every
-    second block in sorted order, as the cross-fitted keep; then random): the coverage a held-back set of new blocks
-    would see, where the shipped thresholds are fitted on the frames they are measured on. The ensemble keeps its
-    parameters (out of fold in its own card)."""
+    second block in sorted order, as :func:`_cross_fitted_keep`; then random): the coverage a held-back set of new
+    blocks would see, where the shipped thresholds are fitted on the frames they are measured on. The ensemble keeps
+    its parameters (out of fold in its own card)."""
     names = sorted(set(blocks))
     where = np.asarray(blocks)
     cover: list[float] = []
@@ -388,9 +386,8 @@ def cross_fitted_consensus(
         dealt = {}
         for m, got in per_image.items():
             v = got["all4_val"]
-            sc = v["scores"]
-            thr = np.where(first, keep_threshold(sc[~first]), keep_threshold(sc[first]))
-            dealt[m] = {"all4_val": {**v, "after": _answers(cards[m], v, sc > thr)}}
+            beyond = v["scores"] > _other_half_thresholds(v["scores"], first)
+            dealt[m] = {"all4_val": {**v, "after": _answers(cards[m], v, beyond)}}
         lab = np.asarray(_consensus_outcomes(cards, dealt, "all4_val")["labels"]["after"])
         cover.append(float((lab >= 0).mean()))
         wrong.append(int(((labels != _BENIGN) & (lab == _BENIGN)).sum()))
